@@ -1,0 +1,51 @@
+# ckptstudy: the commands a newcomer can guess. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run suite test test-full bench lint format clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) (pip install torch==TORCH_VERSION first), PYTHON=$(PYTHON), ARGS='<hydra overrides for make run>'"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install ckptstudy with torch==TORCH_VERSION
+
+suite: $(STAMP) ## build the embedded micro suite under outputs/suite/micro (skipped when built)
+	$(BIN)/ckptstudy-suite
+
+run: suite ## default multirun sweep over the micro suite's checkpoints, then the trajectory summary
+	$(BIN)/ckptstudy --multirun $(ARGS)
+
+test: $(STAMP) ## fast test suite (includes one real multirun over micro checkpoints)
+	$(BIN)/python -m pytest
+
+test-full: $(STAMP) ## every test, including `slow` ones (full micro-suite build, long sweeps)
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+bench: $(STAMP) ## speed/memory ratios vs plain HF and TransformerLens, measured side by side
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python benches/run.py
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check src tests benches
+	$(BIN)/ruff format --check src tests benches
+
+format: $(STAMP) ## ruff fix + format
+	$(BIN)/ruff check --fix src tests benches
+	$(BIN)/ruff format src tests benches
+
+clean: ## remove outputs (records, suite, W&B runs) and caches; keeps .venv
+	rm -rf outputs/* multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,119 @@
+"""Forward passes with hooks that reduce each layer's attention on the fly.
+
+Attention weights [batch, head, query, key] of one layer are handed to a reducer
+inside that layer's hook and dropped; only the reduction (sums over the batch) is
+kept, so memory does not grow with the number of layers. Reductions are summed over
+batch chunks; callers divide by their own counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+AttnReducer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, attn[b,h,q,k], ids[b,s])
+LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits[b,s,v], ids[b,s])
+
+
+class UnsupportedModelError(TypeError):
+    """The model's architecture is not one ckptstudy knows how to hook."""
+
+
+@dataclass
+class ModelParts:
+    """Handles on the modules ckptstudy hooks, for GPT-NeoX (Pythia) models."""
+
+    layers: list[torch.nn.Module]
+    attentions: list[torch.nn.Module]
+    out_projs: list[torch.nn.Module]  # attention output projection; its input holds per-head outputs
+    n_layers: int
+    n_heads: int
+    head_dim: int
+
+
+def model_parts(model: torch.nn.Module) -> ModelParts:
+    """The hookable parts of a GPT-NeoX causal LM, or a clear error for other architectures."""
+    body = getattr(model, "gpt_neox", None)
+    if body is None:
+        raise UnsupportedModelError(
+            f"ckptstudy hooks GPT-NeoX (Pythia) models; got {type(model).__name__}. "
+            "Supported: GPTNeoXForCausalLM (model.source hub/local with a GPT-NeoX config)"
+        )
+    if model.config._attn_implementation != "eager":
+        raise UnsupportedModelError(
+            f"attention weights need attn_implementation='eager', model has {model.config._attn_implementation!r}"
+        )
+    layers = list(body.layers)
+    n_heads = model.config.num_attention_heads
+    return ModelParts(
+        layers=layers,
+        attentions=[layer.attention for layer in layers],
+        out_projs=[layer.attention.dense for layer in layers],
+        n_layers=len(layers),
+        n_heads=n_heads,
+        head_dim=model.config.hidden_size // n_heads,
+    )
+
+
+@contextmanager
+def hooks(handles: list) -> Iterator[None]:
+    """Remove every hook handle on exit, whatever happens."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def batches(ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, ids.shape[0], batch_size):
+        yield ids[start : start + batch_size]
+
+
+@dataclass
+class Captured:
+    """Reductions summed over all batch chunks: attn[layer] and the logits reduction."""
+
+    attn: list[torch.Tensor] | None
+    logits: torch.Tensor | None
+    n_rows: int
+
+
+@torch.no_grad()
+def capture(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    attn_fn: AttnReducer | None = None,
+    logits_fn: LogitsReducer | None = None,
+    batch_size: int = 16,
+) -> Captured:
+    """Run `ids` [n, seq] through the model; reduce attention per layer and the logits per chunk."""
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    attn_sums: list[torch.Tensor | None] = [None] * parts.n_layers
+    current: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            reduced = attn_fn(layer, output[1].float(), current["ids"]).detach().cpu()
+            attn_sums[layer] = reduced if attn_sums[layer] is None else attn_sums[layer] + reduced
+
+        return hook
+
+    handles = (
+        [a.register_forward_hook(make_hook(i)) for i, a in enumerate(parts.attentions)] if attn_fn else []
+    )
+    logits_sum = None
+    with hooks(handles):
+        for chunk in batches(ids, batch_size):
+            chunk = chunk.to(device)
+            current["ids"] = chunk
+            logits = model(input_ids=chunk).logits
+            if logits_fn is not None:
+                reduced = logits_fn(logits.float(), chunk).detach().cpu()
+                logits_sum = reduced if logits_sum is None else logits_sum + reduced
+            del logits
+    return Captured(attn=attn_sums if attn_fn else None, logits=logits_sum, n_rows=ids.shape[0])

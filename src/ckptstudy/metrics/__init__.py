@@ -1,0 +1,68 @@
+"""Metric families. Each module holds pure tensor functions plus one `measure(ctx, **params)` entry
+named by `_target_` in conf/metrics/<family>.yaml; `run_family` checks the parameters and calls it."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FamilyResult:
+    """What one family measured at one checkpoint: flat scalars and named per-head arrays."""
+
+    scalars: dict[str, float] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class MetricConfigError(ValueError):
+    """A metric family's config names an unknown parameter or target."""
+
+
+def family_function(name: str, family_cfg: dict):
+    """The `measure` function a family config names, after checking its parameters against it."""
+    from hydra.utils import get_method
+
+    params = {k: v for k, v in family_cfg.items() if k != "_target_"}
+    target = family_cfg.get("_target_")
+    if not target:
+        raise MetricConfigError(f"metrics.{name} has no _target_ (the measure function to call)")
+    try:
+        fn = get_method(target)
+    except Exception as err:
+        raise MetricConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {err}") from err
+    valid = [p for p in inspect.signature(fn).parameters if p != "ctx"]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise MetricConfigError(
+            f"metrics.{name}: unknown parameter(s) {unknown}; valid parameters: {', '.join(valid)}"
+        )
+    return fn, params
+
+
+@dataclass
+class JobContext:
+    """What a family's `measure` gets: the loaded checkpoint, its probes, and a cache shared by families.
+
+    `shared` lets one family reuse another's work at the same checkpoint (e.g. greedy generations),
+    keyed by a name both agree on; families never load models, log or touch files themselves.
+    """
+
+    model: object
+    tokenizer: object
+    probes: object
+    batch_size: int = 16
+    seed: int = 0
+    shared: dict = field(default_factory=dict)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def reuse(self, key: str, compute):
+        """`shared[key]`, computed once with `compute()` when absent."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
