@@ -49,8 +49,7 @@ def measure(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[str, str]]
             log.error("metrics.%s failed: %s: %s", name, type(err).__name__, err)
             errors[name] = f"{type(err).__name__}: {err}"
             continue
-        total.scalars.update(result.scalars)
-        total.arrays.update(result.arrays)
+        total.update(result)
     return total, errors
 
 
@@ -64,7 +63,7 @@ def run_job(cfg: DictConfig) -> dict:
     root, study, model_name = cfg.paths.root, cfg.study, cfg.model.name
     started = time.time()
     base = {"model": model_name, "step": cfg.step, "study": study, "config_hash": config_hash(cfg)}
-    arrays: dict = {}
+    measured = FamilyResult()
     try:
         check_choices(cfg)
         steps = checkpoints.available_steps(cfg.model)
@@ -90,11 +89,8 @@ def run_job(cfg: DictConfig) -> dict:
         )
         sha = checkpoints.weights_sha256(model)
         probes = cached_probes(cfg.probes, tokenizer, Path(root) / "cache" / "probes")
-        ctx = JobContext(
-            model=model, tokenizer=tokenizer, probes=probes, batch_size=cfg.batch_size, seed=cfg.seed
-        )
+        ctx = JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=cfg.batch_size, seed=cfg.seed)
         measured, errors = measure(ctx, cfg.metrics)
-        arrays = measured.arrays
         record = {
             **base,
             "status": "failed" if errors else "ok",
@@ -118,9 +114,9 @@ def run_job(cfg: DictConfig) -> dict:
     record["seconds"] = round(time.time() - started, 2)
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     path = results.record_path(root, study, model_name, record["step"])
-    results.write_record(path, record, arrays)
+    record = results.write_record(path, record, {**measured.arrays, **measured.raw})
     run_dir = tracking.log_checkpoint(
-        cfg.logger, results.study_dir(root, study), study, record, arrays, record["config"]
+        cfg.logger, results.study_dir(root, study), study, record, measured, record["config"]
     )
     if run_dir:
         record["wandb_run_dir"] = run_dir
@@ -160,7 +156,9 @@ def _summary_line(record: dict) -> str:
     if record.get("skipped"):
         return f"{record['model']} step {record['step']}: skipped (record exists)"
     if record["status"] != "ok":
-        return f"{record['model']} step {record['step']}: FAILED {record['error']['type']}: {record['error']['message']}"
+        return (
+            f"{record['model']} step {record['step']}: FAILED {record['error']['type']}: {record['error']['message']}"
+        )
     shown = ", ".join(f"{k}={v:.3g}" for k, v in list(record["metrics"].items())[:4])
     return f"{record['model']} step {record['step']}: ok in {record['seconds']} s ({shown})"
 

@@ -103,9 +103,7 @@ def capture(
 
         return hook
 
-    handles = (
-        [a.register_forward_hook(make_hook(i)) for i, a in enumerate(parts.attentions)] if attn_fn else []
-    )
+    handles = [a.register_forward_hook(make_hook(i)) for i, a in enumerate(parts.attentions)] if attn_fn else []
     logits_sum = None
     with hooks(handles):
         for chunk in batches(ids, batch_size):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +68,7 @@ def resolve_step(step, steps: list[int], model: str) -> int:
     try:
         value = int(step)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"step={step!r} is not a step number, 'first' or 'final' (model {model!r})"
-        ) from None
+        raise ValueError(f"step={step!r} is not a step number, 'first' or 'final' (model {model!r})") from None
     if value not in steps:
         raise ValueError(
             f"step={value} is not a checkpoint of model {model!r}; nearest valid steps: "
@@ -82,9 +82,7 @@ def source_for(model_cfg, step: int) -> CheckpointSource:
     if model_cfg.source == "hub":
         if not model_cfg.repo:
             raise ValueError(f"model.repo is required for model.source=hub (model {model_cfg.name!r})")
-        return CheckpointSource(
-            model_cfg.name, step, "hub", model_cfg.repo, model_cfg.revision.format(step=step)
-        )
+        return CheckpointSource(model_cfg.name, step, "hub", model_cfg.repo, model_cfg.revision.format(step=step))
     if model_cfg.source == "local":
         if not model_cfg.path:
             raise ValueError(f"model.path is required for model.source=local (model {model_cfg.name!r})")
@@ -114,7 +112,35 @@ def _from_pretrained_kwargs(source: CheckpointSource) -> tuple[str, dict]:
             )
         return str(directory), {}
     local_only = hub_offline() or _hub_is_cached(source.location, source.revision)
+    if not local_only and not _hub_reachable():
+        from huggingface_hub import constants
+
+        raise CheckpointError(
+            f"{source.location} revision {source.revision} is not in the local HF cache ({constants.HF_HUB_CACHE}) "
+            f"and {constants.ENDPOINT} cannot be reached; {_HOW_TO_FIX.format(s=source)}"
+        )
     return source.location, {"revision": source.revision, "local_files_only": local_only}
+
+
+_HOW_TO_FIX = (
+    "pre-download it on a machine with network (`hf download {s.location} --revision {s.revision}`), "
+    "copy the HF cache here (or point HF_HUB_CACHE at it), and set HF_HUB_OFFLINE=1"
+)
+
+
+@functools.cache
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub endpoint accepts a TCP connection: a fast check instead of minutes of retries."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -156,10 +182,7 @@ def _load_failure_message(source: CheckpointSource, kwargs: dict, err: Exception
     reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if source.kind == "local":
         return f"cannot load checkpoint {source.model} step {source.step} from {source.location}: {reason}"
-    how = (
-        f"pre-download it on a machine with network (`hf download {source.location} "
-        f"--revision {source.revision}`), copy the HF cache here, and set HF_HUB_OFFLINE=1"
-    )
+    how = _HOW_TO_FIX.format(s=source)
     if kwargs.get("local_files_only"):
         return f"checkpoint {source.location} revision {source.revision} is not in the local HF cache ({reason}); {how}"
     return f"cannot fetch {source.location} revision {source.revision} from the hub ({reason}); {how}"

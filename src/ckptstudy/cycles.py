@@ -38,9 +38,7 @@ def trailing_cycles(
     hi = min(max_period, n // 2)
     if hi < min_period:
         return period, copies, torch.full_like(period, -1)
-    y = ids.flip(1).to(
-        torch.int32
-    )  # reversed: the trailing run for period p = matching prefix of y[p:] and y
+    y = ids.flip(1).to(torch.int32)  # reversed: the trailing run for period p = matching prefix of y[p:] and y
     # a loop of period p needs at least p matching positions, so its first k tokens must match: a cheap filter
     k = min(min_period, 4)
     lo_p = min_period

@@ -65,9 +65,7 @@ def natural_prompt_ids(tokenized: list[list[int]], n: int, length: int) -> torch
     """The first `length` tokens of up to `n` passages: [n', length]."""
     rows = [ids[:length] for ids in tokenized[:n]]
     if not rows:
-        raise ProbeError(
-            f"probes.natural: no passage has {length} tokens; use a longer source or smaller length"
-        )
+        raise ProbeError(f"probes.natural: no passage has {length} tokens; use a longer source or smaller length")
     return torch.tensor(rows, dtype=torch.long)
 
 

@@ -36,8 +36,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Write the arrays (if any) then the record, each atomically; the record names its arrays file."""
+def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None = None) -> dict:
+    """Write the arrays (if any) then the record, each atomically; returns the record as written
+    (it names its arrays file)."""
     if arrays:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **{k.replace("/", "__"): np.asarray(v) for k, v in arrays.items()})
@@ -45,6 +46,7 @@ def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None 
         atomic_write_bytes(arrays_path, buffer.getvalue())
         record = {**record, "arrays": arrays_path.name}
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+    return record
 
 
 def read_record(path: Path) -> dict | None:
@@ -103,9 +105,7 @@ def results_table(records: list[dict]):
             "status": r.get("status"),
             "revision": r.get("revision"),
             "weights_sha256": r.get("weights_sha256"),
-            "identical_weights_as": " ".join(
-                map(str, duplicates.get((r.get("model"), int(r.get("step", -1))), []))
-            ),
+            "identical_weights_as": " ".join(map(str, duplicates.get((r.get("model"), int(r.get("step", -1))), []))),
         }
         row.update(r.get("metrics") or {})
         rows.append(row)

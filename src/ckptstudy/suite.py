@@ -47,7 +47,7 @@ class SuiteSpec:
     n_heads: int = 4
     rotary_pct: float = 0.25
     vocab_size: int = 2048
-    max_position_embeddings: int = 512
+    max_position_embeddings: int = 128  # = seq_len: the context the suite is trained on
     # data
     text_glob: str = "*.py"
     max_chars: int = 5_000_000
@@ -236,9 +236,7 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False, eval_
         if step in save_at:
             save_checkpoint(model, tokenizer, out_dir / f"step{step}")
         if eval_every and step % eval_every == 0:
-            bar.write(
-                f"step {step}: induction_max={quick_induction_max(model, n_special, len(tokenizer)):.3f}"
-            )
+            bar.write(f"step {step}: induction_max={quick_induction_max(model, n_special, len(tokenizer)):.3f}")
         if step == spec.total_steps:
             break
         ids = sampler.batch(step)
@@ -318,18 +316,12 @@ def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = compose_config(args.overrides)
     if cfg.model.checkpoints != "suite":
-        raise SystemExit(
-            f"model={cfg.model.name} is not a suite model (model.checkpoints={cfg.model.checkpoints})"
-        )
+        raise SystemExit(f"model={cfg.model.name} is not a suite model (model.checkpoints={cfg.model.checkpoints})")
     spec = spec_from_config(cfg.model)
     directory = suite_dir(cfg.model)
     if is_built(spec, directory) and not args.force:
-        print(
-            f"micro suite {spec.name!r} already built at {directory} ({len(spec.checkpoint_steps())} checkpoints)"
-        )
+        print(f"micro suite {spec.name!r} already built at {directory} ({len(spec.checkpoint_steps())} checkpoints)")
         return
     build_suite(spec, directory, force=args.force)
     manifest = read_manifest(directory)
-    print(
-        f"built micro suite {spec.name!r} at {directory} in {manifest['build_seconds']} s: steps {manifest['steps']}"
-    )
+    print(f"built micro suite {spec.name!r} at {directory} in {manifest['build_seconds']} s: steps {manifest['steps']}")

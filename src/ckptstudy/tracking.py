@@ -54,16 +54,15 @@ def report_failure(what: str, err: Exception) -> None:
     """Say once per process that W&B failed; the local results are unaffected."""
     global _warned
     if not _warned:
-        log.warning(
-            "W&B %s failed (%s: %s); results are still written locally", what, type(err).__name__, err
-        )
+        log.warning("W&B %s failed (%s: %s); results are still written locally", what, type(err).__name__, err)
         _warned = True
 
 
-def log_checkpoint(
-    logger_cfg, directory: Path, study: str, record: dict, arrays: dict[str, np.ndarray], config: dict
-) -> str | None:
-    """One `job_type=checkpoint` run: config, summary scalars, layer x head heatmaps. Returns its dir."""
+def log_checkpoint(logger_cfg, directory: Path, study: str, record: dict, measured, config: dict) -> str | None:
+    """One `job_type=checkpoint` run: config, summary scalars, layer x head heatmaps, histograms.
+
+    `measured` is the job's FamilyResult. Returns the run directory, or None when W&B is off or failed.
+    """
     if not enabled(logger_cfg):
         return None
     run = None
@@ -81,17 +80,16 @@ def log_checkpoint(
             config=config,
         )
         scalars = dict(record.get("metrics") or {})
-        run.log({"train/step": record["step"], **scalars})
-        run.summary.update(
-            {"status": record["status"], "weights_sha256": record.get("weights_sha256"), **scalars}
-        )
+        images = {k: wandb.Histogram(np.asarray(v)) for k, v in measured.histograms.items() if len(v)}
         if logger_cfg.heatmaps:
-            for name, array in arrays.items():
+            for name, array in measured.arrays.items():
                 fig = heatmap_figure(array, f"{name} @ step {record['step']}")
-                run.log({f"heatmap/{name}": wandb.Image(fig)})
+                images[f"heatmap/{name}"] = wandb.Image(fig)
                 _close(fig)
+        run.log({"train/step": record["step"], **scalars, **images})
+        run.summary.update({"status": record["status"], "weights_sha256": record.get("weights_sha256"), **scalars})
         return str(Path(run.dir).parent)
-    except Exception as err:
+    except Exception as err:  # logging must never fail a job: the record is already on disk
         report_failure("checkpoint run", err)
         return None
     finally:

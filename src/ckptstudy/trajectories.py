@@ -52,9 +52,7 @@ def onsets(table, metrics: list[str], fraction: float = 0.5) -> dict[tuple[str, 
     for model, part in ok.groupby("model"):
         for metric in metrics:
             if metric in part.columns:
-                out[(model, metric)] = onset_step(
-                    part["step"].tolist(), part[metric].astype(float).tolist(), fraction
-                )
+                out[(model, metric)] = onset_step(part["step"].tolist(), part[metric].astype(float).tolist(), fraction)
     return out
 
 
@@ -123,9 +121,7 @@ def summarize(
 def print_summary(table, metrics, found, failed, path, plot_path, directory) -> None:
     import pandas as pd
 
-    with pd.option_context(
-        "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format
-    ):
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(f"\n== trajectories ({len(table)} checkpoints) ==")
         print(table[["model", "step", "status", *metrics]].to_string(index=False))
     for (model, metric), value in sorted(found.items()):
@@ -133,9 +129,7 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory) -> 
         print(f"onset {model} {metric}: {shown}")
     dup = table[table["identical_weights_as"].astype(str) != ""]
     for _, row in dup.iterrows():
-        print(
-            f"WARNING {row['model']} step {row['step']}: weights identical to step(s) {row['identical_weights_as']}"
-        )
+        print(f"WARNING {row['model']} step {row['step']}: weights identical to step(s) {row['identical_weights_as']}")
     for _, row in failed.iterrows():
         print(
             f"FAILED {row['model']} step {row['step']}: see {directory}/records/{row['model']}/step{row['step']}.json"
@@ -144,9 +138,7 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory) -> 
     if Path(plot_path).exists():
         print(f"plot:    {plot_path}")
     if (directory / "wandb").exists():
-        print(
-            f"W&B:     {directory / 'wandb'} (offline runs: `wandb sync {directory / 'wandb'}/offline-run-*`)"
-        )
+        print(f"W&B:     {directory / 'wandb'} (offline runs: `wandb sync {directory / 'wandb'}/offline-run-*`)")
 
 
 class TrajectoryCallback(Callback):
@@ -182,9 +174,7 @@ def cli(argv: list[str] | None = None) -> None:
     from ckptstudy.app import compose_config
 
     parser = argparse.ArgumentParser(description=cli.__doc__)
-    parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides, e.g. study=mine paths.root=outputs logger=none"
-    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=mine paths.root=outputs logger=none")
     args = parser.parse_args(argv)
     cfg = compose_config(args.overrides)
     report = cfg.report

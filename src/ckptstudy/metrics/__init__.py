@@ -11,10 +11,21 @@ import numpy as np
 
 @dataclass
 class FamilyResult:
-    """What one family measured at one checkpoint: flat scalars and named per-head arrays."""
+    """What one family measured at one checkpoint, every key named `family/name`.
+
+    scalars: flat numbers (trajectories.csv columns); arrays: per-head arrays (layer x head [x ...]),
+    saved with the record and drawn as heatmaps; raw: other arrays saved with the record (e.g.
+    generated ids) for re-analysis; histograms: value samples logged as W&B histograms.
+    """
 
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def update(self, other: FamilyResult) -> None:
+        for name in ("scalars", "arrays", "raw", "histograms"):
+            getattr(self, name).update(getattr(other, name))
 
 
 class MetricConfigError(ValueError):
@@ -36,9 +47,7 @@ def family_function(name: str, family_cfg: dict):
     valid = [p for p in inspect.signature(fn).parameters if p != "ctx"]
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise MetricConfigError(
-            f"metrics.{name}: unknown parameter(s) {unknown}; valid parameters: {', '.join(valid)}"
-        )
+        raise MetricConfigError(f"metrics.{name}: unknown parameter(s) {unknown}; valid parameters: {', '.join(valid)}")
     return fn, params
 
 
@@ -60,6 +69,11 @@ class JobContext:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int:
+        """The longest input the model takes (its max_position_embeddings)."""
+        return int(self.model.config.max_position_embeddings)
 
     def reuse(self, key: str, compute):
         """`shared[key]`, computed once with `compute()` when absent."""

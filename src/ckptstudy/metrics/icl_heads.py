@@ -107,13 +107,14 @@ def measure(
     induction, duplicate, prev = per_layer[:, 0], per_layer[:, 1], per_layer[:, 2]
     nll = cap.logits / ids.shape[0]
 
+    long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
     long = capture(
         ctx.model,
-        probes.long_text,
+        long_text,
         logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
         batch_size=max(1, ctx.batch_size // 4),
     )
-    long_nll = long.logits / probes.long_text.shape[0]
+    long_nll = long.logits / long_text.shape[0]
     scalars = {
         "icl/induction_max": float(induction.max()),
         f"icl/induction_top{top_k}_mean": top_k_mean(induction, top_k),

@@ -1,0 +1,84 @@
+"""Batched greedy generation with the KV cache, shared by every family that needs continuations.
+
+Prompts of different lengths are left-padded; the attention mask hides the padding and
+position ids count only real tokens, so each row generates exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Generation:
+    """Greedy continuations: ids[n, G] and the next-token entropy (nats) each token was chosen from."""
+
+    ids: torch.Tensor
+    entropy: torch.Tensor
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids [n, max_len] and the attention mask (1 = real token)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last axis."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model,
+    prompts: list[list[int]] | torch.Tensor,
+    new_tokens: int,
+    pad_id: int = 0,
+    batch_size: int = 16,
+    desc: str | None = "greedy generation",
+) -> Generation:
+    """Greedily continue every prompt by `new_tokens` tokens, `batch_size` prompts at a time."""
+    if isinstance(prompts, torch.Tensor):
+        prompts = prompts.tolist()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("greedy_generate needs at least one prompt and no empty prompt")
+    device = next(model.parameters()).device
+    ids_out, ent_out = [], []
+    bar = tqdm(total=len(prompts) * new_tokens, desc=desc, unit="tok", disable=desc is None, leave=False)
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[start : start + batch_size], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        chosen, entropies = [], []
+        for i in range(new_tokens):
+            logits = out.logits[:, -1]
+            token = logits.argmax(-1)
+            chosen.append(token)
+            entropies.append(entropy_of_logits(logits))
+            bar.update(len(token))
+            if i == new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        ids_out.append(torch.stack(chosen, dim=1).cpu())
+        ent_out.append(torch.stack(entropies, dim=1).cpu())
+    bar.close()
+    return Generation(ids=torch.cat(ids_out), entropy=torch.cat(ent_out))

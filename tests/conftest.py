@@ -1,0 +1,68 @@
+"""Shared fixtures: the real micro suite (built once, cached under outputs/), tiny models, CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def micro_suite() -> Path:
+    """The embedded micro suite's directory; built on first use (a few minutes), then reused."""
+    from ckptstudy.app import compose_config
+    from ckptstudy.suite import ensure_suite
+
+    cfg = compose_config([f"paths.root={REPO / 'outputs'}"])
+    return ensure_suite(cfg.model)
+
+
+def run_cli(args: list[str], root: Path, env: dict | None = None, module: str = "ckptstudy"):
+    """Run `python -m <module> <args>` in a subprocess with results under `root`; returns the process."""
+    full_env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run(
+        [sys.executable, "-m", module, *flags, f"paths.root={root}", *overrides],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer in Pythia's conventions, trained on a few standard-library files."""
+    from ckptstudy.suite import train_tokenizer
+
+    texts = [Path(p).read_text(errors="replace") for p in sorted(Path(os.__file__).parent.glob("[a-c]*.py"))]
+    return train_tokenizer(texts, 512)
+
+
+def tiny_neox(vocab_size: int = 512, layers: int = 2, d_model: int = 32, heads: int = 4, seed: int = 0):
+    """A small random-init GPT-NeoX with eager attention."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * d_model,
+        max_position_embeddings=512,
+        rotary_pct=0.25,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="eager",
+    )
+    return GPTNeoXForCausalLM(config).eval()

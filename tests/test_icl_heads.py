@@ -1,0 +1,110 @@
+"""ICL head scores on attention patterns and models whose answers are known by construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ckptstudy.capture import capture, model_parts
+from ckptstudy.metrics.icl_heads import (
+    head_pattern_sums,
+    icl_score,
+    repeat_nll_gain,
+    repeat_pattern_positions,
+    token_nll,
+)
+from conftest import tiny_neox
+
+R = 5
+SEQ = 1 + 2 * R
+
+
+def pattern(kind: str, batch: int = 2) -> torch.Tensor:
+    """Attention [batch, 1, SEQ, SEQ] with every row on one chosen key (row 0 on itself)."""
+    attn = torch.zeros(batch, 1, SEQ, SEQ)
+    attn[:, :, 0, 0] = 1
+    for q in range(1, SEQ):
+        if kind == "prev":
+            k = q - 1
+        elif kind == "induction":
+            k = q - R + 1 if q > R else 0
+        elif kind == "bos":
+            k = 0
+        attn[:, :, q, k] = 1
+    return attn
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    # query 1's previous token is BOS, so BOS and induction heads score 1/(2R) as previous-token heads
+    [("prev", (0.0, 0.0, 1.0)), ("induction", (1.0, 0.0, 1 / (2 * R))), ("bos", (0.0, 0.0, 1 / (2 * R)))],
+)
+def test_head_pattern_scores_on_hand_built_attention(kind, expected):
+    sums = head_pattern_sums(pattern(kind), R)  # [3, head]: induction, duplicate, previous-token
+    counts = torch.tensor([R, R, 2 * R]) * 2
+    assert (sums[:, 0] / counts).tolist() == pytest.approx(expected)
+
+
+def test_positions_follow_the_definition():
+    pos = repeat_pattern_positions(3)  # BOS a b c a b c
+    q, k = pos["induction"]
+    assert q.tolist() == [4, 5, 6] and k.tolist() == [2, 3, 4]
+    assert pos["duplicate"][1].tolist() == [1, 2, 3]
+    assert pos["prev_token"][1].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def zero_qk_model():
+    """Every query-key product is 0, so each query attends uniformly to all keys up to itself."""
+    model = tiny_neox()
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            qkv = layer.attention.query_key_value
+            heads, hd = (
+                model.config.num_attention_heads,
+                model.config.hidden_size // model.config.num_attention_heads,
+            )
+            w = qkv.weight.view(heads, 3, hd, -1)
+            b = qkv.bias.view(heads, 3, hd)
+            w[:, :2] = 0  # query and key rows of every head
+            b[:, :2] = 0
+    return model
+
+
+def test_uniform_attention_model_gives_exact_closed_form_scores():
+    model = zero_qk_model()
+    r = 10
+    ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 500, (3, r)).repeat(1, 2)], dim=1)
+    cap = capture(model, ids, attn_fn=lambda _l, attn, _ids: head_pattern_sums(attn, r), batch_size=2)
+    scores = torch.stack(cap.attn) / (torch.tensor([r, r, 2 * r])[None, :, None] * 3)
+    # query q sees q + 1 keys uniformly: each single-key pattern gets 1 / (q + 1)
+    second = torch.arange(r + 1, 2 * r + 1)
+    every = torch.arange(1, 2 * r + 1)
+    expected_induction = (1.0 / (second + 1)).mean()
+    expected_prev = (1.0 / (every + 1)).mean()
+    parts = model_parts(model)
+    assert scores.shape == (parts.n_layers, 3, parts.n_heads)
+    torch.testing.assert_close(scores[:, 0], torch.full((2, 4), float(expected_induction)))
+    torch.testing.assert_close(scores[:, 1], torch.full((2, 4), float(expected_induction)))
+    torch.testing.assert_close(scores[:, 2], torch.full((2, 4), float(expected_prev)))
+
+
+def test_hooks_match_output_attentions():
+    model = tiny_neox(seed=3)
+    r = 8
+    ids = torch.cat([torch.zeros(4, 1, dtype=torch.long), torch.randint(2, 500, (4, r)).repeat(1, 2)], dim=1)
+    cap = capture(model, ids, attn_fn=lambda _l, attn, _ids: head_pattern_sums(attn, r), batch_size=3)
+    with torch.no_grad():
+        full = model(input_ids=ids, output_attentions=True).attentions
+    for layer, attn in enumerate(full):
+        torch.testing.assert_close(cap.attn[layer], head_pattern_sums(attn, r))
+
+
+def test_token_nll_and_loss_scores():
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
+    ids = torch.tensor([[0, 1, 1]])
+    nll = token_nll(logits, ids)
+    torch.testing.assert_close(nll, -torch.log(torch.tensor([[0.5, 0.1]])))
+    by_pos = torch.tensor([5.0, 4.0, 4.0, 3.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # R = 4: tokens 2..4 vs 6..8
+    assert repeat_nll_gain(by_pos, 4) == pytest.approx((4 + 4 + 3) / 3 - 1.0)
+    assert icl_score(torch.arange(10.0), late=8, early=2, window=1) == pytest.approx(6.0)
+    assert icl_score(torch.arange(10.0), late=500, early=2, window=1) == pytest.approx(8.0)  # clipped

@@ -1,0 +1,125 @@
+"""A real multirun over micro-suite checkpoints through the Hydra CLI, with offline W&B runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from wandb_files import history, run_config
+
+STEPS = [0, 512, 1000, 1600]
+
+
+def suite_path_override(directory: Path) -> str:
+    return f"model.path='{directory}/step{{step}}'"
+
+
+@pytest.fixture(scope="module")
+def sweep(micro_suite, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    args = ["-m", suite_path_override(micro_suite), "step=" + ",".join(map(str, STEPS))]
+    first = run_cli(args, root)
+    records_dir = root / "default" / "records" / "micro"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in records_dir.glob("step*.json")}
+    second = run_cli(args, root)
+    return {"root": root, "first": first, "second": second, "mtimes": mtimes, "records": records_dir}
+
+
+def test_multirun_writes_a_record_per_checkpoint(sweep):
+    assert sweep["first"].returncode == 0, sweep["first"].stdout[-3000:] + sweep["first"].stderr[-3000:]
+    for step in STEPS:
+        record = json.loads((sweep["records"] / f"step{step}.json").read_text())
+        assert record["status"] == "ok" and record["step"] == step and record["model"] == "micro"
+        assert len(record["weights_sha256"]) == 64 and record["revision"].endswith(f"step{step}")
+        assert all(k.count("/") == 1 for k in record["metrics"])
+        assert (sweep["records"] / record["arrays"]).exists()
+
+
+def test_trajectories_table_has_one_sorted_row_per_step(sweep):
+    table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv")
+    assert table["step"].tolist() == STEPS and set(table["model"]) == {"micro"}
+    assert {"icl/induction_max", "icl/icl_score", "icl/repeat_nll_gain"} <= set(table.columns)
+    induction = table.set_index("step")["icl/induction_max"]
+    # the suite's induction phase change: the last checkpoint is far above step 0
+    assert induction[1600] > 0.3 and induction[1600] > 3 * induction[0]
+    assert (sweep["root"] / "default" / "trajectories.png").stat().st_size > 10_000
+    assert "== trajectories (4 checkpoints) ==" in sweep["first"].stdout
+
+
+def test_offline_wandb_runs_read_back(sweep):
+    runs = sorted((sweep["root"] / "default" / "wandb").glob("offline-run-*"))
+    configs = [run_config(r) for r in runs]
+    checkpoint_runs = [c for c in configs if c["job_type"] == "checkpoint"]
+    assert sorted(c["name"] for c in checkpoint_runs) == sorted(f"micro@step{s}" for s in STEPS)
+    assert all(c["group"] == "default" for c in configs)
+    # one trajectory run per multirun (the fixture ran the sweep twice); skipped jobs log no new checkpoint run
+    trajectory_runs = [r for r, c in zip(runs, configs) if c["job_type"] == "trajectory"]
+    assert len(trajectory_runs) == 2
+    table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv").set_index("step")
+    for run in trajectory_runs:
+        rows = [row for row in history(run) if "icl/induction_max" in row]
+        assert [row["train/step"] for row in rows] == STEPS
+        assert [row["icl/induction_max"] for row in rows] == pytest.approx(table["icl/induction_max"].tolist())
+
+
+def test_rerunning_a_finished_sweep_computes_nothing(sweep):
+    assert sweep["second"].returncode == 0
+    assert sweep["second"].stdout.count("skipped (record exists)") == len(STEPS)
+    after = {p.name: p.stat().st_mtime_ns for p in sweep["records"].glob("step*.json")}
+    assert after == sweep["mtimes"]
+
+
+def test_corrupt_checkpoint_fails_alone(micro_suite, tmp_path):
+    suite = tmp_path / "suite"
+    for step in (0, 512, 1600):
+        shutil.copytree(micro_suite / f"step{step}", suite / f"step{step}")
+    shutil.copy(micro_suite / "suite.json", suite / "suite.json")  # a finished build: nothing to rebuild
+    (suite / "step512" / "model.safetensors").write_bytes(b"not a safetensors file")
+    root = tmp_path / "out"
+    proc = run_cli(["-m", suite_path_override(suite), "step=0,512,1600", "logger=none"], root)
+    records = {s: json.loads((root / "default/records/micro" / f"step{s}.json").read_text()) for s in (0, 512, 1600)}
+    assert records[0]["status"] == "ok" and records[1600]["status"] == "ok"
+    assert records[512]["status"] == "failed"
+    assert "step512" in records[512]["error"]["message"] and records[512]["error"]["type"] == "CheckpointError"
+    assert proc.returncode == 1
+    assert "1 checkpoint(s) failed: [['micro', 512]]" in proc.stderr
+    table = pd.read_csv(root / "default" / "trajectories.csv")
+    assert table["status"].tolist() == ["ok", "failed", "ok"]
+
+
+def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
+    import math
+
+    import torch
+
+    from ckptstudy.metrics.repetition import analyze_generations
+    from ckptstudy.results import read_arrays
+
+    for step in STEPS:
+        path = sweep["records"] / f"step{step}.json"
+        record = json.loads(path.read_text())
+        metrics = record["metrics"]
+        generated = int(metrics["rep/generated_tokens"])
+        assert 0 <= metrics["rep/natural_rate"] <= 1
+        if metrics["rep/natural_rate"] > 0:
+            assert 0 <= metrics["rep/onset_p10"] <= metrics["rep/onset_median"] <= metrics["rep/onset_p90"] < generated
+        arrays = read_arrays(path)
+        ids = torch.from_numpy(arrays["rep/generated_ids"]).long()
+        entropy = torch.from_numpy(arrays["rep/generated_entropy"])
+        assert ids.shape[1] == generated
+        params = record["config"]["metrics"]["repetition"]
+        again, _ = analyze_generations(
+            ids,
+            entropy,
+            params["min_period"],
+            params["max_period"],
+            params["min_copies"],
+            params["max_cycles"],
+        )
+        for key, value in again.items():
+            assert (math.isnan(value) and math.isnan(metrics[key])) or value == pytest.approx(metrics[key]), key

@@ -1,0 +1,74 @@
+"""Read back what an offline W&B run logged, from its `run-*.wandb` file (LevelDB log format)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+BLOCK = 32 * 1024
+HEADER = 7  # crc32 (4) + length (2, little endian) + type (1)
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def raw_records(path: Path) -> list[bytes]:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    body, out, pending, pos = data[7:], [], b"", 0
+    # blocks are aligned on the file, not on the body: the 7-byte file header starts block 0
+    pos, offset = 0, 7
+    while pos + HEADER <= len(body):
+        left_in_block = BLOCK - ((pos + offset) % BLOCK)
+        if left_in_block < HEADER:
+            pos += left_in_block
+            continue
+        length, kind = struct.unpack("<HB", body[pos + 4 : pos + 7])
+        chunk = body[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == FULL:
+            out.append(chunk)
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            out.append(pending + chunk)
+            pending = b""
+        elif kind == 0 and length == 0:
+            break
+    return out
+
+
+def history(run_dir: Path) -> list[dict]:
+    """The rows the run logged with `run.log`, as {key: value} dicts, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    rows = []
+    for blob in raw_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "history":
+            row = {}
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                row[key] = json.loads(item.value_json)
+            rows.append(row)
+    return rows
+
+
+def run_config(run_dir: Path) -> dict:
+    """Group, job type and display name of the run, from its run record."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    for blob in raw_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "run":
+            return {
+                "group": record.run.run_group,
+                "job_type": record.run.job_type,
+                "name": record.run.display_name,
+            }
+    return {}
