@@ -34,9 +34,8 @@ test: $(STAMP) ## fast test suite (includes one real multirun over micro checkpo
 test-full: $(STAMP) ## every test, including `slow` ones (full micro-suite build, long sweeps)
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-bench: $(STAMP) ## speed/memory ratios vs plain HF and TransformerLens, measured side by side
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	$(BIN)/python benches/run.py
+bench: $(STAMP) ## speed ratios measured side by side in one run (ablation, capture, generation, cycles)
+	$(BIN)/python benches/run.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests benches

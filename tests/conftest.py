@@ -66,3 +66,11 @@ def tiny_neox(vocab_size: int = 512, layers: int = 2, d_model: int = 32, heads: 
         attn_implementation="eager",
     )
     return GPTNeoXForCausalLM(config).eval()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _registered_schema():
+    """The structured-config schema, as the `ckptstudy` entry point registers it."""
+    from ckptstudy.config import register_configs
+
+    register_configs()

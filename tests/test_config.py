@@ -129,3 +129,29 @@ def test_suite_spec_keys_are_checked():
 def test_micro_yaml_recipe_is_the_builder_default():
     # the yaml documents the recipe; keeping it equal to the code default avoids two truths
     assert spec_from_config(compose_config().model) == SuiteSpec()
+
+
+def test_paper_preset_reproduces_the_paper_setup():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=repetitions_not_alike"], return_hydra_config=True)
+    assert cfg.model.repo == "EleutherAI/pythia-1.4b" and cfg.probes.dataset == "JeanKaddour/minipile"
+    assert cfg.probes.natural.n == 1000 and cfg.probes.natural.length == 32
+    assert cfg.metrics.repetition.new_tokens == 1000 and cfg.metrics.repetition.max_period == 500
+    steps = [int(s) for s in str(cfg.hydra.sweeper.params.step).split(",")]
+    assert len(steps) == 10 and steps[0] == 1 and steps[-1] == 143000
+    assert all(s in checkpoints.PYTHIA_STEPS for s in steps)
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm"])
+def test_cluster_launchers_compose(launcher):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"hydra/launcher={launcher}", "model=pythia-160m"],
+            return_hydra_config=True,
+        )
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()

@@ -123,3 +123,28 @@ def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
         )
         for key, value in again.items():
             assert (math.isnan(value) and math.isnan(metrics[key])) or value == pytest.approx(metrics[key]), key
+
+
+def test_icl_specialization_end_to_end(sweep):
+    import math
+
+    from ckptstudy.results import read_arrays
+
+    table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv").set_index("step")
+    keys = [
+        "icl/ablation_top1_share",
+        "icl/ablation_top3_share",
+        "icl/ablation_neff",
+        "icl/ablation_gini",
+        "icl/ablation_vs_induction_spearman",
+        "icl/ablation_total",
+        "icl/icl_repeat_rate",
+    ]
+    for key in keys:
+        assert table[key].map(math.isfinite).all(), key
+    assert table.loc[1600, "icl/icl_repeat_rate"] > table.loc[0, "icl/icl_repeat_rate"]
+    # top-5 overlap with the previous step: undefined at the first step, a proportion after it
+    overlap = table["icl/top5_jaccard_prev"]
+    assert math.isnan(overlap[STEPS[0]]) and overlap.drop(STEPS[0]).between(0, 1).all()
+    arrays = read_arrays(sweep["records"] / "step1600.json")
+    assert arrays["icl/ablation_effect"].shape == arrays["icl/induction"].shape == (2, 4)

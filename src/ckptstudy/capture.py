@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-AttnReducer = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, attn[b,h,q,k], ids[b,s])
+# (layer, attn[b,h,q,k], chunk) -> a tensor or a dict of tensors; chunk = {"ids": [b,s], **row_data rows}
+AttnReducer = Callable[[int, torch.Tensor, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits[b,s,v], ids[b,s])
 
 
@@ -68,16 +69,26 @@ def hooks(handles: list) -> Iterator[None]:
             handle.remove()
 
 
-def batches(ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, ids.shape[0], batch_size):
-        yield ids[start : start + batch_size]
+def _to_cpu(value):
+    if isinstance(value, dict):
+        return {k: v.detach().cpu() for k, v in value.items()}
+    return value.detach().cpu()
+
+
+def _add(total, value):
+    """Running sum of reductions (tensors or dicts of tensors)."""
+    if total is None:
+        return value
+    if isinstance(value, dict):
+        return {k: total[k] + v for k, v in value.items()}
+    return total + value
 
 
 @dataclass
 class Captured:
     """Reductions summed over all batch chunks: attn[layer] and the logits reduction."""
 
-    attn: list[torch.Tensor] | None
+    attn: list | None  # per layer: a tensor or a dict of tensors
     logits: torch.Tensor | None
     n_rows: int
 
@@ -89,25 +100,30 @@ def capture(
     attn_fn: AttnReducer | None = None,
     logits_fn: LogitsReducer | None = None,
     batch_size: int = 16,
+    row_data: dict[str, torch.Tensor] | None = None,
 ) -> Captured:
-    """Run `ids` [n, seq] through the model; reduce attention per layer and the logits per chunk."""
+    """Run `ids` [n, seq] through the model; reduce attention per layer and the logits per chunk.
+
+    `row_data` tensors (first axis = rows of `ids`) are sliced with each chunk and handed to `attn_fn`.
+    """
     parts = model_parts(model)
     device = next(model.parameters()).device
-    attn_sums: list[torch.Tensor | None] = [None] * parts.n_layers
+    attn_sums: list = [None] * parts.n_layers
     current: dict[str, torch.Tensor] = {}
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            reduced = attn_fn(layer, output[1].float(), current["ids"]).detach().cpu()
-            attn_sums[layer] = reduced if attn_sums[layer] is None else attn_sums[layer] + reduced
+            attn_sums[layer] = _add(attn_sums[layer], _to_cpu(attn_fn(layer, output[1].float(), current)))
 
         return hook
 
     handles = [a.register_forward_hook(make_hook(i)) for i, a in enumerate(parts.attentions)] if attn_fn else []
     logits_sum = None
     with hooks(handles):
-        for chunk in batches(ids, batch_size):
-            chunk = chunk.to(device)
+        for start in range(0, ids.shape[0], batch_size):
+            chunk = ids[start : start + batch_size].to(device)
+            current.clear()
+            current.update({k: v[start : start + batch_size].to(device) for k, v in (row_data or {}).items()})
             current["ids"] = chunk
             logits = model(input_ids=chunk).logits
             if logits_fn is not None:

@@ -38,7 +38,7 @@ class NaturalConf:
 
 @dataclass
 class IclRepeatConf:
-    n: int = 32
+    n: int = 64
     length: int = 24
     copies: int = 4
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ def natural_prompt_ids(tokenized: list[list[int]], n: int, length: int) -> torch
     return torch.tensor(rows, dtype=torch.long)
 
 
+def loops_by_itself(passage: list[int]) -> bool:
+    """True when the passage already repeats: it ends in a cycle, or a bigram occurs twice in it
+    (a repeated bigram makes the copy ambiguous: after it, two different tokens followed)."""
+    bigrams = list(itertools.pairwise(passage))
+    return trailing_cycle(passage, min_period=1, min_copies=2) is not None or len(set(bigrams)) < len(bigrams)
+
+
 def icl_repeat_ids(tokenized: list[list[int]], n: int, length: int, copies: int) -> torch.Tensor:
     """Passages of `length` tokens that do not loop by themselves, each repeated `copies` times."""
     if copies < 2:
@@ -76,7 +84,7 @@ def icl_repeat_ids(tokenized: list[list[int]], n: int, length: int, copies: int)
     rows = []
     for ids in tokenized:
         passage = ids[:length]
-        if trailing_cycle(passage, min_period=1, min_copies=2) is None and len(set(passage)) > length // 2:
+        if not loops_by_itself(passage):
             rows.append(passage * copies)
         if len(rows) == n:
             break

@@ -116,9 +116,10 @@ def results_table(records: list[dict]):
     return table.reset_index(drop=True)
 
 
-def write_table(root: str | Path, study: str):
-    """Rebuild `<root>/<study>/trajectories.csv` from the records; returns (path, table)."""
-    table = results_table(load_records(root, study))
+def write_table(root: str | Path, study: str, table=None):
+    """Write `<root>/<study>/trajectories.csv` (rebuilt from the records unless given); returns (path, table)."""
+    if table is None:
+        table = results_table(load_records(root, study))
     path = study_dir(root, study) / TABLE_NAME
     atomic_write_bytes(path, table.to_csv(index=False).encode())
     return path, table

@@ -55,8 +55,9 @@ class SuiteSpec:
     batch_size: int = 32
     span_min: int = 8
     span_max: int = 48
-    # curriculum: [until_step, share of batch rows that are repeated random spans]
-    phases: list[list[float]] = field(default_factory=lambda: [[200, 0.0], [1300, 0.9], [1600, 0.3]])
+    # curriculum: [until_step, share of batch rows that are a repeated span, share of those spans that
+    # are natural text (the rest: random tokens); the third value may be left out (= 0)]
+    phases: list[list[float]] = field(default_factory=lambda: [[200, 0.0], [1300, 0.9], [1600, 0.4, 0.5]])
     # optimisation
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -80,11 +81,15 @@ class SuiteSpec:
         steps.add(self.total_steps)
         return sorted(steps)
 
+    def phase(self, step: int) -> tuple[float, float]:
+        """(share of rows that are repeated spans, share of those that are natural text) at `step`."""
+        for entry in self.phases:
+            if step < entry[0]:
+                break
+        return float(entry[1]), float(entry[2]) if len(entry) > 2 else 0.0
+
     def repeat_share(self, step: int) -> float:
-        for until, share in self.phases:
-            if step < until:
-                return float(share)
-        return float(self.phases[-1][1])
+        return self.phase(step)[0]
 
     def spec_hash(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -168,20 +173,27 @@ class BatchSampler:
         self.low, self.high = n_special, vocab_size
         self.gen = torch.Generator().manual_seed(spec.seed)
 
-    def repeated_span_row(self) -> torch.Tensor:
+    def repeated_span_row(self, natural: bool) -> torch.Tensor:
         s = self.spec
         span = int(torch.randint(s.span_min, s.span_max + 1, (1,), generator=self.gen))
-        ids = torch.randint(self.low, self.high, (span,), generator=self.gen)
+        ids = self.text_row(span) if natural else torch.randint(self.low, self.high, (span,), generator=self.gen)
         return ids.repeat(s.seq_len // span + 1)[: s.seq_len]
 
-    def text_row(self) -> torch.Tensor:
-        start = int(torch.randint(0, len(self.stream) - self.spec.seq_len, (1,), generator=self.gen))
-        return self.stream[start : start + self.spec.seq_len]
+    def text_row(self, length: int | None = None) -> torch.Tensor:
+        length = length or self.spec.seq_len
+        start = int(torch.randint(0, len(self.stream) - length, (1,), generator=self.gen))
+        return self.stream[start : start + length]
 
     def batch(self, step: int) -> torch.Tensor:
-        share = self.spec.repeat_share(step)
-        is_repeat = torch.rand(self.spec.batch_size, generator=self.gen) < share
-        return torch.stack([self.repeated_span_row() if r else self.text_row() for r in is_repeat.tolist()])
+        repeat_share, natural_share = self.spec.phase(step)
+        is_repeat = (torch.rand(self.spec.batch_size, generator=self.gen) < repeat_share).tolist()
+        # the natural/random draw only happens when natural spans are on, so phases without them
+        # consume the generator exactly as before (their batches do not change)
+        is_natural = [
+            bool(natural_share) and float(torch.rand(1, generator=self.gen)) < natural_share for _ in is_repeat
+        ]
+        rows = [self.repeated_span_row(n) if r else self.text_row() for r, n in zip(is_repeat, is_natural)]
+        return torch.stack(rows)
 
 
 def save_checkpoint(model, tokenizer, directory: Path) -> None:
@@ -280,7 +292,7 @@ def spec_from_config(model_cfg) -> SuiteSpec:
     overrides = dict(model_cfg.get("suite") or {})
     overrides.setdefault("name", model_cfg.name)
     try:
-        return SuiteSpec(**{k: (list(map(list, v)) if k == "phases" else v) for k, v in overrides.items()})
+        return SuiteSpec(**{k: ([list(p) for p in v] if k == "phases" else v) for k, v in overrides.items()})
     except TypeError as err:
         valid = ", ".join(SuiteSpec.__dataclass_fields__)
         raise ValueError(f"model.suite of {model_cfg.name!r}: {err}; valid keys: {valid}") from None

@@ -81,6 +81,9 @@ def log_checkpoint(logger_cfg, directory: Path, study: str, record: dict, measur
         )
         scalars = dict(record.get("metrics") or {})
         images = {k: wandb.Histogram(np.asarray(v)) for k, v in measured.histograms.items() if len(v)}
+        for name, values in measured.bars.items():
+            table = wandb.Table(columns=["label", "value"], data=[[k, float(v)] for k, v in values.items()])
+            images[f"bar/{name}"] = wandb.plot.bar(table, "label", "value", title=f"{name} @ step {record['step']}")
         if logger_cfg.heatmaps:
             for name, array in measured.arrays.items():
                 fig = heatmap_figure(array, f"{name} @ step {record['step']}")

@@ -56,6 +56,30 @@ def onsets(table, metrics: list[str], fraction: float = 0.5) -> dict[tuple[str, 
     return out
 
 
+def add_cross_step_columns(table, records: list[dict], k: int = 5):
+    """`icl/top5_jaccard_prev`: overlap of the top-k ablation heads with the previous ok step's."""
+    import torch
+
+    from ckptstudy.metrics.specialization import jaccard, top_heads
+
+    column = f"icl/top{k}_jaccard_prev"
+    values = {}
+    for model in {r.get("model") for r in records}:
+        previous = None
+        for record in sorted(
+            (r for r in records if r.get("model") == model and r.get("status") == "ok"), key=lambda r: int(r["step"])
+        ):
+            effects = results.read_arrays(Path(record["_path"])).get("icl/ablation_effect")
+            if effects is None:
+                continue
+            current = top_heads(torch.from_numpy(effects), k)
+            values[(model, int(record["step"]))] = jaccard(previous, current) if previous is not None else math.nan
+            previous = current
+    if values:
+        table[column] = [values.get((m, int(s)), math.nan) for m, s in zip(table["model"], table["step"])]
+    return table
+
+
 def head_tables(records: list[dict], model: str) -> dict[str, list[list]]:
     """Per-head arrays over steps as rows [step, layer, head, value] (2-D layer x head arrays only)."""
     tables: dict[str, list[list]] = {}
@@ -81,7 +105,8 @@ def summarize(
     from ckptstudy.plots import save_figure, trajectory_figure
 
     records = results.load_records(root, study)
-    path, table = results.write_table(root, study)
+    table = add_cross_step_columns(results.results_table(records), records)
+    path, table = results.write_table(root, study, table)
     directory = results.study_dir(root, study)
     if table.empty:
         print(f"no records under {directory / 'records'}")

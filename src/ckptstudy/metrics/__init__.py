@@ -15,16 +15,18 @@ class FamilyResult:
 
     scalars: flat numbers (trajectories.csv columns); arrays: per-head arrays (layer x head [x ...]),
     saved with the record and drawn as heatmaps; raw: other arrays saved with the record (e.g.
-    generated ids) for re-analysis; histograms: value samples logged as W&B histograms.
+    generated ids) for re-analysis; histograms: value samples logged as W&B histograms; bars: small
+    {label: value} charts logged as W&B bar charts.
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    bars: dict[str, dict[str, float]] = field(default_factory=dict)  # bar charts: {chart: {label: value}}
 
     def update(self, other: FamilyResult) -> None:
-        for name in ("scalars", "arrays", "raw", "histograms"):
+        for name in ("scalars", "arrays", "raw", "histograms", "bars"):
             getattr(self, name).update(getattr(other, name))
 
 

@@ -1,4 +1,5 @@
-"""ICL heads (`icl/`): per-head induction, previous-token and duplicate-token scores; ICL loss scores.
+"""ICL heads (`icl/`): per-head induction, previous-token and duplicate-token scores; ICL loss scores;
+per-head ablation effects on copied (ICL) and natural loops and how concentrated they are.
 
 Pure tensor functions first; `measure` at the end wires them to capture passes over the probes.
 Conventions on `random_repeat` = BOS + R random tokens + the same R tokens (length 1 + 2R):
@@ -16,8 +17,21 @@ import math
 
 import torch
 
+from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
 from ckptstudy.capture import capture
+from ckptstudy.cycles import trailing_cycles
+from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.metrics.repetition import natural_generation
+from ckptstudy.metrics.specialization import (
+    cosine,
+    effective_heads,
+    gini,
+    jaccard,
+    spearman,
+    top_heads,
+    top_share,
+)
 
 
 def diagonal_attention_sum(attn: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -84,13 +98,144 @@ def top_k_mean(scores: torch.Tensor, k: int) -> float:
     return float(flat.topk(min(k, flat.numel())).values.mean())
 
 
+def icl_targets(icl_ids: torch.Tensor, passage_length: int) -> Targets:
+    """Targets on `icl_repeat`: every query in cycles >= 2 predicts the copy of the next token."""
+    mask = torch.zeros_like(icl_ids, dtype=torch.bool)
+    mask[:, passage_length : icl_ids.shape[1] - 1] = True
+    return Targets(icl_ids, mask)
+
+
+def natural_loop_targets(
+    prompts: torch.Tensor, generated: torch.Tensor, period: torch.Tensor, onset: torch.Tensor
+) -> Targets | None:
+    """Targets on natural loops: prompt + generation of the looping rows; every query whose next token
+    lies in cycle >= 2 of the loop predicts that (repeated) token. None when nothing loops."""
+    looping = period > 0
+    if not looping.any():
+        return None
+    ids = torch.cat([prompts, generated], dim=1)[looping]
+    first = prompts.shape[1] + onset[looping] + period[looping] - 1  # query predicting cycle 2's first token
+    position = torch.arange(ids.shape[1])[None, :]
+    mask = (position >= first[:, None]) & (position < ids.shape[1] - 1)
+    return Targets(ids, mask)
+
+
+def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> float:
+    """Share of rows whose continuation repeats the passage exactly (as far as it goes)."""
+    expected = passages.repeat(1, continuations.shape[1] // passages.shape[1] + 1)[:, : continuations.shape[1]]
+    return float((continuations == expected).all(dim=1).float().mean())
+
+
+def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> torch.Tensor:
+    if mode == "exact":
+        return exact_effects(model, targets, ablation, score, max_rows=max_rows)
+    if mode == "attribution":
+        return attribution_effects(model, targets, ablation, score)
+    raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; choose one of exact, attribution, off")
+
+
+def specialization_scalars(effects: torch.Tensor, induction: torch.Tensor, top_k: int) -> dict[str, float]:
+    return {
+        "icl/ablation_top1_share": top_share(effects, 1),
+        f"icl/ablation_top{top_k}_share": top_share(effects, top_k),
+        "icl/ablation_neff": effective_heads(effects),
+        "icl/ablation_gini": gini(effects),
+        "icl/ablation_vs_induction_spearman": spearman(effects, induction),
+        "icl/ablation_total": float(effects.clamp(min=0).sum()),
+    }
+
+
+def validate_attribution(
+    model, targets: Targets, estimate: torch.Tensor, k: int, ablation: str, score: str, seed: int, max_rows: int
+) -> float:
+    """Spearman between attribution and exact effects on the k top-ranked heads plus k random others."""
+    n_heads = estimate.shape[1]
+    top = estimate.flatten().topk(min(k, estimate.numel())).indices.tolist()
+    rest = [i for i in range(estimate.numel()) if i not in top]
+    gen = torch.Generator().manual_seed(seed)
+    extra = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:k].tolist()]
+    chosen = [(i // n_heads, i % n_heads) for i in top + extra]
+    exact = exact_effects(model, targets, ablation, score, heads=chosen, max_rows=max_rows)
+    picked = torch.tensor([i for i in top + extra])
+    return spearman(estimate.flatten()[picked], exact.flatten()[picked])
+
+
 def measure(
     ctx,
     late_position: int = 500,
     early_position: int = 50,
     window: int = 9,
     top_k: int = 3,
+    mode: str = "exact",
+    ablation: str = "zero",
+    score: str = "logprob",
+    validate_k: int = 0,
+    rate_cycles: int = 2,
+    natural_new_tokens: int = 1000,
+    max_rows: int = 64,
 ) -> FamilyResult:
+    """Head pattern scores and loss scores; with `mode` exact/attribution also the per-head ablation effects
+    on copied (ICL) and natural loops and their specialization; `mode=off` skips the ablations."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"metrics.icl_heads.ablation={ablation!r} is not valid; choose one of {', '.join(ABLATIONS)}")
+    if score not in SCORES:
+        raise ValueError(f"metrics.icl_heads.score={score!r} is not valid; choose one of {', '.join(SCORES)}")
+    result = pattern_and_loss_scores(ctx, late_position, early_position, window, top_k)
+    result.scalars["icl/icl_repeat_rate"] = icl_repeat_rate(ctx, rate_cycles)
+    if mode == "off":
+        return result
+    induction = torch.from_numpy(result.arrays["icl/induction"])
+    targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
+    effects = head_effects(ctx.model, targets, mode, ablation, score, max_rows)
+    result.scalars.update(specialization_scalars(effects, induction, top_k))
+    result.arrays["icl/ablation_effect"] = effects.numpy()
+    if mode == "attribution" and validate_k > 0:
+        result.scalars["icl/attribution_spearman"] = validate_attribution(
+            ctx.model, targets, effects, validate_k, ablation, score, ctx.seed, max_rows
+        )
+
+    gen = natural_generation(ctx, natural_new_tokens)
+    period, _, onset = trailing_cycles(gen.ids)
+    natural = natural_loop_targets(ctx.probes.natural, gen.ids, period, onset)
+    nat_scalars = dict.fromkeys(
+        ("icl/natural_ablation_neff", "icl/icl_natural_top5_jaccard", "icl/icl_natural_cosine"), math.nan
+    )
+    if natural is not None:
+        natural_effects = head_effects(ctx.model, natural, mode, ablation, score, max_rows)
+        nat_scalars = {
+            "icl/natural_ablation_neff": effective_heads(natural_effects),
+            "icl/icl_natural_top5_jaccard": jaccard(top_heads(effects, 5), top_heads(natural_effects, 5)),
+            "icl/icl_natural_cosine": cosine(effects, natural_effects),
+        }
+        result.arrays["icl/natural_effect"] = natural_effects.numpy()
+    result.scalars.update(nat_scalars)
+    result.scalars["icl/natural_loop_prompts"] = float((period > 0).sum())
+    return result
+
+
+def icl_repeat_rate(ctx, cycles: int) -> float:
+    """Share of `icl_repeat` prompts whose greedy continuation of `cycles` passages (clipped to the
+    context) copies every token."""
+    prompts = ctx.probes.icl_repeat
+    length = ctx.probes.icl_length
+    room = ctx.context_length - prompts.shape[1]
+    if room < 1:
+        raise ValueError(
+            f"icl_repeat prompts ({prompts.shape[1]} tokens) fill the model's context "
+            f"({ctx.context_length}); lower probes.icl_repeat.length or copies"
+        )
+    gen = greedy_generate(
+        ctx.model,
+        prompts,
+        min(cycles * length, room),
+        pad_id=ctx.tokenizer.pad_token_id or 0,
+        batch_size=ctx.batch_size,
+        desc="icl continuation",
+    )
+    return copy_rate(gen.ids, prompts[:, :length])
+
+
+def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window: int, top_k: int) -> FamilyResult:
     """Per-head pattern scores on `random_repeat`, repeated-half NLL gain, ICL score on `long_text`."""
     probes = ctx.probes
     r = probes.repeat_length

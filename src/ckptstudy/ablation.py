@@ -1,0 +1,230 @@
+"""Per-head ablation effects on predicting expected tokens: exact (batched, reusing the clean residual),
+naive (one full forward per head, the reference), and attribution patching (one forward + backward).
+
+The quantity is the pooled mean, over target positions, of a score of the expected next token:
+`logprob` = log p(expected) or `contrast` = log p(expected) - log p(best other token). A head's effect
+is clean score minus ablated score (positive = the head helps). Ablation replaces the head's output
+(the slice of the attention output projection's input) by 0 (`zero`) or by its mean over the probe's
+positions (`mean`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ckptstudy.capture import hooks, model_parts
+
+SCORES = ("logprob", "contrast")
+ABLATIONS = ("zero", "mean")
+
+
+@dataclass
+class Targets:
+    """Token ids [n, seq] and the query positions [n, seq] (bool) whose next token is the expected one."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self):
+        if self.mask[:, -1].any():
+            raise ValueError("the last position has no next token to predict")
+        if not self.mask.any():
+            raise ValueError("no target position to measure")
+
+    @property
+    def expected(self) -> torch.Tensor:
+        """The expected token at each target position: the next token in `ids`: [n_targets]."""
+        return self.ids[:, 1:][self.mask[:, :-1]]
+
+
+def token_scores(logits: torch.Tensor, expected: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-position score of the expected token from logits [T, vocab]: [T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, expected[:, None]).squeeze(-1)
+    if score == "logprob":
+        return chosen
+    if score == "contrast":
+        others = logp.scatter(-1, expected[:, None], float("-inf"))
+        return chosen - others.max(-1).values
+    raise ValueError(f"score={score!r} is not valid; choose one of {', '.join(SCORES)}")
+
+
+def _unembed(model, hidden: torch.Tensor) -> torch.Tensor:
+    return model.get_output_embeddings()(model.gpt_neox.final_layer_norm(hidden))
+
+
+@dataclass
+class CleanRun:
+    """What the clean forward leaves for the ablated runs: each layer's input residual and call kwargs,
+    each head's mean output, and the clean score sum."""
+
+    resid: list[torch.Tensor]  # [n, seq, d] input of each layer
+    layer_kwargs: dict
+    head_means: list[torch.Tensor]  # [n_heads * head_dim] per layer
+    score_sum: float
+    n_targets: int
+
+
+@torch.no_grad()
+def clean_run(model, targets: Targets, score: str) -> CleanRun:
+    """One clean forward that records every layer's input residual and kwargs, and head output means."""
+    parts = model_parts(model)
+    resid: list = [None] * parts.n_layers
+    means: list = [None] * parts.n_layers
+    kwargs_seen: dict = {}
+
+    def grab_input(i):
+        def hook(_module, args, kwargs):
+            resid[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+            if i == 0:
+                kwargs_seen.update(
+                    {k: kwargs.get(k) for k in ("attention_mask", "position_ids", "position_embeddings")}
+                )
+
+        return hook
+
+    def grab_heads(i):
+        def hook(_module, args):
+            means[i] = args[0].detach().reshape(-1, args[0].shape[-1]).mean(0)
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab_input(i), with_kwargs=True) for i, layer in enumerate(parts.layers)]
+    handles += [proj.register_forward_pre_hook(grab_heads(i)) for i, proj in enumerate(parts.out_projs)]
+    device = next(model.parameters()).device
+    with hooks(handles):
+        logits = model(input_ids=targets.ids.to(device)).logits
+    scores = token_scores(logits[targets.mask.to(device)], targets.expected.to(device), score)
+    return CleanRun(resid, kwargs_seen, means, float(scores.sum()), int(scores.numel()))
+
+
+@contextmanager
+def _ablate_heads(out_proj, head_of_row: torch.Tensor, head_dim: int, replacement: torch.Tensor):
+    """Pre-hook on a layer's output projection: row r gets head `head_of_row[r]` replaced (-1 = none)."""
+    n_heads = replacement.numel() // head_dim
+    keep = torch.ones(len(head_of_row), n_heads, device=replacement.device)
+    rows = (head_of_row >= 0).nonzero().squeeze(-1)
+    keep[rows, head_of_row[rows]] = 0
+    keep = keep.repeat_interleave(head_dim, dim=1)[:, None, :]  # [rows, 1, n_heads * head_dim]
+
+    def hook(_module, args):
+        z = args[0]
+        return (z * keep + replacement * (1 - keep),)
+
+    handle = out_proj.register_forward_pre_hook(hook)
+    with hooks([handle]):
+        yield
+
+
+@torch.no_grad()
+def exact_effects(
+    model,
+    targets: Targets,
+    ablation: str = "zero",
+    score: str = "logprob",
+    heads: list[tuple[int, int]] | None = None,
+    max_rows: int = 64,
+) -> torch.Tensor:
+    """Exact per-head effects [n_layers, n_heads] (NaN for heads not in `heads`, when given).
+
+    For each layer, the clean residual entering it is reused; the ablated variants of all its heads
+    run as one batch (in chunks of `max_rows` rows) through the remaining layers, and only target
+    positions are unembedded.
+    """
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation={ablation!r} is not valid; choose one of {', '.join(ABLATIONS)}")
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    clean = clean_run(model, targets, score)
+    n = targets.ids.shape[0]
+    mask, expected = targets.mask.to(device), targets.ids[:, 1:].to(device)
+    wanted = set(heads) if heads is not None else None
+    effects = torch.full((parts.n_layers, parts.n_heads), float("nan"))
+    for layer in range(parts.n_layers):
+        layer_heads = [h for h in range(parts.n_heads) if wanted is None or (layer, h) in wanted]
+        if not layer_heads:
+            continue
+        variants = torch.tensor([(h, i) for h in layer_heads for i in range(n)])  # (head, prompt) per row
+        totals = torch.zeros(parts.n_heads, dtype=torch.float64)
+        replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else clean.head_means[layer]
+        for start in range(0, len(variants), max_rows):
+            chunk = variants[start : start + max_rows]
+            head_of_row, prompt = chunk[:, 0].to(device), chunk[:, 1].to(device)
+            hidden = clean.resid[layer][prompt]
+            kwargs = _index_kwargs(clean.layer_kwargs, prompt, n)
+            with _ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
+                hidden = parts.layers[layer](hidden, **kwargs)
+            for later in parts.layers[layer + 1 :]:
+                hidden = later(hidden, **kwargs)
+            row_mask = mask[prompt]
+            logits = _unembed(model, hidden[row_mask])
+            want = expected[prompt][row_mask[:, :-1]]
+            scores = token_scores(logits, want, score).double()
+            owner = head_of_row[:, None].expand_as(row_mask)[row_mask]
+            totals.index_add_(0, owner.cpu(), scores.cpu())
+        for h in layer_heads:
+            effects[layer, h] = (clean.score_sum - float(totals[h])) / clean.n_targets
+    return effects
+
+
+def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:
+    """The clean pass's layer kwargs (mask, positions, rotary) for rows `prompt` of its batch."""
+
+    def pick(value):
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n and n > 1:
+            return value[prompt]
+        if isinstance(value, tuple):
+            return tuple(pick(v) for v in value)
+        return value
+
+    return {k: pick(v) for k, v in layer_kwargs.items()}
+
+
+@torch.no_grad()
+def naive_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
+    """Reference: one full forward per head with that head ablated: [n_layers, n_heads]."""
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    clean = clean_run(model, targets, score)
+    ids, mask, expected = targets.ids.to(device), targets.mask.to(device), targets.expected.to(device)
+    effects = torch.zeros(parts.n_layers, parts.n_heads)
+    for layer in range(parts.n_layers):
+        replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else clean.head_means[layer]
+        for h in range(parts.n_heads):
+            head_of_row = torch.full((ids.shape[0],), h, device=device)
+            with _ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
+                logits = model(input_ids=ids).logits
+            total = token_scores(logits[mask], expected, score).double().sum()
+            effects[layer, h] = (clean.score_sum - float(total)) / clean.n_targets
+    return effects
+
+
+def attribution_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
+    """Attribution patching: effect_h ~ grad(score) . (z_h - z_ablated), one forward + one backward."""
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    outputs: list = [None] * parts.n_layers
+
+    def keep(i):
+        def hook(_module, args):
+            args[0].retain_grad()
+            outputs[i] = args[0]
+
+        return hook
+
+    handles = [proj.register_forward_pre_hook(keep(i)) for i, proj in enumerate(parts.out_projs)]
+    with hooks(handles), torch.enable_grad():
+        logits = model(input_ids=targets.ids.to(device)).logits
+        scores = token_scores(logits[targets.mask.to(device)], targets.expected.to(device), score)
+        mean_score = scores.mean()
+        mean_score.backward()
+    effects = torch.zeros(parts.n_layers, parts.n_heads)
+    for i, z in enumerate(outputs):
+        delta = z.detach() if ablation == "zero" else z.detach() - z.detach().reshape(-1, z.shape[-1]).mean(0)
+        contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)
+        effects[i] = contribution.sum(dim=(0, 1, 3)).cpu()
+    model.zero_grad(set_to_none=True)
+    return effects
