@@ -144,7 +144,7 @@ def test_targets_and_copy_rate():
     assert targets.mask[0].nonzero().squeeze(-1).tolist() == list(range(3, 11))
     assert targets.expected.tolist() == list(range(4, 12))
     passages = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    assert copy_rate(torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4]]), passages) == 0.5
+    assert copy_rate(torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4]]), passages) == (0.5, 7 / 8)
     prompts = torch.tensor([[9, 9], [8, 8]])
     generated = torch.tensor([[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 1, 2, 3, 4, 5]])
     nat = natural_loop_targets(prompts, generated, torch.tensor([2, 0]), torch.tensor([2, -1]))

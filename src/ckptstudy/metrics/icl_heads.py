@@ -120,10 +120,12 @@ def natural_loop_targets(
     return Targets(ids, mask)
 
 
-def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> float:
-    """Share of rows whose continuation repeats the passage exactly (as far as it goes)."""
+def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[float, float]:
+    """(share of rows whose continuation repeats the passage exactly as far as it goes, share of
+    continuation tokens that are the copy)."""
     expected = passages.repeat(1, continuations.shape[1] // passages.shape[1] + 1)[:, : continuations.shape[1]]
-    return float((continuations == expected).all(dim=1).float().mean())
+    match = continuations == expected
+    return float(match.all(dim=1).float().mean()), float(match.float().mean())
 
 
 def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> torch.Tensor:
@@ -181,7 +183,9 @@ def measure(
     if score not in SCORES:
         raise ValueError(f"metrics.icl_heads.score={score!r} is not valid; choose one of {', '.join(SCORES)}")
     result = pattern_and_loss_scores(ctx, late_position, early_position, window, top_k)
-    result.scalars["icl/icl_repeat_rate"] = icl_repeat_rate(ctx, rate_cycles)
+    rate, accuracy = icl_repeat_rate(ctx, rate_cycles)
+    result.scalars["icl/icl_repeat_rate"] = rate
+    result.scalars["icl/icl_copy_accuracy"] = accuracy
     if mode == "off":
         return result
     induction = torch.from_numpy(result.arrays["icl/induction"])
@@ -213,9 +217,9 @@ def measure(
     return result
 
 
-def icl_repeat_rate(ctx, cycles: int) -> float:
+def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float]:
     """Share of `icl_repeat` prompts whose greedy continuation of `cycles` passages (clipped to the
-    context) copies every token."""
+    context) copies every token, and the share of continuation tokens that are copies."""
     prompts = ctx.probes.icl_repeat
     length = ctx.probes.icl_length
     room = ctx.context_length - prompts.shape[1]
