@@ -139,6 +139,15 @@ def _validated(estimate: torch.Tensor, k: int, seed: int) -> list[int]:
     return top + [rest[i] for i in torch.randperm(len(rest), generator=gen)[:k].tolist()]
 
 
+def test_concentration_of_a_negligible_effect_is_not_reported():
+    from ckptstudy.metrics.icl_heads import specialization_scalars
+
+    tiny = torch.tensor([[0.001, 0.0], [0.0, 0.0]])
+    scalars = specialization_scalars(tiny, torch.rand(2, 2), 3, min_total=0.01)
+    assert math.isnan(scalars["icl/ablation_neff"]) and scalars["icl/ablation_total"] == pytest.approx(0.001)
+    assert specialization_scalars(tiny, torch.rand(2, 2), 3)["icl/ablation_top1_share"] == 1
+
+
 def test_targets_and_copy_rate():
     targets = icl_targets(torch.arange(12).view(1, 12), 3)
     assert targets.mask[0].nonzero().squeeze(-1).tolist() == list(range(3, 11))

@@ -42,6 +42,7 @@ def trajectory_figure(table, metrics: list[str], onsets: dict[tuple[str, str], f
             if onset is not None and np.isfinite(onset):
                 ax.axvline(onset, linestyle="--", linewidth=1, color="gray")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0, right=max(1.0, float(table["step"].max())) * 1.3)
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("training step")
     for ax in list(axes.flat)[len(metrics) :]:

@@ -166,6 +166,19 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory) -> 
         print(f"W&B:     {directory / 'wandb'} (offline runs: `wandb sync {directory / 'wandb'}/offline-run-*`)")
 
 
+def summarize_study(cfg) -> dict:
+    """`summarize` for the study, paths, logger and report settings of a composed config."""
+    report = cfg.report
+    return summarize(
+        cfg.paths.root,
+        cfg.study,
+        cfg.logger,
+        list(report.summary_metrics),
+        list(report.onset_metrics),
+        report.onset_fraction,
+    )
+
+
 class TrajectoryCallback(Callback):
     """Hydra callback: builds the suite before a sweep and the trajectories after it."""
 
@@ -178,15 +191,7 @@ class TrajectoryCallback(Callback):
             log.error("could not build the micro suite: %s", err)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        report = config.report
-        out = summarize(
-            config.paths.root,
-            config.study,
-            config.logger,
-            list(report.summary_metrics),
-            list(report.onset_metrics),
-            report.onset_fraction,
-        )
+        out = summarize_study(config)
         if out["failed"]:
             print(f"{len(out['failed'])} checkpoint(s) failed: {out['failed']}", file=sys.stderr)
             sys.exit(1)
@@ -201,14 +206,5 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=cli.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=mine paths.root=outputs logger=none")
     args = parser.parse_args(argv)
-    cfg = compose_config(args.overrides)
-    report = cfg.report
-    out = summarize(
-        cfg.paths.root,
-        cfg.study,
-        cfg.logger,
-        list(report.summary_metrics),
-        list(report.onset_metrics),
-        report.onset_fraction,
-    )
+    out = summarize_study(compose_config(args.overrides))
     sys.exit(1 if out["failed"] else 0)

@@ -136,14 +136,21 @@ def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, 
     raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; choose one of exact, attribution, off")
 
 
-def specialization_scalars(effects: torch.Tensor, induction: torch.Tensor, top_k: int) -> dict[str, float]:
+def specialization_scalars(
+    effects: torch.Tensor, induction: torch.Tensor, top_k: int, min_total: float = 0.0
+) -> dict[str, float]:
+    """Concentration of the effect vector; shares, N_eff and Gini are NaN when the total positive
+    effect is below `min_total` (then they describe noise, not a circuit)."""
+    total = float(effects.clamp(min=0).sum())
+    if total < min_total:
+        effects = torch.full_like(effects, math.nan)
     return {
         "icl/ablation_top1_share": top_share(effects, 1),
         f"icl/ablation_top{top_k}_share": top_share(effects, top_k),
         "icl/ablation_neff": effective_heads(effects),
         "icl/ablation_gini": gini(effects),
         "icl/ablation_vs_induction_spearman": spearman(effects, induction),
-        "icl/ablation_total": float(effects.clamp(min=0).sum()),
+        "icl/ablation_total": total,
     }
 
 
@@ -175,6 +182,7 @@ def measure(
     rate_cycles: int = 2,
     natural_new_tokens: int = 1000,
     max_rows: int = 64,
+    min_effect_total: float = 0.01,
 ) -> FamilyResult:
     """Head pattern scores and loss scores; with `mode` exact/attribution also the per-head ablation effects
     on copied (ICL) and natural loops and their specialization; `mode=off` skips the ablations."""
@@ -191,7 +199,7 @@ def measure(
     induction = torch.from_numpy(result.arrays["icl/induction"])
     targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
     effects = head_effects(ctx.model, targets, mode, ablation, score, max_rows)
-    result.scalars.update(specialization_scalars(effects, induction, top_k))
+    result.scalars.update(specialization_scalars(effects, induction, top_k, min_effect_total))
     result.arrays["icl/ablation_effect"] = effects.numpy()
     if mode == "attribution" and validate_k > 0:
         result.scalars["icl/attribution_spearman"] = validate_attribution(
