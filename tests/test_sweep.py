@@ -155,3 +155,23 @@ def test_icl_specialization_end_to_end(sweep):
     assert math.isnan(overlap[STEPS[0]]) and overlap.drop(STEPS[0]).between(0, 1).all()
     arrays = read_arrays(sweep["records"] / "step1600.json")
     assert arrays["icl/ablation_effect"].shape == arrays["icl/induction"].shape == (2, 4)
+
+
+def test_low_information_attention_end_to_end(sweep):
+    import math
+
+    from ckptstudy.metrics.low_info import KEY_CLASSES
+    from ckptstudy.results import read_arrays
+
+    path = sweep["records"] / "step1600.json"
+    metrics = json.loads(path.read_text())["metrics"]
+    arrays = read_arrays(path)
+    for context in ("natural", "icl", "text"):
+        for name in ("enrich_newline", "enrich_punctuation", "enrich_function_word", "enrich_low_info"):
+            for suffix in ("", "_nosink"):
+                assert math.isfinite(metrics[f"lowinfo/{name}_{context}{suffix}"]), (name, context, suffix)
+        for kind in ("lowinfo", "content"):
+            assert 0 < metrics[f"lowinfo/entropy_{kind}_{context}"] < math.log(128)
+            assert 0 < metrics[f"lowinfo/entropy_{kind}_{context}_norm"] <= 1
+        assert arrays[f"lowinfo/enrich_{context}"].shape == (2, 4, len(KEY_CLASSES))
+    assert math.isfinite(metrics["lowinfo/enrich_newline_natural_over_icl"])
