@@ -64,3 +64,12 @@ def test_no_loop_at_all_gives_nan_onsets_not_errors():
     scalars, _ = analyze_generations(torch.arange(40).view(2, 20), torch.zeros(2, 20))
     assert scalars["rep/natural_rate"] == 0 and math.isnan(scalars["rep/onset_median"])
     assert scalars["rep/loop_fraction"] == 0
+
+
+def test_prompts_that_fill_the_context_are_refused_by_name():
+    from ckptstudy.metrics import JobContext
+
+    ctx = JobContext(model=tiny_neox(), tokenizer=None, probes=None)  # context of 512 tokens
+    assert ctx.room_after(torch.zeros(2, 500), 4, "natural") == 12
+    with pytest.raises(ValueError, match=r"probes\.natural prompts \(510 tokens\) leave 2 .*need 4"):
+        ctx.room_after(torch.zeros(2, 510), 4, "natural")

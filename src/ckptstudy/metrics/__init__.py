@@ -77,6 +77,16 @@ class JobContext:
         """The longest input the model takes (its max_position_embeddings)."""
         return int(self.model.config.max_position_embeddings)
 
+    def room_after(self, prompts, minimum: int, probe: str) -> int:
+        """Tokens left in the model's context after `prompts` [n, len]; refused below `minimum`."""
+        room = self.context_length - prompts.shape[1]
+        if room < minimum:
+            raise ValueError(
+                f"probes.{probe} prompts ({prompts.shape[1]} tokens) leave {room} of the model's "
+                f"{self.context_length}-token context to generate in (need {minimum}); shorten probes.{probe}"
+            )
+        return room
+
     def reuse(self, key: str, compute):
         """`shared[key]`, computed once with `compute()` when absent."""
         if key not in self.shared:

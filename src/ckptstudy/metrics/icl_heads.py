@@ -230,12 +230,7 @@ def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float]:
     context) copies every token, and the share of continuation tokens that are copies."""
     prompts = ctx.probes.icl_repeat
     length = ctx.probes.icl_length
-    room = ctx.context_length - prompts.shape[1]
-    if room < 1:
-        raise ValueError(
-            f"icl_repeat prompts ({prompts.shape[1]} tokens) fill the model's context "
-            f"({ctx.context_length}); lower probes.icl_repeat.length or copies"
-        )
+    room = ctx.room_after(prompts, 1, "icl_repeat")
     gen = greedy_generate(
         ctx.model,
         prompts,

@@ -105,12 +105,7 @@ def analyze_generations(
 def natural_generation(ctx, new_tokens: int):
     """Greedy continuations of the `natural` probe, computed once per checkpoint and shared."""
     prompts = ctx.probes.natural
-    room = ctx.context_length - prompts.shape[1]
-    if room < 4:
-        raise ValueError(
-            f"probes.natural.length={prompts.shape[1]} leaves no room to generate in the "
-            f"model's context of {ctx.context_length} tokens"
-        )
+    room = ctx.room_after(prompts, 4, "natural")
     tokens = min(new_tokens, room)
     return ctx.reuse(
         f"{NATURAL_GENERATION}:{tokens}",
