@@ -13,6 +13,23 @@ from dataclasses import dataclass
 import torch
 
 
+DEFINITIONS = ("suffix", "paper")
+
+
+@dataclass(frozen=True)
+class LoopRule:
+    """One definition of a loop, shared by every family that detects loops (config key `loops`)."""
+
+    definition: str = "suffix"  # suffix (longest periodic suffix) | paper (Mahaut & Franzon's public code)
+    min_period: int = 2
+    max_period: int = 500
+    min_copies: int = 2
+
+    def detect(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(period, copies, onset) of every row of `ids` [batch, n] under this rule."""
+        return trailing_cycles(ids, self.min_period, self.max_period, self.min_copies, definition=self.definition)
+
+
 @dataclass(frozen=True)
 class Cycle:
     period: int
@@ -21,7 +38,7 @@ class Cycle:
 
 
 def trailing_cycles(
-    ids: torch.Tensor, min_period: int = 2, max_period: int = 500, min_copies: int = 2
+    ids: torch.Tensor, min_period: int = 2, max_period: int = 500, min_copies: int = 2, definition: str = "suffix"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched trailing cycles of `ids` [batch, n].
 

@@ -4,6 +4,7 @@ named by `_target_` in conf/metrics/<family>.yaml; `run_family` checks the param
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,10 +25,28 @@ class FamilyResult:
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     bars: dict[str, dict[str, float]] = field(default_factory=dict)  # bar charts: {chart: {label: value}}
+    nan_reasons: dict[str, str] = field(default_factory=dict)  # why a scalar is not a finite number
 
     def update(self, other: FamilyResult) -> None:
-        for name in ("scalars", "arrays", "raw", "histograms", "bars"):
+        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons"):
             getattr(self, name).update(getattr(other, name))
+
+    def set(self, key: str, value: float, reason_if_nan: str) -> None:
+        """Store a scalar; when it is not finite, store why (`reason_if_nan`) beside it."""
+        self.scalars[key] = float(value)
+        if not math.isfinite(self.scalars[key]):
+            self.nan_reasons[key] = reason_if_nan
+        else:
+            self.nan_reasons.pop(key, None)
+
+    def nan(self, key: str, reason: str) -> None:
+        """Store NaN for `key` with its reason."""
+        self.scalars[key] = math.nan
+        self.nan_reasons[key] = reason
+
+    def unexplained_nans(self) -> list[str]:
+        """Scalars that are not finite and carry no reason (a defect of the family that made them)."""
+        return sorted(k for k, v in self.scalars.items() if not math.isfinite(v) and k not in self.nan_reasons)
 
 
 class MetricConfigError(ValueError):
