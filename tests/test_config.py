@@ -138,7 +138,7 @@ def test_paper_preset_reproduces_the_paper_setup():
         cfg = compose(config_name="config", overrides=["experiment=repetitions_not_alike"], return_hydra_config=True)
     assert cfg.model.repo == "EleutherAI/pythia-1.4b" and cfg.probes.dataset == "JeanKaddour/minipile"
     assert cfg.probes.natural.n == 1000 and cfg.probes.natural.length == 32
-    assert cfg.metrics.repetition.new_tokens == 1000 and cfg.metrics.repetition.max_period == 500
+    assert cfg.loops.new_tokens == 1000 and cfg.loops.max_period == 500 and cfg.loops.definition == "paper"
     steps = [int(s) for s in str(cfg.hydra.sweeper.params.step).split(",")]
     assert len(steps) == 10 and steps[0] == 1 and steps[-1] == 143000
     assert all(s in checkpoints.PYTHIA_STEPS for s in steps)

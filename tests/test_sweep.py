@@ -112,14 +112,15 @@ def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
         ids = torch.from_numpy(arrays["rep/generated_ids"]).long()
         entropy = torch.from_numpy(arrays["rep/generated_entropy"])
         assert ids.shape[1] == generated
-        params = record["config"]["metrics"]["repetition"]
+        rule = record["config"]["loops"]
         again, _ = analyze_generations(
             ids,
             entropy,
-            params["min_period"],
-            params["max_period"],
-            params["min_copies"],
-            params["max_cycles"],
+            rule["min_period"],
+            rule["max_period"],
+            rule["min_copies"],
+            record["config"]["metrics"]["repetition"]["max_cycles"],
+            rule["definition"],
         )
         for key, value in again.items():
             assert (math.isnan(value) and math.isnan(metrics[key])) or value == pytest.approx(metrics[key]), key

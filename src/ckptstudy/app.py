@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import checkpoints, results, tracking
 from ckptstudy.config import check_choices, register_configs
+from ckptstudy.cycles import LoopRule
 from ckptstudy.metrics import FamilyResult, JobContext, family_function
 from ckptstudy.probes import cached_probes
 
 log = logging.getLogger("ckptstudy")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-HASHED_KEYS = ("model", "probes", "metrics", "seed", "dtype")
+HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -89,7 +90,15 @@ def run_job(cfg: DictConfig) -> dict:
         )
         sha = checkpoints.weights_sha256(model)
         probes = cached_probes(cfg.probes, tokenizer, Path(root) / "cache" / "probes")
-        ctx = JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=cfg.batch_size, seed=cfg.seed)
+        ctx = JobContext(
+            model=model,
+            tokenizer=tokenizer,
+            probes=probes,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            loops=LoopRule(cfg.loops.definition, cfg.loops.min_period, cfg.loops.max_period, cfg.loops.min_copies),
+            natural_new_tokens=cfg.loops.new_tokens,
+        )
         measured, errors = measure(ctx, cfg.metrics)
         record = {
             **base,

@@ -81,6 +81,15 @@ class ReportConf:
 
 
 @dataclass
+class LoopsConf:
+    new_tokens: int = 1000
+    definition: str = "suffix"  # suffix | paper
+    min_period: int = 2
+    max_period: int = 500
+    min_copies: int = 2
+
+
+@dataclass
 class PathsConf:
     root: str = "outputs"
 
@@ -97,6 +106,7 @@ class Config:
     paths: PathsConf = field(default_factory=PathsConf)
     model: ModelConf = MISSING
     probes: ProbesConf = field(default_factory=ProbesConf)
+    loops: LoopsConf = field(default_factory=LoopsConf)
     metrics: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConf = field(default_factory=LoggerConf)
     report: ReportConf = field(default_factory=ReportConf)
@@ -114,6 +124,7 @@ CHOICES = {
     "logger.backend": ("wandb", "none"),
     "logger.mode": ("offline", "online", "disabled"),
     "dtype": ("float32", "bfloat16", "float16", "auto"),
+    "loops.definition": ("suffix", "paper"),
 }
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ckptstudy.cycles import LoopRule
+
 
 @dataclass
 class Generation:
@@ -82,3 +84,54 @@ def greedy_generate(
         ent_out.append(torch.stack(entropies, dim=1).cpu())
     bar.close()
     return Generation(ids=torch.cat(ids_out), entropy=torch.cat(ent_out))
+
+
+@dataclass
+class NaturalLoops:
+    """Greedy continuations of the `natural` prompts and their loops under one `LoopRule`.
+
+    Computed once per checkpoint and read by every family that needs natural loops (rep/, icl/, lowinfo/).
+    period/copies/onset are [n] (onset indexes the generation; period 0 and onset -1 = no loop).
+    """
+
+    prompts: torch.Tensor  # [n, P]
+    generation: Generation  # ids [n, G], entropy [n, G]
+    period: torch.Tensor
+    copies: torch.Tensor
+    onset: torch.Tensor
+    rule: LoopRule
+
+    @property
+    def looping(self) -> torch.Tensor:
+        """Bool [n]: the continuation ends in a loop."""
+        return self.period > 0
+
+    @property
+    def degenerate(self) -> torch.Tensor:
+        """Bool [n]: the loop's cycle holds a single distinct token (collapse, not a loop of text)."""
+        ids = self.generation.ids
+        out = torch.zeros_like(self.looping)
+        for row in self.looping.nonzero().flatten().tolist():
+            start = int(self.onset[row])
+            cycle = ids[row, start : start + int(self.period[row])]
+            out[row] = bool((cycle == cycle[0]).all())
+        return out
+
+    def sequences(self) -> torch.Tensor:
+        """Prompt + generation of the looping rows: [n_looping, P + G]."""
+        return torch.cat([self.prompts, self.generation.ids], dim=1)[self.looping]
+
+    def first_copy_start(self) -> torch.Tensor:
+        """Index in `sequences()` of the first copy of each looping row's cycle (onset + period): its
+        tokens repeat the cycle's first instance, like cycle 2 onward of `icl_repeat`."""
+        looping = self.looping
+        return self.prompts.shape[1] + self.onset[looping] + self.period[looping]
+
+
+def natural_loops(
+    model, prompts: torch.Tensor, new_tokens: int, rule: LoopRule, pad_id: int = 0, batch_size: int = 16
+) -> NaturalLoops:
+    """Greedy continuations of `prompts` [n, P] by `new_tokens` tokens, and their loops under `rule`."""
+    gen = greedy_generate(model, prompts, new_tokens, pad_id=pad_id, batch_size=batch_size, desc="natural generation")
+    period, copies, onset = rule.detect(gen.ids)
+    return NaturalLoops(prompts, gen, period, copies, onset, rule)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckptstudy.cycles import LoopRule
+from ckptstudy.generation import NaturalLoops, natural_loops
+
 
 @dataclass
 class FamilyResult:
@@ -85,6 +88,8 @@ class JobContext:
     probes: object
     batch_size: int = 16
     seed: int = 0
+    loops: LoopRule = field(default_factory=LoopRule)  # the one definition of a natural loop (config `loops`)
+    natural_new_tokens: int = 1000  # length of the natural greedy continuations (config `loops.new_tokens`)
     shared: dict = field(default_factory=dict)
 
     @property
@@ -105,6 +110,18 @@ class JobContext:
                 f"{self.context_length}-token context to generate in (need {minimum}); shorten probes.{probe}"
             )
         return room
+
+    def natural_loops(self) -> NaturalLoops:
+        """Greedy continuations of the `natural` probe (clipped to the context) and their loops, computed
+        once per checkpoint with the job's one loop rule and shared by every family."""
+        prompts = self.probes.natural
+        tokens = min(self.natural_new_tokens, self.room_after(prompts, 4, "natural"))
+        return self.reuse(
+            "natural_loops",
+            lambda: natural_loops(
+                self.model, prompts, tokens, self.loops, self.tokenizer.pad_token_id or 0, self.batch_size
+            ),
+        )
 
     def reuse(self, key: str, compute):
         """`shared[key]`, computed once with `compute()` when absent."""

@@ -19,10 +19,8 @@ import torch
 
 from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
 from ckptstudy.capture import capture
-from ckptstudy.cycles import trailing_cycles
 from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.metrics.repetition import natural_generation
 from ckptstudy.metrics.specialization import (
     cosine,
     effective_heads,
@@ -180,7 +178,6 @@ def measure(
     score: str = "logprob",
     validate_k: int = 0,
     rate_cycles: int = 2,
-    natural_new_tokens: int = 1000,
     max_rows: int = 64,
     min_effect_total: float = 0.01,
 ) -> FamilyResult:
@@ -206,9 +203,9 @@ def measure(
             ctx.model, targets, effects, validate_k, ablation, score, ctx.seed, max_rows
         )
 
-    gen = natural_generation(ctx, natural_new_tokens)
-    period, _, onset = trailing_cycles(gen.ids)
-    natural = natural_loop_targets(ctx.probes.natural, gen.ids, period, onset)
+    loops = ctx.natural_loops()
+    period, onset = loops.period, loops.onset
+    natural = natural_loop_targets(ctx.probes.natural, loops.generation.ids, period, onset)
     nat_scalars = dict.fromkeys(
         ("icl/natural_ablation_neff", "icl/icl_natural_top5_jaccard", "icl/icl_natural_cosine"), math.nan
     )

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 
 from ckptstudy.capture import capture
-from ckptstudy.cycles import trailing_cycles
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.metrics.repetition import natural_generation
 from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
 
 KEY_CLASSES = (*CLASSES, "LOW_INFO")
@@ -137,11 +135,11 @@ def context_statistics(
     return out
 
 
-def context_inputs(ctx, natural_new_tokens: int, text_skip: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def context_inputs(ctx, text_skip: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(ids, query weight) of each context; a context with no query is left out."""
     out = {}
-    gen = natural_generation(ctx, natural_new_tokens)
-    period, _, onset = trailing_cycles(gen.ids)
+    loops = ctx.natural_loops()
+    gen, period, onset = loops.generation, loops.period, loops.onset
     looping = period > 0
     if looping.any():
         prompts = ctx.probes.natural
@@ -169,7 +167,7 @@ def head_max(values: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
-def measure(ctx, quantile: float = 0.2, natural_new_tokens: int = 1000, text_skip: int = 32) -> FamilyResult:
+def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
     """Enrichment and entropy per layer and head in the three contexts; see the module docstring."""
     key_classes = vocabulary_classes(ctx.tokenizer)
     vocab = max(len(ctx.tokenizer), int(ctx.model.config.vocab_size))
@@ -177,7 +175,7 @@ def measure(ctx, quantile: float = 0.2, natural_new_tokens: int = 1000, text_ski
     corpus = torch.cat([ctx.probes.long_text.flatten(), ctx.probes.natural.flatten()])
     low_info = low_information_ids(corpus, vocab, quantile)
     result = FamilyResult()
-    for context, (ids, weight) in context_inputs(ctx, natural_new_tokens, text_skip).items():
+    for context, (ids, weight) in context_inputs(ctx, text_skip).items():
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
         for suffix in ("", "_nosink"):
             enrich = stats[f"enrich{suffix}"]

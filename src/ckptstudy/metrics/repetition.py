@@ -19,10 +19,7 @@ import numpy as np
 import torch
 
 from ckptstudy.cycles import trailing_cycles
-from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import FamilyResult
-
-NATURAL_GENERATION = "natural_generation"  # key of the shared greedy continuations (ctx.shared)
 
 
 def loop_statistics(period: torch.Tensor, onset: torch.Tensor, length: int) -> dict[str, float]:
@@ -91,9 +88,10 @@ def analyze_generations(
     max_period: int = 500,
     min_copies: int = 2,
     max_cycles: int = 5,
+    definition: str = "suffix",
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Scalars and per-prompt loop data from generated ids [n, G] and their entropies [n, G]."""
-    period, copies, onset = trailing_cycles(ids, min_period, max_period, min_copies)
+    period, copies, onset = trailing_cycles(ids, min_period, max_period, min_copies, definition)
     scalars = loop_statistics(period, onset, ids.shape[1])
     cycles = cycle_entropies(entropy, period, onset, copies, max_cycles)
     scalars.update({f"rep/cycle_entropy_{k + 1}": float(v) for k, v in enumerate(cycles)})
@@ -102,44 +100,15 @@ def analyze_generations(
     return scalars, loops
 
 
-def natural_generation(ctx, new_tokens: int):
-    """Greedy continuations of the `natural` probe, computed once per checkpoint and shared."""
-    prompts = ctx.probes.natural
-    room = ctx.room_after(prompts, 4, "natural")
-    tokens = min(new_tokens, room)
-    return ctx.reuse(
-        f"{NATURAL_GENERATION}:{tokens}",
-        lambda: greedy_generate(
-            ctx.model,
-            prompts,
-            tokens,
-            pad_id=ctx.tokenizer.pad_token_id or 0,
-            batch_size=ctx.batch_size,
-            desc="natural generation",
-        ),
+def measure(ctx, max_cycles: int = 5, save_generations: bool = True) -> FamilyResult:
+    """Analyse the loops of the job's shared natural generations (`ctx.natural_loops()`, config `loops`)."""
+    if max_cycles < 1:
+        raise ValueError(f"metrics.repetition.max_cycles={max_cycles} must be >= 1")
+    natural = ctx.natural_loops()
+    gen, rule = natural.generation, natural.rule
+    scalars, loops = analyze_generations(
+        gen.ids, gen.entropy, rule.min_period, rule.max_period, rule.min_copies, max_cycles, rule.definition
     )
-
-
-def measure(
-    ctx,
-    new_tokens: int = 1000,
-    min_period: int = 2,
-    max_period: int = 500,
-    min_copies: int = 2,
-    max_cycles: int = 5,
-    save_generations: bool = True,
-) -> FamilyResult:
-    """Generate from the natural prompts (clipped to the model's context) and analyse the loops."""
-    for name, value, low in (
-        ("new_tokens", new_tokens, 4),
-        ("min_period", min_period, 1),
-        ("min_copies", min_copies, 2),
-        ("max_cycles", max_cycles, 1),
-    ):
-        if value < low:
-            raise ValueError(f"metrics.repetition.{name}={value} must be >= {low}")
-    gen = natural_generation(ctx, new_tokens)
-    scalars, loops = analyze_generations(gen.ids, gen.entropy, min_period, max_period, min_copies, max_cycles)
     scalars["rep/generated_tokens"] = float(gen.ids.shape[1])
     raw = dict(loops)
     if save_generations:
