@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(scope="session")
 def micro_suite() -> Path:
     """The embedded micro suite's directory; built on first use (a few minutes), then reused."""
-    from ckptstudy.app import compose_config
+    from ckptstudy.config import compose_config
     from ckptstudy.suite import ensure_suite
 
     cfg = compose_config([f"paths.root={REPO / 'outputs'}"])

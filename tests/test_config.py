@@ -7,8 +7,8 @@ from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from ckptstudy import checkpoints
-from ckptstudy.app import CONF_DIR, compose_config, run_job
-from ckptstudy.config import check_choices
+from ckptstudy.app import run_job
+from ckptstudy.config import CONF_DIR, check_choices, compose_config
 from ckptstudy.suite import SuiteSpec, spec_from_config
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

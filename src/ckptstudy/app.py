@@ -14,23 +14,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import checkpoints, results, tracking
-from ckptstudy.config import check_choices, register_configs
+from ckptstudy.config import CONF_DIR, check_choices, register_configs
 from ckptstudy.cycles import LoopRule
 from ckptstudy.metrics import FamilyResult, JobContext, family_function
 from ckptstudy.probes import cached_probes
 
 log = logging.getLogger("ckptstudy")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests)."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []))
 
 
 def config_hash(cfg: DictConfig) -> str:

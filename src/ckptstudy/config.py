@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -128,10 +132,15 @@ CHOICES = {
 }
 
 
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
+    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+
+
 def check_choices(cfg) -> None:
     """Refuse a string option outside its valid set, naming the key, the value and the choices."""
-    from omegaconf import OmegaConf
-
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:

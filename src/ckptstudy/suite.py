@@ -319,7 +319,7 @@ def cli(argv: list[str] | None = None) -> None:
     """`ckptstudy-suite [model=micro] [paths.root=outputs] [--force]`: build a suite model's checkpoints."""
     import argparse
 
-    from ckptstudy.app import compose_config
+    from ckptstudy.config import compose_config
 
     parser = argparse.ArgumentParser(description=cli.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=micro paths.root=outputs")

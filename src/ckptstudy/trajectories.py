@@ -201,7 +201,7 @@ def cli(argv: list[str] | None = None) -> None:
     """`ckptstudy-trajectories [overrides]`: rebuild trajectories.csv, onsets, plot and W&B trajectory runs."""
     import argparse
 
-    from ckptstudy.app import compose_config
+    from ckptstudy.config import compose_config
 
     parser = argparse.ArgumentParser(description=cli.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=mine paths.root=outputs logger=none")
