@@ -108,3 +108,30 @@ def test_token_nll_and_loss_scores():
     assert repeat_nll_gain(by_pos, 4) == pytest.approx((4 + 4 + 3) / 3 - 1.0)
     assert icl_score(torch.arange(10.0), late=8, early=2, window=1) == pytest.approx(6.0)
     assert icl_score(torch.arange(10.0), late=500, early=2, window=1) == pytest.approx(8.0)  # clipped
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "valid"),
+    [
+        ("mode", "exakt", "exact, attribution, off"),
+        ("ablation", "none", "zero, mean"),
+        ("score", "prob", "logprob, contrast"),
+        ("top_k", 0, "an integer >= 1"),
+        ("window", 0, "an integer >= 1"),
+        ("rate_cycles", 0, "an integer >= 1"),
+        ("max_rows", 0, "an integer >= 1"),
+        ("validate_k", -1, "an integer >= 0"),
+        ("late_position", -1, "an integer >= 0"),
+        ("early_position", -5, "an integer >= 0"),
+        ("min_effect_total", -0.1, "a number >= 0"),
+    ],
+)
+def test_every_parameter_is_checked_before_any_work(param, value, valid):
+    from ckptstudy.metrics.icl_heads import measure
+
+    class NoCheckpoint:  # any use of the checkpoint (a forward pass, a probe) would fail differently
+        def __getattr__(self, name):
+            raise AssertionError(f"measure used ctx.{name} before checking its parameters")
+
+    with pytest.raises(ValueError, match=rf"^metrics\.icl_heads\.{param}={value!r} is not valid; valid: {valid}"):
+        measure(NoCheckpoint(), **{param: value})

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ckptstudy.ablation import Targets, attribution_effects, exact_effects, naive_effects
 from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
+from ckptstudy.cycles import LoopRule
+from ckptstudy.generation import Generation, NaturalLoops
+from ckptstudy.metrics import FamilyResult, icl_heads
 from ckptstudy.metrics.icl_heads import (
     copy_rate,
     icl_targets,
     natural_loop_targets,
+    specialization_scalars,
     validate_attribution,
 )
 from ckptstudy.metrics.specialization import (
@@ -21,6 +27,7 @@ from ckptstudy.metrics.specialization import (
     effective_heads,
     gini,
     jaccard,
+    jaccard_chance,
     spearman,
     top_heads,
     top_share,
@@ -140,12 +147,14 @@ def _validated(estimate: torch.Tensor, k: int, seed: int) -> list[int]:
 
 
 def test_concentration_of_a_negligible_effect_is_not_reported():
-    from ckptstudy.metrics.icl_heads import specialization_scalars
-
     tiny = torch.tensor([[0.001, 0.0], [0.0, 0.0]])
-    scalars = specialization_scalars(tiny, torch.rand(2, 2), 3, min_total=0.01)
-    assert math.isnan(scalars["icl/ablation_neff"]) and scalars["icl/ablation_total"] == pytest.approx(0.001)
-    assert specialization_scalars(tiny, torch.rand(2, 2), 3)["icl/ablation_top1_share"] == 1
+    result = specialization_scalars(tiny, torch.rand(2, 2), 3, min_total=0.01)
+    assert math.isnan(result.scalars["icl/ablation_neff"])
+    assert result.scalars["icl/ablation_total"] == pytest.approx(0.001)
+    assert "min_effect_total 0.01" in result.nan_reasons["icl/ablation_top1_share"]
+    assert "min_effect_total" in result.nan_reasons["icl/ablation_vs_induction_spearman"]
+    assert result.unexplained_nans() == []
+    assert specialization_scalars(tiny, torch.rand(2, 2), 3).scalars["icl/ablation_top1_share"] == 1
 
 
 def test_targets_and_copy_rate():
@@ -155,8 +164,132 @@ def test_targets_and_copy_rate():
     passages = torch.tensor([[1, 2, 3], [4, 5, 6]])
     assert copy_rate(torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4]]), passages) == (0.5, 7 / 8)
     prompts = torch.tensor([[9, 9], [8, 8]])
-    generated = torch.tensor([[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 1, 2, 3, 4, 5]])
-    nat = natural_loop_targets(prompts, generated, torch.tensor([2, 0]), torch.tensor([2, -1]))
-    # one looping row; cycle 2 starts at generation index 4 = sequence index 6, predicted from query 5
-    assert nat.ids.shape == (1, 10) and nat.mask[0].nonzero().squeeze(-1).tolist() == [5, 6, 7, 8]
-    assert natural_loop_targets(prompts, generated, torch.tensor([0, 0]), torch.tensor([-1, -1])) is None
+    nat = natural_loop_targets(loops_of(prompts, [[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 1, 2, 3, 4, 5]]))
+    # one looping row, cycle (3, 4) from generation index 2; its first copy starts at generation index 4 =
+    # sequence index 6: queries 6, 7, 8 (like icl_repeat's queries from its second passage on)
+    assert nat.ids.shape == (1, 10) and nat.mask[0].nonzero().squeeze(-1).tolist() == [6, 7, 8]
+    assert natural_loop_targets(loops_of(prompts, [[1, 2, 3, 4], [5, 6, 7, 8]])) is None
+
+
+def test_jaccard_chance_matches_brute_force_enumeration():
+    for n in range(1, 9):
+        for k in range(1, n + 1):
+            subsets = [set(c) for c in itertools.combinations(range(n), k)]
+            brute = sum(jaccard(a, b) for a in subsets for b in subsets) / len(subsets) ** 2
+            assert jaccard_chance(n, k) == pytest.approx(brute), (n, k)
+    assert jaccard_chance(8, 5) == pytest.approx(0.4707, abs=1e-4)  # any two 5-sets of 8 share >= 2: J >= 0.25
+    assert jaccard_chance(4, 9) == 1  # k clipped to the head count
+
+
+# --- measure() on a fake checkpoint: the forward passes are replaced by effect vectors chosen by hand ---
+
+ICL_EFFECTS = torch.tensor([[0.5, 0.3, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0]])  # total 1.0: a circuit
+NOISE = torch.full((2, 4), 0.001)  # total 0.008 < min_effect_total 0.01
+INDUCTION = torch.tensor([[0.9, 0.5, 0.1, 0.0], [0.3, 0.2, 0.0, 0.0]])
+
+
+def loops_of(prompts: torch.Tensor, generated: list[list[int]]) -> NaturalLoops:
+    ids = torch.tensor(generated)
+    rule = LoopRule()
+    period, copies, onset = rule.detect(ids)
+    return NaturalLoops(prompts, Generation(ids, torch.zeros(ids.shape)), period, copies, onset, rule)
+
+
+LOOPING = loops_of(torch.tensor([[40, 41], [42, 43]]), [[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 8, 9, 10, 11, 12]])
+NOT_LOOPING = loops_of(torch.tensor([[40, 41]]), [[5, 6, 7, 8, 9, 10, 11, 12]])
+
+
+class FakeCheckpoint:
+    model = None
+    seed = 0
+    context_length = 512
+
+    def __init__(self, loops: NaturalLoops):
+        self.loops = loops
+        self.probes = SimpleNamespace(icl_repeat=torch.arange(2, 14).repeat(2, 3), icl_length=12, natural=loops.prompts)
+
+    def natural_loops(self) -> NaturalLoops:
+        return self.loops
+
+
+@pytest.fixture
+def fake_passes(monkeypatch):
+    """Replace the forward passes of icl_heads.measure: head_effects returns the given vectors in call order
+    (ICL loops first, then natural loops) and records the targets it was asked for."""
+    calls = []
+
+    def install(*vectors):
+        queue = list(vectors)
+
+        def head_effects(model, targets, mode, ablation, score, max_rows):
+            calls.append(targets)
+            return queue.pop(0).clone()
+
+        monkeypatch.setattr(icl_heads, "head_effects", head_effects)
+        patterns = FamilyResult(scalars={"icl/induction_max": 0.9}, arrays={"icl/induction": INDUCTION.numpy()})
+        monkeypatch.setattr(icl_heads, "pattern_and_loss_scores", lambda ctx, *args: patterns)
+        monkeypatch.setattr(icl_heads, "icl_repeat_rate", lambda ctx, cycles: (0.5, 0.75))
+        return calls
+
+    return install
+
+
+def test_natural_loop_noise_is_held_to_the_same_threshold(fake_passes):
+    fake_passes(ICL_EFFECTS, NOISE)
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), top_k=5, min_effect_total=0.01)
+    s = result.scalars
+    assert s["icl/ablation_neff"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in (0.5, 0.3, 0.2))))
+    # uniform noise has N_eff = 8 "by construction": not reported, and nothing is compared with it
+    for key in ("icl/natural_ablation_neff", "icl/icl_natural_top5_jaccard", "icl/icl_natural_cosine"):
+        assert math.isnan(s[key]), key
+        assert "min_effect_total 0.01" in result.nan_reasons[key], key
+    assert s["icl/natural_ablation_total"] == pytest.approx(0.008)
+    assert "natural side" in result.nan_reasons["icl/icl_natural_cosine"]
+    assert result.unexplained_nans() == []
+
+
+def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passes):
+    natural = torch.tensor([[0.0, 0.4, 0.0, 0.1], [0.3, 0.0, 0.0, 0.2]])
+    fake_passes(ICL_EFFECTS, natural)
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), top_k=2)
+    s = result.scalars
+    # ICL top 2 = heads {0, 1}; natural top 2 = heads {1, 4}: one shared of three
+    assert s["icl/icl_natural_top2_jaccard"] == pytest.approx(1 / 3)
+    # two random 2-sets of 8 heads: P(overlap 1) = 2 * 6 / 28, P(overlap 2) = 1 / 28 -> 12/28 * 1/3 + 1/28
+    assert s["icl/icl_natural_topk_jaccard_chance"] == pytest.approx(5 / 28)
+    assert s["icl/icl_natural_cosine"] == pytest.approx(0.18 / math.sqrt(0.38 * 0.30))
+    shares = (0.4, 0.1, 0.3, 0.2)
+    assert s["icl/natural_ablation_neff"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in shares)))
+    assert s["icl/natural_ablation_total"] == pytest.approx(1.0) and s["icl/natural_loop_prompts"] == 1
+    assert "icl/icl_natural_top5_jaccard" not in s and result.unexplained_nans() == []
+
+
+def test_natural_targets_start_at_the_first_copy_like_the_icl_ones(fake_passes):
+    calls = fake_passes(ICL_EFFECTS, ICL_EFFECTS)
+    icl_heads.measure(FakeCheckpoint(LOOPING))
+    icl, natural = calls
+    assert icl.mask[0].nonzero().flatten().tolist() == list(range(12, 35))  # icl_repeat: from passage 2 on
+    # prompt (40, 41) + generation 1 2 3 4 3 4 3 4: the loop (3, 4) starts at sequence index 4 and its first
+    # copy at 6; the first instance (4, 5) is not a copy and is not a target
+    assert natural.ids.tolist() == [[40, 41, 1, 2, 3, 4, 3, 4, 3, 4]]
+    assert natural.mask[0].nonzero().flatten().tolist() == [6, 7, 8]
+
+
+def test_no_natural_loop_and_no_icl_effect_give_nan_with_reasons(fake_passes):
+    fake_passes(NOISE)
+    result = icl_heads.measure(FakeCheckpoint(NOT_LOOPING), top_k=3, min_effect_total=0.01)
+    s = result.scalars
+    for key in ("icl/ablation_top1_share", "icl/ablation_top3_share", "icl/ablation_neff", "icl/ablation_gini"):
+        assert math.isnan(s[key]) and "min_effect_total" in result.nan_reasons[key], key
+    assert math.isnan(s["icl/ablation_vs_induction_spearman"])
+    for key in ("icl/natural_ablation_neff", "icl/natural_ablation_total", "icl/icl_natural_top3_jaccard"):
+        assert math.isnan(s[key]) and "no prompt's continuation loops" in result.nan_reasons[key], key
+    assert s["icl/natural_loop_prompts"] == 0 and s["icl/icl_natural_topk_jaccard_chance"] > 0
+    assert result.unexplained_nans() == []
+
+
+def test_constant_induction_scores_give_a_reasoned_nan_correlation():
+    result = specialization_scalars(ICL_EFFECTS, torch.full((2, 4), 0.25), 3, min_total=0.01)
+    assert math.isnan(result.scalars["icl/ablation_vs_induction_spearman"])
+    assert "same for every head" in result.nan_reasons["icl/ablation_vs_induction_spearman"]
+    assert result.unexplained_nans() == []

@@ -9,27 +9,38 @@ at q - R, so
 - duplicate-token score: attention from q to q - R,
 - previous-token score: attention from q to q - 1, over every query 1 <= q <= 2R.
 Each is the mean over prompts and queries, per head: [n_layers, n_heads].
+
+Ablation effects are compared like with like: on both loop kinds the targets are the queries inside the
+copies of the cycle (cycle 2 onward of `icl_repeat`; from onset + period of a natural loop), and both
+effect vectors are held to the same `min_effect_total` (below it a vector is noise: its concentration and
+any comparison involving it are NaN, with the reason). The top-k overlap of the ICL and natural head sets
+comes with its chance level for the model's head count (`icl/icl_natural_topk_jaccard_chance`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
 from ckptstudy.capture import capture
-from ckptstudy.generation import greedy_generate
+from ckptstudy.generation import NaturalLoops, greedy_generate
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.metrics.specialization import (
     cosine,
     effective_heads,
     gini,
     jaccard,
+    jaccard_chance,
     spearman,
     top_heads,
     top_share,
 )
+
+DEFINITION_VERSION = 2  # 2: natural targets from the first copy; one threshold for both sides; top_k overlap + chance
+MODES = ("exact", "attribution", "off")
 
 
 def diagonal_attention_sum(attn: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -103,19 +114,18 @@ def icl_targets(icl_ids: torch.Tensor, passage_length: int) -> Targets:
     return Targets(icl_ids, mask)
 
 
-def natural_loop_targets(
-    prompts: torch.Tensor, generated: torch.Tensor, period: torch.Tensor, onset: torch.Tensor
-) -> Targets | None:
-    """Targets on natural loops: prompt + generation of the looping rows; every query whose next token
-    lies in cycle >= 2 of the loop predicts that (repeated) token. None when nothing loops."""
-    looping = period > 0
-    if not looping.any():
+def natural_loop_targets(loops: NaturalLoops) -> Targets | None:
+    """Targets on natural loops: prompt + generation of the looping rows; every query from the first COPY
+    of the cycle on (`loops.first_copy_start()` = onset + period, like cycle 2 onward of `icl_repeat`)
+    predicts its (repeated) next token. The first instance of the cycle is not a copy of anything and is
+    left out, as the first passage of `icl_repeat` is. None when nothing loops or no query is left."""
+    if not loops.looping.any():
         return None
-    ids = torch.cat([prompts, generated], dim=1)[looping]
-    first = prompts.shape[1] + onset[looping] + period[looping] - 1  # query predicting cycle 2's first token
+    ids = loops.sequences()
+    first = loops.first_copy_start()
     position = torch.arange(ids.shape[1])[None, :]
     mask = (position >= first[:, None]) & (position < ids.shape[1] - 1)
-    return Targets(ids, mask)
+    return Targets(ids, mask) if mask.any() else None
 
 
 def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[float, float]:
@@ -131,25 +141,87 @@ def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, 
         return exact_effects(model, targets, ablation, score, max_rows=max_rows)
     if mode == "attribution":
         return attribution_effects(model, targets, ablation, score)
-    raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; choose one of exact, attribution, off")
+    raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
+
+
+def _below_threshold(total: float, min_total: float) -> str | None:
+    """Why a total positive effect is too small to describe a circuit, or None when it is not."""
+    if total < min_total:
+        return (
+            f"total positive ablation effect {total:.3g} nats < min_effect_total {min_total:g}: "
+            "the effect vector is noise, its concentration is not reported"
+        )
+    if total <= 0:
+        return "no head has a positive ablation effect: no distribution over heads to measure"
+    return None
+
+
+def concentration(effects: torch.Tensor, top_k: int, min_total: float, prefix: str) -> FamilyResult:
+    """`{prefix}_top1_share`, `_top{k}_share`, `_neff`, `_gini` and `_total` of an effect vector; all but
+    the total are NaN (with the reason) when the total positive effect is below `min_total`."""
+    out = FamilyResult()
+    total = float(effects.clamp(min=0).sum())
+    out.set(f"{prefix}_total", total, "the effect vector is not finite")
+    why = _below_threshold(total, min_total)
+    if why is not None:
+        for name in ("top1_share", f"top{top_k}_share", "neff", "gini"):
+            out.nan(f"{prefix}_{name}", why)
+        return out
+    out.set(f"{prefix}_top1_share", top_share(effects, 1), "the effect vector is not finite")
+    out.set(f"{prefix}_top{top_k}_share", top_share(effects, top_k), "the effect vector is not finite")
+    out.set(f"{prefix}_neff", effective_heads(effects), "the effect vector is not finite")
+    out.set(f"{prefix}_gini", gini(effects), "the effect vector is not finite")
+    return out
 
 
 def specialization_scalars(
     effects: torch.Tensor, induction: torch.Tensor, top_k: int, min_total: float = 0.0
-) -> dict[str, float]:
-    """Concentration of the effect vector; shares, N_eff and Gini are NaN when the total positive
-    effect is below `min_total` (then they describe noise, not a circuit)."""
-    total = float(effects.clamp(min=0).sum())
-    if total < min_total:
-        effects = torch.full_like(effects, math.nan)
-    return {
-        "icl/ablation_top1_share": top_share(effects, 1),
-        f"icl/ablation_top{top_k}_share": top_share(effects, top_k),
-        "icl/ablation_neff": effective_heads(effects),
-        "icl/ablation_gini": gini(effects),
-        "icl/ablation_vs_induction_spearman": spearman(effects, induction),
-        "icl/ablation_total": total,
-    }
+) -> FamilyResult:
+    """Concentration of the ICL effect vector (`icl/ablation_*`) and its rank correlation with the
+    induction score; all but the total are NaN (with the reason) below `min_total`."""
+    out = concentration(effects, top_k, min_total, "icl/ablation")
+    key = "icl/ablation_vs_induction_spearman"
+    why = _below_threshold(out.scalars["icl/ablation_total"], min_total)
+    if why is not None:
+        out.nan(key, why)
+    else:
+        out.set(key, spearman(effects, induction), "ablation effects or induction scores are the same for every head")
+    return out
+
+
+def comparison_scalars(
+    icl_effects: torch.Tensor,
+    natural_effects: torch.Tensor | None,
+    top_k: int,
+    min_total: float,
+    missing: str = "no prompt's continuation loops at this checkpoint",
+) -> FamilyResult:
+    """Concentration of the natural-loop effect vector (`icl/natural_ablation_*`, same threshold as the ICL
+    side) and how it compares with the ICL one: overlap of the top-k head sets (`icl/icl_natural_top{k}_jaccard`,
+    beside its chance level for the model's head count) and cosine. A comparison is NaN (with the reason)
+    when either side's total positive effect is below `min_total`: noise has no head set to compare.
+    `natural_effects` None = no natural loop to measure (`missing` says why)."""
+    out = FamilyResult()
+    heads = icl_effects.numel()
+    out.set("icl/icl_natural_topk_jaccard_chance", jaccard_chance(heads, top_k), "")
+    jaccard_key, cosine_key = f"icl/icl_natural_top{top_k}_jaccard", "icl/icl_natural_cosine"
+    if natural_effects is None:
+        for name in ("total", "top1_share", f"top{top_k}_share", "neff", "gini"):
+            out.nan(f"icl/natural_ablation_{name}", missing)
+        out.nan(jaccard_key, missing)
+        out.nan(cosine_key, missing)
+        return out
+    out.update(concentration(natural_effects, top_k, min_total, "icl/natural_ablation"))
+    icl_why = _below_threshold(float(icl_effects.clamp(min=0).sum()), min_total)
+    natural_why = _below_threshold(out.scalars["icl/natural_ablation_total"], min_total)
+    if icl_why is not None or natural_why is not None:
+        why = f"ICL side: {icl_why}" if icl_why is not None else f"natural side: {natural_why}"
+        out.nan(jaccard_key, why)
+        out.nan(cosine_key, why)
+        return out
+    out.set(jaccard_key, jaccard(top_heads(icl_effects, top_k), top_heads(natural_effects, top_k)), "")
+    out.set(cosine_key, cosine(icl_effects, natural_effects), "an effect vector is zero")
+    return out
 
 
 def validate_attribution(
@@ -167,6 +239,46 @@ def validate_attribution(
     return spearman(estimate.flatten()[picked], exact.flatten()[picked])
 
 
+def check_parameters(params: dict) -> None:
+    """Refuse a bad `metrics.icl_heads.*` value before any work, naming it and what is valid."""
+    choices = {"mode": MODES, "ablation": ABLATIONS, "score": SCORES}
+    for name, valid in choices.items():
+        if params[name] not in valid:
+            raise ValueError(f"metrics.icl_heads.{name}={params[name]!r} is not valid; valid: {', '.join(valid)}")
+    minimum = {
+        "late_position": 0,
+        "early_position": 0,
+        "window": 1,
+        "top_k": 1,
+        "validate_k": 0,
+        "rate_cycles": 1,
+        "max_rows": 1,
+    }
+    for name, low in minimum.items():
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"metrics.icl_heads.{name}={value!r} is not valid; valid: an integer >= {low}")
+    value = params["min_effect_total"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"metrics.icl_heads.min_effect_total={value!r} is not valid; valid: a number >= 0 (nats)")
+
+
+@dataclass(frozen=True)
+class EffectSettings:
+    """How per-head effects are measured and summarised (the `mode`, `ablation`, `score`, `max_rows`,
+    `top_k` and `min_effect_total` parameters)."""
+
+    mode: str
+    ablation: str
+    score: str
+    max_rows: int
+    top_k: int
+    min_effect_total: float
+
+    def effects(self, model, targets: Targets) -> torch.Tensor:
+        return head_effects(model, targets, self.mode, self.ablation, self.score, self.max_rows)
+
+
 def measure(
     ctx,
     late_position: int = 500,
@@ -181,44 +293,58 @@ def measure(
     max_rows: int = 64,
     min_effect_total: float = 0.01,
 ) -> FamilyResult:
-    """Head pattern scores and loss scores; with `mode` exact/attribution also the per-head ablation effects
-    on copied (ICL) and natural loops and their specialization; `mode=off` skips the ablations."""
-    if ablation not in ABLATIONS:
-        raise ValueError(f"metrics.icl_heads.ablation={ablation!r} is not valid; choose one of {', '.join(ABLATIONS)}")
-    if score not in SCORES:
-        raise ValueError(f"metrics.icl_heads.score={score!r} is not valid; choose one of {', '.join(SCORES)}")
+    """Head pattern scores, loss scores and the ICL repetition rate; with `mode` exact/attribution also the
+    per-head ablation effects on copied (ICL) and natural loops and their specialization (`mode=off` skips
+    the ablations). Every parameter is checked before any work."""
+    check_parameters({k: v for k, v in locals().items() if k != "ctx"})
     result = pattern_and_loss_scores(ctx, late_position, early_position, window, top_k)
     rate, accuracy = icl_repeat_rate(ctx, rate_cycles)
-    result.scalars["icl/icl_repeat_rate"] = rate
-    result.scalars["icl/icl_copy_accuracy"] = accuracy
+    result.set("icl/icl_repeat_rate", rate, "no icl_repeat prompt")
+    result.set("icl/icl_copy_accuracy", accuracy, "no icl_repeat prompt")
     if mode == "off":
         return result
+    settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
     induction = torch.from_numpy(result.arrays["icl/induction"])
-    targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
-    effects = head_effects(ctx.model, targets, mode, ablation, score, max_rows)
-    result.scalars.update(specialization_scalars(effects, induction, top_k, min_effect_total))
-    result.arrays["icl/ablation_effect"] = effects.numpy()
-    if mode == "attribution" and validate_k > 0:
-        result.scalars["icl/attribution_spearman"] = validate_attribution(
-            ctx.model, targets, effects, validate_k, ablation, score, ctx.seed, max_rows
-        )
+    icl = icl_loop_effects(ctx, settings, induction, validate_k)
+    result.update(icl)
+    result.update(natural_loop_effects(ctx, settings, torch.from_numpy(icl.arrays["icl/ablation_effect"])))
+    return result
 
+
+def icl_loop_effects(ctx, settings: EffectSettings, induction: torch.Tensor, validate_k: int) -> FamilyResult:
+    """Per-head effects on the copies of `icl_repeat` (queries from cycle 2 on), their concentration and
+    rank correlation with the induction score; in attribution mode with `validate_k` > 0 also the rank
+    correlation of the estimate with exact ablation on 2 * validate_k heads."""
+    targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
+    effects = settings.effects(ctx.model, targets)
+    result = specialization_scalars(effects, induction, settings.top_k, settings.min_effect_total)
+    result.arrays["icl/ablation_effect"] = effects.numpy()
+    if settings.mode == "attribution" and validate_k > 0:
+        rho = validate_attribution(
+            ctx.model, targets, effects, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
+        )
+        result.set("icl/attribution_spearman", rho, "estimated or exact effects are the same for every validated head")
+    return result
+
+
+def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tensor) -> FamilyResult:
+    """Per-head effects on the natural loops (`ctx.natural_loops()`, queries from the first copy on), their
+    concentration (same threshold as the ICL side) and comparison with the ICL effects `icl_effects`."""
     loops = ctx.natural_loops()
-    period, onset = loops.period, loops.onset
-    natural = natural_loop_targets(ctx.probes.natural, loops.generation.ids, period, onset)
-    nat_scalars = dict.fromkeys(
-        ("icl/natural_ablation_neff", "icl/icl_natural_top5_jaccard", "icl/icl_natural_cosine"), math.nan
+    result = FamilyResult()
+    looping = int(loops.looping.sum())
+    result.set("icl/natural_loop_prompts", looping, "")
+    targets = natural_loop_targets(loops)
+    natural = None
+    if targets is not None:
+        natural = settings.effects(ctx.model, targets)
+        result.arrays["icl/natural_effect"] = natural.numpy()
+    missing = (
+        "no prompt's continuation loops at this checkpoint"
+        if looping == 0
+        else f"the {looping} natural loop(s) leave no query inside a copy of their cycle"
     )
-    if natural is not None:
-        natural_effects = head_effects(ctx.model, natural, mode, ablation, score, max_rows)
-        nat_scalars = {
-            "icl/natural_ablation_neff": effective_heads(natural_effects),
-            "icl/icl_natural_top5_jaccard": jaccard(top_heads(effects, 5), top_heads(natural_effects, 5)),
-            "icl/icl_natural_cosine": cosine(effects, natural_effects),
-        }
-        result.arrays["icl/natural_effect"] = natural_effects.numpy()
-    result.scalars.update(nat_scalars)
-    result.scalars["icl/natural_loop_prompts"] = float((period > 0).sum())
+    result.update(comparison_scalars(icl_effects, natural, settings.top_k, settings.min_effect_total, missing))
     return result
 
 

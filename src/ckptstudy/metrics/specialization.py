@@ -79,6 +79,22 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else math.nan
 
 
+def jaccard_chance(n: int, k: int) -> float:
+    """Expected Jaccard overlap of two independent uniformly random k-subsets of n items (k clipped to n).
+
+    The overlap i is hypergeometric, P(i) = C(k, i) C(n - k, k - i) / C(n, k), and the Jaccard of two
+    k-sets overlapping in i items is i / (2k - i). Two top-k head sets are compared against this: with
+    n = 8 heads and k = 5 any two sets share >= 2 heads (Jaccard >= 0.25) and random sets average ~0.47.
+    """
+    if n < 1 or k < 1:
+        raise ValueError(f"jaccard_chance needs n >= 1 and k >= 1, got n={n}, k={k}")
+    k = min(k, n)
+    total = math.comb(n, k)
+    return sum(
+        math.comb(k, i) * math.comb(n - k, k - i) / total * i / (2 * k - i) for i in range(max(1, 2 * k - n), k + 1)
+    )
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.flatten().double(), b.flatten().double()
     denom = a.norm() * b.norm()
