@@ -18,30 +18,21 @@ import tracemalloc
 from pathlib import Path
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ckptstudy.ablation import attribution_effects, exact_effects, naive_effects
 from ckptstudy.capture import capture
 from ckptstudy.cycles import trailing_cycles
 from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics.icl_heads import head_pattern_sums, icl_targets
+from ckptstudy.neox import make_neox
 
 SHAPES = {"pythia-14m": (6, 128, 4), "pythia-70m": (6, 512, 8), "pythia-160m": (12, 768, 12)}
 
 
-def pythia_shaped(name: str) -> GPTNeoXForCausalLM:
+def pythia_shaped(name: str):
+    """A random-init model of a Pythia size, built like every model here (`ckptstudy.neox`), in eval mode."""
     layers, d, heads = SHAPES[name]
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=50304,
-        hidden_size=d,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * d,
-        rotary_pct=0.25,
-        attn_implementation="eager",
-    )
-    return GPTNeoXForCausalLM(config).eval()
+    return make_neox(vocab_size=50304, d_model=d, n_layers=layers, n_heads=heads, seed=0).eval()
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:

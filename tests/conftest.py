@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,23 +48,10 @@ def tiny_tokenizer():
 
 
 def tiny_neox(vocab_size: int = 512, layers: int = 2, d_model: int = 32, heads: int = 4, seed: int = 0):
-    """A small random-init GPT-NeoX with eager attention."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    """A small random-init GPT-NeoX with Pythia's choices (`ckptstudy.neox`), in eval mode."""
+    from ckptstudy.neox import make_neox
 
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * d_model,
-        max_position_embeddings=512,
-        rotary_pct=0.25,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
-    return GPTNeoXForCausalLM(config).eval()
+    return make_neox(vocab_size, d_model, layers, heads, max_position_embeddings=512, seed=seed).eval()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ckptstudy.suite_spec import spec_from_config
+
 log = logging.getLogger(__name__)
 
 PYTHIA_STEPS: list[int] = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
@@ -46,8 +48,6 @@ def available_steps(model_cfg, root: str | Path | None = None) -> list[int]:
             raise ValueError(f"model.checkpoints=list needs model.steps (model {model_cfg.name!r})")
         return sorted(int(s) for s in model_cfg.steps)
     if kind == "suite":
-        from ckptstudy.suite import spec_from_config
-
         return spec_from_config(model_cfg).checkpoint_steps()
     raise ValueError(f"model.checkpoints={kind!r} is not valid; choose one of pythia, suite, list")
 

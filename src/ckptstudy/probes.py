@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ckptstudy.corpus import CorpusError, load_source_texts
 from ckptstudy.cycles import trailing_cycle
 from ckptstudy.results import atomic_write_bytes
 
@@ -108,43 +109,16 @@ def long_text_ids(texts: list[str], tokenizer, n: int, length: int) -> torch.Ten
     return torch.tensor(rows, dtype=torch.long)
 
 
-def load_local_texts(files: list[str]):
-    """Local text files as a `datasets` Dataset, one document per file (undecodable bytes replaced)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    return datasets.load_dataset(
-        "text", data_files=files, split="train", sample_by="document", encoding_errors="replace"
-    )
-
-
 def load_texts(probes_cfg) -> list[str]:
     """Raw texts of the configured probe source (documents, not yet split)."""
-    import datasets
-
-    source = probes_cfg.source
-    if source == "stdlib":
-        from ckptstudy.suite import stdlib_text_files
-
-        ds = load_local_texts(stdlib_text_files(probes_cfg.files_glob))
-    elif source == "files":
-        files = sorted(str(p) for p in Path().glob(probes_cfg.files_glob or ""))
-        if not files:
-            raise ProbeError(f"probes.files_glob={probes_cfg.files_glob!r} matches no file")
-        ds = load_local_texts(files)
-    elif source == "minipile":
-        try:
-            ds = datasets.load_dataset(probes_cfg.dataset, split=probes_cfg.split)
-        except Exception as err:
-            raise ProbeError(
-                f"cannot load probe dataset {probes_cfg.dataset!r} split {probes_cfg.split!r} ({err}); "
-                "pre-download it into the HF cache and set HF_DATASETS_OFFLINE=1, or use probes=stdlib"
-            ) from err
-    else:
-        raise ProbeError(f"probes.source={source!r} is not valid; choose one of stdlib, minipile, files")
-    texts = [t for t in ds[probes_cfg.text_field][: probes_cfg.max_texts] if t and t.strip()]
+    c = probes_cfg
+    try:
+        texts = load_source_texts(c.source, c.files_glob, c.dataset, c.split, c.text_field, c.max_texts)
+    except CorpusError as err:
+        raise ProbeError(f"probes.source={c.source!r}: {err}") from err
+    texts = [t for t in texts if t and t.strip()]
     if not texts:
-        raise ProbeError(f"probe source {source!r} gave no non-empty text")
+        raise ProbeError(f"probe source {c.source!r} gave no non-empty text")
     return texts
 
 

@@ -2,9 +2,9 @@
 
 Pythia weights cannot be downloaded on machines without internet, so the default
 study runs on a suite trained on this machine: a GPT-NeoX model with Pythia's
-architecture choices (partial rotary, parallel residual, untied embeddings), its own
-byte-level BPE tokenizer, trained deterministically on the Python standard library's
-sources (present on every machine with Python), read through `datasets` as local text.
+architecture choices (`ckptstudy.neox`), its own byte-level BPE tokenizer, trained
+deterministically on the Python standard library's sources (`ckptstudy.corpus`).
+The recipe, its checkpoint steps and its directory are `ckptstudy.suite_spec`.
 
 The data follows a curriculum so the suite shows the phenomena the tool measures:
 ordinary text first (natural repetition appears early), then mostly sequences made of
@@ -16,17 +16,23 @@ directory per step, each loadable with `from_pretrained`.
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import logging
 import shutil
-import sysconfig
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from ckptstudy.config import compose_config
+from ckptstudy.corpus import load_corpus
+from ckptstudy.neox import make_neox
+from ckptstudy.suite_spec import SuiteSpec, spec_from_config, suite_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,95 +41,8 @@ PAD_TOKEN = "<|padding|>"
 MANIFEST = "suite.json"
 
 
-@dataclass
-class SuiteSpec:
-    """Everything that determines a micro suite; its hash names the build."""
-
-    name: str = "micro"
-    seed: int = 0
-    # model
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    rotary_pct: float = 0.25
-    vocab_size: int = 2048
-    max_position_embeddings: int = 128  # = seq_len: the context the suite is trained on
-    # data
-    text_glob: str = "*.py"
-    max_chars: int = 5_000_000
-    seq_len: int = 128
-    batch_size: int = 32
-    span_min: int = 8
-    span_max: int = 48
-    # curriculum: [until_step, share of batch rows that are a repeated span, share of those spans that
-    # are natural text (the rest: random tokens); the third value may be left out (= 0)]
-    phases: list[list[float]] = field(default_factory=lambda: [[200, 0.0], [1300, 0.9], [1600, 0.4, 0.5]])
-    # optimisation
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    # checkpoints: step 0, powers of two up to log_until, then every `every` to the end
-    log_until: int = 512
-    every: int = 100
-
-    @property
-    def total_steps(self) -> int:
-        return int(self.phases[-1][0])
-
-    def checkpoint_steps(self) -> list[int]:
-        """The steps at which checkpoints are saved (sorted, unique)."""
-        steps = {0}
-        power = 1
-        while power <= min(self.log_until, self.total_steps):
-            steps.add(power)
-            power *= 2
-        steps.update(range(self.every * (self.log_until // self.every + 1), self.total_steps + 1, self.every))
-        steps.add(self.total_steps)
-        return sorted(steps)
-
-    def phase(self, step: int) -> tuple[float, float]:
-        """(share of rows that are repeated spans, share of those that are natural text) at `step`."""
-        for entry in self.phases:
-            if step < entry[0]:
-                break
-        return float(entry[1]), float(entry[2]) if len(entry) > 2 else 0.0
-
-    def repeat_share(self, step: int) -> float:
-        return self.phase(step)[0]
-
-    def spec_hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def stdlib_text_files(pattern: str) -> list[str]:
-    """Source files of this Python's standard library matching `pattern`, sorted."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(str(p) for p in root.glob(pattern) if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no standard-library files match {pattern!r} under {root}")
-    return files
-
-
-def load_corpus(spec: SuiteSpec) -> list[str]:
-    """The training texts, read through `datasets` as local text (one document per file)."""
-    from ckptstudy.probes import load_local_texts
-
-    ds = load_local_texts(stdlib_text_files(spec.text_glob))
-    texts, total = [], 0
-    for text in ds["text"]:
-        if total >= spec.max_chars:
-            break
-        texts.append(text)
-        total += len(text)
-    return texts
-
-
-def train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer in Pythia's conventions (`<|endoftext|>` = id 0 = BOS/EOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -142,26 +61,6 @@ def train_tokenizer(texts: list[str], vocab_size: int):
         unk_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
     )
-
-
-def make_model(spec: SuiteSpec, vocab_size: int):
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=spec.d_model,
-        num_hidden_layers=spec.n_layers,
-        num_attention_heads=spec.n_heads,
-        intermediate_size=4 * spec.d_model,
-        rotary_pct=spec.rotary_pct,
-        max_position_embeddings=spec.max_position_embeddings,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="eager",
-    )
-    return GPTNeoXForCausalLM(config)
 
 
 class BatchSampler:
@@ -216,11 +115,12 @@ def is_built(spec: SuiteSpec, out_dir: Path) -> bool:
     return bool(manifest) and manifest.get("spec_hash") == spec.spec_hash()
 
 
-def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False, eval_every: int = 0) -> Path:
+def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False) -> Path:
     """Train the suite and save its checkpoints under `out_dir/step<N>/`; reuse a finished build.
 
     The manifest (`suite.json`) is written last, so an interrupted build is redone.
-    `eval_every` > 0 prints the induction score during training (for tuning the recipe).
+    Deterministic: the global torch RNG is seeded once here, before the corpus, the tokenizer and the
+    model are made in that order (the model's initial weights depend on it); batches use their own generator.
     """
     out_dir = Path(out_dir)
     if is_built(spec, out_dir) and not force:
@@ -230,13 +130,20 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False, eval_
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
 
-    texts = load_corpus(spec)
+    texts = load_corpus(spec.text_glob, spec.max_chars)
     tokenizer = train_tokenizer(texts, spec.vocab_size)
     eos = tokenizer.eos_token_id
     stream = torch.tensor([i for t in texts for i in [*tokenizer(t)["input_ids"], eos]], dtype=torch.long)
     n_special = len(tokenizer.all_special_ids)
 
-    model = make_model(spec, len(tokenizer))
+    model = make_neox(
+        vocab_size=len(tokenizer),
+        d_model=spec.d_model,
+        n_layers=spec.n_layers,
+        n_heads=spec.n_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rotary_pct=spec.rotary_pct,
+    )
     sampler = BatchSampler(spec, stream, len(tokenizer), n_special)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / spec.warmup_steps))
@@ -247,8 +154,6 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False, eval_
     for step in bar:
         if step in save_at:
             save_checkpoint(model, tokenizer, out_dir / f"step{step}")
-        if eval_every and step % eval_every == 0:
-            bar.write(f"step {step}: induction_max={quick_induction_max(model, n_special, len(tokenizer)):.3f}")
         if step == spec.total_steps:
             break
         ids = sampler.batch(step)
@@ -272,37 +177,6 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False, eval_
     return out_dir
 
 
-@torch.no_grad()
-def quick_induction_max(model, low: int, high: int, length: int = 50, batch: int = 8) -> float:
-    """Max over heads of induction attention on BOS + random tokens repeated twice (for tuning)."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(1234)
-    half = torch.randint(low, high, (batch, length), generator=gen)
-    ids = torch.cat([torch.zeros(batch, 1, dtype=torch.long), half, half], dim=1)
-    out = model(input_ids=ids, output_attentions=True)
-    queries = torch.arange(length + 1, 2 * length + 1)
-    scores = [a[:, :, queries, queries - length + 1].mean(dim=(0, 2)) for a in out.attentions]
-    model.train(was_training)
-    return float(torch.stack(scores).max())
-
-
-def spec_from_config(model_cfg) -> SuiteSpec:
-    """The SuiteSpec of a `checkpoints: suite` model config (defaults + `model.suite` overrides)."""
-    overrides = dict(model_cfg.get("suite") or {})
-    overrides.setdefault("name", model_cfg.name)
-    try:
-        return SuiteSpec(**{k: ([list(p) for p in v] if k == "phases" else v) for k, v in overrides.items()})
-    except TypeError as err:
-        valid = ", ".join(SuiteSpec.__dataclass_fields__)
-        raise ValueError(f"model.suite of {model_cfg.name!r}: {err}; valid keys: {valid}") from None
-
-
-def suite_dir(model_cfg) -> Path:
-    """The directory holding a suite's step<N>/ checkpoints (parent of `model.path`)."""
-    return Path(model_cfg.path.format(step=0)).parent
-
-
 def ensure_suite(model_cfg) -> Path | None:
     """Build the model's micro suite if it is a suite model and not built yet; its directory."""
     if model_cfg.checkpoints != "suite":
@@ -317,10 +191,6 @@ def ensure_suite(model_cfg) -> Path | None:
 
 def cli(argv: list[str] | None = None) -> None:
     """`ckptstudy-suite [model=micro] [paths.root=outputs] [--force]`: build a suite model's checkpoints."""
-    import argparse
-
-    from ckptstudy.config import compose_config
-
     parser = argparse.ArgumentParser(description=cli.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=micro paths.root=outputs")
     parser.add_argument("--force", action="store_true", help="rebuild even if a build of this spec exists")
