@@ -7,13 +7,18 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from ckptstudy.cycles import LoopRule
+from ckptstudy.generation import Generation, NaturalLoops
+from ckptstudy.metrics import low_info
 from ckptstudy.metrics.low_info import (
     KEY_CLASSES,
     class_mass,
+    context_inputs,
     context_statistics,
     entropy_counts,
     entropy_sums,
@@ -145,6 +150,143 @@ def test_hooks_match_output_attentions(tiny_tokenizer):
         expected = class_mass(attn.double(), onehot, weight) / uniform_mass(onehot, weight)
         torch.testing.assert_close(stats["enrich"][layer], expected, equal_nan=True)
     assert stats["enrich"].shape == (2, 4, len(KEY_CLASSES))
+
+
+def uniform_attention_model(vocab_size: int = 512):
+    """Every query-key product is 0: each query attends uniformly to all keys up to itself."""
+    model = tiny_neox(vocab_size=vocab_size)
+    heads = model.config.num_attention_heads
+    hd = model.config.hidden_size // heads
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            qkv = layer.attention.query_key_value
+            qkv.weight.view(heads, 3, hd, -1)[:, :2] = 0
+            qkv.bias.view(heads, 3, hd)[:, :2] = 0
+    return model
+
+
+def loops_of(prompts: list[list[int]], generated: list[list[int]]) -> NaturalLoops:
+    ids = torch.tensor(generated)
+    rule = LoopRule()
+    period, copies, onset = rule.detect(ids)
+    return NaturalLoops(torch.tensor(prompts), Generation(ids, torch.zeros(ids.shape)), period, copies, onset, rule)
+
+
+class FakeCheckpoint:
+    """What low_info.measure reads from a JobContext, around hand-made natural loops."""
+
+    batch_size = 4
+    context_length = 512
+
+    def __init__(self, loops: NaturalLoops, model=None, tokenizer=None, icl_repeat=None, long_text=None):
+        self.loops, self.model, self.tokenizer = loops, model, tokenizer
+        icl = torch.arange(20, 30).repeat(2, 3) if icl_repeat is None else icl_repeat
+        text = torch.arange(20, 60).repeat(2, 1) if long_text is None else long_text
+        self.probes = SimpleNamespace(natural=loops.prompts, icl_repeat=icl, icl_length=10, long_text=text)
+
+    def natural_loops(self) -> NaturalLoops:
+        return self.loops
+
+
+def test_natural_queries_start_at_the_first_copy_like_the_icl_ones():
+    # prompt (40, 41) + generation 1 2 3 4 3 4 3 4: the loop (3, 4) starts at sequence index 4, its first copy
+    # at 6. Token 3 is low-information, token 4 a content word. Under uniform attention a query at q has
+    # entropy log(q + 1), so the first cycle's queries (4 and 5) would pull the means down.
+    loops = loops_of([[40, 41]], [[1, 2, 3, 4, 3, 4, 3, 4]])
+    ids, weight = context_inputs(FakeCheckpoint(loops), text_skip=5)["natural"]
+    assert ids.tolist() == [[40, 41, 1, 2, 3, 4, 3, 4, 3, 4]]
+    key_classes = torch.full((512,), CLASS_INDEX["OTHER"])
+    key_classes[4] = CLASS_INDEX["CONTENT_WORD"]
+    low = torch.zeros(512, dtype=torch.bool)
+    low[3] = True
+    stats = context_statistics(uniform_attention_model(), ids, weight, key_classes, low, batch_size=1)
+    entropy = stats["entropy"]  # [layer, head, kind (low-info, content), (nats, normalised)]
+    torch.testing.assert_close(
+        entropy[..., 0, 0], torch.full((2, 4), (math.log(7) + math.log(9)) / 2, dtype=torch.double)
+    )
+    torch.testing.assert_close(
+        entropy[..., 1, 0], torch.full((2, 4), (math.log(8) + math.log(10)) / 2, dtype=torch.double)
+    )
+    # without key 0, query q sees q keys
+    nosink = stats["entropy_nosink"][..., 0, 0]
+    torch.testing.assert_close(nosink, torch.full((2, 4), (math.log(6) + math.log(8)) / 2, dtype=torch.double))
+    assert weight[0].nonzero().flatten().tolist() == [6, 7, 8, 9]
+
+
+def test_a_context_without_a_query_kind_or_key_class_gives_nan_with_reasons():
+    loops = loops_of([[40, 41]], [[1, 2, 3, 4, 3, 4, 3, 4]])
+    ids, weight = context_inputs(FakeCheckpoint(loops), text_skip=5)["natural"]
+    key_classes = torch.full((512,), CLASS_INDEX["OTHER"])  # no newline, no content word
+    stats = context_statistics(tiny_neox(), ids, weight, key_classes, torch.zeros(512, dtype=torch.bool), 1)
+    result = low_info.context_scalars("natural", stats)
+    for key in (
+        "lowinfo/entropy_lowinfo_natural",
+        "lowinfo/entropy_content_natural_norm",
+        "lowinfo/entropy_diff_natural",
+    ):
+        assert math.isnan(result.scalars[key]), key
+    assert (
+        "no low-information query token in the natural context" in result.nan_reasons["lowinfo/entropy_lowinfo_natural"]
+    )
+    assert "no content-word query" in result.nan_reasons["lowinfo/entropy_content_natural_nosink"]
+    assert "no NEWLINE key" in result.nan_reasons["lowinfo/enrich_newline_natural_nosink_max"]
+    assert result.unexplained_nans() == []
+    ratios = low_info.newline_ratios(
+        {**result.scalars, "lowinfo/enrich_newline_icl": 0.0, "lowinfo/enrich_newline_icl_nosink": 2.0},
+        result.nan_reasons,
+    )
+    assert "no NEWLINE key" in ratios.nan_reasons["lowinfo/enrich_newline_natural_over_icl_nosink"]
+    ratios = low_info.newline_ratios(
+        {
+            "lowinfo/enrich_newline_natural": 3.0,
+            "lowinfo/enrich_newline_icl": 0.0,
+            "lowinfo/enrich_newline_natural_nosink": 3.0,
+            "lowinfo/enrich_newline_icl_nosink": 2.0,
+        },
+        {},
+    )
+    assert math.isnan(ratios.scalars["lowinfo/enrich_newline_natural_over_icl"])
+    assert "ICL newline enrichment is 0" in ratios.nan_reasons["lowinfo/enrich_newline_natural_over_icl"]
+    assert ratios.scalars["lowinfo/enrich_newline_natural_over_icl_nosink"] == 1.5
+
+
+def test_no_natural_loop_gives_nan_with_reasons(tiny_tokenizer):
+    vocab = len(tiny_tokenizer)
+    newline = tiny_tokenizer.convert_tokens_to_ids("Ċ")
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(1, vocab, (2, 48), generator=gen)
+    text[:, ::5] = newline
+    loops = loops_of([[40, 41], [42, 43]], torch.arange(100, 116).view(2, 8).tolist())  # nothing loops
+    ctx = FakeCheckpoint(
+        loops, tiny_neox(vocab_size=vocab), tiny_tokenizer, icl_repeat=text[:, :12].repeat(1, 3), long_text=text
+    )
+    ctx.probes.icl_length = 12
+    result = low_info.measure(ctx, quantile=0.2, text_skip=8)
+    for key in ("lowinfo/entropy_lowinfo_natural", "lowinfo/enrich_newline_natural_nosink"):
+        assert math.isnan(result.scalars[key]), key
+        assert "no prompt's continuation loops" in result.nan_reasons[key], key
+    headline = "lowinfo/enrich_newline_natural_over_icl_nosink"
+    assert math.isnan(result.scalars[headline]) and "no prompt's continuation loops" in result.nan_reasons[headline]
+    assert math.isfinite(result.scalars["lowinfo/enrich_newline_icl_nosink"])
+    assert math.isfinite(result.scalars["lowinfo/enrich_newline_text"])
+    assert result.unexplained_nans() == []
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "valid"),
+    [
+        ("quantile", 0.0, r"a number in \(0, 1\)"),
+        ("quantile", 1.5, r"a number in \(0, 1\)"),
+        ("text_skip", -1, "an integer >= 0"),
+    ],
+)
+def test_parameters_are_checked_before_any_work(param, value, valid):
+    class NoCheckpoint:
+        def __getattr__(self, name):
+            raise AssertionError(f"measure used ctx.{name} before checking its parameters")
+
+    with pytest.raises(ValueError, match=rf"^metrics\.low_info\.{param}={value!r} is not valid; valid: {valid}"):
+        low_info.measure(NoCheckpoint(), **{param: value})
 
 
 MEMORY_PROBE = r"""

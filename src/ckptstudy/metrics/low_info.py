@@ -1,25 +1,37 @@
 """Attention on low-information tokens (`lowinfo/`), in natural loops, copied (ICL) loops and ordinary text.
 
-For the queries of a context (the looping part of natural generations; cycles >= 2 of `icl_repeat`;
-`long_text` past its first `skip` tokens), per layer and head:
+For the queries of a context, per layer and head:
 - enrichment of key class c = attention mass on keys of class c / the mass uniform attention over the
   same (causal) keys would put there. 1 = no preference; uniform attention gives exactly 1.
 - "nosink" variants drop key 0 (the attention sink) and renormalise each row over the other keys.
 - entropy (nats) of attention rows whose query token is low-information (unigram surprisal in the
   bottom `quantile` of the probe corpus) or a content word; also normalised by log(number of keys).
 Key classes: the token classes of ckptstudy.token_classes plus LOW_INFO (surprisal-based).
+
+Contexts, compared like with like (queries inside the copies of a cycle in both loop kinds):
+- natural: prompt + generation of the natural prompts whose continuation loops (`ctx.natural_loops()`),
+  queries from the first COPY of the cycle on (onset + period: `NaturalLoops.first_copy_start()`);
+- icl: `icl_repeat`, queries from its second passage on (the first copy);
+- text: `long_text`, queries from position `text_skip` on.
+
+The headline is the no-sink newline ratio `lowinfo/enrich_newline_natural_over_icl_nosink`: the probes have
+no BOS, so position 0 is an ordinary text token that collects the sink's mass, and the with-sink enrichment
+of a class mostly says whether token 0 is of that class. Both variants are kept in the records. Every NaN
+carries its reason (no loop, no query of a kind, no key of a class).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ckptstudy.capture import capture
+from ckptstudy.generation import NaturalLoops
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
+
+DEFINITION_VERSION = 2  # 2: natural queries from the first copy; NaN reasons; headline = the _nosink ratio
 
 KEY_CLASSES = (*CLASSES, "LOW_INFO")
 REPORTED = {
@@ -30,6 +42,8 @@ REPORTED = {
 }
 CONTEXTS = ("natural", "icl", "text")
 QUERY_KINDS = ("lowinfo", "content")
+QUERY_KIND_NAMES = {"lowinfo": "low-information", "content": "content-word"}
+SUFFIXES = ("", "_nosink")
 
 
 def _drop_sink(attn: torch.Tensor) -> torch.Tensor:
@@ -103,7 +117,9 @@ def context_statistics(
     batch_size: int,
 ) -> dict[str, torch.Tensor]:
     """One hooked forward pass over a context: per-layer enrichment [layer, head, class] (with and
-    without the sink) and per-layer entropies [layer, head, kind, 2] (means)."""
+    without the sink; NaN for a class no query sees a key of), per-layer entropies [layer, head, kind, 2]
+    (means; NaN for a kind with no query), and what they rest on: `expected` [class] (uniform mass per
+    class) and `entropy_rows` [kind] (rows counted), each with a `_nosink` twin."""
     classes = key_classes[ids]
     onehot = torch.nn.functional.one_hot(classes, len(CLASSES)).double()
     onehot = torch.cat([onehot, low_info[ids].double()[..., None]], dim=-1)  # + LOW_INFO
@@ -128,24 +144,31 @@ def context_statistics(
         expected = uniform_mass(onehot, weight, sink)
         mass = torch.stack([layer[f"mass{suffix}"] for layer in cap.attn])
         out[f"enrich{suffix}"] = torch.where(expected > 0, mass / expected.clamp(min=1e-30), math.nan)
+        out[f"expected{suffix}"] = expected
         counts = entropy_counts(kind, sink)
+        out[f"entropy_rows{suffix}"] = counts
         sums = torch.stack([layer[f"entropy{suffix}"] for layer in cap.attn])
         out[f"entropy{suffix}"] = sums / counts[None, None, :, None].clamp(min=1)
         out[f"entropy{suffix}"][:, :, counts == 0] = math.nan
     return out
 
 
+def natural_context(loops: NaturalLoops) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ids, query weight) of the natural loops: prompt + generation of the looping rows, queries from the
+    first copy of the cycle on (like icl_repeat's queries from its second passage); None when nothing loops."""
+    if not loops.looping.any():
+        return None
+    ids = loops.sequences()
+    start = loops.first_copy_start()
+    return ids, (torch.arange(ids.shape[1])[None, :] >= start[:, None]).double()
+
+
 def context_inputs(ctx, text_skip: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(ids, query weight) of each context; a context with no query is left out."""
+    """(ids, query weight) of each context; the natural context is left out when no prompt loops."""
     out = {}
-    loops = ctx.natural_loops()
-    gen, period, onset = loops.generation, loops.period, loops.onset
-    looping = period > 0
-    if looping.any():
-        prompts = ctx.probes.natural
-        ids = torch.cat([prompts, gen.ids], dim=1)[looping]
-        start = prompts.shape[1] + onset[looping]
-        out["natural"] = (ids, (torch.arange(ids.shape[1])[None, :] >= start[:, None]).double())
+    natural = natural_context(ctx.natural_loops())
+    if natural is not None:
+        out["natural"] = natural
     icl = ctx.probes.icl_repeat[:, : ctx.context_length]
     weight = torch.zeros(icl.shape, dtype=torch.double)
     weight[:, ctx.probes.icl_length :] = 1
@@ -167,40 +190,101 @@ def head_max(values: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else math.nan
 
 
+def context_keys(context: str) -> list[str]:
+    """Every scalar key `context_scalars` reports for one context."""
+    keys = []
+    for suffix in SUFFIXES:
+        for short in REPORTED.values():
+            keys += [f"lowinfo/enrich_{short}_{context}{suffix}", f"lowinfo/enrich_{short}_{context}{suffix}_max"]
+        for kind in QUERY_KINDS:
+            keys += [f"lowinfo/entropy_{kind}_{context}{suffix}", f"lowinfo/entropy_{kind}_{context}{suffix}_norm"]
+        keys.append(f"lowinfo/entropy_diff_{context}{suffix}")
+    return keys
+
+
+def context_scalars(context: str, stats: dict[str, torch.Tensor]) -> FamilyResult:
+    """Scalars (head means and maxima), per-head arrays and bars of one context's statistics, with the
+    reason of every NaN."""
+    out = FamilyResult()
+    for suffix in SUFFIXES:
+        where = f"the {context} context" + (" (position 0 left out)" if suffix else "")
+        enrich = stats[f"enrich{suffix}"]
+        for cls, short in REPORTED.items():
+            index = KEY_CLASSES.index(cls)
+            why = f"no {cls} key at or before any query of {where}: enrichment undefined"
+            if stats[f"expected{suffix}"][index] > 0:
+                why = "enrichment is not finite for any head"
+            out.set(f"lowinfo/enrich_{short}_{context}{suffix}", head_mean(enrich[..., index]), why)
+            out.set(f"lowinfo/enrich_{short}_{context}{suffix}_max", head_max(enrich[..., index]), why)
+        entropy, rows = stats[f"entropy{suffix}"], stats[f"entropy_rows{suffix}"]
+        reasons = {}
+        for k, kind in enumerate(QUERY_KINDS):
+            why = f"no {QUERY_KIND_NAMES[kind]} query token in {where}"
+            if rows[k] > 0:
+                why = "attention entropy is not finite for any head"
+            reasons[kind] = why
+            out.set(f"lowinfo/entropy_{kind}_{context}{suffix}", head_mean(entropy[:, :, k, 0]), why)
+            out.set(f"lowinfo/entropy_{kind}_{context}{suffix}_norm", head_mean(entropy[:, :, k, 1]), why)
+        low, content = (out.scalars[f"lowinfo/entropy_{kind}_{context}{suffix}"] for kind in QUERY_KINDS)
+        why = reasons["lowinfo"] if not math.isfinite(low) else reasons["content"]
+        out.set(f"lowinfo/entropy_diff_{context}{suffix}", low - content, why)
+        out.arrays[f"lowinfo/enrich_{context}{suffix}"] = enrich.float().numpy()
+        out.bars[f"lowinfo/enrichment_{context}{suffix}"] = {
+            cls: head_mean(enrich[..., i]) for i, cls in enumerate(KEY_CLASSES)
+        }
+    out.arrays[f"lowinfo/entropy_{context}"] = stats["entropy"][..., 0].float().numpy()
+    return out
+
+
+def newline_ratios(scalars: dict[str, float], reasons: dict[str, str]) -> FamilyResult:
+    """lowinfo/enrich_newline_natural_over_icl[_nosink]: natural over ICL newline enrichment."""
+    out = FamilyResult()
+    for suffix in SUFFIXES:
+        natural_key, icl_key = f"lowinfo/enrich_newline_natural{suffix}", f"lowinfo/enrich_newline_icl{suffix}"
+        natural, icl = scalars[natural_key], scalars[icl_key]
+        key = f"lowinfo/enrich_newline_natural_over_icl{suffix}"
+        if not math.isfinite(natural):
+            out.nan(key, f"natural newline enrichment is NaN: {reasons[natural_key]}")
+        elif not math.isfinite(icl):
+            out.nan(key, f"ICL newline enrichment is NaN: {reasons[icl_key]}")
+        elif icl == 0:
+            out.nan(key, "ICL newline enrichment is 0: no attention on newlines in ICL loops, ratio undefined")
+        else:
+            out.set(key, natural / icl, "")
+    return out
+
+
+def check_parameters(quantile, text_skip) -> None:
+    """Refuse a bad `metrics.low_info.*` value before any work, naming it and what is valid."""
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0 < quantile < 1:
+        raise ValueError(f"metrics.low_info.quantile={quantile!r} is not valid; valid: a number in (0, 1)")
+    if isinstance(text_skip, bool) or not isinstance(text_skip, int) or text_skip < 0:
+        raise ValueError(f"metrics.low_info.text_skip={text_skip!r} is not valid; valid: an integer >= 0")
+
+
 def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
     """Enrichment and entropy per layer and head in the three contexts; see the module docstring."""
+    check_parameters(quantile, text_skip)
     key_classes = vocabulary_classes(ctx.tokenizer)
     vocab = max(len(ctx.tokenizer), int(ctx.model.config.vocab_size))
     key_classes = torch.cat([key_classes, torch.full((vocab - len(key_classes),), CLASS_INDEX["OTHER"])])
     corpus = torch.cat([ctx.probes.long_text.flatten(), ctx.probes.natural.flatten()])
     low_info = low_information_ids(corpus, vocab, quantile)
     result = FamilyResult()
-    for context, (ids, weight) in context_inputs(ctx, text_skip).items():
+    inputs = context_inputs(ctx, text_skip)
+    for context in CONTEXTS:
+        if context not in inputs:
+            for key in context_keys(context):
+                result.nan(key, "no prompt's continuation loops at this checkpoint")
+            continue
+        ids, weight = inputs[context]
+        if not weight.any():
+            why = f"the {context} context has no query" + (f" (text_skip={text_skip})" if context == "text" else "")
+            for key in context_keys(context):
+                result.nan(key, why)
+            continue
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
-        for suffix in ("", "_nosink"):
-            enrich = stats[f"enrich{suffix}"]
-            for cls, short in REPORTED.items():
-                per_head = enrich[..., KEY_CLASSES.index(cls)]
-                result.scalars[f"lowinfo/enrich_{short}_{context}{suffix}"] = head_mean(per_head)
-                result.scalars[f"lowinfo/enrich_{short}_{context}{suffix}_max"] = head_max(per_head)
-            entropy = stats[f"entropy{suffix}"]
-            for k, kind in enumerate(QUERY_KINDS):
-                result.scalars[f"lowinfo/entropy_{kind}_{context}{suffix}"] = head_mean(entropy[:, :, k, 0])
-                result.scalars[f"lowinfo/entropy_{kind}_{context}{suffix}_norm"] = head_mean(entropy[:, :, k, 1])
-            result.scalars[f"lowinfo/entropy_diff_{context}{suffix}"] = (
-                result.scalars[f"lowinfo/entropy_lowinfo_{context}{suffix}"]
-                - result.scalars[f"lowinfo/entropy_content_{context}{suffix}"]
-            )
-            result.arrays[f"lowinfo/enrich_{context}{suffix}"] = enrich.float().numpy()
-        result.arrays[f"lowinfo/entropy_{context}"] = stats["entropy"][..., 0].float().numpy()
-        result.bars[f"lowinfo/enrichment_{context}"] = {
-            cls: head_mean(stats["enrich"][..., i]) for i, cls in enumerate(KEY_CLASSES)
-        }
-    for suffix in ("", "_nosink"):
-        natural = result.scalars.get(f"lowinfo/enrich_newline_natural{suffix}", math.nan)
-        icl = result.scalars.get(f"lowinfo/enrich_newline_icl{suffix}", math.nan)
-        result.scalars[f"lowinfo/enrich_newline_natural_over_icl{suffix}"] = (
-            natural / icl if icl and np.isfinite(icl) else math.nan
-        )
-    result.scalars["lowinfo/low_info_vocab_share"] = float(low_info.double().mean())
+        result.update(context_scalars(context, stats))
+    result.update(newline_ratios(result.scalars, result.nan_reasons))
+    result.set("lowinfo/low_info_vocab_share", low_info.double().mean(), "empty vocabulary")
     return result
