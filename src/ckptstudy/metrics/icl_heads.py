@@ -215,7 +215,8 @@ def comparison_scalars(
     icl_why = _below_threshold(float(icl_effects.clamp(min=0).sum()), min_total)
     natural_why = _below_threshold(out.scalars["icl/natural_ablation_total"], min_total)
     if icl_why is not None or natural_why is not None:
-        why = f"ICL side: {icl_why}" if icl_why is not None else f"natural side: {natural_why}"
+        sides = (("ICL side", icl_why), ("natural side", natural_why))
+        why = "; ".join(f"{side}: {reason}" for side, reason in sides if reason is not None)
         out.nan(jaccard_key, why)
         out.nan(cosine_key, why)
         return out
