@@ -1,18 +1,28 @@
-"""Config composition for every model and schedule, and refusal of bad values with clear messages."""
+"""Config composition for every model and schedule, and refusal of bad values at composition time."""
 
 from __future__ import annotations
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from ckptstudy import checkpoints
-from ckptstudy.app import run_job
-from ckptstudy.config import CONF_DIR, check_choices, compose_config
-from ckptstudy.suite import SuiteSpec, spec_from_config
+from ckptstudy.config import CONF_DIR, compose_config
+from ckptstudy.job import run_job
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
+COMPOSE_ERRORS = (ConfigCompositionException, ConfigKeyError, ValidationError, HydraException)
+
+
+def swept_steps(cfg) -> list[str]:
+    """The values a multirun sweeps for `step`, parsed the way Hydra's basic sweeper parses them."""
+    override = OverridesParser.create().parse_overrides([f"step={cfg.hydra.sweeper.params.step}"])[0]
+    return [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
+
+
+def message(err: pytest.ExceptionInfo) -> str:
+    return str(err.value) + str(err.value.__cause__)
 
 
 def test_every_pythia_size_and_deduped_variant_has_a_config():
@@ -24,73 +34,68 @@ def test_every_pythia_size_and_deduped_variant_has_a_config():
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_composes_and_resolves_its_final_step(model):
     cfg = compose_config([f"model={model}"])
-    check_choices(cfg)
     steps = checkpoints.available_steps(cfg.model)
     assert checkpoints.resolve_step(None, steps, model) == steps[-1]
     source = checkpoints.source_for(cfg.model, steps[-1])
-    if cfg.model.source == "hub":
+    if model != "micro":
         assert source.revision == f"step{steps[-1]}" and source.location == f"EleutherAI/{model}"
+        assert cfg.model.n_layers and cfg.model.d_model % cfg.model.n_heads == 0
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-def test_every_schedule_composes_and_lists_valid_steps(schedule):
-    from hydra import compose, initialize_config_dir
-
-    from ckptstudy.config import register_configs
-
-    register_configs()
-    model = "micro" if schedule == "micro" else "pythia-160m"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"schedule={schedule}", f"model={model}"],
-            return_hydra_config=True,
-        )
+@pytest.mark.parametrize(
+    ("schedule", "model", "expected"),
+    [
+        ("all", "micro", 22),  # every checkpoint of the suite recipe
+        ("all", "pythia-160m", 154),  # every hub branch: step0 .. step143000
+        ("log", "pythia-160m", 19),
+        ("dense", "pythia-160m", 143),
+        ("final", "pythia-160m", 1),
+    ],
+)
+def test_every_schedule_sweeps_valid_steps(schedule, model, expected):
+    cfg = compose_config([f"schedule={schedule}", f"model={model}"], return_hydra_config=True)
     steps = checkpoints.available_steps(cfg.model)
-    swept = str(cfg.hydra.sweeper.params.step).split(",")
-    assert swept
-    for value in swept:
-        assert checkpoints.resolve_step(value, steps, model) in steps
-
-
-def test_pythia_schedule_matches_the_hub_branches():
-    steps = checkpoints.PYTHIA_STEPS
-    assert len(steps) == 154 and steps[:12] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
-    assert steps[-1] == 143000
-
-
-def test_micro_schedule_is_exactly_the_suite_checkpoints():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", return_hydra_config=True)
-    swept = [int(s) for s in str(cfg.hydra.sweeper.params.step).split(",")]
-    assert swept == spec_from_config(cfg.model).checkpoint_steps()
+    swept = [checkpoints.resolve_step(v, steps, model) for v in swept_steps(cfg)]
+    assert len(swept) == expected and len(set(swept)) == expected
+    if schedule == "all":
+        assert swept == steps
+    if schedule == "dense":
+        assert swept == list(range(1000, 144000, 1000))
 
 
 def test_unknown_key_is_refused_with_its_name():
-    with pytest.raises((ConfigCompositionException, ConfigKeyError, HydraException)) as err:
+    with pytest.raises(COMPOSE_ERRORS) as err:
         compose_config(["model.nme=foo"])
-    assert "nme" in str(err.value) + str(err.value.__cause__)
+    assert "nme" in message(err)
 
 
 def test_wrong_type_is_refused():
-    with pytest.raises((ConfigCompositionException, ValidationError, HydraException)) as err:
+    with pytest.raises(COMPOSE_ERRORS) as err:
         compose_config(["batch_size=many"])
-    assert "batch_size" in str(err.value) + str(err.value.__cause__)
+    assert "batch_size" in message(err)
 
 
 def test_unknown_model_is_refused_listing_the_choices():
     with pytest.raises(ConfigCompositionException) as err:
         compose_config(["model=pythia-999m"])
-    message = str(err.value)
-    assert "pythia-999m" in message and "pythia-160m" in message and "micro" in message
+    assert "pythia-999m" in message(err) and "pythia-160m" in message(err) and "micro" in message(err)
 
 
-def test_bad_option_value_names_key_value_and_choices():
-    cfg = compose_config(["logger.mode=sometimes"])
-    with pytest.raises(ValueError, match=r"logger.mode='sometimes'.*offline, online, disabled"):
-        check_choices(cfg)
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("logger.mode=sometimes", "offline, online, disabled"),
+        ("dtype=float8", "float32, bfloat16, float16, auto"),
+        ("loops.definition=prefix", "suffix, paper"),
+        ("model.source=ftp", "hub, local"),
+        ("probes.source=web", "stdlib, minipile, files"),
+    ],
+)
+def test_bad_choice_is_refused_at_composition_naming_value_and_choices(override, choices):
+    with pytest.raises(COMPOSE_ERRORS) as err:
+        compose_config([override])
+    key, value = override.split("=")
+    assert value in message(err) and choices in message(err) and key in message(err)
 
 
 def test_step_not_in_the_schedule_names_the_nearest_steps():
@@ -111,47 +116,25 @@ def test_job_refuses_a_bad_step_before_loading(tmp_path):
     assert "weights_sha256" not in record  # nothing was loaded
 
 
-def test_bad_metric_parameter_is_refused_with_the_valid_ones(tmp_path):
-    from ckptstudy.metrics import MetricConfigError, family_function
-
-    cfg = compose_config(["+metrics.icl_heads.late_postion=400"])
-    with pytest.raises(MetricConfigError) as err:
-        family_function("icl_heads", dict(cfg.metrics.icl_heads))
-    assert "late_postion" in str(err.value) and "late_position" in str(err.value)
-
-
-def test_suite_spec_keys_are_checked():
-    cfg = compose_config(["+model.suite.layers=3"])
-    with pytest.raises(ValueError, match=r"layers.*valid keys"):
-        spec_from_config(cfg.model)
-
-
-def test_micro_yaml_recipe_is_the_builder_default():
-    # the yaml documents the recipe; keeping it equal to the code default avoids two truths
-    assert spec_from_config(compose_config().model) == SuiteSpec()
-
-
 def test_paper_preset_reproduces_the_paper_setup():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=repetitions_not_alike"], return_hydra_config=True)
+    cfg = compose_config(["experiment=repetitions_not_alike"], return_hydra_config=True)
     assert cfg.model.repo == "EleutherAI/pythia-1.4b" and cfg.probes.dataset == "JeanKaddour/minipile"
     assert cfg.probes.natural.n == 1000 and cfg.probes.natural.length == 32
     assert cfg.loops.new_tokens == 1000 and cfg.loops.max_period == 500 and cfg.loops.definition == "paper"
-    steps = [int(s) for s in str(cfg.hydra.sweeper.params.step).split(",")]
+    # the preset's own values win over conf/config.yaml's (they did not before the defaults order fix)
+    assert cfg.study == "repetitions_not_alike" and cfg.dtype == "auto" and cfg.batch_size == 32
+    steps = [int(s) for s in swept_steps(cfg)]
     assert len(steps) == 10 and steps[0] == 1 and steps[-1] == 143000
     assert all(s in checkpoints.PYTHIA_STEPS for s in steps)
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm"])
-def test_cluster_launchers_compose(launcher):
-    from hydra import compose, initialize_config_dir
+def test_smoke_preset_is_small():
+    cfg = compose_config(["experiment=smoke"])
+    default = compose_config([])
+    assert cfg.probes.natural.n < default.probes.natural.n and cfg.loops.new_tokens < default.loops.new_tokens
+    assert cfg.metrics.icl_heads.mode == "off"
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[f"hydra/launcher={launcher}", "model=pythia-160m"],
-            return_hydra_config=True,
-        )
-    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+def test_micro_model_shape_comes_from_its_recipe():
+    cfg = compose_config(["model.suite.n_layers=3"])
+    assert cfg.model.n_layers == 3  # one source: the yaml's shape interpolates the suite recipe

@@ -1,8 +1,13 @@
-"""Structured-config schema: Hydra refuses unknown keys and wrong types against these dataclasses."""
+"""Structured-config schema: Hydra refuses unknown keys, wrong types and unknown choices against these
+dataclasses when the config is composed, before any job starts.
+
+Values live in the yaml files under conf/ (one source each); the dataclasses hold types, choices (Enums,
+whose error lists the valid values) and, for a model, Pythia's conventions as defaults."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -10,58 +15,105 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ckptstudy.checkpoints import available_steps
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class Source(str, Enum):
+    hub = "hub"  # a Hugging Face hub repo (HF cache, offline-capable)
+    local = "local"  # a directory per step
+
+
+class Checkpoints(str, Enum):
+    pythia = "pythia"  # Pythia's 154 branches: step0, powers of two to 512, every 1000 to 143000
+    suite = "suite"  # the steps of the embedded suite recipe (`model.suite`)
+    list = "list"  # exactly `model.steps`
+
+
+class ProbeSource(str, Enum):
+    stdlib = "stdlib"
+    minipile = "minipile"
+    files = "files"
+
+
+class Backend(str, Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    auto = "auto"
+
+
+class LoopDefinition(str, Enum):
+    suffix = "suffix"
+    paper = "paper"
 
 
 @dataclass
 class ModelConf:
+    """A model of a suite. Defaults are Pythia's hub conventions; a model yaml writes what differs."""
+
     name: str = MISSING
-    source: str = "hub"  # hub | local
+    source: Source = Source.hub
     repo: str | None = None  # hub: repo id, e.g. EleutherAI/pythia-160m
     revision: str = "step{step}"  # hub: revision template
     path: str | None = None  # local: directory template with {step}
-    checkpoints: str = "pythia"  # which steps exist: pythia | suite | list (then `steps`)
+    checkpoints: Checkpoints = Checkpoints.pythia
     steps: list[int] | None = None  # explicit available steps when checkpoints=list
-    n_layers: int | None = None
+    n_layers: int | None = None  # the architecture the yaml promises; a loaded checkpoint must match it
     d_model: int | None = None
     n_heads: int | None = None
-    suite: dict[str, Any] = field(default_factory=dict)  # SuiteSpec overrides (checkpoints=suite)
+    tokens_per_step: int | None = 2_097_152  # training tokens per optimizer step (Pythia: 1024 x 2048)
+    suite: dict[str, Any] | None = None  # the suite recipe (checkpoints=suite), checked against SuiteSpec
 
 
 @dataclass
 class RandomRepeatConf:
-    n: int = 16
-    length: int = 50
+    n: int = MISSING
+    length: int = MISSING
 
 
 @dataclass
 class NaturalConf:
-    n: int = 64
-    length: int = 32
+    n: int = MISSING
+    length: int = MISSING
 
 
 @dataclass
 class IclRepeatConf:
-    n: int = 64
-    length: int = 24
-    copies: int = 4
+    n: int = MISSING
+    length: int = MISSING
+    copies: int = MISSING
 
 
 @dataclass
 class LongTextConf:
-    n: int = 8
-    length: int = 512
+    n: int = MISSING
+    length: int = MISSING
 
 
 @dataclass
 class ProbesConf:
-    source: str = "stdlib"  # stdlib | minipile | files
-    files_glob: str | None = "*/*.py"
-    dataset: str | None = None
-    split: str | None = None
-    text_field: str = "text"
-    max_texts: int = 3000
-    seed: int = 0
+    """Probe sources and sizes; the values live in conf/probes/*.yaml."""
+
+    source: ProbeSource = MISSING
+    files_glob: str | None = MISSING
+    dataset: str | None = MISSING
+    split: str | None = MISSING
+    text_field: str = MISSING
+    max_texts: int = MISSING
+    seed: int = MISSING
     random_repeat: RandomRepeatConf = field(default_factory=RandomRepeatConf)
     natural: NaturalConf = field(default_factory=NaturalConf)
     icl_repeat: IclRepeatConf = field(default_factory=IclRepeatConf)
@@ -70,43 +122,46 @@ class ProbesConf:
 
 @dataclass
 class LoggerConf:
-    backend: str = "wandb"  # wandb | none
-    mode: str = "offline"  # offline | online | disabled
-    project: str = "ckptstudy"
+    backend: Backend = MISSING
+    mode: WandbMode = MISSING
+    project: str = MISSING
     entity: str | None = None
-    heatmaps: bool = True
+    heatmaps: bool = MISSING
+    strict: bool = MISSING
 
 
 @dataclass
 class ReportConf:
-    summary_metrics: list[str] = field(default_factory=list)  # columns of the printed table and the plot
-    onset_metrics: list[str] = field(default_factory=list)  # metrics whose onset step is reported
-    onset_fraction: float = 0.5  # onset = first crossing of baseline + fraction * (extreme - baseline)
+    summary_metrics: list[str] = MISSING  # columns of the printed table and the plot
+    onset_metrics: list[str] = MISSING  # metrics whose onset step is reported
+    onset_fraction: float = MISSING  # onset = first crossing of baseline + fraction * (extreme - baseline)
 
 
 @dataclass
 class LoopsConf:
-    new_tokens: int = 1000
-    definition: str = "suffix"  # suffix | paper
-    min_period: int = 2
-    max_period: int = 500
-    min_copies: int = 2
+    new_tokens: int = MISSING
+    definition: LoopDefinition = MISSING
+    min_period: int = MISSING
+    max_period: int = MISSING
+    min_copies: int = MISSING
 
 
 @dataclass
 class PathsConf:
-    root: str = "outputs"
+    root: str = MISSING
 
 
 @dataclass
 class Config:
-    study: str = "default"
-    step: Any = None  # int, or "final"; None = the model's last checkpoint
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
-    batch_size: int = 16
-    force: bool = False
+    """The whole job config; values live in conf/config.yaml and the group yamls."""
+
+    study: str = MISSING
+    step: Any = None  # int, or "final"/"first"; None = the model's last checkpoint
+    seed: int = MISSING
+    device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
+    dtype: DType = MISSING
+    batch_size: int = MISSING
+    force: bool = MISSING
     paths: PathsConf = field(default_factory=PathsConf)
     model: ModelConf = MISSING
     probes: ProbesConf = field(default_factory=ProbesConf)
@@ -116,20 +171,17 @@ class Config:
     report: ReportConf = field(default_factory=ReportConf)
 
 
+def all_steps(*, _root_: DictConfig) -> str:
+    """Resolver `${ckptstudy_steps:}`: every checkpoint step of the configured model, comma-separated
+    (the sweep list of schedule=all)."""
+    return ",".join(map(str, available_steps(_root_.model)))
+
+
 def register_configs() -> None:
-    """Register the schema; conf/config.yaml lists `config_schema` first in its defaults."""
+    """Register the schema (conf/config.yaml lists `config_schema` first) and ckptstudy's resolvers."""
     ConfigStore.instance().store(name="config_schema", node=Config)
-
-
-CHOICES = {
-    "model.source": ("hub", "local"),
-    "model.checkpoints": ("pythia", "suite", "list"),
-    "probes.source": ("stdlib", "minipile", "files"),
-    "logger.backend": ("wandb", "none"),
-    "logger.mode": ("offline", "online", "disabled"),
-    "dtype": ("float32", "bfloat16", "float16", "auto"),
-    "loops.definition": ("suffix", "paper"),
-}
+    if not OmegaConf.has_resolver("ckptstudy_steps"):
+        OmegaConf.register_new_resolver("ckptstudy_steps", all_steps)
 
 
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
@@ -137,11 +189,3 @@ def compose_config(overrides: list[str] | None = None, return_hydra_config: bool
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
-
-
-def check_choices(cfg) -> None:
-    """Refuse a string option outside its valid set, naming the key, the value and the choices."""
-    for key, valid in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in valid:
-            raise ValueError(f"{key}={value!r} is not valid; choose one of {', '.join(valid)}")

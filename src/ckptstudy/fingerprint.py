@@ -1,0 +1,76 @@
+"""What identifies a measurement, and whether a finished record may be reused for it.
+
+A record is reused (the job skipped) only when it finished ok with the same measurement config
+(hash of `HASHED_KEYS`), the same checkpoint revision and the same definition versions (each metric
+family's `DEFINITION_VERSION` and the probe construction's `PROBES_VERSION`). A record made under an
+older definition is recomputed, never served silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+from ckptstudy import __version__
+from ckptstudy.probes import PROBES_VERSION
+
+HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of everything that changes the measurement (not logging, paths or study name)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    part = {k: container.get(k) for k in HASHED_KEYS}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def family_version(target: str) -> int:
+    """`DEFINITION_VERSION` of the module that holds a family's `measure` (1 when it declares none)."""
+    module = importlib.import_module(target.rsplit(".", 1)[0])
+    return int(getattr(module, "DEFINITION_VERSION", 1))
+
+
+def definition_versions(metrics_cfg) -> dict[str, int]:
+    """{"probes": PROBES_VERSION, <family>: DEFINITION_VERSION} for the enabled families."""
+    versions = {"probes": PROBES_VERSION}
+    for name, family_cfg in metrics_cfg.items():
+        versions[name] = family_version(family_cfg["_target_"])
+    return versions
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The fields that say what a record measured, stored in every record."""
+    return {
+        "model": cfg.model.name,
+        "step": cfg.step,
+        "study": cfg.study,
+        "config_hash": config_hash(cfg),
+        "definitions": definition_versions(cfg.metrics),
+        "package_version": __version__,
+    }
+
+
+def stale_reason(previous: dict | None, current: dict, force: bool) -> str | None:
+    """Why `previous` cannot stand for the measurement `current` describes; None when it can."""
+    if force:
+        return "force=true"
+    if previous is None:
+        return "no record yet"
+    if previous.get("status") != "ok":
+        return f"previous record {previous.get('status')}"
+    if previous.get("revision") != current.get("revision"):
+        return f"revision changed: {previous.get('revision')} -> {current.get('revision')}"
+    changed = definition_changes(previous.get("definitions") or {}, current["definitions"])
+    if changed:
+        return "metric definitions changed: " + ", ".join(changed)
+    if previous.get("config_hash") != current["config_hash"]:
+        return "measurement config changed"
+    return None
+
+
+def definition_changes(old: dict, new: dict) -> list[str]:
+    """`name old -> new` for each definition whose version differs (a record without one is version 1)."""
+    return [f"{name} {old.get(name, 1)} -> {version}" for name, version in new.items() if old.get(name, 1) != version]
