@@ -6,6 +6,7 @@ position ids count only real tokens, so each row generates exactly what it would
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,17 @@ def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def _cache_keyword(model) -> str:
+    """The forward keyword that takes the KV cache: `cache` (transformers >= 5.24) or `past_key_values`
+    (older releases; deprecated in 5.24 and removed in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    """The KV cache a forward returned, under either name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
 @torch.no_grad()
 def greedy_generate(
     model,
@@ -62,6 +74,7 @@ def greedy_generate(
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache_kwarg = _cache_keyword(model)
         chosen, entropies = [], []
         for i in range(new_tokens):
             logits = out.logits[:, -1]
@@ -77,8 +90,8 @@ def greedy_generate(
                 input_ids=token[:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{cache_kwarg: _returned_cache(out)},
             )
         ids_out.append(torch.stack(chosen, dim=1).cpu())
         ent_out.append(torch.stack(entropies, dim=1).cpu())
