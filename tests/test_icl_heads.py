@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -9,6 +12,7 @@ from ckptstudy.capture import capture, model_parts
 from ckptstudy.metrics.icl_heads import (
     head_pattern_sums,
     icl_score,
+    pattern_and_loss_scores,
     repeat_nll_gain,
     repeat_pattern_positions,
     token_nll,
@@ -135,3 +139,19 @@ def test_every_parameter_is_checked_before_any_work(param, value, valid):
 
     with pytest.raises(ValueError, match=rf"^metrics\.icl_heads\.{param}={value!r} is not valid; valid: {valid}"):
         measure(NoCheckpoint(), **{param: value})
+
+
+def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
+    r = 6
+    ids = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(2, 500, (3, r)).repeat(1, 2)], dim=1)
+    probes = SimpleNamespace(
+        repeat_length=r,
+        random_repeat=ids,
+        long_text=torch.zeros(0, 64, dtype=torch.long),
+        empty_reason=lambda probe: "no single document has 64 tokens: long_text is empty",
+    )
+    ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
+    result = pattern_and_loss_scores(ctx, 500, 50, 9, 3)
+    assert math.isnan(result.scalars["icl/icl_score"])
+    assert result.nan_reasons["icl/icl_score"] == "no single document has 64 tokens: long_text is empty"
+    assert math.isfinite(result.scalars["icl/induction_max"]) and result.unexplained_nans() == []

@@ -182,7 +182,13 @@ class FakeCheckpoint:
         self.loops, self.model, self.tokenizer = loops, model, tokenizer
         icl = torch.arange(20, 30).repeat(2, 3) if icl_repeat is None else icl_repeat
         text = torch.arange(20, 60).repeat(2, 1) if long_text is None else long_text
-        self.probes = SimpleNamespace(natural=loops.prompts, icl_repeat=icl, icl_length=10, long_text=text)
+        self.probes = SimpleNamespace(
+            natural=loops.prompts,
+            icl_repeat=icl,
+            icl_length=10,
+            long_text=text,
+            empty_reason=lambda probe: f"no document is long enough for probes.{probe}",
+        )
 
     def natural_loops(self) -> NaturalLoops:
         return self.loops
@@ -269,6 +275,16 @@ def test_no_natural_loop_gives_nan_with_reasons(tiny_tokenizer):
     assert math.isnan(result.scalars[headline]) and "no prompt's continuation loops" in result.nan_reasons[headline]
     assert math.isfinite(result.scalars["lowinfo/enrich_newline_icl_nosink"])
     assert math.isfinite(result.scalars["lowinfo/enrich_newline_text"])
+    assert result.unexplained_nans() == []
+
+
+def test_empty_long_text_gives_text_nan_with_the_probes_reason(tiny_tokenizer):
+    vocab = len(tiny_tokenizer)
+    loops = loops_of([[40, 41]], [[1, 2, 3, 4, 3, 4, 3, 4]])
+    ctx = FakeCheckpoint(loops, tiny_neox(vocab_size=vocab), tiny_tokenizer, long_text=torch.zeros(0, 64).long())
+    result = low_info.measure(ctx, text_skip=8)
+    for key in ("lowinfo/enrich_newline_text_nosink", "lowinfo/entropy_content_text"):
+        assert math.isnan(result.scalars[key]) and "probes.long_text" in result.nan_reasons[key], key
     assert result.unexplained_nans() == []
 
 

@@ -367,7 +367,8 @@ def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float]:
 
 
 def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window: int, top_k: int) -> FamilyResult:
-    """Per-head pattern scores on `random_repeat`, repeated-half NLL gain, ICL score on `long_text`."""
+    """Per-head pattern scores on `random_repeat`, repeated-half NLL gain, ICL score on `long_text` (NaN with
+    the probe's reason when `long_text` is empty: no document was long enough)."""
     probes = ctx.probes
     r = probes.repeat_length
     ids = probes.random_repeat
@@ -383,23 +384,31 @@ def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window
     induction, duplicate, prev = per_layer[:, 0], per_layer[:, 1], per_layer[:, 2]
     nll = cap.logits / ids.shape[0]
 
-    long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
-    long = capture(
-        ctx.model,
-        long_text,
-        logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
-        batch_size=max(1, ctx.batch_size // 4),
-    )
-    long_nll = long.logits / long_text.shape[0]
     scalars = {
         "icl/induction_max": float(induction.max()),
         f"icl/induction_top{top_k}_mean": top_k_mean(induction, top_k),
         "icl/prev_token_max": float(prev.max()),
         "icl/duplicate_max": float(duplicate.max()),
         "icl/repeat_nll_gain": repeat_nll_gain(nll, r),
-        "icl/icl_score": icl_score(long_nll, late_position, early_position, window),
     }
     if not all(math.isfinite(v) for v in scalars.values()):
         raise FloatingPointError(f"non-finite ICL scalars: {scalars}")
+    result = FamilyResult(scalars=scalars)
+    long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
+    if long_text.shape[0] == 0:
+        result.nan("icl/icl_score", probes.empty_reason("long_text"))
+    else:
+        long = capture(
+            ctx.model,
+            long_text,
+            logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
+            batch_size=max(1, ctx.batch_size // 4),
+        )
+        long_nll = long.logits / long_text.shape[0]
+        score = icl_score(long_nll, late_position, early_position, window)
+        if not math.isfinite(score):
+            raise FloatingPointError(f"non-finite icl/icl_score: {score}")
+        result.set("icl/icl_score", score, "")
     arrays = {"icl/induction": induction, "icl/prev_token": prev, "icl/duplicate": duplicate}
-    return FamilyResult(scalars=scalars, arrays={k: v.numpy() for k, v in arrays.items()})
+    result.arrays.update({k: v.numpy() for k, v in arrays.items()})
+    return result

@@ -254,6 +254,16 @@ def newline_ratios(scalars: dict[str, float], reasons: dict[str, str]) -> Family
     return out
 
 
+def no_query_reason(ctx, context: str, ids: torch.Tensor, text_skip: int) -> str:
+    """Why a context has no query to measure."""
+    probe = {"icl": "icl_repeat", "text": "long_text"}.get(context)
+    if probe is not None and ids.shape[0] == 0:
+        return ctx.probes.empty_reason(probe)
+    if context == "text":
+        return f"text_skip={text_skip} leaves no query in probes.long_text ({ids.shape[1]} tokens)"
+    return f"the {context} context has no query"
+
+
 def check_parameters(quantile, text_skip) -> None:
     """Refuse a bad `metrics.low_info.*` value before any work, naming it and what is valid."""
     if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0 < quantile < 1:
@@ -279,9 +289,8 @@ def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
             continue
         ids, weight = inputs[context]
         if not weight.any():
-            why = f"the {context} context has no query" + (f" (text_skip={text_skip})" if context == "text" else "")
             for key in context_keys(context):
-                result.nan(key, why)
+                result.nan(key, no_query_reason(ctx, context, ids, text_skip))
             continue
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
         result.update(context_scalars(context, stats))
