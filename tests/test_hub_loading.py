@@ -84,40 +84,61 @@ def test_loaded_weights_differ_between_revisions(tmp_path, fake_hub, tiny_tokeni
     assert a.config._attn_implementation == "eager" and len(tok) == len(tiny_tokenizer)
 
 
-def test_single_run_without_cache_fails_fast_with_the_fix(tmp_path):
-    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
-    proc = run_cli(["model=pythia-160m", "step=1000", "logger=none"], tmp_path / "out", env=env)
-    assert proc.returncode == 1
-    assert "EleutherAI/pythia-160m" in proc.stderr and "step1000" in proc.stderr
-    assert "HF_HUB_OFFLINE" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.fixture
+def offline_empty_hub(tmp_path, monkeypatch):
+    """An empty HF cache, offline: nothing can be loaded from the hub."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+def run_in_process(overrides: list[str], root: Path) -> dict:
+    from ckptstudy.config import compose_config
+    from ckptstudy.job import run_job
+
+    return run_job(compose_config([f"paths.root={root}", "logger=none", *overrides]))
+
+
+def test_single_run_without_cache_fails_fast_with_the_fix(offline_empty_hub):
+    record = run_in_process(["model=pythia-160m", "step=1000"], offline_empty_hub / "out")
+    message = record["error"]["message"]
+    assert record["status"] == "failed" and record["error"]["type"] == "CheckpointError"
+    assert "EleutherAI/pythia-160m" in message and "step1000" in message and "HF_HUB_OFFLINE" in message
 
 
 def test_local_checkpoint_missing_is_a_clear_failure(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1"}
     missing = tmp_path / "nowhere"
-    shutil.rmtree(missing, ignore_errors=True)
-    proc = run_cli(
-        [
-            "model=pythia-14m",
-            "model.source=local",
-            f"model.path='{missing}/step{{step}}'",
-            "step=1000",
-            "logger=none",
-        ],
+    record = run_in_process(
+        ["model=pythia-14m", "model.source=local", f"model.path='{missing}/step{{step}}'", "step=1000"],
         tmp_path / "out",
-        env=env,
     )
-    assert proc.returncode == 1
-    assert "missing checkpoint" in proc.stderr and str(missing) in proc.stderr
+    assert record["status"] == "failed"
+    assert "missing checkpoint" in record["error"]["message"] and str(missing) in record["error"]["message"]
 
 
-def test_unreachable_hub_without_cache_fails_fast(tmp_path):
-    # no HF_HUB_OFFLINE: the endpoint (a closed local port) is checked once instead of retrying for minutes
-    env = {
-        "HF_HUB_CACHE": str(tmp_path / "empty"),
-        "HF_ENDPOINT": "http://127.0.0.1:9",
-        "HF_HUB_OFFLINE": "0",
-    }
-    proc = run_cli(["model=pythia-70m", "step=2000", "logger=none"], tmp_path / "out", env=env)
+def test_unreachable_hub_without_cache_fails_fast(tmp_path, monkeypatch):
+    # not offline: the endpoint (a closed local port) is checked once instead of retrying for minutes
+    import huggingface_hub.constants as hub_constants
+
+    from ckptstudy import checkpoints
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    checkpoints._hub_reachable.cache_clear()
+    record = run_in_process(["model=pythia-70m", "step=2000"], tmp_path / "out")
+    checkpoints._hub_reachable.cache_clear()
+    message = record["error"]["message"]
+    assert "EleutherAI/pythia-70m revision step2000" in message and "cannot be reached" in message
+
+
+def test_single_run_failure_exits_nonzero_with_the_message_and_no_traceback(offline_empty_hub):
+    # the one CLI check of this file's failures: exit code and stderr of `ckptstudy` itself
+    env = {"HF_HUB_CACHE": str(offline_empty_hub / "empty"), "HF_HUB_OFFLINE": "1"}
+    proc = run_cli(["model=pythia-160m", "step=1000", "logger=none"], offline_empty_hub / "cli", env=env)
     assert proc.returncode == 1
-    assert "EleutherAI/pythia-70m revision step2000" in proc.stderr and "cannot be reached" in proc.stderr
+    assert "EleutherAI/pythia-160m" in proc.stderr and "step1000" in proc.stderr and "Traceback" not in proc.stderr
