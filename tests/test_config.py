@@ -138,3 +138,27 @@ def test_smoke_preset_is_small():
 def test_micro_model_shape_comes_from_its_recipe():
     cfg = compose_config(["model.suite.n_layers=3"])
     assert cfg.model.n_layers == 3  # one source: the yaml's shape interpolates the suite recipe
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("metrics.icl_heads.late_postion=400", "late_postion"),  # a typo in a family parameter
+        ("metrics.icl_heads.top_k=three", "top_k"),  # a wrong type
+        ("metrics.repetition.max_cycles=2.5", "max_cycles"),
+    ],
+)
+def test_bad_family_parameter_is_refused_at_composition(override, named):
+    with pytest.raises(COMPOSE_ERRORS) as err:
+        compose_config([override])
+    assert named in message(err)
+
+
+def test_a_forced_unknown_family_parameter_is_refused_before_measuring():
+    # `+key=value` bypasses the schema on purpose (Hydra adds the key); the job still refuses it by name
+    from ckptstudy.metrics import MetricConfigError, family_function
+
+    cfg = compose_config(["+metrics.icl_heads.late_postion=400"])
+    with pytest.raises(MetricConfigError) as err:
+        family_function("icl_heads", dict(cfg.metrics.icl_heads))
+    assert "late_postion" in str(err.value) and "late_position" in str(err.value)

@@ -40,3 +40,8 @@ def test_yaml_parameters_are_the_measure_parameters(name):
     module = importlib.import_module(f"ckptstudy.metrics.{name}")
     signature = [p for p in inspect.signature(module.measure).parameters if p != "ctx"]
     assert params == set(signature)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_yaml_uses_the_schema_derived_from_measure(name):
+    assert f"{name}_schema" in family_yaml(name).get("defaults", [])

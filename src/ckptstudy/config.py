@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ckptstudy.checkpoints import available_steps
+from ckptstudy.schemas import register_family_schemas
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -180,6 +181,7 @@ def all_steps(*, _root_: DictConfig) -> str:
 def register_configs() -> None:
     """Register the schema (conf/config.yaml lists `config_schema` first) and ckptstudy's resolvers."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    register_family_schemas(CONF_DIR / "metrics")
     if not OmegaConf.has_resolver("ckptstudy_steps"):
         OmegaConf.register_new_resolver("ckptstudy_steps", all_steps)
 
