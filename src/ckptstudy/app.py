@@ -13,6 +13,10 @@ from ckptstudy import results
 from ckptstudy.config import CONF_DIR, register_configs
 from ckptstudy.job import run_job, summary_line
 
+# Launchers that run jobs in other processes (joblib, submitit) unpickle `_hydra_main` there and compose
+# the job's config again: importing this module must register the schemas, not only `main()`.
+register_configs()
+
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict:
@@ -28,5 +32,4 @@ def _hydra_main(cfg: DictConfig) -> dict:
 
 def main() -> None:
     """Console script `ckptstudy` (and `python -m ckptstudy`)."""
-    register_configs()
     _hydra_main()
