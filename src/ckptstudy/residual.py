@@ -1,0 +1,144 @@
+"""Residual-stream and MLP hooks on GPT-NeoX (Pythia) models, shared by metric families.
+
+Residual points of an L-layer model: point 0 = the embedding output = the input of layer 0;
+point l + 1 = the output of layer l (the residual stream after it; the last point is taken before
+the final LayerNorm). The MLP activation of layer l is the input of `mlp.dense_4h_to_h` (after the
+nonlinearity): [batch, seq, d_ff]; "neuron" k of layer l is its k-th entry.
+
+Taps hand each tensor to a callback while the forward runs and keep nothing themselves (the caller
+reduces and drops). `layer_inputs` + `run_layers` re-run the model from a middle layer on modified
+residuals, reusing the clean pass below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ckptstudy.capture import UnsupportedModelError, hooks, model_parts
+
+TensorFn = Callable[[int, torch.Tensor], None]  # (residual point or layer, tensor) -> None
+LAYER_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
+
+
+def _hidden_of(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def mlp_out_projs(model) -> list[torch.nn.Module]:
+    """Each layer's MLP output projection (`mlp.dense_4h_to_h`), whose input is the MLP activation."""
+    parts = model_parts(model)
+    try:
+        return [layer.mlp.dense_4h_to_h for layer in parts.layers]
+    except AttributeError as err:
+        raise UnsupportedModelError(f"GPT-NeoX layers without mlp.dense_4h_to_h: {err}") from err
+
+
+@contextmanager
+def tap_residual(model, fn: TensorFn) -> Iterator[None]:
+    """Call fn(point, hidden [b, s, d]) for every residual point 0..L during each forward inside."""
+    parts = model_parts(model)
+
+    def first(_module, args, kwargs):
+        fn(0, args[0] if args else kwargs["hidden_states"])
+
+    def after(layer: int):
+        def hook(_module, _args, output):
+            fn(layer + 1, _hidden_of(output))
+
+        return hook
+
+    handles = [parts.layers[0].register_forward_pre_hook(first, with_kwargs=True)]
+    handles += [layer.register_forward_hook(after(i)) for i, layer in enumerate(parts.layers)]
+    with hooks(handles):
+        yield
+
+
+@contextmanager
+def tap_mlp(model, fn: TensorFn) -> Iterator[None]:
+    """Call fn(layer, activation [b, s, d_ff]) for every layer's MLP activation during each forward inside.
+
+    Registered after `clamp_mlp` (i.e. inside its `with`), the tap sees the clamped activation.
+    """
+
+    def tap(layer: int):
+        def hook(_module, args):
+            fn(layer, args[0])
+
+        return hook
+
+    handles = [proj.register_forward_pre_hook(tap(i)) for i, proj in enumerate(mlp_out_projs(model))]
+    with hooks(handles):
+        yield
+
+
+def clamp_neurons(activation: torch.Tensor, index: torch.Tensor, value: torch.Tensor, from_position: int = 1):
+    """A copy of `activation` [b, s, d_ff] with neurons `index` [k] set to `value` [k] at positions
+    >= `from_position`; every other entry unchanged."""
+    out = activation.clone()
+    out[:, from_position:, index] = value.to(out.dtype)
+    return out
+
+
+@contextmanager
+def clamp_mlp(model, neurons: dict[int, tuple[torch.Tensor, torch.Tensor]], from_position: int = 1) -> Iterator[None]:
+    """Patch: in layer l, neurons index_l [k] of the MLP activation are held at value_l [k] at every
+    position >= `from_position` (position 0 is left free), for each forward inside.
+
+    `neurons` = {layer: (index, value)}.
+    """
+    projs = mlp_out_projs(model)
+
+    def patch(index: torch.Tensor, value: torch.Tensor):
+        def hook(_module, args):
+            act = args[0]
+            return (clamp_neurons(act, index.to(act.device), value.to(act.device), from_position), *args[1:])
+
+        return hook
+
+    handles = [projs[layer].register_forward_pre_hook(patch(*iv)) for layer, iv in neurons.items()]
+    with hooks(handles):
+        yield
+
+
+@torch.no_grad()
+def layer_inputs(model, ids: torch.Tensor, layer: int, batch_size: int = 16) -> tuple[torch.Tensor, dict]:
+    """The input residual of `layer` for every row of `ids` [n, s] -> [n, s, d] (CPU), and the keyword
+    arguments GPT-NeoX layers get for sequences of length s (causal mask, positions, rotary tables),
+    recorded with a batch axis of 1 so they broadcast to any number of rows (no padding)."""
+    parts = model_parts(model)
+    if not 0 <= layer < parts.n_layers:
+        raise ValueError(f"layer {layer} is not in 0..{parts.n_layers - 1}")
+    device = next(model.parameters()).device
+    kept: list[torch.Tensor] = []
+    kwargs_seen: dict = {}
+
+    def grab(_module, args, kwargs):
+        kept.append((args[0] if args else kwargs["hidden_states"]).detach().cpu())
+
+    def grab_kwargs(_module, _args, kwargs):
+        kwargs_seen.update({k: kwargs.get(k) for k in LAYER_KWARGS})
+
+    with hooks([parts.layers[layer].register_forward_pre_hook(grab_kwargs, with_kwargs=True)]):
+        model(input_ids=ids[:1].to(device))
+    with hooks([parts.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)]):
+        for start in range(0, ids.shape[0], batch_size):
+            model(input_ids=ids[start : start + batch_size].to(device))
+    return torch.cat(kept), kwargs_seen
+
+
+@torch.no_grad()
+def run_layers(model, hidden: torch.Tensor, start: int, kwargs: dict, fn: TensorFn | None = None) -> torch.Tensor:
+    """Run `hidden` [b, s, d] (the input of layer `start`) through layers start..L-1 with the layer
+    kwargs of `layer_inputs`; fn(point, output) gets each output (point l + 1 after layer l).
+    Returns the last layer's output (before the final LayerNorm)."""
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    hidden = hidden.to(device)
+    for i in range(start, parts.n_layers):
+        hidden = _hidden_of(parts.layers[i](hidden, **kwargs))
+        if fn is not None:
+            fn(i + 1, hidden)
+    return hidden
