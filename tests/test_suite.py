@@ -27,7 +27,7 @@ def test_micro_recipe_is_unchanged():
 
 
 def test_micro_checkpoint_steps():
-    steps = SuiteSpec().checkpoint_steps()
+    steps = spec_from_config(compose_config().model).checkpoint_steps()
     assert steps == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, *range(600, 1601, 100)]
     assert len(steps) == 22
 
@@ -78,6 +78,10 @@ def test_micro_suite_checkpoints_are_the_neox_builder_models(micro_suite):
 def small_spec(**overrides) -> SuiteSpec:
     values = dict(
         name="tiny",
+        seed=0,
+        rotary_pct=0.25,
+        lr=2e-3,
+        weight_decay=0.01,
         n_layers=1,
         d_model=16,
         n_heads=2,

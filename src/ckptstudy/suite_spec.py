@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
@@ -16,32 +16,33 @@ from pathlib import Path
 class SuiteSpec:
     """Everything that determines a micro suite; its hash names the build."""
 
-    name: str = "micro"
-    seed: int = 0
+    # the values live in conf/model/<suite>.yaml (`model.suite`); see its comments
+    name: str
+    seed: int
     # model
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    rotary_pct: float = 0.25
-    vocab_size: int = 2048
-    max_position_embeddings: int = 128  # = seq_len: the context the suite is trained on
+    n_layers: int
+    d_model: int
+    n_heads: int
+    rotary_pct: float
+    vocab_size: int
+    max_position_embeddings: int  # = seq_len: the context the suite is trained on
     # data
-    text_glob: str = "*.py"
-    max_chars: int = 5_000_000
-    seq_len: int = 128
-    batch_size: int = 32
-    span_min: int = 8
-    span_max: int = 48
+    text_glob: str
+    max_chars: int
+    seq_len: int
+    batch_size: int
+    span_min: int
+    span_max: int
     # curriculum: [until_step, share of batch rows that are a repeated span, share of those spans that
     # are natural text (the rest: random tokens); the third value may be left out (= 0)]
-    phases: list[list[float]] = field(default_factory=lambda: [[200, 0.0], [1300, 0.9], [1600, 0.4, 0.5]])
+    phases: list[list[float]]
     # optimisation
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
+    lr: float
+    warmup_steps: int
+    weight_decay: float
     # checkpoints: step 0, powers of two up to log_until, then every `every` to the end
-    log_until: int = 512
-    every: int = 100
+    log_until: int
+    every: int
 
     @property
     def total_steps(self) -> int:
@@ -74,7 +75,7 @@ class SuiteSpec:
 
 
 def spec_from_config(model_cfg) -> SuiteSpec:
-    """The SuiteSpec of a `checkpoints: suite` model config (defaults + `model.suite` overrides)."""
+    """The SuiteSpec of a `checkpoints: suite` model config: its `model.suite` recipe, every key given."""
     overrides = dict(model_cfg.get("suite") or {})
     overrides.setdefault("name", model_cfg.name)
     try:
