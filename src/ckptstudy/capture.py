@@ -1,22 +1,49 @@
-"""Forward passes with hooks that reduce each layer's attention on the fly.
+"""Forward passes that reduce each layer's attention on the fly.
 
-Attention weights [batch, head, query, key] of one layer are handed to a reducer
-inside that layer's hook and dropped; only the reduction (sums over the batch) is
-kept, so memory does not grow with the number of layers. Reductions are summed over
-batch chunks; callers divide by their own counts.
+Two paths, both summing reductions over batch chunks (callers divide by their own counts):
+- `capture_stats` (the default for the `icl/` and `lowinfo/` families): the statistics of a `StatsRequest`
+  (diagonal weights, class mass, row entropy, with and without the sink) come out of a registered attention
+  function (`ckptstudy.attention_stats`) that keeps the fused SDPA kernel for the output and never
+  materialises the [batch, head, query, key] weights. `method="eager"` computes the same dictionary from
+  eager weights inside per-layer hooks (the reference).
+- `capture`: eager attention weights of one layer are handed to a reducer inside that layer's hook and
+  dropped; only the reduction is kept, so memory does not grow with the number of layers (any reduction).
+
+Either path switches the model's attention implementation for the pass only and restores it after, so a
+model may be loaded with any implementation.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from ckptstudy import attention_stats
+from ckptstudy.attention_stats import StatsCollector, StatsRequest, reference_statistics
+
 # (layer, attn[b,h,q,k], chunk) -> a tensor or a dict of tensors; chunk = {"ids": [b,s], **row_data rows}
 AttnReducer = Callable[[int, torch.Tensor, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits[b,s,v], ids[b,s])
+
+METHODS = ("fused", "eager")
+_METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("ckptstudy_capture_method", default="fused")
+
+
+@contextmanager
+def stats_method(method: str) -> Iterator[None]:
+    """Inside the block, `capture_stats` calls without an explicit method use `method` ("fused", the default,
+    or "eager", the reference): runs a whole family on the reference path without touching its code."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
+    token = _METHOD.set(method)
+    try:
+        yield
+    finally:
+        _METHOD.reset(token)
 
 
 class UnsupportedModelError(TypeError):
@@ -43,10 +70,6 @@ def model_parts(model: torch.nn.Module) -> ModelParts:
             f"ckptstudy hooks GPT-NeoX (Pythia) models; got {type(model).__name__}. "
             "Supported: GPTNeoXForCausalLM (model.source hub/local with a GPT-NeoX config)"
         )
-    if model.config._attn_implementation != "eager":
-        raise UnsupportedModelError(
-            f"attention weights need attn_implementation='eager', model has {model.config._attn_implementation!r}"
-        )
     layers = list(body.layers)
     n_heads = model.config.num_attention_heads
     return ModelParts(
@@ -57,6 +80,20 @@ def model_parts(model: torch.nn.Module) -> ModelParts:
         n_heads=n_heads,
         head_dim=model.config.hidden_size // n_heads,
     )
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Run the model with attention implementation `name` inside the block; the previous one is restored."""
+    previous = model.config._attn_implementation
+    if previous == name:
+        yield
+        return
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
 
 
 @contextmanager
@@ -119,7 +156,7 @@ def capture(
 
     handles = [a.register_forward_hook(make_hook(i)) for i, a in enumerate(parts.attentions)] if attn_fn else []
     logits_sum = None
-    with hooks(handles):
+    with hooks(handles), attention_implementation(model, "eager" if attn_fn else model.config._attn_implementation):
         for start in range(0, ids.shape[0], batch_size):
             chunk = ids[start : start + batch_size].to(device)
             current.clear()
@@ -131,3 +168,74 @@ def capture(
                 logits_sum = reduced if logits_sum is None else logits_sum + reduced
             del logits
     return Captured(attn=attn_sums if attn_fn else None, logits=logits_sum, n_rows=ids.shape[0])
+
+
+def _reduce_logits(model, hidden: torch.Tensor, chunk: torch.Tensor, logits_fn: LogitsReducer) -> torch.Tensor:
+    """Sum of `logits_fn` over the rows of a chunk, unembedding one row at a time: the full-vocabulary
+    logits of a whole batch ([b, seq, vocab], 0.8 GB for 4 x 1024 tokens of Pythia) never exist at once."""
+    head = model.get_output_embeddings()
+    total = None
+    for row in range(hidden.shape[0]):
+        reduced = logits_fn(head(hidden[row : row + 1]).float(), chunk[row : row + 1]).detach().cpu()
+        total = reduced if total is None else total + reduced
+    return total
+
+
+@torch.no_grad()
+def capture_stats(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    request: StatsRequest,
+    logits_fn: LogitsReducer | None = None,
+    batch_size: int = 16,
+    method: str | None = None,
+) -> Captured:
+    """Run `ids` [n, seq] through the model; per layer, the sums over rows of every statistic `request` asks
+    for (`attention_stats.StatsRequest`: `diagonal`, `mass`, `mass_nosink`, `entropy`, `entropy_nosink`);
+    with `logits_fn`, its sum over rows (logits unembedded one row at a time; without it the unembedding is
+    skipped). method = "fused" (no attention weights materialised) or "eager" (the reference: eager
+    weights reduced inside per-layer hooks); None = the `stats_method` in force ("fused" by default)."""
+    method = method or _METHOD.get()
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
+    if method == "eager":
+        return _eager_stats(model, ids, request, logits_fn, batch_size)
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    collector = StatsCollector(parts.n_layers)
+    logits_sum = None
+    with attention_implementation(model, attention_stats.register()):
+        for start in range(0, ids.shape[0], batch_size):
+            chunk = ids[start : start + batch_size].to(device)
+            collector.request = request.rows(start, start + batch_size, device)
+            token = collector.activate()
+            try:
+                hidden = model.gpt_neox(input_ids=chunk).last_hidden_state
+            finally:
+                StatsCollector.deactivate(token)
+            if logits_fn is not None:
+                reduced = _reduce_logits(model, hidden, chunk, logits_fn)
+                logits_sum = reduced if logits_sum is None else logits_sum + reduced
+            del hidden
+    return Captured(attn=collector.sums, logits=logits_sum, n_rows=ids.shape[0])
+
+
+def _eager_stats(model, ids, request: StatsRequest, logits_fn, batch_size: int) -> Captured:
+    """`capture_stats(method="eager")`: the request's rows ride along as row data of `capture`."""
+    parts = model_parts(model)
+    sums: list = [None] * parts.n_layers
+    logits_sum = None
+    for start in range(0, ids.shape[0], batch_size):
+        chunk_ids = ids[start : start + batch_size]
+        rows = request.rows(start, start + batch_size, next(model.parameters()).device)
+        cap = capture(
+            model,
+            chunk_ids,
+            attn_fn=lambda _layer, attn, _chunk, rows=rows: reference_statistics(attn, rows),
+            logits_fn=logits_fn,
+            batch_size=batch_size,
+        )
+        sums = [_add(total, value) for total, value in zip(sums, cap.attn)]
+        if cap.logits is not None:
+            logits_sum = cap.logits if logits_sum is None else logits_sum + cap.logits
+    return Captured(attn=sums, logits=logits_sum, n_rows=ids.shape[0])

@@ -1,0 +1,281 @@
+"""Attention statistics without materialising attention weights: a registered attention function.
+
+The `icl/` and `lowinfo/` families read from attention, per layer and head,
+- the summed weight at given (query, key) diagonals (induction, duplicate, previous token),
+- the attention mass on each key class summed over weighted queries, with and without key 0 (the sink:
+  rows renormalised over keys >= 1),
+- the summed row entropy over queries of given kinds (raw and normalised by log #keys), with and without key 0.
+None of these needs the [batch, head, query, key] weights. With s = scale * q . k, lse = logsumexp_k(s):
+- one weight (q, k) = exp(s(q, k) - lse(q));
+- class mass = attention with V = the per-key class indicators;
+- row entropy = lse - E[s] = lse - scale * q . attention(V = K).
+So ckptstudy keeps the fused kernel (torch SDPA, which also returns lse on CPU) for the layer's output and
+adds one fused pass over keys 1.. with V = [K | class indicators] (q and k zero-padded to V's width, which
+leaves the scores unchanged). The with-sink statistics are combined from that pass and key 0's score
+s0 = scale * q . k_0 in the numerically stable direction (p0 = exp(s0 - lse), 1 - p0 = exp(lse_1.. - lse),
+never 1 - p0 by subtraction), so a strong sink (p0 ~ 1) costs no precision in the no-sink statistics.
+
+`StatsCollector` holds a request and the summed results; `capture.capture_stats` activates one around a
+forward pass of a model switched to `STATS_IMPLEMENTATION`. Outside an active collector the registered
+function is plain SDPA, so a model left on it generates and ablates like `attn_implementation="sdpa"`.
+`reference_statistics` computes the same dictionary from materialised weights (the eager path).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+STATS_IMPLEMENTATION = "ckptstudy_stats"
+_ACTIVE: contextvars.ContextVar[StatsCollector | None] = contextvars.ContextVar("ckptstudy_stats", default=None)
+
+
+@dataclass
+class StatsRequest:
+    """What to reduce from each layer's attention, for the rows [n, seq] of one capture.
+
+    diagonals: name -> (query positions, key positions) [Q] each, the same for every row; summed weight
+      per head -> `diagonal` [n_diagonals, head] in this order.
+    key_values: [n, seq, C] per-key values (class indicators); with `query_weight` [n, seq] ->
+      `mass` / `mass_nosink` [head, C] = sum over rows and queries of weight * attention . key_values.
+    query_kind: [n, seq] ints, 0 = not counted, 1..n_kinds -> `entropy` / `entropy_nosink`
+      [head, n_kinds, 2]: summed row entropy (nats) and summed entropy / log(#keys), over rows of each
+      kind with at least 2 keys.
+    """
+
+    diagonals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    key_values: torch.Tensor | None = None
+    query_weight: torch.Tensor | None = None
+    query_kind: torch.Tensor | None = None
+    n_kinds: int = 2
+
+    def __post_init__(self):
+        if (self.key_values is None) != (self.query_weight is None):
+            raise ValueError("key_values and query_weight go together (class mass needs both)")
+        for name, (queries, keys) in self.diagonals.items():
+            if queries.shape != keys.shape or bool((keys > queries).any()) or bool((keys < 0).any()):
+                raise ValueError(f"diagonal {name!r}: queries and keys must pair up with 0 <= key <= query")
+
+    @property
+    def needs_pass(self) -> bool:
+        """True when the statistics need the extra fused pass (class mass or entropy)."""
+        return self.key_values is not None or self.query_kind is not None
+
+    def rows(self, start: int, stop: int, device) -> StatsRequest:
+        """The request for rows start:stop, on `device`."""
+
+        def cut(t):
+            return None if t is None else t[start:stop].to(device)
+
+        return StatsRequest(
+            diagonals={k: (q.to(device), key.to(device)) for k, (q, key) in self.diagonals.items()},
+            key_values=cut(self.key_values),
+            query_weight=cut(self.query_weight),
+            query_kind=cut(self.query_kind),
+            n_kinds=self.n_kinds,
+        )
+
+
+class StatsCollector:
+    """Per-layer sums of the statistics of one request over every forward pass run while it is active."""
+
+    def __init__(self, n_layers: int):
+        self.sums: list[dict[str, torch.Tensor] | None] = [None] * n_layers
+        self.request: StatsRequest | None = None
+
+    def add(self, layer: int, stats: dict[str, torch.Tensor]) -> None:
+        stats = {k: v.detach().cpu() for k, v in stats.items()}
+        old = self.sums[layer]
+        self.sums[layer] = stats if old is None else {k: old[k] + v for k, v in stats.items()}
+
+    def activate(self):
+        """Context variable token; pass it to `deactivate`."""
+        return _ACTIVE.set(self)
+
+    @staticmethod
+    def deactivate(token) -> None:
+        _ACTIVE.reset(token)
+
+
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention output [b, h, s, dv] and each row's logsumexp of the scores [b, h, s] (float32 or
+    wider). On CPU the fused flash kernel returns both (same kernel and output as torch SDPA); elsewhere the
+    output comes from SDPA and the logsumexp from `blockwise_logsumexp`."""
+    if query.device.type == "cpu" and query.shape[-1] == value.shape[-1] == key.shape[-1]:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True, scale=scale)
+        return out, lse
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
+    return out, blockwise_logsumexp(query, key, scale)
+
+
+def blockwise_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float, block: int = 256) -> torch.Tensor:
+    """Causal logsumexp of scale * q . k per row [b, h, s], `block` query rows at a time (never [s, s])."""
+    s = query.shape[-2]
+    out = []
+    keys = torch.arange(s, device=query.device)
+    for start in range(0, s, block):
+        q = query[..., start : start + block, :].float()
+        scores = (q @ key[..., : start + q.shape[-2], :].float().transpose(-1, -2)) * scale
+        rows = torch.arange(start, start + q.shape[-2], device=query.device)
+        scores = scores.masked_fill(keys[None, : start + q.shape[-2]] > rows[:, None], float("-inf"))
+        out.append(torch.logsumexp(scores, dim=-1))
+    return torch.cat(out, dim=-1)
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def diagonal_sums(query, key, scale, lse, diagonals) -> torch.Tensor:
+    """Summed attention weight at each diagonal's (query, key) pairs, per head: [n_diagonals, head]."""
+    dtype = _stats_dtype(query.dtype)
+    out = []
+    for queries, keys in diagonals.values():
+        scores = (query[:, :, queries].to(dtype) * key[:, :, keys].to(dtype)).sum(-1) * scale  # [b, h, Q]
+        weights = torch.exp(scores.double() - lse[:, :, queries].double())
+        out.append(weights.sum(dim=(0, 2)))
+    return torch.stack(out)
+
+
+def class_and_entropy_sums(query, key, scale, request: StatsRequest) -> dict[str, torch.Tensor]:
+    """`mass`, `mass_nosink`, `entropy`, `entropy_nosink` of one layer from one fused pass over keys 1..
+    (see the module docstring); query, key [b, h, s, d] after the rotary embedding."""
+    b, h, s, d = query.shape
+    dtype = _stats_dtype(query.dtype)
+    q, k = query.to(dtype), key.to(dtype)
+    out: dict[str, torch.Tensor] = {}
+    if s < 2:  # one key only: mass on key 0, no entropy, nothing without the sink
+        return _single_key_stats(q, request, h)
+    s0 = (q * k[:, :, :1]).sum(-1) * scale  # [b, h, s] score of key 0
+    parts = [k[:, :, 1:]] if request.query_kind is not None else []
+    n_classes = 0
+    if request.key_values is not None:
+        kv = request.key_values.to(dtype)
+        n_classes = kv.shape[-1]
+        parts.append(kv[:, None, 1:, :].expand(b, h, s - 1, n_classes))
+    value = torch.cat(parts, dim=-1)
+    width = max(d, value.shape[-1])
+    q1 = F.pad(q[:, :, 1:], (0, width - d))
+    k1 = F.pad(k[:, :, 1:], (0, width - d))
+    value = F.pad(value, (0, width - value.shape[-1]))
+    attended, lse1 = attention_with_lse(q1, k1, value, scale)  # rows = queries 1.., keys 1..
+    attended, lse1, s0_rest = attended.double(), lse1.double(), s0[:, :, 1:].double()
+    lse = torch.logaddexp(lse1, s0_rest)  # over every key, queries 1..
+    p0, rest = torch.exp(s0_rest - lse), torch.exp(lse1 - lse)  # key 0's weight and 1 - it, both stable
+    if request.key_values is not None:
+        offset = d if request.query_kind is not None else 0
+        mass1 = attended[..., offset : offset + n_classes]  # [b, h, s-1, C] over keys 1.. (renormalised)
+        kv0 = request.key_values[:, 0].double()  # [b, C]
+        mass = rest[..., None] * mass1 + p0[..., None] * kv0[:, None, None, :]
+        weight = request.query_weight.double()
+        out["mass"] = torch.einsum("bhqc,bq->hc", mass, weight[:, 1:]) + torch.einsum("bc,b->c", kv0, weight[:, 0])[
+            None, :
+        ].expand(h, n_classes)
+        out["mass_nosink"] = torch.einsum("bhqc,bq->hc", mass1, weight[:, 1:])
+    if request.query_kind is not None:
+        expected1 = (q[:, :, 1:].double() * attended[..., :d]).sum(-1) * scale  # E[s] over keys 1..
+        entropy_rest = lse1 - expected1
+        entropy = lse - (rest * expected1 + p0 * s0_rest)
+        positions = torch.arange(1, s, device=q.device, dtype=torch.float64)
+        kind = request.query_kind[:, 1:]
+        out["entropy"] = _kind_sums(entropy, kind, positions + 1, request.n_kinds)
+        out["entropy_nosink"] = _kind_sums(entropy_rest, kind, positions, request.n_kinds)
+    return out
+
+
+def _single_key_stats(q, request: StatsRequest, h: int) -> dict[str, torch.Tensor]:
+    out = {}
+    if request.key_values is not None:
+        kv0, weight = request.key_values[:, 0].double(), request.query_weight[:, 0].double()
+        mass = torch.einsum("bc,b->c", kv0, weight)[None].expand(h, -1)
+        out.update(mass=mass, mass_nosink=torch.zeros_like(mass))
+    if request.query_kind is not None:
+        zeros = torch.zeros(h, request.n_kinds, 2, dtype=torch.float64, device=q.device)
+        out.update(entropy=zeros, entropy_nosink=zeros.clone())
+    return out
+
+
+def _kind_sums(entropy: torch.Tensor, kind: torch.Tensor, n_keys: torch.Tensor, n_kinds: int) -> torch.Tensor:
+    """Summed entropy and entropy / log(n_keys) per head and query kind over rows with >= 2 keys:
+    [head, kind, 2]. entropy [b, h, q]; kind [b, q]; n_keys [q]."""
+    usable = n_keys > 1
+    normalised = entropy / torch.log(n_keys.clamp(min=2))
+    out = []
+    for value in range(1, n_kinds + 1):
+        weight = ((kind == value) & usable[None, :]).double()
+        out.append(
+            torch.stack(
+                [torch.einsum("bhq,bq->h", entropy, weight), torch.einsum("bhq,bq->h", normalised, weight)], dim=-1
+            )
+        )
+    return torch.stack(out, dim=1)
+
+
+def layer_statistics(query, key, scale: float, lse: torch.Tensor, request: StatsRequest) -> dict[str, torch.Tensor]:
+    """Every statistic `request` asks for, for one layer: query, key [b, h, s, d] after the rotary
+    embedding, lse [b, h, s] = each row's causal logsumexp of scale * q . k."""
+    out = {}
+    if request.diagonals:
+        out["diagonal"] = diagonal_sums(query, key, scale, lse, request.diagonals)
+    if request.needs_pass:
+        out.update(class_and_entropy_sums(query, key, scale, request))
+    return out
+
+
+def reference_statistics(attn: torch.Tensor, request: StatsRequest) -> dict[str, torch.Tensor]:
+    """The same statistics from materialised weights attn [b, h, q, k] (the eager reference path)."""
+    attn = attn.double()
+    out = {}
+    if request.diagonals:
+        out["diagonal"] = torch.stack([attn[:, :, q, k].sum(dim=(0, 2)) for q, k in request.diagonals.values()])
+    rest = attn[..., 1:, 1:]
+    total = rest.sum(-1, keepdim=True)
+    nosink = torch.where(total > 0, rest / total.clamp(min=1e-300), torch.zeros_like(rest))
+    if request.key_values is not None:
+        kv, weight = request.key_values.double(), request.query_weight.double()
+        out["mass"] = torch.einsum("bhqk,bkc,bq->hc", attn, kv, weight)
+        out["mass_nosink"] = torch.einsum("bhqk,bkc,bq->hc", nosink, kv[:, 1:], weight[:, 1:])
+    if request.query_kind is not None:
+        s = attn.shape[-1]
+        n_keys = torch.arange(1, s + 1, dtype=torch.float64, device=attn.device)
+        entropy = -torch.special.xlogy(attn, attn).sum(-1)
+        out["entropy"] = _kind_sums(entropy, request.query_kind, n_keys, request.n_kinds)
+        entropy_rest = -torch.special.xlogy(nosink, nosink).sum(-1)
+        out["entropy_nosink"] = _kind_sums(entropy_rest, request.query_kind[:, 1:], n_keys[:-1], request.n_kinds)
+    return out
+
+
+def stats_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The registered attention function: SDPA for the output; with an active collector and a causal pass
+    without padding, also the layer's statistics (added to the collector)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    collector = _ACTIVE.get()
+    if collector is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    if attention_mask is not None or query.shape[-2] != key.shape[-2] or query.shape[1] != key.shape[1]:
+        raise ValueError(
+            "attention statistics need a causal pass over unpadded rows (no attention mask, no KV cache, "
+            "one key/value head per query head)"
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out, lse = attention_with_lse(query, key, value, scale)
+    collector.add(module.layer_idx, layer_statistics(query, key, scale, lse, collector.request))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Register `STATS_IMPLEMENTATION` with transformers (attention function + SDPA's mask); idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(STATS_IMPLEMENTATION, stats_attention)
+    AttentionMaskInterface.register(STATS_IMPLEMENTATION, sdpa_mask)
+    return STATS_IMPLEMENTATION
