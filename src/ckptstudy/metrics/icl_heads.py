@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
-from ckptstudy.capture import capture
+from ckptstudy.attention_stats import StatsRequest
+from ckptstudy.capture import capture_stats
 from ckptstudy.generation import NaturalLoops, greedy_generate
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.metrics.specialization import (
@@ -372,15 +373,16 @@ def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window
     probes = ctx.probes
     r = probes.repeat_length
     ids = probes.random_repeat
-    cap = capture(
+    cap = capture_stats(  # weights from the fused kernel's logsumexp; none materialised (capture.py)
         ctx.model,
         ids,
-        attn_fn=lambda _layer, attn, _ids: head_pattern_sums(attn, r),
+        StatsRequest(diagonals=repeat_pattern_positions(r)),  # induction, duplicate, prev_token
         logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
         batch_size=ctx.batch_size,
     )
     counts = torch.tensor([r, r, 2 * r], dtype=torch.float) * ids.shape[0]
-    per_layer = torch.stack(cap.attn) / counts[None, :, None]  # [layer, 3, head]
+    sums = torch.stack([layer["diagonal"] for layer in cap.attn])  # [layer, 3, head]
+    per_layer = (sums / counts[None, :, None]).float()
     induction, duplicate, prev = per_layer[:, 0], per_layer[:, 1], per_layer[:, 2]
     nll = cap.logits / ids.shape[0]
 
@@ -398,9 +400,10 @@ def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window
     if long_text.shape[0] == 0:
         result.nan("icl/icl_score", probes.empty_reason("long_text"))
     else:
-        long = capture(
+        long = capture_stats(
             ctx.model,
             long_text,
+            StatsRequest(),  # logits only
             logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
             batch_size=max(1, ctx.batch_size // 4),
         )
