@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,22 +105,52 @@ def split_passages(texts: list[str], min_chars: int = 40) -> list[str]:
     return out
 
 
+class TokenizedPassages:
+    """Token ids of the passages with at least `length` tokens, in a seeded shuffled order, tokenized
+    lazily in batches: the probes need a few hundred passages, a corpus has tens of thousands.
+
+    Iterating always starts from the first kept passage; `short` counts the examined passages that were
+    too short.
+    """
+
+    def __init__(self, passages: list[str], tokenizer, length: int, seed: int, chunk: int = 512):
+        self.order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(seed)).tolist()
+        self.passages, self.tokenizer, self.length, self.chunk = passages, tokenizer, length, chunk
+        self.kept: list[list[int]] = []
+        self.examined = 0
+        self.short = 0
+
+    def _tokenize_more(self) -> bool:
+        batch = [self.passages[i] for i in self.order[self.examined : self.examined + self.chunk]]
+        if not batch:
+            return False
+        self.examined += len(batch)
+        for ids in self.tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            if len(ids) >= self.length:
+                self.kept.append(ids)
+            else:
+                self.short += 1
+        return True
+
+    def __iter__(self):
+        index = 0
+        while True:
+            while index >= len(self.kept):
+                if not self._tokenize_more():
+                    return
+            yield self.kept[index]
+            index += 1
+
+
 def token_passages(passages: list[str], tokenizer, length: int, seed: int) -> tuple[list[list[int]], int]:
-    """Token ids of passages that have at least `length` tokens, shuffled; and the count too short."""
-    order = torch.randperm(len(passages), generator=torch.Generator().manual_seed(seed)).tolist()
-    kept, short = [], 0
-    for i in order:
-        ids = tokenizer(passages[i], add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            kept.append(ids)
-        else:
-            short += 1
-    return kept, short
+    """Token ids of every passage that has at least `length` tokens, shuffled; and the count too short."""
+    tokenized = TokenizedPassages(passages, tokenizer, length, seed)
+    return list(tokenized), tokenized.short
 
 
-def natural_prompt_ids(tokenized: list[list[int]], n: int, length: int) -> torch.Tensor:
+def natural_prompt_ids(tokenized: Iterable[list[int]], n: int, length: int) -> torch.Tensor:
     """The first `length` tokens of up to `n` passages: [n', length]."""
-    rows = [ids[:length] for ids in tokenized[:n]]
+    rows = [ids[:length] for ids in itertools.islice(tokenized, n)]
     if not rows:
         raise ProbeError(f"probes.natural: no passage has {length} tokens; use a longer source or smaller length")
     return torch.tensor(rows, dtype=torch.long)
@@ -132,7 +163,7 @@ def loops_by_itself(passage: list[int]) -> bool:
     return trailing_cycle(passage, min_period=1, min_copies=2) is not None or len(set(bigrams)) < len(bigrams)
 
 
-def icl_repeat_ids(tokenized: list[list[int]], n: int, length: int, copies: int) -> torch.Tensor:
+def icl_repeat_ids(tokenized: Iterable[list[int]], n: int, length: int, copies: int) -> torch.Tensor:
     """Passages of `length` tokens that do not loop by themselves, each repeated `copies` times."""
     if copies < 2:
         raise ProbeError(f"probes.icl_repeat.copies={copies} is not valid: it must be >= 2 (a passage and its copy)")
@@ -237,7 +268,7 @@ def probes_from_texts(texts: list[str], tokenizer, probes_cfg) -> Probes:
     random_repeat = random_repeat_ids(c.random_repeat.n, c.random_repeat.length, ids, c.seed, bos)
     passages = split_passages(texts) if c.source == "stdlib" else texts
     need = max(c.natural.length, c.icl_repeat.length)
-    tokenized, short = token_passages(passages, tokenizer, need, c.seed)
+    tokenized = TokenizedPassages(passages, tokenizer, need, c.seed)
     natural = natural_prompt_ids(tokenized, c.natural.n, c.natural.length)
     icl_repeat = icl_repeat_ids(tokenized, c.icl_repeat.n, c.icl_repeat.length, c.icl_repeat.copies)
     long_text, long_note = long_text_ids(texts, tokenizer, c.long_text.n, c.long_text.length, c.seed)
@@ -252,7 +283,7 @@ def probes_from_texts(texts: list[str], tokenizer, probes_cfg) -> Probes:
         long_text=long_text,
         repeat_length=c.random_repeat.length,
         icl_length=c.icl_repeat.length,
-        skipped_short=short,
+        skipped_short=tokenized.short,
         notes=notes,
     )
 
