@@ -37,8 +37,13 @@ class WordTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return {"<eos>": 0, "<pad>": 1, **{f"w{i}": i + 2 for i in range(WORDS)}}
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [int(word[1:]) + 2 for word in text.split()]}
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, list]:
+        """Like a Hugging Face tokenizer: one text -> ids, a list of texts -> a list of ids."""
+
+        def encode(one: str) -> list[int]:
+            return [int(word[1:]) + 2 for word in one.split()]
+
+        return {"input_ids": [encode(t) for t in text] if isinstance(text, list) else encode(text)}
 
 
 def document(first: int, length: int) -> str:
