@@ -26,7 +26,8 @@ import math
 
 import torch
 
-from ckptstudy.capture import capture
+from ckptstudy.attention_stats import StatsRequest
+from ckptstudy.capture import capture_stats
 from ckptstudy.generation import NaturalLoops
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
@@ -116,7 +117,7 @@ def context_statistics(
     low_info: torch.Tensor,
     batch_size: int,
 ) -> dict[str, torch.Tensor]:
-    """One hooked forward pass over a context: per-layer enrichment [layer, head, class] (with and
+    """One forward pass over a context: per-layer enrichment [layer, head, class] (with and
     without the sink; NaN for a class no query sees a key of), per-layer entropies [layer, head, kind, 2]
     (means; NaN for a kind with no query), and what they rest on: `expected` [class] (uniform mass per
     class) and `entropy_rows` [kind] (rows counted), each with a `_nosink` twin."""
@@ -127,18 +128,10 @@ def context_statistics(
     kind = kind * (query_weight > 0)
     weight = query_weight.double()
 
-    def reduce(_layer, attn, chunk):
-        attn = attn.double()
-        return {
-            "mass": class_mass(attn, chunk["onehot"], chunk["weight"]),
-            "mass_nosink": class_mass(attn, chunk["onehot"], chunk["weight"], sink=False),
-            "entropy": entropy_sums(attn, chunk["kind"]),
-            "entropy_nosink": entropy_sums(attn, chunk["kind"], sink=False),
-        }
-
-    cap = capture(
-        model, ids, attn_fn=reduce, batch_size=batch_size, row_data={"onehot": onehot, "weight": weight, "kind": kind}
-    )
+    # per layer: class_mass and entropy_sums (with and without the sink) from the fused attention statistics,
+    # no attention weights materialised (capture.capture_stats; method="eager" = the same from eager weights)
+    request = StatsRequest(key_values=onehot, query_weight=weight, query_kind=kind, n_kinds=2)
+    cap = capture_stats(model, ids, request, batch_size=batch_size)
     out = {}
     for suffix, sink in (("", True), ("_nosink", False)):
         expected = uniform_mass(onehot, weight, sink)
