@@ -132,7 +132,7 @@ def test_smoke_preset_is_small():
     cfg = compose_config(["experiment=smoke"])
     default = compose_config([])
     assert cfg.probes.natural.n < default.probes.natural.n and cfg.loops.new_tokens < default.loops.new_tokens
-    assert cfg.metrics.icl_heads.mode == "off"
+    assert cfg.probes.icl_repeat.n < default.probes.icl_repeat.n and cfg.probes.long_text.n < default.probes.long_text.n
 
 
 def test_micro_model_shape_comes_from_its_recipe():

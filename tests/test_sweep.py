@@ -81,14 +81,23 @@ def test_corrupt_checkpoint_fails_alone(micro_suite, tmp_path):
     shutil.copy(micro_suite / "suite.json", suite / "suite.json")  # a finished build: nothing to rebuild
     (suite / "step512" / "model.safetensors").write_bytes(b"not a safetensors file")
     root = tmp_path / "out"
-    proc = run_cli(["-m", suite_path_override(suite), "step=0,512,1600", "logger=none"], root)
-    records = {s: json.loads((root / "default/records/micro" / f"step{s}.json").read_text()) for s in (0, 512, 1600)}
+    # the subject is the failure path, not the metrics: a fast preset and one family
+    args = [
+        "-m",
+        suite_path_override(suite),
+        "step=0,512,1600",
+        "logger=none",
+        "experiment=smoke",
+        "metrics=[repetition]",
+    ]
+    proc = run_cli(args, root)
+    records = {s: json.loads((root / "smoke/records/micro" / f"step{s}.json").read_text()) for s in (0, 512, 1600)}
     assert records[0]["status"] == "ok" and records[1600]["status"] == "ok"
     assert records[512]["status"] == "failed"
     assert "step512" in records[512]["error"]["message"] and records[512]["error"]["type"] == "CheckpointError"
     assert proc.returncode == 1
     assert "1 checkpoint(s) failed: [['micro', 512]]" in proc.stderr
-    table = pd.read_csv(root / "default" / "trajectories.csv")
+    table = pd.read_csv(root / "smoke" / "trajectories.csv")
     assert table["status"].tolist() == ["ok", "failed", "ok"]
 
 
