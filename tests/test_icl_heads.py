@@ -155,3 +155,28 @@ def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
     assert math.isnan(result.scalars["icl/icl_score"])
     assert result.nan_reasons["icl/icl_score"] == "no single document has 64 tokens: long_text is empty"
     assert math.isfinite(result.scalars["icl/induction_max"]) and result.unexplained_nans() == []
+
+
+def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
+    from ckptstudy.bootstrap import statistic
+    from ckptstudy.metrics.icl_heads import copy_rate, copy_rows
+
+    r = 6
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.cat([torch.zeros(5, 1, dtype=torch.long), torch.randint(2, 500, (5, r), generator=gen).repeat(1, 2)], 1)
+    probes = SimpleNamespace(
+        repeat_length=r, random_repeat=ids, long_text=torch.randint(2, 500, (3, 40), generator=gen)
+    )
+    ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
+    result = pattern_and_loss_scores(ctx, 30, 5, 3, 3)
+    keys = {"icl/induction_max", "icl/induction_top3_mean", "icl/prev_token_max", "icl/duplicate_max"}
+    assert set(result.samples) == keys | {"icl/repeat_nll_gain", "icl/icl_score"}
+    for key in result.samples:
+        # float32 sums in the fused pass vs per-prompt doubles: equal to float32 rounding of the NLL
+        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-5, abs=1e-5), key
+    assert result.samples["icl/induction_max"].values.shape == (5, 2, 4)  # per prompt, layer, head
+    continuations = torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4], [1, 2, 3, 9]])
+    passages = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3]])
+    copied, accuracy = copy_rows(continuations, passages)
+    assert (copied.mean(), accuracy.mean()) == pytest.approx(copy_rate(continuations, passages))
+    assert copied.tolist() == [1, 0, 0] and accuracy.tolist() == pytest.approx([1, 0.75, 0.75])

@@ -335,3 +335,35 @@ def test_memory_does_not_grow_with_depth():
 
     shallow, deep = growth(2), growth(6)
     assert deep - shallow < 150_000, (shallow, deep)
+
+
+def test_bootstrap_samples_give_the_reported_newline_values_on_the_full_sample(tiny_tokenizer):
+    from ckptstudy.bootstrap import statistic
+
+    vocab = len(tiny_tokenizer)
+    newline = tiny_tokenizer.convert_tokens_to_ids("Ċ")
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randint(1, vocab, (3, 48), generator=gen)
+    text[:, ::5] = newline
+    # three natural prompts, two of them loop (with a newline in the cycle), one does not
+    loops = loops_of(
+        [[40, 41], [42, 43], [44, 45]],
+        [[1, newline, 3, 4, newline, 4, newline, 4], [5, 6, 7, 8, 9, 10, 11, 12], [newline, 6, 7, 6, 7, 6, 7, 6]],
+    )
+    ctx = FakeCheckpoint(
+        loops, tiny_neox(vocab_size=vocab), tiny_tokenizer, icl_repeat=text[:, :12].repeat(1, 3), long_text=text
+    )
+    ctx.batch_size = 2  # the per-prompt pass splits the rows of each chunk; chunks of 2 and 1
+    ctx.probes.icl_length = 12
+    result = low_info.measure(ctx, quantile=0.2, text_skip=8)
+    expected = {
+        f"lowinfo/enrich_newline_{c}{s}" for c in ("natural", "icl", "natural_over_icl") for s in ("", "_nosink")
+    }
+    assert set(result.samples) == expected
+    for key in expected:
+        assert math.isfinite(result.scalars[key])
+        # the fused pass attends in float32: equal to its rounding
+        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-6), key
+    natural = result.samples["lowinfo/enrich_newline_natural_nosink"]
+    assert natural.prompts == "natural" and natural.values.shape == (3, 2, 4)  # one row per natural prompt
+    assert natural.weights[1] == 0 and not natural.values[1].any()  # the prompt that does not loop

@@ -161,3 +161,24 @@ def test_prompts_that_fill_the_context_are_refused_by_name():
     assert ctx.room_after(torch.zeros(2, 500), 4, "natural") == 12
     with pytest.raises(ValueError, match=r"probes\.natural prompts \(510 tokens\) leave 2 .*need 4"):
         ctx.room_after(torch.zeros(2, 510), 4, "natural")
+
+
+def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
+    from ckptstudy.bootstrap import statistic
+
+    rows = [
+        list(range(100, 120)),  # no loop
+        [1, 2] + [7] * 18,  # degenerate loop from 2
+        [100, 101] + [5, 5, 6] * 6,  # period 3 from 2, 6 cycles
+        list(range(200, 208)) + [1, 2, 3, 4] * 3,  # period 4 from 8, 3 cycles
+        [9] * 5 + list(range(300, 303)) * 5,  # period 3 from 5, 5 cycles
+    ]
+    entropy = torch.rand(5, 20, generator=torch.Generator().manual_seed(0))
+    result, _ = loop_summary(natural_loops_of(rows, entropy), 3)
+    assert len(result.samples) == 13  # 9 loop statistics, 3 cycle entropies, the slope
+    for key in result.samples:
+        value = result.scalars[key]
+        assert statistic(key, result.samples) == pytest.approx(value, rel=1e-12, nan_ok=True), key
+    assert result.samples["rep/onset_median"].statistic == "median_low"  # torch.median's lower middle
+    assert {s.prompts for s in result.samples.values()} == {"natural"}
+    assert "bootstrap/rep/natural_rate/values" in result.raw  # saved with the record

@@ -132,10 +132,20 @@ class LoggerConf:
 
 
 @dataclass
+class BootstrapConf:
+    n: int = MISSING  # resamples of the prompts per checkpoint
+    level: float = MISSING  # confidence level of the percentile intervals
+    seed: int = MISSING  # seeds the resamples (the same draws at every checkpoint)
+
+
+@dataclass
 class ReportConf:
     summary_metrics: list[str] = MISSING  # columns of the printed table and the plot
     onset_metrics: list[str] = MISSING  # metrics whose onset step is reported
     onset_fraction: float = MISSING  # onset = first crossing of baseline + fraction * (extreme - baseline)
+    onset_persist: int = MISSING  # the crossing must hold for this many consecutive checkpoints (1 = first crossing)
+    bootstrap: BootstrapConf = field(default_factory=BootstrapConf)
+    panels_per_family: int = MISSING  # trajectory panels per metric family in report.html
 
 
 @dataclass

@@ -82,6 +82,7 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
         identical_weights_as=_identical_steps(cfg, record["step"], record["weights_sha256"]),
     )
+    record["ci"] = measured.intervals(cfg.report.bootstrap)  # bootstrap intervals over prompts, beside metrics
     if errors:
         message = "; ".join(f"metrics.{k}: {v}" for k, v in errors.items())
         record["error"] = {"type": "MetricError", "message": message}

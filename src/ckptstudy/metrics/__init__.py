@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckptstudy.bootstrap import Sample, encode, record_intervals
 from ckptstudy.cycles import LoopRule
 from ckptstudy.generation import NaturalLoops, natural_loops
 
@@ -20,7 +21,9 @@ class FamilyResult:
     scalars: flat numbers (trajectories.csv columns); arrays: per-head arrays (layer x head [x ...]),
     saved with the record and drawn as heatmaps; raw: other arrays saved with the record (e.g.
     generated ids) for re-analysis; histograms: value samples logged as W&B histograms; bars: small
-    {label: value} charts logged as W&B bar charts.
+    {label: value} charts logged as W&B bar charts; samples: the per-prompt values a scalar is a statistic
+    of (`ckptstudy.bootstrap.Sample`), for its bootstrap interval; `add_sample` also puts them in `raw`,
+    so they are saved with the record and intervals can be recomputed without the model.
     """
 
     scalars: dict[str, float] = field(default_factory=dict)
@@ -29,10 +32,22 @@ class FamilyResult:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     bars: dict[str, dict[str, float]] = field(default_factory=dict)  # bar charts: {chart: {label: value}}
     nan_reasons: dict[str, str] = field(default_factory=dict)  # why a scalar is not a finite number
+    samples: dict[str, Sample] = field(default_factory=dict)  # scalar key -> its per-prompt sample
 
     def update(self, other: FamilyResult) -> None:
-        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons"):
+        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons", "samples"):
             getattr(self, name).update(getattr(other, name))
+
+    def add_sample(self, key: str, sample: Sample) -> None:
+        """Keep the per-prompt sample of scalar `key` (statistic of it = the scalar) for its bootstrap
+        interval; its arrays go into `raw` (saved with the record)."""
+        self.samples[key] = sample
+        self.raw.update(encode(key, sample))
+
+    def intervals(self, settings) -> dict[str, list[float]]:
+        """Bootstrap intervals {key: [low, high]} of the scalars that have a sample; `settings` = config
+        `report.bootstrap` (n, level, seed)."""
+        return record_intervals(self, settings)
 
     def set(self, key: str, value: float, reason_if_nan: str) -> None:
         """Store a scalar; when it is not finite, store why (`reason_if_nan`) beside it."""

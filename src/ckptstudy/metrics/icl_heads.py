@@ -15,6 +15,12 @@ copies of the cycle (cycle 2 onward of `icl_repeat`; from onset + period of a na
 effect vectors are held to the same `min_effect_total` (below it a vector is noise: its concentration and
 any comparison involving it are NaN, with the reason). The top-k overlap of the ICL and natural head sets
 comes with its chance level for the model's head count (`icl/icl_natural_topk_jaccard_chance`).
+
+Bootstrap samples (resampling prompts, `FamilyResult.samples`): the pattern maxima and top-k mean and the
+repeated-half NLL gain (per-prompt per-head scores of `random_repeat`, from an extra pass that keeps prompts
+apart, `pattern_rows`), the ICL score (per-window NLL of `long_text`, `nll_rows`), the ICL
+repetition rate and copy accuracy (per `icl_repeat` prompt). The ablation statistics have none: the effect
+of a head is summed over prompts inside the batched ablation, so a resample would need per-prompt effects.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
 from ckptstudy.attention_stats import StatsRequest
+from ckptstudy.bootstrap import Sample
 from ckptstudy.capture import capture_stats
 from ckptstudy.generation import NaturalLoops, greedy_generate
 from ckptstudy.metrics import FamilyResult
@@ -127,6 +135,14 @@ def natural_loop_targets(loops: NaturalLoops) -> Targets | None:
     position = torch.arange(ids.shape[1])[None, :]
     mask = (position >= first[:, None]) & (position < ids.shape[1] - 1)
     return Targets(ids, mask) if mask.any() else None
+
+
+def copy_rows(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: (1 when its continuation repeats the passage exactly as far as it goes, else 0; share of
+    its continuation tokens that are the copy). `copy_rate` is their mean over prompts."""
+    expected = passages.repeat(1, continuations.shape[1] // passages.shape[1] + 1)[:, : continuations.shape[1]]
+    match = continuations == expected
+    return match.all(dim=1).double().numpy(), match.double().mean(dim=1).numpy()
 
 
 def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[float, float]:
@@ -300,9 +316,13 @@ def measure(
     the ablations). Every parameter is checked before any work."""
     check_parameters({k: v for k, v in locals().items() if k != "ctx"})
     result = pattern_and_loss_scores(ctx, late_position, early_position, window, top_k)
-    rate, accuracy = icl_repeat_rate(ctx, rate_cycles)
+    rate, accuracy, *rows = icl_repeat_rate(ctx, rate_cycles)
     result.set("icl/icl_repeat_rate", rate, "no icl_repeat prompt")
     result.set("icl/icl_copy_accuracy", accuracy, "no icl_repeat prompt")
+    if rows:
+        copied, per_prompt = rows[0]
+        result.add_sample("icl/icl_repeat_rate", Sample("mean", copied, prompts="icl_repeat"))
+        result.add_sample("icl/icl_copy_accuracy", Sample("mean", per_prompt, prompts="icl_repeat"))
     if mode == "off":
         return result
     settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
@@ -350,9 +370,10 @@ def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tenso
     return result
 
 
-def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float]:
+def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float, tuple[np.ndarray, np.ndarray]]:
     """Share of `icl_repeat` prompts whose greedy continuation of `cycles` passages (clipped to the
-    context) copies every token, and the share of continuation tokens that are copies."""
+    context) copies every token, the share of continuation tokens that are copies, and both per prompt
+    (`copy_rows`, the bootstrap samples)."""
     prompts = ctx.probes.icl_repeat
     length = ctx.probes.icl_length
     room = ctx.room_after(prompts, 1, "icl_repeat")
@@ -364,7 +385,49 @@ def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float]:
         batch_size=ctx.batch_size,
         desc="icl continuation",
     )
-    return copy_rate(gen.ids, prompts[:, :length])
+    rate, accuracy = copy_rate(gen.ids, prompts[:, :length])
+    return rate, accuracy, copy_rows(gen.ids, prompts[:, :length])
+
+
+def pattern_rows(model, ids: torch.Tensor, repeat_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt pattern scores [n, layer, 3, head] (each prompt's mean over its queries, in the order of
+    `repeat_pattern_positions`) and per-prompt token NLL [n, seq - 1] of `random_repeat`, for the bootstrap:
+    one `capture_stats` call per prompt (it sums over the rows it is given), so nothing is summed over
+    prompts; their means over prompts are the reported scores."""
+    r = repeat_length
+    request = StatsRequest(diagonals=repeat_pattern_positions(r))
+    scores, nll = [], []
+    for row in range(ids.shape[0]):
+        cap = capture_stats(model, ids[row : row + 1], request, logits_fn=token_nll, batch_size=1)
+        scores.append(torch.stack([layer["diagonal"] for layer in cap.attn]).double())  # [layer, 3, head]
+        nll.append(cap.logits[0].double())
+    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
+    return torch.stack(scores) / counts[None, None, :, None], torch.stack(nll)
+
+
+def nll_rows(model, ids: torch.Tensor) -> torch.Tensor:
+    """Per-prompt token NLL [n, seq - 1] (one `capture_stats` call per prompt: nothing summed over prompts)."""
+    out = []
+    for row in range(ids.shape[0]):
+        cap = capture_stats(model, ids[row : row + 1], StatsRequest(), logits_fn=token_nll, batch_size=1)
+        out.append(cap.logits[0].double())
+    return torch.stack(out)
+
+
+def pattern_samples(ctx, top_k: int) -> dict[str, Sample]:
+    """Bootstrap samples of the `random_repeat` scalars of `pattern_and_loss_scores`."""
+    probes = ctx.probes
+    r = probes.repeat_length
+    scores, nll = pattern_rows(ctx.model, probes.random_repeat, r)
+    induction, duplicate, prev = (scores[:, :, i].numpy() for i in range(3))
+    gains = np.array([repeat_nll_gain(row, r) for row in nll])
+    return {
+        "icl/induction_max": Sample("max_of_mean", induction, prompts="random_repeat"),
+        f"icl/induction_top{top_k}_mean": Sample("top_mean", induction, prompts="random_repeat", k=top_k),
+        "icl/prev_token_max": Sample("max_of_mean", prev, prompts="random_repeat"),
+        "icl/duplicate_max": Sample("max_of_mean", duplicate, prompts="random_repeat"),
+        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
+    }
 
 
 def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window: int, top_k: int) -> FamilyResult:
@@ -396,6 +459,8 @@ def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window
     if not all(math.isfinite(v) for v in scalars.values()):
         raise FloatingPointError(f"non-finite ICL scalars: {scalars}")
     result = FamilyResult(scalars=scalars)
+    for key, sample in pattern_samples(ctx, top_k).items():
+        result.add_sample(key, sample)
     long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
     if long_text.shape[0] == 0:
         result.nan("icl/icl_score", probes.empty_reason("long_text"))
@@ -412,6 +477,9 @@ def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window
         if not math.isfinite(score):
             raise FloatingPointError(f"non-finite icl/icl_score: {score}")
         result.set("icl/icl_score", score, "")
+        rows = nll_rows(ctx.model, long_text)
+        scores = np.array([icl_score(row, late_position, early_position, window) for row in rows])
+        result.add_sample("icl/icl_score", Sample("mean", scores, prompts="long_text"))
     arrays = {"icl/induction": induction, "icl/prev_token": prev, "icl/duplicate": duplicate}
     result.arrays.update({k: v.numpy() for k, v in arrays.items()})
     return result

@@ -18,15 +18,24 @@ The headline is the no-sink newline ratio `lowinfo/enrich_newline_natural_over_i
 no BOS, so position 0 is an ordinary text token that collects the sink's mass, and the with-sink enrichment
 of a class mostly says whether token 0 is of that class. Both variants are kept in the records. Every NaN
 carries its reason (no loop, no query of a kind, no key of a class).
+
+Bootstrap samples (`newline_samples`): the newline enrichments of the natural and ICL contexts (with and
+without the sink) and their ratios, the headline among them. Per-prompt newline masses come from one extra
+fused pass over the natural and ICL contexts that keeps prompts apart (`newline_rows`); natural rows are
+indexed by natural prompt (zero mass and zero expected mass for a prompt that does not loop), so they
+resample with `rep/`'s prompts. The other enrichments, the entropies and the text context have no interval
+(to keep the extra pass to one key class).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ckptstudy.attention_stats import StatsRequest
+from ckptstudy.bootstrap import Sample
 from ckptstudy.capture import capture_stats
 from ckptstudy.generation import NaturalLoops
 from ckptstudy.metrics import FamilyResult
@@ -247,6 +256,59 @@ def newline_ratios(scalars: dict[str, float], reasons: dict[str, str]) -> Family
     return out
 
 
+def newline_rows(
+    model, ids: torch.Tensor, query_weight: torch.Tensor, key_classes: torch.Tensor, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Per prompt: attention mass on NEWLINE keys summed over its weighted queries, per layer and head
+    (`mass`, `mass_nosink` [n, layer, head]), and the mass uniform causal attention would put there
+    (`expected`, `expected_nosink` [n]): the terms whose sums over prompts make `context_statistics`'s
+    NEWLINE enrichment, for the bootstrap. `capture_stats` sums over rows, so the NEWLINE indicator is split
+    into one key-value column per row of the chunk: column c holds row c's newline keys (zero elsewhere),
+    and its class mass is row c's alone."""
+    newline = (key_classes[ids] == CLASS_INDEX["NEWLINE"]).double()  # [n, seq]
+    weight = query_weight.double()
+    mass: dict[str, list] = {"mass": [], "mass_nosink": []}
+    for start in range(0, ids.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        b = newline[rows].shape[0]
+        split = newline[rows][:, :, None] * torch.eye(b, dtype=torch.double)[:, None, :]  # [b, seq, b]
+        cap = capture_stats(model, ids[rows], StatsRequest(key_values=split, query_weight=weight[rows]), batch_size=b)
+        for name, parts in mass.items():
+            parts.append(torch.stack([layer[name] for layer in cap.attn]).permute(2, 0, 1))  # [b, layer, head]
+    out = {name: torch.cat(parts) for name, parts in mass.items()}
+    for suffix, sink in (("", True), ("_nosink", False)):
+        onehot = newline[:, :, None] if sink else newline[:, 1:, None]
+        w = weight if sink else _no_first(weight)
+        seen = onehot.cumsum(1)
+        n_keys = torch.arange(1, seen.shape[1] + 1, dtype=seen.dtype)[None, :, None]
+        out[f"expected{suffix}"] = torch.einsum("bqc,bq->b", seen / n_keys, w)
+    return out
+
+
+def newline_samples(ctx, inputs: dict, key_classes: torch.Tensor) -> dict[str, Sample]:
+    """Bootstrap samples of the NEWLINE enrichments of the natural and ICL contexts and of their ratio."""
+    out = {}
+    for context, prompts in (("natural", "natural"), ("icl", "icl_repeat")):
+        if context not in inputs or not inputs[context][1].any():
+            continue
+        ids, weight = inputs[context]
+        rows = newline_rows(ctx.model, ids, weight, key_classes, ctx.batch_size)
+        looping = ctx.natural_loops().looping.numpy() if context == "natural" else None
+        for suffix in SUFFIXES:
+            mass, expected = rows[f"mass{suffix}"].numpy(), rows[f"expected{suffix}"].numpy()
+            if looping is not None:  # natural: one row per natural prompt, zero where it does not loop
+                full_mass, full_expected = np.zeros((len(looping), *mass.shape[1:])), np.zeros(len(looping))
+                full_mass[looping], full_expected[looping] = mass, expected
+                mass, expected = full_mass, full_expected
+            sample = Sample("ratio_of_sums", mass, prompts=prompts, weights=expected)
+            out[f"lowinfo/enrich_newline_{context}{suffix}"] = sample
+    for suffix in SUFFIXES:
+        natural, icl = f"lowinfo/enrich_newline_natural{suffix}", f"lowinfo/enrich_newline_icl{suffix}"
+        if natural in out and icl in out:
+            out[f"lowinfo/enrich_newline_natural_over_icl{suffix}"] = Sample("ratio", of=(natural, icl))
+    return out
+
+
 def no_query_reason(ctx, context: str, ids: torch.Tensor, text_skip: int) -> str:
     """Why a context has no query to measure."""
     probe = {"icl": "icl_repeat", "text": "long_text"}.get(context)
@@ -288,5 +350,7 @@ def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
         result.update(context_scalars(context, stats))
     result.update(newline_ratios(result.scalars, result.nan_reasons))
+    for key, sample in newline_samples(ctx, inputs, key_classes).items():
+        result.add_sample(key, sample)
     result.set("lowinfo/low_info_vocab_share", low_info.double().mean(), "empty vocabulary")
     return result

@@ -18,6 +18,10 @@ generation where the loop starts) and its number of full cycles from the onset o
   "loops with >= k cycles" would change its set of loops with k and fall whenever short, confident loops
   outlast long, uncertain ones, even when no single loop's entropy changes.
 Every NaN carries its reason (FamilyResult.nan_reasons).
+
+Bootstrap samples (`loop_samples`, resampling the natural prompts): the rates, rep/loop_fraction, the onset
+mean / median / p10 / p90, rep/period_median, rep/cycle_entropy_k and rep/cycle_entropy_slope. Not
+resampled: rep/cycle_entropy_rows and rep/generated_tokens (counts, not estimates).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import math
 import numpy as np
 import torch
 
+from ckptstudy.bootstrap import Sample
 from ckptstudy.cycles import LoopRule
 from ckptstudy.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult
@@ -127,6 +132,52 @@ def cycle_entropy_statistics(
     return out
 
 
+def loop_samples(
+    period: torch.Tensor,
+    onset: torch.Tensor,
+    length: int,
+    degenerate: torch.Tensor,
+    entropy: torch.Tensor,
+    copies: torch.Tensor,
+    max_cycles: int,
+) -> dict[str, Sample]:
+    """Per-prompt values of every scalar of `loop_statistics` and `cycle_entropy_statistics` that is a
+    statistic over the natural prompts (NaN where a prompt does not count: no loop, too few cycles)."""
+    looping = (period > 0).numpy()
+    degenerate = degenerate.numpy().astype(bool)
+    n = len(looping)
+    if n == 0:
+        return {}
+    onsets = np.where(looping, onset.numpy().astype(np.float64), np.nan)
+    periods = np.where(looping, period.numpy().astype(np.float64), np.nan)
+    in_loop = np.where(looping, (length - onset.numpy()).astype(np.float64), 0.0) / length
+
+    def sample(statistic: str, values, q: float | None = None) -> Sample:
+        return Sample(statistic, np.asarray(values, dtype=np.float64), prompts="natural", q=q)
+
+    out = {
+        "rep/natural_rate": sample("mean", looping),
+        "rep/degenerate_rate": sample("mean", looping & degenerate),
+        "rep/natural_rate_nondegenerate": sample("mean", looping & ~degenerate),
+        "rep/loop_fraction": sample("mean", in_loop),
+        "rep/onset_mean": sample("nanmean", onsets),
+        "rep/onset_median": sample("median_low", onsets),
+        "rep/onset_p10": sample("quantile", onsets, 0.1),
+        "rep/onset_p90": sample("quantile", onsets, 0.9),
+        "rep/period_median": sample("median_low", periods),
+    }
+    rows = ((period > 0) & (copies >= max_cycles)).numpy()
+    table = np.full((n, max_cycles), np.nan)
+    table[rows] = cycle_entropy_table(entropy, period, onset, copies, max_cycles).numpy()
+    for k in range(max_cycles):
+        out[f"rep/cycle_entropy_{k + 1}"] = sample("nanmean", table[:, k])
+    if max_cycles >= 2:
+        slopes = np.full(n, np.nan)
+        slopes[rows] = within_row_slopes(torch.from_numpy(table[rows])).numpy()
+        out["rep/cycle_entropy_slope"] = sample("nanmean", slopes)
+    return out
+
+
 def loop_summary(natural: NaturalLoops, max_cycles: int) -> tuple[FamilyResult, dict[str, np.ndarray]]:
     """Scalars (with the reason of every NaN) and per-prompt loop data of natural continuations whose
     loops are detected already."""
@@ -135,6 +186,8 @@ def loop_summary(natural: NaturalLoops, max_cycles: int) -> tuple[FamilyResult, 
     degenerate = natural.degenerate
     result = loop_statistics(period, onset, ids.shape[1], degenerate)
     result.update(cycle_entropy_statistics(entropy, period, onset, copies, max_cycles))
+    for key, sample in loop_samples(period, onset, ids.shape[1], degenerate, entropy, copies, max_cycles).items():
+        result.add_sample(key, sample)
     loops = {
         "rep/period": period.numpy(),
         "rep/onset": onset.numpy(),

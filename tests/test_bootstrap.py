@@ -1,0 +1,149 @@
+"""Bootstrap intervals over prompts: each statistic on the full sample, paired resamples, coverage,
+storage with a record, and the intervals a record carries."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ckptstudy import bootstrap, results
+from ckptstudy.bootstrap import Sample, decode, encode, interval, replicates, statistic
+from ckptstudy.metrics import FamilyResult
+
+RNG = np.random.default_rng(0)
+ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])
+HEADS = RNG.random((8, 2, 3))  # per-prompt per-head scores [prompt, layer, head]
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        (Sample("mean", [1, 0, 1, 1]), 0.75),
+        (Sample("nanmean", ONSETS), np.nanmean(ONSETS)),
+        (Sample("quantile", ONSETS, q=0.1), float(torch.quantile(torch.tensor(ONSETS[~np.isnan(ONSETS)]), 0.1))),
+        (Sample("quantile", ONSETS, q=0.9), float(torch.quantile(torch.tensor(ONSETS[~np.isnan(ONSETS)]), 0.9))),
+        # torch.median returns the lower of the two middle values: 3, not 3.5
+        (Sample("median_low", ONSETS), float(torch.tensor(ONSETS[~np.isnan(ONSETS)]).median())),
+        (Sample("max_of_mean", HEADS), HEADS.mean(0).max()),
+        (Sample("top_mean", HEADS, k=3), np.sort(HEADS.mean(0).ravel())[-3:].mean()),
+        (Sample("ratio_of_sums", HEADS, weights=np.arange(1.0, 9.0)), (HEADS.sum(0) / 36.0).mean()),
+    ],
+    ids=lambda x: x.statistic if isinstance(x, Sample) else "",
+)
+def test_statistic_of_the_full_sample(sample, expected):
+    assert statistic("k", {"k": sample}) == pytest.approx(expected, rel=1e-12)
+
+
+def test_median_low_is_torch_median_on_even_counts():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert statistic("k", {"k": Sample("median_low", values)}) == 2.0 == float(torch.tensor(values).median())
+
+
+def test_ratio_of_two_samples_and_its_undefined_cases():
+    samples = {
+        "num": Sample("mean", [2.0, 4.0], prompts="a"),
+        "den": Sample("mean", [1.0, 1.0, 1.0], prompts="b"),
+        "r": Sample("ratio", of=("num", "den")),
+    }
+    assert statistic("r", samples) == 3.0
+    samples["den"] = Sample("mean", [0.0, 0.0], prompts="b")
+    assert math.isnan(statistic("r", samples))
+    reps = replicates(samples, 20, 0)
+    assert np.isnan(reps["r"]).all()
+
+
+def test_ratio_of_sums_is_nan_where_nothing_is_expected():
+    sample = Sample("ratio_of_sums", HEADS[:2], weights=np.zeros(2))
+    assert math.isnan(statistic("k", {"k": sample}))
+
+
+def test_bad_samples_are_refused():
+    with pytest.raises(ValueError, match="unknown bootstrap statistic 'sd'"):
+        Sample("sd", [1.0])
+    with pytest.raises(ValueError, match="needs q"):
+        Sample("quantile", [1.0])
+    with pytest.raises(ValueError, match="one value per prompt"):
+        Sample("mean", HEADS)
+    with pytest.raises(ValueError, match="weights"):
+        Sample("ratio_of_sums", HEADS)
+    with pytest.raises(ValueError, match="of=\\(num, den\\)"):
+        Sample("ratio")
+
+
+def test_replicates_are_paired_across_checkpoints_and_seeded():
+    # two checkpoints, same prompts: replicate r draws the same prompts at both
+    step_a = {"x": Sample("mean", np.arange(10.0), prompts="natural")}
+    step_b = {"x": Sample("mean", np.arange(10.0) * 2, prompts="natural")}
+    a, b = replicates(step_a, 50, seed=3)["x"], replicates(step_b, 50, seed=3)["x"]
+    np.testing.assert_allclose(b, 2 * a)
+    assert not np.allclose(a, replicates(step_a, 50, seed=4)["x"])
+    other = replicates({"x": Sample("mean", np.arange(10.0), prompts="icl_repeat")}, 50, seed=3)["x"]
+    assert not np.allclose(a, other)  # another prompt set is resampled on its own
+
+
+def test_order_statistics_resample_the_drawn_rows():
+    sample = Sample("median_low", ONSETS, prompts="natural")
+    reps = replicates({"m": sample}, 40, 0)["m"]
+    index = bootstrap.draws("natural", len(ONSETS), 40, 0)
+    for r in (0, 7, 39):
+        drawn = ONSETS[index[r]]
+        drawn = drawn[np.isfinite(drawn)]
+        expected = float(torch.tensor(drawn).median()) if len(drawn) else math.nan
+        assert reps[r] == expected or (math.isnan(reps[r]) and math.isnan(expected))
+
+
+def test_a_95_percent_interval_covers_the_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for experiment in range(300):
+        values = rng.normal(1.0, 1.0, 40)
+        low, high = interval(replicates({"m": Sample("mean", values)}, 200, experiment)["m"], 0.95)
+        covered += low <= 1.0 <= high
+    assert 0.88 <= covered / 300 <= 0.99
+
+
+def test_intervals_narrow_with_more_prompts():
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (25, 400):
+        low, high = interval(replicates({"m": Sample("mean", rng.normal(0, 1, n))}, 400, 0)["m"], 0.95)
+        widths.append(high - low)
+    assert widths[1] == pytest.approx(widths[0] / 4, rel=0.3)  # ~ 1 / sqrt(n)
+
+
+def test_an_interval_needs_most_replicates_defined():
+    values = np.r_[np.full(100, np.nan), np.arange(60.0)]  # 60 of 160 replicates defined
+    assert all(math.isnan(x) for x in interval(values, 0.95))
+    low, high = interval(np.r_[np.full(40, np.nan), np.arange(120.0)], 0.9)  # NaN replicates are left out
+    assert (low, high) == pytest.approx(np.quantile(np.arange(120.0), [0.05, 0.95]))
+
+
+def test_samples_are_saved_with_the_record_and_read_back(tmp_path):
+    result = FamilyResult(scalars={"a/ratio": 0.5, "a/max": float(HEADS.mean(0).max())})
+    result.add_sample("a/max", Sample("max_of_mean", HEADS, prompts="random_repeat"))
+    result.add_sample("a/num", Sample("ratio_of_sums", HEADS, prompts="natural", weights=np.ones(8)))
+    result.add_sample("a/ratio", Sample("ratio", of=("a/num", "a/max")))
+    path = tmp_path / "step1.json"
+    results.write_record(path, {"step": 1}, {**result.arrays, **result.raw})
+    loaded = decode(results.read_arrays(path))
+    assert set(loaded) == {"a/max", "a/num", "a/ratio"}
+    assert loaded["a/ratio"].of == ("a/num", "a/max") and loaded["a/num"].prompts == "natural"
+    np.testing.assert_array_equal(loaded["a/num"].weights, np.ones(8))
+    for key in loaded:
+        assert statistic(key, loaded) == statistic(key, result.samples)
+    assert bootstrap.without_samples(results.read_arrays(path)) == {}
+    assert set(encode("a/max", result.samples["a/max"])) == {"bootstrap/a/max/spec", "bootstrap/a/max/values"}
+
+
+def test_record_intervals_cover_the_scalars_with_samples():
+    result = FamilyResult(scalars={"a/rate": 0.5, "a/other": 1.0})
+    result.add_sample("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"))
+    result.add_sample("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # no scalar: no interval
+    ci = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0))
+    assert set(ci) == {"a/rate"}
+    low, high = ci["a/rate"]
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 1.645 * 0.5 / math.sqrt(40), rel=0.35)
