@@ -1,13 +1,23 @@
-"""Checkpoints: which steps exist, step -> hub revision or local directory, loading, weight hashes."""
+"""Checkpoints: which steps exist, step -> hub revision or local directory, loading, weight hashes.
+
+Loading is split so that everything cheap and refusable happens before the weights are read:
+`inspect_checkpoint` (config.json: a GPT-NeoX model; weight files: not truncated, no code-running
+pickles), then `load_tokenizer` (EOS and BOS tokens), then `load_model`. Nothing is ever unpickled
+beyond tensors (`weights_only`), and remote code is never trusted (`trust_remote_code=False`).
+"""
 
 from __future__ import annotations
 
 import bisect
 import functools
 import hashlib
+import json
 import logging
+import math
 import os
+import pickle
 import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +30,15 @@ log = logging.getLogger(__name__)
 PYTHIA_STEPS: list[int] = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
 
 
+SUPPORTED_MODEL_TYPES = ("gpt_neox",)  # the metric families hook GPT-NeoX internals (capture.py)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resolved or loaded; the message says how to fix it."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A weights file whose pickle would import or call more than tensors: refused, never unpickled."""
 
 
 @dataclass(frozen=True)
@@ -156,26 +173,252 @@ def resolve_device(name: str) -> str:
 
 
 def load_checkpoint(source: CheckpointSource, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load model (eager attention, eval mode) and tokenizer for one checkpoint.
+    """Load model (eager attention, eval mode) and tokenizer for one checkpoint, after `inspect_checkpoint`.
 
     Hub sources use the HF cache, with `local_files_only` when offline or already cached,
     so a machine without network fails fast with a message that names repo and revision.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    inspect_checkpoint(source)
+    tokenizer = load_tokenizer(source)
+    return load_model(source, device, dtype), tokenizer
+
+
+def _where(source: CheckpointSource) -> str:
+    return f"{source.model} step {source.step} ({source.describe()})"
+
+
+def checkpoint_dir(source: CheckpointSource) -> Path | None:
+    """The directory holding the checkpoint's files: the local directory, or the hub revision's snapshot
+    in the HF cache when cached (None when not cached: nothing to look at before downloading)."""
+    if source.kind == "local":
+        return Path(source.location)
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def read_model_config(source: CheckpointSource) -> dict:
+    """The checkpoint's config.json as a dict (read, not instantiated: cheap, and no model class runs)."""
+    from transformers.utils import cached_file
+
+    name, kwargs = _from_pretrained_kwargs(source)
+    try:
+        path = cached_file(name, "config.json", **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(_load_failure_message(source, kwargs, err)) from err
+    if path is None:
+        raise CheckpointError(f"missing checkpoint for {_where(source)}: no config.json")
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"config.json of {_where(source)} cannot be read ({path}): {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config.json of {_where(source)} is not a JSON object ({path})")
+    return config
+
+
+def check_architecture(config: dict, source: CheckpointSource) -> None:
+    """Refuse a checkpoint whose config.json is not a GPT-NeoX model (every family hooks its internals)."""
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{_where(source)}: config.json has model_type {model_type!r}; ckptstudy's metric families need "
+            f"GPT-NeoX internals (supported model_type: {', '.join(map(repr, SUPPORTED_MODEL_TYPES))})"
+        )
+
+
+def inspect_checkpoint(source: CheckpointSource) -> dict:
+    """Everything refusable before the weights load, cheaply: config.json is readable and GPT-NeoX, and
+    the weight files (when they are on disk) are neither truncated nor code-running pickles.
+
+    Returns the config.json dict. Raises CheckpointError naming the file and what is wrong with it.
+    """
+    config = read_model_config(source)
+    check_architecture(config, source)
+    directory = checkpoint_dir(source)
+    if directory is not None:
+        check_weight_files(directory, source)
+    return config
+
+
+def check_weight_files(directory: Path, source: CheckpointSource | None = None) -> None:
+    """safetensors files: the header parses and the file holds every byte it promises (not truncated);
+    without safetensors, every `*.bin` must unpickle with tensors only (`torch.load(weights_only=True)`)."""
+    where = _where(source) if source is not None else str(directory)
+    safetensors = sorted(directory.glob("*.safetensors"))
+    bins = sorted(directory.glob("*.bin"))
+    if not safetensors and not bins:
+        raise CheckpointError(f"no weights file (*.safetensors or *.bin) in {directory} for {where}")
+    for path in safetensors:
+        problem = safetensors_problem(path)
+        if problem:
+            raise CheckpointError(f"weights file {path} of {where} is corrupt or truncated: {problem}")
+    if not safetensors:
+        for path in bins:
+            check_pickle_is_weights_only(path, where)
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing, reading only its header (None when it is sound)."""
+    sizes = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2}
+    sizes.update({"I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8})
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than the 8-byte header length"
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, 100 * 2**20):
+                return f"header length {n} does not fit in the file ({size} bytes)"
+            header = json.loads(handle.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        return f"header unreadable ({type(err).__name__}: {err})"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(x) for x in info["data_offsets"])
+            count = math.prod(int(d) for d in info["shape"])
+            width = sizes.get(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            return f"tensor {name!r} has a malformed header entry"
+        if stop < start or (width is not None and stop - start != count * width):
+            return f"tensor {name!r} has data offsets {start}..{stop} that do not match its shape and dtype"
+        end = max(end, stop)
+    if size != 8 + n + end:
+        return f"the header promises {8 + n + end} bytes, the file has {size}"
+    return None
+
+
+def check_pickle_is_weights_only(path: Path, where: str = "") -> None:
+    """Refuse a pickled weights file that would import or call anything but tensors and containers.
+
+    `torch.load(weights_only=True)` runs torch's restricted unpickler: a `__reduce__` payload (os.system,
+    open, ...) is refused before it runs. mmap keeps the tensor bytes on disk.
+    """
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format: no mmap
+    except pickle.UnpicklingError as err:
+        first = next((line for line in str(err).splitlines() if "Unsupported" in line or "global" in line), "")
+        raise UnsafeCheckpointError(
+            f"weights file {path} of {where} was refused as unsafe: its pickle would import or call more than "
+            f"tensors ({first.strip() or type(err).__name__}); it was not unpickled. Convert trusted weights "
+            "to safetensors"
+        ) from err
+    except Exception as err:
+        raise CheckpointError(f"weights file {path} of {where} cannot be read: {type(err).__name__}: {err}") from err
+
+
+def load_tokenizer(source: CheckpointSource):
+    """The checkpoint's tokenizer, refused without EOS or BOS token (padding and probe starts need them)."""
+    from transformers import AutoTokenizer
+
+    name, kwargs = _from_pretrained_kwargs(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(_load_failure_message(source, kwargs, err)) from err
+    check_special_tokens(tokenizer, source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def check_special_tokens(tokenizer, source: CheckpointSource) -> None:
+    missing = [kind for kind in ("eos", "bos") if getattr(tokenizer, f"{kind}_token_id", None) is None]
+    if missing:
+        names = " and ".join(k.upper() for k in missing)
+        raise CheckpointError(
+            f"the tokenizer of {_where(source)} has no {names} token ({', '.join(f'{k}_token=None' for k in missing)});"
+            " ckptstudy needs both (EOS pads batches, BOS starts the random-repeat probes): set them in its "
+            "tokenizer_config.json (Pythia: <|endoftext|> for both)"
+        )
+
+
+def load_model(source: CheckpointSource, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The model (eager attention, eval mode): tensors only (`weights_only`), no remote code."""
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     name, kwargs = _from_pretrained_kwargs(source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="eager", dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, attn_implementation="eager", dtype=dtype, trust_remote_code=False, weights_only=True, **kwargs
+        )
     except CheckpointError:
         raise
     except Exception as err:
         raise CheckpointError(_load_failure_message(source, kwargs, err)) from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval()
+
+
+def nonfinite_weights(model: torch.nn.Module) -> dict[str, int]:
+    """{tensor name: count} of NaN/inf values in the model's parameters and buffers (empty when all finite)."""
+    bad = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad[name] = count
+    return bad
+
+
+class ActivationGuard:
+    """Forward hooks on each decoder layer and the unembedding that count the calls whose output holds
+    NaN/inf (counted on the device: no synchronisation per call). Use as a context manager."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.counts: dict[str, torch.Tensor] = {}
+        self.handles: list = []
+
+    def modules(self) -> list[tuple[str, torch.nn.Module]]:
+        out = []
+        names = {module: name for name, module in self.model.named_modules()}
+        base = getattr(self.model, "base_model", self.model)
+        layers = getattr(base, "layers", None) or getattr(base, "h", None) or []
+        out += [(names.get(layer, f"layers.{i}"), layer) for i, layer in enumerate(layers)]
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if head is not None:
+            out.append((names.get(head, "lm_head"), head))
+        return out
+
+    def _hook(self, name: str):
+        def hook(_module, _args, output):
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                bad = (~torch.isfinite(tensor)).any().to(torch.int64)
+                self.counts[name] = self.counts[name] + bad if name in self.counts else bad
+
+        return hook
+
+    def __enter__(self) -> ActivationGuard:
+        self.handles = [module.register_forward_hook(self._hook(name)) for name, module in self.modules()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def nonfinite(self) -> dict[str, int]:
+        """{module name: forward calls whose output held NaN/inf}, for the modules where any did."""
+        return {name: int(count) for name, count in self.counts.items() if int(count)}
 
 
 def _load_failure_message(source: CheckpointSource, kwargs: dict, err: Exception) -> str:

@@ -1,9 +1,10 @@
 """What identifies a measurement, and whether a finished record may be reused for it.
 
 A record is reused (the job skipped) only when it finished ok with the same measurement config
-(hash of `HASHED_KEYS`), the same checkpoint revision and the same definition versions (each metric
-family's `DEFINITION_VERSION` and the probe construction's `PROBES_VERSION`). A record made under an
-older definition is recomputed, never served silently.
+(hash of `HASHED_KEYS`), the same checkpoint revision, the same checkpoint files (`checkpoint_fingerprint`,
+computed without loading the weights) and the same definition versions (each metric family's
+`DEFINITION_VERSION` and the probe construction's `PROBES_VERSION`). A record made under an older
+definition or from other files is recomputed, never served silently.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import __version__
+from ckptstudy.checkpoints import CheckpointSource, checkpoint_dir
 from ckptstudy.probes import PROBES_VERSION
 
 HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
@@ -53,6 +56,27 @@ def identity(cfg: DictConfig) -> dict:
     }
 
 
+def checkpoint_fingerprint(source: CheckpointSource) -> str | None:
+    """A cheap fingerprint of the checkpoint's files, without reading the weights.
+
+    Local directory: `local:` + sha256 over (relative name, size, mtime_ns) of every file under it (a file
+    rewritten, replaced, added or removed changes it). Hub: `hub:<commit>`, the commit the revision resolves
+    to in the HF cache (a moved branch changes it). None when there is nothing to look at yet (a missing
+    directory, a revision not cached): the reuse decision then rests on the revision alone.
+    """
+    if source.kind == "hub":
+        directory = checkpoint_dir(source)
+        return f"hub:{directory.name}" if directory is not None else None
+    directory = Path(source.location)
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return "local:" + digest.hexdigest()[:32]
+
+
 def stale_reason(previous: dict | None, current: dict, force: bool) -> str | None:
     """Why `previous` cannot stand for the measurement `current` describes; None when it can."""
     if force:
@@ -63,6 +87,9 @@ def stale_reason(previous: dict | None, current: dict, force: bool) -> str | Non
         return f"previous record {previous.get('status')}"
     if previous.get("revision") != current.get("revision"):
         return f"revision changed: {previous.get('revision')} -> {current.get('revision')}"
+    old, new = previous.get("checkpoint_fingerprint"), current.get("checkpoint_fingerprint")
+    if old and new and old != new:
+        return f"checkpoint files changed since the record was made ({old} -> {new})"
     changed = definition_changes(previous.get("definitions") or {}, current["definitions"])
     if changed:
         return "metric definitions changed: " + ", ".join(changed)

@@ -1,27 +1,35 @@
 """One job = one (model, step): resolve, reuse or load, measure every family, write the record, log it.
 
-Failures never escape `run_job`: a bad config value, a missing or corrupt checkpoint or a failing
-metric family becomes a failure record naming the cause, so a sweep goes on and loses nothing.
+Failures never escape `run_job`: a bad config value, a missing, corrupt or unsafe checkpoint, an
+unwritable results directory, a failing metric family or (with `logger.strict`) a W&B failure becomes
+a failure record naming the cause, so a sweep goes on and loses nothing. The order is cheap checks
+first: inputs (loops, probe sizes, metric parameters), the step, the reuse decision, the results
+directory, then the checkpoint's config.json and weight files, the tokenizer and the probes, and only
+then the weights.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import checkpoints, fingerprint, results
-from ckptstudy.cycles import LoopRule
-from ckptstudy.metrics import FamilyResult, JobContext, family_function
-from ckptstudy.probes import cached_probes
+from ckptstudy.cycles import LoopRule, check_loop_parameters
+from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
+from ckptstudy.probes import cached_probes, check_probe_config
 from ckptstudy.suite import ensure_suite
-from ckptstudy.tracking import Tracker
+from ckptstudy.tracking import Tracker, TrackingError
 
 log = logging.getLogger("ckptstudy")
+
+MIN_NEW_TOKENS = 4  # loops.new_tokens: the shortest generation that can hold 2 copies of a period-2 cycle
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -32,21 +40,71 @@ def run_job(cfg: DictConfig) -> dict:
     measured = FamilyResult()
     try:
         record.update(fingerprint.identity(cfg))
+        check_inputs(cfg)
         source = resolve_source(cfg)
         record.update(step=source.step, revision=source.describe())
-        previous = results.read_record(results.record_path(cfg.paths.root, cfg.study, cfg.model.name, source.step))
+        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
+        path = results.record_path(cfg.paths.root, cfg.study, cfg.model.name, source.step)
+        previous = results.read_record(path)
         stale = fingerprint.stale_reason(previous, record, cfg.force)
+        if stale is None and (mismatch := results.arrays_mismatch(path, previous)):
+            stale = f"previous record unusable: {mismatch}"
         if stale is None:
             log.info("%s step %s: record exists and is current, skipped (force=true recomputes)", *_job(record))
             return {**previous, "skipped": True}
         if previous is not None:
             record["recomputed_because"] = stale
             log.info("%s step %s: recomputing (%s)", *_job(record), stale)
+        results.check_writable(path.parent)
+        results.remove_stale_temps(path.parent)
         measured = measure_checkpoint(cfg, source, record)
     except Exception as err:
         log.error("%s step %s failed: %s: %s", *_job(record), type(err).__name__, err)
         record.update(status="failed", error=_error(err))
     return finish(cfg, record, measured, started)
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Refuse bad input before anything loads, naming the value and its valid range: the loop rule,
+    the probe sizes and every family's parameters."""
+    loops = cfg.loops
+    try:
+        definition = getattr(loops.definition, "value", loops.definition)
+        check_loop_parameters(definition, loops.min_period, loops.max_period, loops.min_copies)
+    except ValueError as err:
+        raise ValueError(f"loops: {err}") from None
+    if loops.new_tokens is None or loops.new_tokens < MIN_NEW_TOKENS:
+        raise ValueError(
+            f"loops.new_tokens={loops.new_tokens} is not valid: it must be >= {MIN_NEW_TOKENS} "
+            "(tokens generated per natural prompt)"
+        )
+    check_probe_config(cfg.probes)
+    check_metric_parameters(cfg.metrics)
+
+
+class _ParametersAccepted(BaseException):
+    """Raised by `_ParameterCheck` at a family's first use of its context: its parameters passed."""
+
+
+class _ParameterCheck:
+    """A stand-in context for `check_metric_parameters`: any use of it ends the call."""
+
+    def __getattr__(self, name):
+        raise _ParametersAccepted(name)
+
+
+def check_metric_parameters(metrics_cfg) -> None:
+    """Run each family's own parameter checks (the start of its `measure`, before it touches the context)
+    without a model: a value out of range is refused before any weights load."""
+    for name, family_cfg in metrics_cfg.items():
+        fn, params = family_function(name, OmegaConf.to_container(family_cfg, resolve=True))
+        try:
+            fn(_ParameterCheck(), **params)
+        except _ParametersAccepted:
+            continue
+        except Exception as err:
+            message = str(err) if f"metrics.{name}" in str(err) else f"metrics.{name}: {err}"
+            raise MetricConfigError(message) from err
 
 
 def resolve_source(cfg: DictConfig) -> checkpoints.CheckpointSource:
@@ -57,14 +115,25 @@ def resolve_source(cfg: DictConfig) -> checkpoints.CheckpointSource:
 
 
 def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, record: dict) -> FamilyResult:
-    """Load the checkpoint, build its probes, run every family; fills `record` and returns the measurements."""
+    """Check, then load the checkpoint, build its probes, run every family; fills `record` and returns the
+    measurements. Non-finite weights, activations, metrics and arrays are flagged in `record["warnings"]`."""
     ensure_suite(cfg.model)
-    device = checkpoints.resolve_device(cfg.device)
-    model, tokenizer = checkpoints.load_checkpoint(
-        source, device=device, dtype=checkpoints.resolve_dtype(cfg.dtype, device)
-    )
-    record["weights_sha256"] = checkpoints.weights_sha256(model)
+    if record.get("checkpoint_fingerprint") is None:  # a suite just built: its files exist now
+        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
+    checkpoints.inspect_checkpoint(source)
+    tokenizer = checkpoints.load_tokenizer(source)
     probes = cached_probes(cfg.probes, tokenizer, Path(cfg.paths.root) / "cache" / "probes")
+    device = checkpoints.resolve_device(cfg.device)
+    model = checkpoints.load_model(source, device=device, dtype=checkpoints.resolve_dtype(cfg.dtype, device))
+    if record.get("checkpoint_fingerprint") is None:  # a hub revision downloaded just now
+        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
+    warnings = record.setdefault("warnings", [])
+    bad_weights = checkpoints.nonfinite_weights(model)
+    for name, count in bad_weights.items():
+        warnings.append(f"weights: {count} non-finite values in {name}")
+    if bad_weights:
+        log.warning("%s step %s: non-finite weights in %d tensors: %s", *_job(record), len(bad_weights), bad_weights)
+    record["weights_sha256"] = checkpoints.weights_sha256(model)
     ctx = JobContext(
         model=model,
         tokenizer=tokenizer,
@@ -74,19 +143,47 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         loops=LoopRule(cfg.loops.definition, cfg.loops.min_period, cfg.loops.max_period, cfg.loops.min_copies),
         natural_new_tokens=cfg.loops.new_tokens,
     )
-    measured, errors = measure_families(ctx, cfg.metrics)
+    with checkpoints.ActivationGuard(model) as guard:
+        measured, errors = measure_families(ctx, cfg.metrics)
+    bad_activations = guard.nonfinite()
+    for name, calls in bad_activations.items():
+        warnings.append(f"activations: non-finite values in the output of {name} ({calls} forward calls)")
+    if bad_activations:
+        log.warning("%s step %s: non-finite activations in %s", *_job(record), sorted(bad_activations))
+    warnings += nonfinite_warnings(measured, suspect=bool(bad_weights or bad_activations))
+    if bad_weights or bad_activations:
+        record["nonfinite"] = {"weights": bad_weights, "activations": bad_activations}
     record.update(
         status="failed" if errors else "ok",
         metrics=measured.scalars,
         nan_reasons=measured.nan_reasons,
         probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
-        identical_weights_as=_identical_steps(cfg, record["step"], record["weights_sha256"]),
     )
     record["ci"] = measured.intervals(cfg.report.bootstrap)  # bootstrap intervals over prompts, beside metrics
     if errors:
         message = "; ".join(f"metrics.{k}: {v}" for k, v in errors.items())
         record["error"] = {"type": "MetricError", "message": message}
+    if not warnings:
+        del record["warnings"]
     return measured
+
+
+def nonfinite_warnings(measured: FamilyResult, suspect: bool) -> list[str]:
+    """Warnings for non-finite results: every non-finite scalar and array of a checkpoint whose weights or
+    activations were not finite (`suspect`), and otherwise the scalars whose family gave no reason."""
+    out = []
+    for key, value in measured.scalars.items():
+        unexplained = measured.nan_reasons.get(key, "unexplained").startswith("unexplained")
+        if not math.isfinite(value) and (suspect or unexplained):
+            out.append(f"metric {key} is non-finite ({value})")
+    if suspect:
+        for key, array in {**measured.arrays, **measured.raw}.items():
+            array = np.asarray(array)
+            if array.dtype.kind in "fc":
+                count = int((~np.isfinite(array)).sum())
+                if count:
+                    out.append(f"array {key}: {count} of {array.size} values are non-finite")
+    return out
 
 
 def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[str, str]]:
@@ -111,14 +208,40 @@ def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[s
 
 
 def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float) -> dict:
-    """Write the record (and its arrays) atomically, then log it to W&B; a logging failure loses nothing."""
+    """Write the record (and its arrays) atomically, then log it to W&B; a logging failure loses nothing
+    (with `logger.strict`, it fails the job: the record is rewritten as failed, so a re-run recomputes it).
+
+    The identical-weights check and the write hold the study's file lock, so parallel jobs see each other.
+    A record that cannot be written (read-only or full disk) is returned as failed, naming the path.
+    """
     record["seconds"] = round(time.time() - started, 2)
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     path = results.record_path(cfg.paths.root, cfg.study, cfg.model.name, record["step"])
-    record = results.write_record(path, record, {**measured.arrays, **measured.raw})
+    try:
+        with results.study_lock(cfg.paths.root, cfg.study):
+            if record.get("weights_sha256"):
+                record["identical_weights_as"] = _identical_steps(cfg, record["step"], record["weights_sha256"])
+            record = results.write_record(path, record, {**measured.arrays, **measured.raw})
+    except OSError as err:
+        log.error("%s step %s: cannot write its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
+        if record.get("status") == "ok":
+            record.update(status="failed", error=_error(err))
+        record["unwritten"] = f"{path}: {type(err).__name__}: {err}"
+        return record
     tracker = Tracker(cfg.logger, results.study_dir(cfg.paths.root, cfg.study), cfg.study)
-    run_dir = tracker.log_checkpoint(record, measured, record["config"])
+    try:
+        run_dir = tracker.log_checkpoint(record, measured, record["config"])
+    except TrackingError as err:
+        log.error("%s step %s failed: %s", *_job(record), err)
+        record = {
+            **record,
+            "status": "failed",
+            "error": _error(err),
+            "warnings": record.get("warnings", []) + [str(err)],
+        }
+        results.write_record(path, record)
+        return record
     if run_dir or tracker.failures:
         record = {**record, "wandb_run_dir": run_dir, "warnings": record.get("warnings", []) + tracker.failures}
         results.write_record(path, record)

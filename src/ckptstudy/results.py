@@ -4,13 +4,24 @@ Layout under `<root>/<study>/`:
   records/<model>/step<N>.json   one record per job (status ok or failed)
   records/<model>/step<N>.npz    its per-head arrays (layer x head [x ...])
   trajectories.csv               one row per (model, step), one column per scalar metric
+  .lock                          file lock serialising writers of the study (parallel launchers)
+
+Every file is written through `atomic_write_bytes` (a unique hidden temporary file, fsync, rename): a
+process killed at any point leaves either the old file or the new one, never half of one. Temporary
+files a killed writer left behind are never read (their names do not match `step*.json`) and are
+removed by `remove_stale_temps` once their writer is gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import shutil
+import socket
+import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,12 +39,134 @@ def record_path(root: str | Path, study: str, model: str, step: int) -> Path:
     return study_dir(root, study) / "records" / model / f"step{step}.json"
 
 
+TEMP_SUFFIX = ".tmp"
+FOREIGN_TEMP_AGE = 24 * 3600  # a temporary file of another host is removed after this many seconds
+MIN_FREE_BYTES = 50 * 2**20  # a job refuses to start with less free space than this under its records
+
+
+class OutputError(OSError):
+    """The results directory cannot take the job's output (not writable, or the disk is full)."""
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "localhost"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{_host()}.{os.getpid()}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a unique temporary file and rename, so readers never see half a file."""
+    """Write via a unique temporary file (fsync'ed) and rename, so readers never see half a file.
+
+    The temporary file is hidden and named `.<name>.<host>.<pid>.<random>.tmp`: concurrent writers of
+    the same path never share one, and `remove_stale_temps` can tell a dead writer's leftover from a
+    live one's. A write that fails (disk full) removes its temporary file.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temporary files (`.<name>.<host>.<pid>.*.tmp`) that killed writers left in `directory`:
+    those of this host whose process is gone, and those of other hosts older than a day. Returns them."""
+    removed = []
+    host = _host()
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        parts = tmp.name.split(".")  # "", <name parts>, host, pid, random, "tmp"
+        try:
+            tmp_host, pid = parts[-4], int(parts[-3])
+        except (ValueError, IndexError):
+            continue
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except OSError:
+            continue
+        gone = not _pid_alive(pid) if tmp_host == host else age > FOREIGN_TEMP_AGE
+        if gone and pid != os.getpid():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def check_writable(directory: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Refuse (OutputError) an output directory that cannot be created or written, or has less than
+    `min_free` bytes free: a clear error before computing, not after an hour of work."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=_temp_prefix(directory / "write-check"), suffix=TEMP_SUFFIX, dir=directory)
+        os.close(fd)
+        Path(name).unlink()
+    except OSError as err:
+        raise OutputError(f"results directory {directory} is not writable ({type(err).__name__}: {err})") from err
+    free = shutil.disk_usage(directory).free
+    if free < min_free:
+        raise OutputError(
+            f"results directory {directory} has {free / 2**20:.1f} MB free, below the {min_free / 2**20:.0f} MB "
+            "a job needs: free some space or set paths.root to another disk"
+        )
+
+
+def study_lock(root: str | Path, study: str, timeout: float = 600):
+    """The study's file lock (`<root>/<study>/.lock`): serialises its writers across processes.
+
+    Re-entrant in one thread (one lock object per path), so nested use does not deadlock.
+    """
+    from filelock import FileLock
+
+    directory = study_dir(root, study)
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(directory / ".lock"), timeout=timeout, is_singleton=True)
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 of a file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def arrays_mismatch(record_file: Path, record: dict) -> str | None:
+    """Why the arrays file a record names is not the one written with it (None when it is, or when the
+    record names none): missing, or its sha256 differs (a writer was killed between arrays and record)."""
+    name = record.get("arrays")
+    if not name:
+        return None
+    path = Path(record_file).parent / name
+    if not path.exists():
+        return f"its arrays file {path.name} is missing"
+    expected = record.get("arrays_sha256")
+    if expected and file_sha256(path) != expected:
+        return f"its arrays file {path.name} was rewritten after it (an interrupted job)"
+    return None
 
 
 def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None = None) -> dict:
@@ -43,8 +176,9 @@ def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None 
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **{k.replace("/", "__"): np.asarray(v) for k, v in arrays.items()})
         arrays_path = path.with_suffix(".npz")
-        atomic_write_bytes(arrays_path, buffer.getvalue())
-        record = {**record, "arrays": arrays_path.name}
+        data = buffer.getvalue()
+        atomic_write_bytes(arrays_path, data)
+        record = {**record, "arrays": arrays_path.name, "arrays_sha256": hashlib.sha256(data).hexdigest()}
     atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
     return record
 
@@ -118,8 +252,9 @@ def results_table(records: list[dict]):
 
 def write_table(root: str | Path, study: str, table=None):
     """Write `<root>/<study>/trajectories.csv` (rebuilt from the records unless given); returns (path, table)."""
-    if table is None:
-        table = results_table(load_records(root, study))
     path = study_dir(root, study) / TABLE_NAME
-    atomic_write_bytes(path, table.to_csv(index=False).encode())
+    with study_lock(root, study):  # a table rebuilt here reads the records under the lock too
+        if table is None:
+            table = results_table(load_records(root, study))
+        atomic_write_bytes(path, table.to_csv(index=False).encode())
     return path, table

@@ -1,13 +1,15 @@
 """Weights & Biases: one run per checkpoint, one trajectory run per model at the end of a sweep.
 
 Offline by default (no account, no network). Local records stay the source of truth: a W&B failure
-is reported once per `Tracker` (one per job) and never loses a record; `logger.strict=true` makes it
-fatal instead.
+(wandb.init raising, a run dying in `log` or `finish`) is reported once per `Tracker` (one per job: one
+log line, one entry in `failures` that the job puts in its record's `warnings`) and never loses a
+record; `logger.strict=true` makes it fatal instead (TrackingError, which fails the job).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,12 +40,19 @@ class Tracker:
         self.failures: list[str] = []
 
     def report_failure(self, what: str, err: Exception) -> None:
-        """Say once that W&B failed (the local results are unaffected); raise if `logger.strict`."""
-        message = f"W&B {what} failed ({type(err).__name__}: {err}); results are still written locally"
+        """Say once that W&B failed (the local results are unaffected); raise if `logger.strict`.
+
+        Only the first failure is logged and kept in `failures`: a run that died in `log` usually fails
+        again in `finish`, and that is the same failure.
+        """
+        failure = f"W&B {what} failed ({type(err).__name__}: {err})"
         if self.cfg.get("strict", False):
-            raise TrackingError(message) from err
-        if not self.failures:
-            log.warning(message)
+            raise TrackingError(f"{failure} and logger.strict=true makes that fatal") from err
+        message = f"{failure}; results are still written locally"
+        if self.failures:
+            log.debug("W&B failed again: %s", message)
+            return
+        log.warning(message)
         self.failures.append(message)
 
     @contextmanager
@@ -55,20 +64,23 @@ class Tracker:
         if not enabled(self.cfg):
             yield None
             return
-        run = None
         try:
             run = self._init(**init_kwargs)
+        except Exception as err:
+            self.report_failure(what, err)  # raises when strict
+            yield None
+            return
+        try:
             yield run
         except TrackingError:
             raise
         except Exception as err:
             self.report_failure(what, err)
         finally:
-            if run is not None:
-                try:
-                    run.finish()
-                except Exception as err:
-                    self.report_failure(f"{what} (finish)", err)
+            try:
+                run.finish()
+            except Exception as err:
+                self.report_failure(f"{what} (finish)", err)
 
     def _init(self, **kwargs):
         import wandb
@@ -128,10 +140,15 @@ class Tracker:
         onsets: dict[str, float],
         head_tables: dict[str, list[list]] | None = None,
         plot_path: Path | None = None,
+        artifacts: dict[str, Path] | None = None,
     ) -> str | None:
-        """One `job_type=trajectory` run per model: every ok checkpoint in step order against `train/step`."""
+        """One `job_type=trajectory` run per model: every ok checkpoint in step order against `train/step`,
+        tagged `model:<model>` and `study:<study>`; each file of `artifacts` ({kind: path}, e.g. the report
+        and trajectories.csv) is logged as an artifact `<study>-<kind>` of type `<kind>`."""
         config = {"study": self.study, "model": model}
-        with self.run("trajectory run", job_type="trajectory", name=f"{model}/trajectory", config=config) as run:
+        tags = [f"model:{model}"[:64], f"study:{self.study}"[:64]]
+        name = f"{model}/trajectory"
+        with self.run("trajectory run", job_type="trajectory", name=name, config=config, tags=tags) as run:
             if run is None:
                 return None
             import wandb
@@ -148,8 +165,18 @@ class Tracker:
                 run.log({f"heads/{key}": wandb.Table(columns=["step", "layer", "head", "value"], data=data)})
             if plot_path is not None and Path(plot_path).exists():
                 run.log({"trajectory_plot": wandb.Image(str(plot_path))})
+            for kind, path in (artifacts or {}).items():
+                if Path(path).exists():
+                    artifact = wandb.Artifact(_artifact_name(f"{self.study}-{kind}"), type=kind)
+                    artifact.add_file(str(path))
+                    run.log_artifact(artifact)
             return str(Path(run.dir).parent)
         return None
+
+
+def _artifact_name(name: str) -> str:
+    """A W&B artifact name (letters, digits, '-', '_', '.') made from `name`."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:128]
 
 
 def _image(fig):
