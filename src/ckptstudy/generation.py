@@ -10,9 +10,9 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ckptstudy.cycles import LoopRule
+from ckptstudy.progress import progress_bar
 
 
 @dataclass
@@ -68,7 +68,7 @@ def greedy_generate(
         raise ValueError("greedy_generate needs at least one prompt and no empty prompt")
     device = next(model.parameters()).device
     ids_out, ent_out = [], []
-    bar = tqdm(total=len(prompts) * new_tokens, desc=desc, unit="tok", disable=desc is None, leave=False)
+    bar = progress_bar(total=len(prompts) * new_tokens, desc=desc, unit="tok", disable=desc is None, leave=False)
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[start : start + batch_size], pad_id)
         ids, mask = ids.to(device), mask.to(device)

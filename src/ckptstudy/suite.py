@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from ckptstudy.config import compose_config
 from ckptstudy.corpus import load_corpus
 from ckptstudy.neox import make_neox
+from ckptstudy.progress import progress_bar
 from ckptstudy.suite_spec import SuiteSpec, spec_from_config, suite_dir
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False) -> Pa
     save_at = set(spec.checkpoint_steps())
 
     model.train()
-    bar = tqdm(range(spec.total_steps + 1), desc=f"building micro suite {spec.name!r}", unit="step")
+    bar = progress_bar(range(spec.total_steps + 1), desc=f"building micro suite {spec.name!r}", unit="step")
     for step in bar:
         if step in save_at:
             save_checkpoint(model, tokenizer, out_dir / f"step{step}")
