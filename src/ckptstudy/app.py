@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ckptstudy import results
-from ckptstudy.config import CONF_DIR, register_configs
+from ckptstudy.config import register_configs
 from ckptstudy.job import run_job, summary_line
 
 # Launchers that run jobs in other processes (joblib, submitit) unpickle `_hydra_main` there and compose
@@ -18,7 +18,7 @@ from ckptstudy.job import run_job, summary_line
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict:
     record = run_job(cfg)
     print(summary_line(record), flush=True)

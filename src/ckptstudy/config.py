@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ckptstudy.checkpoints import available_steps
 from ckptstudy.schemas import register_family_schemas
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here
 
 
 class Source(str, Enum):

@@ -1,0 +1,1 @@
+"""Hydra configs of ckptstudy (a package so Hydra finds them as pkg://ckptstudy.conf)."""
