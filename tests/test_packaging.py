@@ -4,6 +4,7 @@ the package), and `ckptstudy --help` is ckptstudy's own help."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
