@@ -12,6 +12,11 @@ from conftest import REPO
 
 
 def test_non_editable_install_composes_from_another_directory(tmp_path):
+    # build from a copy: pip builds in the source tree, and the work tree must stay clean
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     site = tmp_path / "site"
     subprocess.run(
         [
@@ -24,7 +29,7 @@ def test_non_editable_install_composes_from_another_directory(tmp_path):
             "--no-build-isolation",
             "--target",
             str(site),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,
