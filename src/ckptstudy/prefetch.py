@@ -1,0 +1,255 @@
+"""`ckptstudy-prefetch model=<m> schedule=<s>`: download every hub revision a sweep will load into the
+Hugging Face cache, before the sweep, where there is network (e.g. a cluster's login node).
+
+Only what loading needs is fetched (`snapshot_download` with `allow_patterns`): config.json and
+generation_config.json, the weights (`*.safetensors`, or `*.bin` only when the revision has no
+safetensors) and the tokenizer files. Revisions download in parallel on a small thread pool. Downloads
+resume: a revision already complete in the cache is not contacted again, and an interrupted file
+resumes from its `.incomplete` blob. Offline (`HF_HUB_OFFLINE=1`) or with `--check`, nothing is
+downloaded: it reports which revisions are cached and exits 1 naming the missing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import disable_progress_bars
+from omegaconf import DictConfig
+
+from ckptstudy import checkpoints
+from ckptstudy.cli import sweep_values, take_override
+from ckptstudy.config import compose_config
+from ckptstudy.progress import is_terminal
+
+DEFAULT_WORKERS = 4  # revisions downloaded at once
+FILES_PER_REVISION = 2  # parallel files inside one revision (snapshot_download's max_workers)
+CONFIG_FILES = ["config.json", "generation_config.json"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+]
+SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
+PICKLED = ["*.bin", "*.bin.index.json"]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One checkpoint to have in the cache."""
+
+    model: str
+    step: int
+    repo: str
+    revision: str
+
+
+@dataclass
+class CacheState:
+    """What the HF cache holds of one revision: complete (loadable offline) or what is missing."""
+
+    missing: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    path: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def allow_patterns(files) -> list[str]:
+    """The patterns to fetch for a revision holding `files` (names): config, tokenizer, and the
+    safetensors weights, or the pickled `*.bin` ones only when there are no safetensors."""
+    has_safetensors = any(fnmatch.fnmatch(name, "*.safetensors") for name in files)
+    return [*CONFIG_FILES, *TOKENIZER_FILES, *(SAFETENSORS if has_safetensors else PICKLED)]
+
+
+def matching(files: dict[str, int | None], patterns: list[str]) -> dict[str, int | None]:
+    return {name: size for name, size in files.items() if any(fnmatch.fnmatch(name, p) for p in patterns)}
+
+
+def cache_state(repo: str, revision: str) -> CacheState:
+    """Whether the HF cache holds what loading `repo@revision` needs: config.json, every weight file (all
+    shards an index names) and a tokenizer. Reads the cache only (no network)."""
+    found = try_to_load_from_cache(repo, "config.json", revision=revision)
+    if not isinstance(found, str):
+        return CacheState(["config.json", "weights", "tokenizer"])
+    snapshot = Path(found).parent
+    files = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
+    missing = weights_missing(snapshot, files)
+    if not any(name in files for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        missing.append("tokenizer")
+    return CacheState(missing, sum(p.stat().st_size for p in files.values()), snapshot)
+
+
+def weights_missing(snapshot: Path, files: dict[str, Path]) -> list[str]:
+    for index, kind in (("model.safetensors.index.json", ".safetensors"), ("pytorch_model.bin.index.json", ".bin")):
+        if index in files:
+            try:
+                shards = set(json.loads(files[index].read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError):
+                return [f"{index} (unreadable)"]
+            return sorted(s for s in shards if s not in files)
+        if any(name.endswith(kind) for name in files):
+            return []
+    return ["weights"]
+
+
+def remote_files(repo: str, revision: str) -> dict[str, int | None]:
+    """{file name: size in bytes} of a hub revision (one listing call)."""
+    tree = HfApi().list_repo_tree(repo, revision=revision, recursive=True)
+    return {entry.path: entry.size for entry in tree if isinstance(entry, RepoFile)}
+
+
+def download(item: Revision) -> dict:
+    """Fetch one revision's loading files into the HF cache; returns what was fetched and how long it took."""
+    started = time.time()
+    files = remote_files(item.repo, item.revision)
+    patterns = allow_patterns(files)
+    planned = matching(files, patterns)
+    snapshot_download(item.repo, revision=item.revision, allow_patterns=patterns, max_workers=FILES_PER_REVISION)
+    state = cache_state(item.repo, item.revision)
+    return {
+        "files": sorted(planned),
+        "nbytes": sum(size or 0 for size in planned.values()),
+        "seconds": time.time() - started,
+        "state": state,
+    }
+
+
+def schedule_steps(cfg: DictConfig, step_value: str | None = None) -> list[int]:
+    """The checkpoint steps a multirun of this config visits: `step_value` (a `step=` sweep) when given,
+    else the schedule's `hydra.sweeper.params.step`; each checked against the model's checkpoints."""
+    if step_value is None:
+        params = cfg.hydra.sweeper.get("params") or {}
+        step_value = str(params.get("step", "final"))
+    available = checkpoints.available_steps(cfg.model)
+    steps = [checkpoints.resolve_step(value, available, cfg.model.name) for value in sweep_values(step_value)]
+    return sorted(set(steps))
+
+
+def revisions_for(cfg: DictConfig, steps: list[int]) -> list[Revision]:
+    if cfg.model.source != "hub":
+        raise PrefetchError(
+            f"model {cfg.model.name} is not a hub model (model.source={cfg.model.source}): nothing to download"
+        )
+    out = []
+    for step in steps:
+        source = checkpoints.source_for(cfg.model, step)
+        out.append(Revision(cfg.model.name, step, source.location, source.revision))
+    return out
+
+
+class PrefetchError(RuntimeError):
+    """The request cannot be served (not a hub model, a bad step); the message says why."""
+
+
+def size_text(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.2f} MB"
+
+
+def names(items: list[Revision]) -> str:
+    """Revision names, prefixed with the repo when the items span several repos."""
+    several = len({item.repo for item in items}) > 1
+    return " ".join(f"{item.repo}@{item.revision}" if several else item.revision for item in items)
+
+
+def prefetch(items: list[Revision], workers: int = DEFAULT_WORKERS, check_only: bool = False, out=print) -> dict:
+    """Report what is cached; download the rest (unless offline or `check_only`). Returns
+    {"cached": [...], "downloaded": [...], "missing": [...] (still missing at the end), "failed": {...}}."""
+    states = {item: cache_state(item.repo, item.revision) for item in items}
+    cached = [item for item in items if states[item].complete]
+    missing = [item for item in items if not states[item].complete]
+    repos = sorted({item.repo for item in items})
+    out(f"{', '.join(repos)}: {len(items)} revision(s); HF cache {constants.HF_HUB_CACHE}")
+    several = len(repos) > 1
+    label = {item: f"{item.repo}@{item.revision}" if several else item.revision for item in items}
+    out(f"cached  {len(cached):4d} ({size_text(sum(states[i].nbytes for i in cached))}): {names(cached) or '-'}")
+    out(f"missing {len(missing):4d}: {names(missing) or '-'}")
+    for item in missing:
+        if states[item].path is not None:
+            out(f"  {label[item]}: partly cached, missing {', '.join(states[item].missing)}")
+    result = {"cached": cached, "downloaded": [], "missing": missing, "failed": {}}
+    if not missing or check_only or checkpoints.hub_offline():
+        return result
+    if not is_terminal(sys.stderr):
+        disable_progress_bars()  # per-file bars from several threads would flood a log file
+    out(f"downloading {len(missing)} revision(s) with {workers} thread(s) ...")
+    started, total = time.time(), 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(download, item): item for item in missing}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                done = future.result()
+            except Exception as err:
+                result["failed"][item] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                out(f"{label[item]}: FAILED {result['failed'][item]}")
+                continue
+            if not done["state"].complete:
+                result["failed"][item] = f"still missing after download: {', '.join(done['state'].missing)}"
+                out(f"{label[item]}: FAILED {result['failed'][item]}")
+                continue
+            total += done["nbytes"]
+            result["downloaded"].append(item)
+            out(f"{label[item]}: {size_text(done['nbytes'])} in {done['seconds']:.0f} s ({len(done['files'])} files)")
+    seconds = max(time.time() - started, 1e-9)
+    out(
+        f"downloaded {len(result['downloaded'])} revision(s), {size_text(total)} in {seconds:.0f} s "
+        f"({total / seconds / 1e6:.1f} MB/s)"
+    )
+    result["missing"] = [item for item in missing if item not in result["downloaded"]]
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`ckptstudy-prefetch model=<m> [schedule=<s> | step=<a>,<b>] [overrides]`: download every checkpoint
+    of the sweep into the HF cache (run it where there is network, e.g. a login node)."""
+    parser = argparse.ArgumentParser(prog="ckptstudy-prefetch", description=main.__doc__)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides: model=, schedule= or step=, model.repo= ...")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="revisions downloaded at once")
+    parser.add_argument("--check", action="store_true", help="only report what is cached; download nothing")
+    args = parser.parse_args(argv)
+    step_value, overrides = take_override(args.overrides, "step")
+    model_value, overrides = take_override(overrides, "model")
+    choices = [m.strip() for m in model_value.split(",")] if model_value else [None]
+    try:
+        items = []
+        for choice in choices:
+            cfg = compose_config([*([f"model={choice}"] if choice else []), *overrides], return_hydra_config=True)
+            items += revisions_for(cfg, schedule_steps(cfg, step_value))
+    except (PrefetchError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    result = prefetch(items, args.workers, args.check)
+    if result["missing"]:
+        if result["failed"]:
+            why = "download failed"
+        elif args.check:
+            why = "--check: not downloaded"
+        else:
+            why = "offline (HF_HUB_OFFLINE=1): not downloaded"
+        print(
+            f"missing {len(result['missing'])} revision(s) ({why}): {names(result['missing'])}\n"
+            "run `ckptstudy-prefetch` with the same model and schedule where there is network (e.g. a login "
+            "node) and share or copy its HF cache here",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    print(f"all {len(items)} revision(s) are in the HF cache: runs can set HF_HUB_OFFLINE=1")
+
+
+if __name__ == "__main__":
+    main()
