@@ -1,10 +1,18 @@
-"""End of a sweep, from records alone: trajectories.csv, onsets.json, the plot, W&B trajectory runs,
-and the printed summary (table, onsets, identical weights, NaN reasons, recomputed and failed jobs)."""
+"""End of a sweep, from records alone: trajectories.csv (with bootstrap interval columns), onsets.json (with
+onset intervals), the plot, report.html, W&B trajectory runs (the report and the table as artifacts), and
+the printed summary (table, onsets, identical weights, NaN reasons, recomputed and failed jobs).
+
+The multirun-end callback, `ckptstudy-trajectories` and `ckptstudy-report` all run `summarize`, so a sweep
+run on a cluster or in pieces is assembled afterwards from its records.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,13 +21,20 @@ import pandas as pd
 import torch
 
 from ckptstudy import results
+from ckptstudy.bootstrap import decode, interval, replicates, without_samples
+from ckptstudy.config import compose_config
 from ckptstudy.metrics.specialization import jaccard, top_heads
-from ckptstudy.onsets import onsets
+from ckptstudy.onsets import onset_intervals, onsets
 from ckptstudy.plots import save_figure, trajectory_figure
+from ckptstudy.report import ReportData, is_head_array, write_report
 from ckptstudy.tracking import Tracker
 
+DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0}
 
-def add_cross_step_columns(table: pd.DataFrame, records: list[dict], k: int = 3) -> pd.DataFrame:
+
+def add_cross_step_columns(
+    table: pd.DataFrame, records: list[dict], k: int = 3, arrays: dict[str, dict] | None = None
+) -> pd.DataFrame:
     """`icl/top{k}_jaccard_prev`: overlap of the top-k ablation heads with the previous ok step's."""
     column = f"icl/top{k}_jaccard_prev"
     values = {}
@@ -29,7 +44,8 @@ def add_cross_step_columns(table: pd.DataFrame, records: list[dict], k: int = 3)
             (r for r in records if r.get("model") == model and r.get("status") == "ok"), key=lambda r: int(r["step"])
         )
         for record in ok:
-            effects = results.read_arrays(Path(record["_path"])).get("icl/ablation_effect")
+            stored = arrays[record["_path"]] if arrays is not None else results.read_arrays(Path(record["_path"]))
+            effects = stored.get("icl/ablation_effect")
             if effects is None:
                 continue
             current = top_heads(torch.from_numpy(effects), k)
@@ -40,14 +56,16 @@ def add_cross_step_columns(table: pd.DataFrame, records: list[dict], k: int = 3)
     return table
 
 
-def head_tables(records: list[dict], model: str) -> dict[str, list[list]]:
-    """Per-head arrays over steps as rows [step, layer, head, value] (2-D layer x head arrays only)."""
+def head_tables(records: list[dict], model: str, arrays: dict[str, dict] | None = None) -> dict[str, list[list]]:
+    """Per-head arrays over steps as rows [step, layer, head, value] (layer x head arrays only: not generated
+    ids or other 2-D raw data)."""
     tables: dict[str, list[list]] = {}
     for record in records:
         if record.get("model") != model or record.get("status") != "ok":
             continue
-        for name, array in results.read_arrays(Path(record["_path"])).items():
-            if array.ndim == 2:
+        stored = arrays[record["_path"]] if arrays is not None else results.read_arrays(Path(record["_path"]))
+        for name, array in without_samples(stored).items():
+            if is_head_array(record, array):
                 rows = tables.setdefault(name, [])
                 rows.extend([int(record["step"]), li, hi, float(x)] for (li, hi), x in np.ndenumerate(array))
     return tables
@@ -62,6 +80,51 @@ def nan_reason_counts(records: list[dict]) -> Counter:
     return counts
 
 
+def record_replicates(records: list[dict], arrays: dict[str, dict], settings: dict) -> dict[tuple[str, int], dict]:
+    """Bootstrap replicates {(model, step): {key: [n]}} of every ok record's scalars that have stored samples
+    (recomputed from the npz: the model is not needed; the same resamples at every step)."""
+    out = {}
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        samples = decode(arrays[record["_path"]])
+        metrics = record.get("metrics") or {}
+        samples = {k: s for k, s in samples.items() if k in metrics}
+        if samples:
+            out[(record["model"], int(record["step"]))] = replicates(samples, int(settings["n"]), int(settings["seed"]))
+    return out
+
+
+def add_interval_columns(table: pd.DataFrame, reps: dict[tuple[str, int], dict], level: float) -> pd.DataFrame:
+    """`<key>/ci_low` and `<key>/ci_high` right after each column `<key>` that has replicates at some step."""
+    bounds: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
+    for where, keys in reps.items():
+        for key, values in keys.items():
+            bounds.setdefault(key, {})[where] = interval(values, level)
+    if not bounds:
+        return table
+    columns = []
+    for column in table.columns:
+        columns.append(column)
+        if column in bounds:
+            columns += [f"{column}/ci_low", f"{column}/ci_high"]
+    where = list(zip(table["model"], table["step"].astype(int)))
+    for key, found in bounds.items():
+        if key in table.columns:
+            table[f"{key}/ci_low"] = [found.get(w, (math.nan, math.nan))[0] for w in where]
+            table[f"{key}/ci_high"] = [found.get(w, (math.nan, math.nan))[1] for w in where]
+    return table[columns]
+
+
+def _settings(bootstrap) -> dict:
+    """n, level, seed of a `report.bootstrap` config, dict or namespace (defaults where absent)."""
+    if bootstrap is None:
+        return dict(DEFAULT_BOOTSTRAP)
+    if isinstance(bootstrap, dict):
+        return {k: bootstrap.get(k, v) for k, v in DEFAULT_BOOTSTRAP.items()}
+    return {k: getattr(bootstrap, k, v) for k, v in DEFAULT_BOOTSTRAP.items()}
+
+
 def summarize(
     root: str,
     study: str,
@@ -71,52 +134,122 @@ def summarize(
     onset_fraction: float = 0.5,
     top_k: int = 3,
     since: str | None = None,
+    onset_persist: int = 2,
+    bootstrap=None,
+    panels_per_family: int = 12,
 ) -> dict:
-    """Rebuild the table, compute onsets, plot, log W&B trajectory runs, print the summary.
+    """Rebuild the table (with interval columns), compute onsets and their intervals, plot, write
+    report.html, log W&B trajectory runs, print the summary.
 
     `since` (ISO time) limits the "recomputed" count to records finished after it (this sweep's).
+    `bootstrap`: n, level, seed (config `report.bootstrap`).
     """
+    settings = _settings(bootstrap)
     records = results.load_records(root, study)
-    table = add_cross_step_columns(results.results_table(records), records, top_k)
-    path, table = results.write_table(root, study, table)
     directory = results.study_dir(root, study)
+    arrays = {r["_path"]: results.read_arrays(Path(r["_path"])) for r in records if r.get("arrays")}
+    arrays.update({r["_path"]: {} for r in records if not r.get("arrays")})
+    table = add_cross_step_columns(results.results_table(records), records, top_k, arrays)
+    started = time.perf_counter()
+    reps = record_replicates(records, arrays, settings)
+    table = add_interval_columns(table, reps, float(settings["level"]))
+    bootstrap_seconds = time.perf_counter() - started
+    path, table = results.write_table(root, study, table)
     if table.empty:
         print(f"no records under {directory / 'records'}")
         return {"table": path, "failed": []}
     summary_metrics = [m for m in (summary_metrics or []) if m in table.columns]
-    found = onsets(table, [m for m in (onset_metrics or []) if m in table.columns], onset_fraction)
-    onsets_json = {f"{m}@{k}": (None if math.isnan(v) else v) for (m, k), v in found.items()}
-    results.atomic_write_bytes(directory / "onsets.json", json.dumps(onsets_json, indent=1).encode())
-    plot_path = directory / "trajectories.png"
+    onset_metrics = [m for m in (onset_metrics or []) if m in table.columns]
+    found = onsets(table, onset_metrics, onset_fraction, onset_persist)
     ok = table[table["status"] == "ok"]
+    steps_by_model = {m: sorted(int(s) for s in part["step"]) for m, part in ok.groupby("model")}
+    values = {(r["model"], int(r["step"])): r.get("metrics") or {} for r in records if r.get("status") == "ok"}
+    started = time.perf_counter()
+    onset_ci = onset_intervals(
+        steps_by_model, reps, values, onset_metrics, onset_fraction, onset_persist, float(settings["level"])
+    )
+    bootstrap_seconds += time.perf_counter() - started
+    write_onsets(directory / "onsets.json", found, onset_ci, onset_fraction, onset_persist, settings)
+    plot_path = directory / "trajectories.png"
     if summary_metrics and not ok.empty:
-        save_figure(trajectory_figure(ok, summary_metrics, found), plot_path)
+        save_figure(trajectory_figure(ok, summary_metrics, found, onset_ci), plot_path)
+    report_data = ReportData(
+        study=study,
+        directory=directory,
+        table=table,
+        records=records,
+        arrays={k: without_samples(v) for k, v in arrays.items()},
+        onsets=found,
+        onset_ci=onset_ci,
+        summary_metrics=summary_metrics,
+        onset_metrics=onset_metrics,
+        onset_fraction=onset_fraction,
+        onset_persist=onset_persist,
+        bootstrap=settings,
+        panels_per_family=panels_per_family,
+        bootstrap_seconds=bootstrap_seconds,
+    )
+    report_path = write_report(directory / "report.html", report_data)
     if logger_cfg is not None:
         tracker = Tracker(logger_cfg, directory, study)
         for model in sorted(table["model"].unique()):
             model_onsets = {metric: v for (m, metric), v in found.items() if m == model and not math.isnan(v)}
-            tracker.log_trajectory(model, table, model_onsets, head_tables(records, model), plot_path)
+            for (m, metric), ci in onset_ci.items():
+                if m == model and all(np.isfinite(ci["ci"])):
+                    model_onsets.update({f"{metric}/ci_low": ci["ci"][0], f"{metric}/ci_high": ci["ci"][1]})
+            artifacts = {"report": report_path, "trajectories": path}
+            tracker.log_trajectory(
+                model, table, model_onsets, head_tables(records, model, arrays), plot_path, artifacts
+            )
     failed = table[table["status"] != "ok"]
     recomputed = [
         r for r in records if r.get("recomputed_because") and (since is None or r.get("finished_at", "") >= since)
     ]
-    print_summary(table, summary_metrics, found, failed, path, plot_path, directory)
+    print_summary(table, summary_metrics, found, failed, path, plot_path, directory, onset_ci)
+    print(f"report:  {report_path}")
     print_notes(nan_reason_counts(records), recomputed)
     return {
         "table": path,
         "plot": plot_path,
+        "report": report_path,
+        "report_data": report_data,
         "onsets": found,
+        "onset_intervals": onset_ci,
         "failed": failed[["model", "step"]].values.tolist(),
         "recomputed": len(recomputed),
+        "bootstrap_seconds": bootstrap_seconds,
     }
 
 
-def print_summary(table, metrics, found, failed, path, plot_path, directory) -> None:
+def write_onsets(path: Path, found: dict, onset_ci: dict, fraction: float, persist: int, settings: dict) -> None:
+    """onsets.json: the rule, and per `<metric>@<model>` the onset step (null = no held change), its interval
+    and the share of bootstrap replicates that have an onset (both null without stored samples)."""
+
+    def number(x):
+        return None if x is None or not np.isfinite(x) else float(x)
+
+    entries = {}
+    for (model, metric), value in sorted(found.items()):
+        ci = onset_ci.get((model, metric)) or {}
+        entries[f"{metric}@{model}"] = {
+            "step": number(value),
+            "ci": [number(x) for x in ci["ci"]] if ci else None,
+            "with_onset": ci.get("with_onset"),
+        }
+    rule = {"fraction": fraction, "persist": persist, "bootstrap": settings}
+    results.atomic_write_bytes(path, json.dumps({"rule": rule, "onsets": entries}, indent=1).encode())
+
+
+def print_summary(table, metrics, found, failed, path, plot_path, directory, onset_ci=None) -> None:
+    onset_ci = onset_ci or {}
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(f"\n== trajectories ({len(table)} checkpoints) ==")
         print(table[["model", "step", "status", *metrics]].to_string(index=False))
     for (model, metric), value in sorted(found.items()):
         shown = "no change" if math.isnan(value) else f"~step {value:.0f}"
+        low, high = (onset_ci.get((model, metric)) or {}).get("ci", [math.nan, math.nan])
+        if np.isfinite(low) and np.isfinite(high):
+            shown += f" (95% interval {low:.0f}-{high:.0f})" if not math.isnan(value) else ""
         print(f"onset {model} {metric}: {shown}")
     dup = table[table["identical_weights_as"].astype(str) != ""]
     for _, row in dup.iterrows():
@@ -158,4 +291,18 @@ def summarize_study(cfg, since: str | None = None) -> dict:
         report.onset_fraction,
         top_k=int(icl.get("top_k", 3)),
         since=since,
+        onset_persist=int(report.get("onset_persist", 2)),
+        bootstrap=report.get("bootstrap"),
+        panels_per_family=int(report.get("panels_per_family", 12)),
     )
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """`ckptstudy-report [overrides]`, e.g. `ckptstudy-report study=pythia160m`: rebuild trajectories.csv (with
+    interval columns), onsets.json, the plot and report.html, and log the W&B trajectory runs (`logger=none`
+    skips them), from the study's records alone: sweeps run on a cluster or in pieces are assembled here."""
+    parser = argparse.ArgumentParser(prog="ckptstudy-report", description=report_main.__doc__)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. study=mine paths.root=outputs logger=none")
+    args = parser.parse_args(argv)
+    out = summarize_study(compose_config(args.overrides))
+    sys.exit(1 if out["failed"] else 0)

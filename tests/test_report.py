@@ -1,0 +1,258 @@
+"""report.html and the end-of-sweep summary, from records alone: interval columns, onset intervals, a
+self-contained page (checked as a person sees it, in headless Chromium), the console script, W&B tags and
+artifacts. The study is written the way jobs write it (FamilyResult -> record + npz), without a model."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ckptstudy import results
+from ckptstudy.bootstrap import Sample
+from ckptstudy.metrics import FamilyResult
+from ckptstudy.report import render
+from ckptstudy.summary import report_main, summarize
+
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+SETTINGS = {"n": 100, "level": 0.9, "seed": 0}
+MODELS = {"small": 4096, "large": 2048}  # tokens per step
+
+
+def checkpoint_result(step: int, middle: float, rng) -> FamilyResult:
+    """What a family would report at one checkpoint: a rate over 40 prompts that rises around `middle`
+    (per-prompt 0/1 sample) and a per-head score (per-prompt per-head sample, layer x head array)."""
+    p = 1 / (1 + math.exp(-(math.log1p(step) - math.log1p(middle)) * 3))
+    hits = (rng.random(40) < 0.05 + 0.9 * p).astype(float)
+    heads = rng.random((40, 2, 2)) * 0.1
+    heads[:, 1, 0] += p  # one head forms
+    result = FamilyResult()
+    result.set("x/rate", hits.mean(), "")
+    result.set("x/score_max", heads.mean(0).max(), "")
+    result.set("x/count", 40, "")  # not an estimate: no sample
+    result.add_sample("x/rate", Sample("mean", hits, prompts="p"))
+    result.add_sample("x/score_max", Sample("max_of_mean", heads, prompts="q"))
+    result.arrays["x/score"] = heads.mean(0)
+    result.raw["x/generated"] = rng.integers(0, 9, (40, 7))  # 2-D raw data, not a head array
+    if step == 0:
+        result.nan("x/late", "nothing to measure at step 0")
+    else:
+        result.set("x/late", p, "")
+    return result
+
+
+def write_study(root: Path, study: str = "demo") -> Path:
+    rng = np.random.default_rng(0)
+    for model, tokens in MODELS.items():
+        middle = 20 if model == "small" else 100
+        for step in STEPS:
+            path = results.record_path(root, study, model, step)
+            config = {"model": {"name": model, "n_layers": 2, "n_heads": 2, "tokens_per_step": tokens}, "seed": 0}
+            record = {"model": model, "step": step, "study": study, "config": config, "config_hash": "abc"}
+            if model == "large" and step == 64:
+                record.update(status="failed", error={"type": "OSError", "message": "disk on fire", "traceback": "T"})
+                results.write_record(path, record)
+                continue
+            measured = checkpoint_result(step, middle, rng)
+            sha = "same" if (model == "large" and step in (128, 256)) else f"{model}{step}"
+            record.update(
+                status="ok",
+                metrics=measured.scalars,
+                nan_reasons=measured.nan_reasons,
+                weights_sha256=sha,
+                seconds=1.5,
+                finished_at=f"2026-01-01T00:00:{step % 60:02d}",
+                ci=measured.intervals(SimpleNamespace(**SETTINGS)),
+            )
+            results.write_record(path, record, {**measured.arrays, **measured.raw})
+    return root / study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    directory = write_study(root)
+    out = summarize(
+        str(root),
+        "demo",
+        None,
+        ["x/rate", "x/score_max"],
+        ["x/rate", "x/score_max", "x/late"],
+        0.5,
+        onset_persist=2,
+        bootstrap=SETTINGS,
+    )
+    return {"root": root, "dir": directory, "out": out}
+
+
+def test_csv_has_interval_columns_beside_each_value_equal_to_the_records(study):
+    table = pd.read_csv(study["dir"] / "trajectories.csv")
+    columns = list(table.columns)
+    for key in ("x/rate", "x/score_max"):
+        at = columns.index(key)
+        assert columns[at + 1 : at + 3] == [f"{key}/ci_low", f"{key}/ci_high"]
+    assert "x/count/ci_low" not in columns and "x/late/ci_low" not in columns  # no sample, no interval
+    ok = table[table["status"] == "ok"]
+    assert (ok["x/rate/ci_low"] <= ok["x/rate"]).all() and (ok["x/rate"] <= ok["x/rate/ci_high"]).all()
+    # recomputed from the stored samples, without the model: the same as the record's own `ci`
+    for record in results.load_records(study["root"], "demo"):
+        if record["status"] != "ok":
+            continue
+        row = ok[(ok["model"] == record["model"]) & (ok["step"] == record["step"])].iloc[0]
+        assert [row["x/rate/ci_low"], row["x/rate/ci_high"]] == pytest.approx(record["ci"]["x/rate"])
+
+
+def test_onsets_have_intervals_from_replicated_trajectories(study):
+    data = json.loads((study["dir"] / "onsets.json").read_text())
+    assert data["rule"]["persist"] == 2 and data["rule"]["bootstrap"]["n"] == 100
+    small, large = data["onsets"]["x/rate@small"], data["onsets"]["x/rate@large"]
+    assert small["step"] < large["step"]  # the small model's rate rises first (around 20 vs 100)
+    for entry in (small, large):
+        low, high = entry["ci"]
+        assert low <= entry["step"] <= high and entry["with_onset"] > 0.5
+    assert data["onsets"]["x/late@small"]["ci"] is None  # no samples: an onset without an interval
+
+
+def test_report_is_one_self_contained_page_with_every_section(study):
+    page = (study["dir"] / "report.html").read_text()
+    assert "<script" not in page  # no script outside test mode; the CSP forbids it too
+    assert "default-src 'none'; img-src data:" in page
+    sources = re.findall(r'(?:src|href)="?([^" >]+)', page)
+    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources), set(sources)
+    assert not re.search(r"https?://", page)
+    for text in (
+        "Onsets",
+        "x/rate",
+        "by tokens seen",
+        "by step",
+        "head x step",
+        "first onset last",
+        "disk on fire",  # the failed checkpoint's error
+        "same weights as step(s)",
+        "nothing to measure at step 0",  # a NaN reason
+        "No interval: x/late",
+        "How this was made",
+        "Versions",
+    ):
+        assert text in page, text
+    assert "x/generated" not in page  # 2-D raw data is not drawn as a head array
+    assert "id=axis-tokens" in page and "#axis-tokens:checked ~ main .by-tokens{display:block}" in page
+
+
+def test_head_tables_for_wandb_hold_layer_x_head_arrays_only(study):
+    from ckptstudy.summary import head_tables
+
+    records = results.load_records(study["root"], "demo")
+    tables = head_tables(records, "small")
+    assert set(tables) == {"x/score"} and len(tables["x/score"]) == len(STEPS) * 4
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_browser(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    return subprocess.run(
+        [chromium(), *flags, *args, page.resolve().as_uri()], capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.mark.skipif(chromium() is None, reason="no headless browser: install Debian's `chromium` to run this check")
+def test_report_renders_in_a_browser_without_errors_and_every_image_decodes(study, tmp_path):
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(render(study["out"]["report_data"], test_hooks=True))
+    dom = run_browser(page, tmp_path, "--virtual-time-budget=20000", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    attributes = dict(re.findall(r'data-([a-z]+)="([^"]*)"', body))
+    assert attributes.get("checked") == "yes", body  # the page loaded and the checks ran
+    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []  # no script or resource error
+    assert json.loads(attributes["undecoded"].replace("&quot;", '"')) == []  # every image decoded
+    assert int(attributes["images"]) >= 6
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr, dom.stderr[-2000:]
+
+    shot = tmp_path / "shot.png"
+    taken = run_browser(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,2000")
+    assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # not blank: text, tables and plots
+
+
+def test_a_broken_image_is_caught_by_the_browser_check(study, tmp_path):
+    if chromium() is None:
+        pytest.skip("no headless browser: install Debian's `chromium` to run this check")
+    from ckptstudy.report import TEST_SCRIPT
+
+    page = tmp_path / "broken.html"
+    page.write_text(
+        f"<html><head>{TEST_SCRIPT}</head><body><img alt=bad src='data:image/png;base64,AAAA'>"
+        "<script>undefined_function()</script></body></html>"
+    )
+    dom = run_browser(page, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    attributes = dict(re.findall(r'data-([a-z]+)="([^"]*)"', body))
+    assert json.loads(attributes["undecoded"].replace("&quot;", '"')) == ["bad"]
+    assert any("undefined_function" in e for e in json.loads(attributes["errors"].replace("&quot;", '"')))
+
+
+def test_console_script_rebuilds_everything_from_records(tmp_path):
+    write_study(tmp_path, "pieces")
+    overrides = [f"paths.root={tmp_path}", "study=pieces", "logger=none", "report.bootstrap.n=50"]
+    with pytest.raises(SystemExit) as exit_code:
+        report_main(overrides)
+    assert exit_code.value.code == 1  # one checkpoint failed
+    for name in ("trajectories.csv", "onsets.json", "report.html"):
+        assert (tmp_path / "pieces" / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "pieces" / "onsets.json").read_text())["rule"]["bootstrap"]["n"] == 50
+
+
+def test_trajectory_runs_carry_tags_and_the_report_and_table_as_artifacts(tmp_path):
+    from wandb.proto import wandb_internal_pb2
+
+    from wandb_files import raw_records
+
+    write_study(tmp_path, "tracked")
+    logger = SimpleNamespace(backend="wandb", mode="offline", project="ckptstudy-test", entity=None, strict=True)
+    logger.get = lambda key, default=None: getattr(logger, key, default)
+    summarize(str(tmp_path), "tracked", logger, ["x/rate"], ["x/rate"], 0.5, bootstrap=SETTINGS)
+    found = {}
+    for run in sorted((tmp_path / "tracked" / "wandb").glob("offline-run-*")):
+        (path,) = run.glob("run-*.wandb")
+        tags, artifacts = [], {}
+        for blob in raw_records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(blob)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                tags = list(record.run.tags)
+            elif kind == "artifact":
+                artifacts[record.artifact.type] = [entry.path for entry in record.artifact.manifest.contents]
+        found[tags[0]] = (tags, artifacts)
+    assert set(found) == {"model:small", "model:large"}
+    for tags, artifacts in found.values():
+        assert "study:tracked" in tags
+        assert artifacts["report"] == ["report.html"] and artifacts["trajectories"] == ["trajectories.csv"]
