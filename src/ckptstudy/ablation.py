@@ -156,9 +156,9 @@ def exact_effects(
             hidden = clean.resid[layer][prompt]
             kwargs = _index_kwargs(clean.layer_kwargs, prompt, n)
             with _ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
-                hidden = parts.layers[layer](hidden, **kwargs)
+                hidden = layer_output(parts.layers[layer](hidden, **kwargs))
             for later in parts.layers[layer + 1 :]:
-                hidden = later(hidden, **kwargs)
+                hidden = layer_output(later(hidden, **kwargs))
             row_mask = mask[prompt]
             logits = _unembed(model, hidden[row_mask])
             want = expected[prompt][row_mask[:, :-1]]
@@ -168,6 +168,11 @@ def exact_effects(
         for h in layer_heads:
             effects[layer, h] = (clean.score_sum - float(totals[h])) / clean.n_targets
     return effects
+
+
+def layer_output(output) -> torch.Tensor:
+    """A decoder layer's hidden states: transformers < 5.x returned a tuple, later releases the tensor."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:
