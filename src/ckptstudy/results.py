@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 TABLE_NAME = "trajectories.csv"
-RECORD_COLUMNS = ["model", "step", "status", "revision", "weights_sha256", "identical_weights_as"]
+RECORD_COLUMNS = ["model", "step", "status", "revision", "weights_sha256", "identical_weights_as", "nonfinite"]
 
 
 def study_dir(root: str | Path, study: str) -> Path:
@@ -38,6 +39,8 @@ def study_dir(root: str | Path, study: str) -> Path:
 def record_path(root: str | Path, study: str, model: str, step: int) -> Path:
     return study_dir(root, study) / "records" / model / f"step{step}.json"
 
+
+log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 FOREIGN_TEMP_AGE = 24 * 3600  # a temporary file of another host is removed after this many seconds
@@ -184,11 +187,16 @@ def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None 
 
 
 def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None when missing or unreadable."""
+    """The record at `path`, or None when missing or unreadable (an unreadable one is logged: its job
+    is then measured again)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        log.warning("record %s is unreadable (%s: %s): ignored, its job runs again", path, type(err).__name__, err)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def read_arrays(record_file: Path) -> dict[str, np.ndarray]:
@@ -209,7 +217,15 @@ def load_records(root: str | Path, study: str) -> list[dict]:
         if record is not None:
             record["_path"] = str(path)
             records.append(record)
-    return sorted(records, key=lambda r: (r.get("model", ""), int(r.get("step", -1))))
+    return sorted(records, key=lambda r: (str(r.get("model", "")), step_number(r)))
+
+
+def step_number(record: dict) -> int:
+    """The record's step as an int; -1 for a failure record whose step never resolved (e.g. step=banana)."""
+    try:
+        return int(record.get("step", -1))
+    except (TypeError, ValueError):
+        return -1
 
 
 def identical_weight_groups(records: list[dict]) -> dict[tuple[str, int], list[int]]:
@@ -235,11 +251,13 @@ def results_table(records: list[dict]):
     for r in records:
         row = {
             "model": r.get("model"),
-            "step": int(r.get("step", -1)),
+            "step": step_number(r),
             "status": r.get("status"),
             "revision": r.get("revision"),
             "weights_sha256": r.get("weights_sha256"),
-            "identical_weights_as": " ".join(map(str, duplicates.get((r.get("model"), int(r.get("step", -1))), []))),
+            "identical_weights_as": " ".join(map(str, duplicates.get((r.get("model"), step_number(r)), []))),
+            # "weights" / "activations": the checkpoint computed non-finite values (see the record's warnings)
+            "nonfinite": " ".join(k for k in ("weights", "activations") if (r.get("nonfinite") or {}).get(k)),
         }
         row.update(r.get("metrics") or {})
         rows.append(row)
