@@ -1,0 +1,703 @@
+"""`ckptstudy-plan`: what a sweep will cost, before any weights are downloaded.
+
+    ckptstudy-plan model=pythia-160m schedule=all [hydra overrides] [--gpu A100-80GB] [--json]
+
+From the composed config (the same overrides `ckptstudy -m` takes) it lists the checkpoints the sweep visits,
+the bytes to download (parameter count from model.n_layers / d_model / n_heads and the vocabulary; hub
+checkpoints are float16 files), and per job and per enabled metric family: the forward passes the family's
+code runs at the configured probe sizes (probes.*, loops.new_tokens, the family's parameters), their FLOPs,
+their peak activation memory, and the wall time on this machine and on a named GPU class.
+
+The cost model (every number is an estimate; assumptions are printed with the plan):
+- a forward over s tokens: 24 d^2 FLOPs per token and layer (Pythia: QKV + output 4 d^2, MLP 8 d^2, x2),
+  causal attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d, and
+  moves the [heads, s, s] weights through memory about 6 times), 2 d V per unembedded position, x3 with a
+  backward pass;
+- greedy decoding: a prefill, then per step max(FLOPs / rate, weights and KV-cache bytes / bandwidth) plus a
+  per-layer call overhead (Python and kernel launches);
+- this machine: the float32 matmul rate, memory bandwidth and per-layer overhead measured at plan time
+  (under a second), or the calibration `make bench` stored in outputs/bench/calibration.json on this CPU;
+  forward efficiency (achieved / matmul rate) from that calibration, else 0.7;
+- a GPU class: its published peak (bf16 tensor cores for dtype auto/bfloat16/float16, float32 otherwise)
+  and bandwidth, at the efficiencies in GPU_EFFICIENCY (assumptions: no GPU was available to measure);
+- natural loops: a share `--loop-share` (default 0.5) of the natural prompts loops, their targets start
+  half-way through the generation; the sink neuron patch runs (some neuron passes neuron_z);
+- attention: checkpoints are loaded with `LOADED_ATTENTION` (eager today), so generation, ablation,
+  perturbation and sink passes use it; icl/ and lowinfo/ statistics use the fused path (capture_stats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
+PYTHIA_VOCAB = 50304
+PYTHIA_CONTEXT = 2048
+HUB_BYTES_PER_PARAM = 2  # Pythia hub checkpoints are float16 safetensors / bin files
+STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fused pass's extra value width
+CALIBRATION = Path("outputs") / "bench" / "calibration.json"
+
+# published peaks (dense, no sparsity): (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s, memory GB/s, memory GB)
+GPUS = {
+    "T4": (65.0, 8.1, 320.0, 16),
+    "L4": (121.0, 30.3, 300.0, 24),
+    "A10G": (70.0, 31.2, 600.0, 24),
+    "RTX-4090": (165.0, 82.6, 1008.0, 24),
+    "A100-40GB": (312.0, 19.5, 1555.0, 40),
+    "A100-80GB": (312.0, 19.5, 2039.0, 80),
+    "H100-SXM": (989.0, 67.0, 3350.0, 80),
+}
+GPU_EFFICIENCY = {"compute": 0.35, "bandwidth": 0.6, "layer_overhead_ms": 0.1}  # assumptions, not measured
+
+
+@dataclass
+class Shape:
+    """A GPT-NeoX model in Pythia's choices (parallel residual, untied embeddings, MLP 4 d)."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    vocab: int
+    context: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def params(self) -> int:
+        d = self.d_model
+        return 2 * self.vocab * d + self.n_layers * (12 * d * d + 13 * d) + 2 * d
+
+
+@dataclass
+class Machine:
+    """What the time estimate assumes about the hardware."""
+
+    name: str
+    gflops: float  # sustained forward rate (GFLOP/s) of large GEMM-bound passes
+    bandwidth_gbs: float  # memory bandwidth (GB/s)
+    layer_overhead_ms: float  # per layer and forward call (Python, kernel launches)
+    source: str  # how the numbers were obtained
+
+
+@dataclass
+class Pass:
+    """Forward passes one family runs: `rows` sequences of `seq` tokens, `batch` rows per call, `layers`
+    layers each, `unembed` unembedded positions per row; `decode` > 0 = greedy steps after a prefill of `seq`
+    tokens (prompts of `rows` rows padded to `seq`)."""
+
+    what: str
+    rows: int
+    seq: int
+    batch: int
+    layers: float
+    unembed: int = 0
+    attention: str = LOADED_ATTENTION  # eager | sdpa | fused
+    backward: bool = False
+    decode: int = 0
+    keep_layers: int = 0  # layers of residuals kept alive across calls (exact ablation)
+
+    @property
+    def calls(self) -> int:
+        return max(1, math.ceil(self.rows / max(1, self.batch))) if self.rows else 0
+
+
+def pass_flops(p: Pass, shape: Shape) -> float:
+    d, s = shape.d_model, p.seq
+    attn = {"sdpa": 2.0, "eager": 4.0, "fused": 2.0 + 2.0 * (shape.head_dim + STATS_CLASSES) / shape.head_dim}
+    prefill = p.rows * (
+        s * p.layers * 24 * d * d + p.layers * attn[p.attention] * s * s * d + p.unembed * 2 * d * shape.vocab
+    )
+    if p.backward:
+        prefill *= 3
+    decode = 0.0
+    for step in range(p.decode):
+        keys = s + step + 1
+        decode += p.rows * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
+    return prefill + decode
+
+
+def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> float:
+    if p.rows == 0:
+        return 0.0
+    d, s = shape.d_model, p.seq
+    rate = machine.gflops * 1e9
+    bandwidth = machine.bandwidth_gbs * 1e9
+    prefill = Pass(**{**asdict(p), "decode": 0})
+    seconds = pass_flops(prefill, shape) / rate + p.calls * p.layers * machine.layer_overhead_ms / 1e3
+    if p.attention == "eager":  # [b, h, s, s] weights written and read ~6 times per layer
+        seconds += p.rows * p.layers * shape.n_heads * s * s * dtype_bytes * 6 / bandwidth * (3 if p.backward else 1)
+    weights = shape.params * dtype_bytes
+    for step in range(p.decode):
+        keys = s + step + 1
+        for start in range(0, p.rows, max(1, p.batch)):
+            b = min(p.batch, p.rows - start)
+            flops = b * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
+            cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
+            seconds += max(flops / rate, (weights + cache) / bandwidth)
+            seconds += shape.n_layers * machine.layer_overhead_ms / 1e3
+    return seconds
+
+
+def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
+    """Largest transient memory of one call of the pass (weights not included)."""
+    d, s, b = shape.d_model, p.seq, min(p.batch, max(p.rows, 1))
+    layer_acts = b * s * d * 20 * dtype_bytes  # qkv, rotary copies, attention output, MLP 4d x2, residuals
+    if p.attention == "eager":
+        attention = b * shape.n_heads * s * s * dtype_bytes * 3  # scores, masked scores, softmax
+    elif p.attention == "fused":
+        attention = b * shape.n_heads * s * (shape.head_dim + STATS_CLASSES) * 8 * 3
+    else:
+        attention = 0
+    if p.attention == "fused":  # capture_stats unembeds one row at a time
+        logits = min(p.unembed, s) * shape.vocab * 4 * 2
+    else:
+        logits = b * min(p.unembed, s) * shape.vocab * 4 * 2  # logits + log_softmax, float32
+    if p.backward:
+        layer_acts *= shape.n_layers
+        attention *= shape.n_layers
+    if p.decode:
+        cache = 2 * shape.n_layers * b * (s + p.decode) * d * dtype_bytes
+        logits = max(logits, b * s * shape.vocab * 4)  # the prefill's logits over every prompt position
+        return layer_acts + attention + logits + cache
+    kept = p.keep_layers * p.rows * s * d * dtype_bytes
+    return layer_acts + attention + logits + kept
+
+
+# ---------------------------------------------------------------- the families' passes
+
+
+def _params(cfg, family: str) -> dict:
+    """A family's parameters: its yaml over its measure function's defaults."""
+    from omegaconf import OmegaConf
+
+    from ckptstudy.metrics import family_function
+
+    values = OmegaConf.to_container(cfg.metrics[family], resolve=True)
+    fn, given = family_function(family, values)
+    defaults = {
+        k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **given}
+
+
+@dataclass
+class Probes:
+    """The probe sizes a job uses (configured sizes, clipped to the context like the families do)."""
+
+    rr_n: int
+    rr_len: int  # 1 + 2R
+    repeat: int
+    nat_n: int
+    nat_len: int
+    gen: int  # natural continuation length
+    icl_n: int
+    icl_len: int  # passage length
+    icl_seq: int  # passage x copies (clipped)
+    lt_n: int
+    lt_len: int
+    batch: int
+    loop_share: float
+
+    @property
+    def looping(self) -> int:
+        return round(self.nat_n * self.loop_share)
+
+
+def probe_sizes(cfg, context: int, loop_share: float) -> Probes:
+    p = cfg.probes
+    nat_len = p.natural.length
+    return Probes(
+        rr_n=p.random_repeat.n,
+        rr_len=1 + 2 * p.random_repeat.length,
+        repeat=p.random_repeat.length,
+        nat_n=p.natural.n,
+        nat_len=nat_len,
+        gen=max(0, min(cfg.loops.new_tokens, context - nat_len)),
+        icl_n=p.icl_repeat.n,
+        icl_len=p.icl_repeat.length,
+        icl_seq=min(p.icl_repeat.length * p.icl_repeat.copies, context),
+        lt_n=p.long_text.n,
+        lt_len=min(p.long_text.length, context),
+        batch=cfg.batch_size,
+        loop_share=loop_share,
+    )
+
+
+def natural_generation(pr: Probes, shape: Shape) -> list[Pass]:
+    return [Pass("natural greedy continuations", pr.nat_n, pr.nat_len, pr.batch, shape.n_layers, decode=pr.gen)]
+
+
+def _exact(what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int, heads: int | None = None) -> list:
+    """Exact ablation: a clean pass, then per layer its heads' variants through the remaining layers."""
+    L, H = shape.n_layers, shape.n_heads
+    out = [Pass(f"{what}: clean pass", rows, seq, rows, L, unembed=targets, keep_layers=L)]
+    if heads is None:  # every head
+        variants = H * rows
+        layers = (L + 1) / 2  # average layers run after the ablated one (it included)
+        out.append(Pass(f"{what}: {H * L} ablated heads", variants * L, seq, max_rows, layers, unembed=targets))
+    else:
+        out.append(Pass(f"{what}: {heads} ablated heads", heads * rows, seq, max_rows, (L + 1) / 2, unembed=targets))
+    return out
+
+
+def icl_heads_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
+    L = shape.n_layers
+    out = [
+        Pass(
+            "head patterns + NLL on random_repeat",
+            pr.rr_n,
+            pr.rr_len,
+            pr.batch,
+            L,
+            unembed=pr.rr_len,
+            attention="fused",
+        ),
+        Pass("NLL on long_text", pr.lt_n, pr.lt_len, max(1, pr.batch // 4), L, unembed=pr.lt_len, attention="fused"),
+    ]
+    room = shape.context - pr.icl_seq
+    out.append(
+        Pass(
+            "icl_repeat continuation",
+            pr.icl_n,
+            pr.icl_seq,
+            pr.batch,
+            L,
+            decode=min(params["rate_cycles"] * pr.icl_len, room),
+        )
+    )
+    mode = params["mode"]
+    icl_targets = max(0, pr.icl_seq - pr.icl_len - 1)
+    nat_seq, nat_targets = pr.nat_len + pr.gen, pr.gen // 2
+    max_rows = params["max_rows"]
+    if mode == "exact":
+        out += _exact("ICL-loop ablation", pr.icl_n, pr.icl_seq, icl_targets, shape, max_rows)
+        out += _exact("natural-loop ablation", pr.looping, nat_seq, nat_targets, shape, max_rows)
+    elif mode == "attribution":
+        out.append(
+            Pass(
+                "ICL-loop attribution (fwd + bwd)",
+                pr.icl_n,
+                pr.icl_seq,
+                pr.icl_n,
+                L,
+                unembed=icl_targets,
+                backward=True,
+            )
+        )
+        out.append(
+            Pass(
+                "natural-loop attribution (fwd + bwd)",
+                pr.looping,
+                nat_seq,
+                pr.looping,
+                L,
+                unembed=nat_targets,
+                backward=True,
+            )
+        )
+        k = params.get("validate_k", 0)
+        if k:
+            out += _exact("attribution check", pr.icl_n, pr.icl_seq, icl_targets, shape, max_rows, heads=2 * k)
+    return out
+
+
+def low_info_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
+    L = shape.n_layers
+    return [
+        Pass("class mass + entropy, natural loops", pr.looping, pr.nat_len + pr.gen, pr.batch, L, attention="fused"),
+        Pass("class mass + entropy, icl_repeat", pr.icl_n, pr.icl_seq, pr.batch, L, attention="fused"),
+        Pass("class mass + entropy, long_text", pr.lt_n, pr.lt_len, pr.batch, L, attention="fused"),
+    ]
+
+
+def sink_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
+    L, room = shape.n_layers, shape.context - 1
+    text_rows = min(params["text_rows"], pr.lt_n)
+    k = min(params["repeat_k"], room)
+    out = [
+        Pass(
+            "sink mass + neuron moments on long_text (x2 with the patch)",
+            2 * text_rows,
+            pr.lt_len,
+            pr.batch,
+            L,
+            unembed=pr.lt_len,
+        ),
+        Pass(
+            "BOS + token x K convergence (x2 with the patch)", 2 * params["n_tokens"], 1 + k, pr.batch, L, unembed=1 + k
+        ),
+        Pass("single tokens", params["n_tokens"], 1, pr.batch, L, unembed=1),
+    ]
+    new = params["new_tokens"]
+    ks = sorted({min(int(x), room - new) for x in params["divergence_k"]})
+    rows = [kk + 1 for kk in ks for _ in range(params["divergence_tokens"])]  # grouped by K
+    batch = params["divergence_batch"]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        out.append(
+            Pass(f"divergence generation, K <= {chunk[-1] - 1} (padded)", len(chunk), chunk[-1], batch, L, decode=new)
+        )
+    return out
+
+
+def perturb_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
+    L, layer = shape.n_layers, params["layer"]
+    n = min(params["n_prompts"], pr.lt_n)
+    group = 1 + params["n_eps"] * params["draws"]
+    ind_n = min(params["induction_prompts"], pr.rr_n)
+    ind_group = 1 + params["induction_positions"] * params["induction_draws"]
+    per_call = lambda g: max(1, params["max_rows"] // g) * g  # noqa: E731 - whole groups per call
+    return [
+        Pass("clean residual of long_text", n, pr.lt_len, pr.batch, max(layer, 1)),
+        Pass("perturbed copies of long_text", n * group, pr.lt_len, per_call(group), L - layer),
+        Pass("induction signature (probe + control)", 2 * ind_n * ind_group, pr.rr_len, per_call(ind_group), L - layer),
+    ]
+
+
+FAMILIES = {
+    "icl_heads": icl_heads_passes,
+    "repetition": lambda pr, shape, params: [],  # reads the shared natural continuations only
+    "low_info": low_info_passes,
+    "sink": sink_passes,
+    "perturb": perturb_passes,
+}
+
+
+# ---------------------------------------------------------------- machine calibration
+
+
+def measure_machine(threads: int | None = None) -> Machine:
+    """This machine's float32 matmul rate, memory bandwidth and per-layer call overhead (about a second)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    gflops = 2 * 1024**3 / best / 1e9
+    big = torch.empty(64 * 2**20 // 4)
+    other = torch.empty_like(big)
+    other.copy_(big)
+    copy = min(_timed(lambda: other.copy_(big)) for _ in range(3))
+    bandwidth = 2 * big.numel() * 4 / copy / 1e9
+    overhead = _layer_overhead_ms()
+    return Machine(
+        name=f"this machine ({_cpu_name()}, {torch.get_num_threads()} threads)",
+        gflops=round(gflops * 0.7, 1),
+        bandwidth_gbs=round(bandwidth, 1),
+        layer_overhead_ms=round(overhead, 3),
+        source=f"measured at plan time: matmul {gflops:.0f} GFLOP/s x 0.7 forward efficiency (assumed), "
+        f"copy bandwidth, one-token layer calls",
+    )
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _layer_overhead_ms() -> float:
+    """Time of a one-token forward per layer of a tiny GPT-NeoX (pure call overhead)."""
+    import torch
+
+    from ckptstudy.neox import make_neox
+
+    model = make_neox(64, 32, 4, 2, max_position_embeddings=64, seed=0).eval()
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        model(input_ids=ids)
+        best = min(_timed(lambda: model(input_ids=ids)) for _ in range(10))
+    return best / 4 * 1e3
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load_machine(root: Path | None = None, measure: bool = True) -> Machine:
+    """The calibration `make bench` stored for this CPU and thread count, else a measurement now."""
+    import torch
+
+    path = (root or Path.cwd()) / CALIBRATION
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("cpu") == _cpu_name() and stored.get("threads") == torch.get_num_threads():
+            return Machine(**stored["machine"])
+    if not measure:
+        return Machine("unmeasured", 50.0, 10.0, 0.2, "defaults")
+    return measure_machine()
+
+
+def gpu_machine(name: str, dtype: str) -> Machine:
+    if name not in GPUS:
+        raise ValueError(f"unknown GPU class {name!r}; choose one of {', '.join(GPUS)}")
+    tensor, fp32, bandwidth, _ = GPUS[name]
+    peak = fp32 if dtype == "float32" else tensor
+    return Machine(
+        name=name,
+        gflops=peak * 1e3 * GPU_EFFICIENCY["compute"],
+        bandwidth_gbs=bandwidth * GPU_EFFICIENCY["bandwidth"],
+        layer_overhead_ms=GPU_EFFICIENCY["layer_overhead_ms"],
+        source=f"published peak {peak:g} TFLOP/s ({'fp32' if dtype == 'float32' else 'bf16 tensor'}) x "
+        f"{GPU_EFFICIENCY['compute']}, {bandwidth:g} GB/s x {GPU_EFFICIENCY['bandwidth']} (assumed, not measured)",
+    )
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def model_shape(model_cfg) -> Shape:
+    if model_cfg.checkpoints == "suite":
+        suite = model_cfg.suite
+        return Shape(suite.n_layers, suite.d_model, suite.n_heads, suite.vocab_size, suite.max_position_embeddings)
+    missing = [k for k in ("n_layers", "d_model", "n_heads") if model_cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"model {model_cfg.name!r} has no {', '.join(missing)} in its yaml: cannot plan its cost")
+    return Shape(model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads, PYTHIA_VOCAB, PYTHIA_CONTEXT)
+
+
+def swept_steps(cfg) -> list[int]:
+    """The steps a multirun of this config visits (Hydra's parse of hydra.sweeper.params.step)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ckptstudy import checkpoints
+
+    params = cfg.hydra.sweeper.params or {}
+    value = params.get("step") if "step" in params else cfg.step
+    override = OverridesParser.create().parse_overrides([f"step={value}"])[0]
+    values = [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
+    available = checkpoints.available_steps(cfg.model)
+    return [checkpoints.resolve_step(None if v in ("None", "null") else v, available, cfg.model.name) for v in values]
+
+
+def dtype_bytes(dtype: str, device: str = "cpu") -> int:
+    if dtype == "auto":
+        return 2 if device.startswith("cuda") else 4
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
+
+
+def job_passes(cfg, shape: Shape, loop_share: float) -> dict[str, list[Pass]]:
+    """Every pass of one job, by family (plus the shared natural continuations)."""
+    pr = probe_sizes(cfg, shape.context, loop_share)
+    out: dict[str, list[Pass]] = {}
+    families = list(cfg.metrics)
+    if any(f in families for f in ("icl_heads", "repetition", "low_info")):
+        out["natural generation (shared)"] = natural_generation(pr, shape)
+    for family in families:
+        if family not in FAMILIES:
+            out[family] = []
+            continue
+        out[family] = FAMILIES[family](pr, shape, _params(cfg, family))
+    return out
+
+
+def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbytes: int) -> dict[str, dict]:
+    """FLOPs, seconds and peak transient bytes per family on `machine`."""
+    out = {}
+    for family, items in passes.items():
+        out[family] = {
+            "flops": sum(pass_flops(p, shape) for p in items),
+            "seconds": sum(pass_seconds(p, shape, machine, nbytes) for p in items),
+            "peak_bytes": max((pass_peak_bytes(p, shape, nbytes) for p in items), default=0.0),
+            "passes": [
+                {
+                    "what": p.what,
+                    "rows": p.rows,
+                    "tokens": p.seq,
+                    "decode": p.decode,
+                    "flops": pass_flops(p, shape),
+                    "seconds": pass_seconds(p, shape, machine, nbytes),
+                    "peak_bytes": pass_peak_bytes(p, shape, nbytes),
+                }
+                for p in items
+            ],
+        }
+    return out
+
+
+def make_plan(
+    overrides: list[str], gpu: str = "A100-80GB", loop_share: float = 0.5, machine: Machine | None = None
+) -> dict:
+    """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
+    from ckptstudy.config import compose_config
+
+    cfg = compose_config(list(overrides), return_hydra_config=True)
+    dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
+    shape = model_shape(cfg.model)
+    steps = swept_steps(cfg)
+    machine = machine or load_machine()
+    local = cfg.model.source == "local"
+    params = shape.params
+    passes = job_passes(cfg, shape, loop_share)
+    cpu_bytes = dtype_bytes(dtype, "cpu")
+    gpu_bytes = dtype_bytes(dtype, "cuda")
+    cpu = estimate(passes, shape, machine, cpu_bytes)
+    gpu_m = gpu_machine(gpu, "float32" if dtype == "float32" else "bfloat16")
+    on_gpu = estimate(passes, shape, gpu_m, gpu_bytes)
+    download = 0 if local else params * HUB_BYTES_PER_PARAM
+    job_cpu = sum(f["seconds"] for f in cpu.values())
+    job_gpu = sum(f["seconds"] for f in on_gpu.values())
+    return {
+        "model": cfg.model.name,
+        "shape": asdict(shape),
+        "params": params,
+        "dtype": dtype,
+        "checkpoints": len(steps),
+        "steps": steps,
+        "download_bytes_per_checkpoint": download,
+        "download_bytes_total": download * len(steps),
+        "weights_bytes_cpu": params * cpu_bytes,
+        "weights_bytes_gpu": params * gpu_bytes,
+        "families": list(cfg.metrics),
+        "job_flops": sum(f["flops"] for f in cpu.values()),
+        "cpu": {
+            "machine": asdict(machine),
+            "families": cpu,
+            "job_seconds": job_cpu,
+            "sweep_seconds": job_cpu * len(steps),
+        },
+        "gpu": {
+            "machine": asdict(gpu_m),
+            "families": on_gpu,
+            "job_seconds": job_gpu,
+            "sweep_seconds": job_gpu * len(steps),
+        },
+        "assumptions": {
+            "loop_share": loop_share,
+            "loaded_attention": LOADED_ATTENTION,
+            "hub_bytes_per_param": HUB_BYTES_PER_PARAM,
+            "load_and_download_time": "not included (network and disk dependent)",
+        },
+    }
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def _flops(f: float) -> str:
+    return f"{f / 1e12:.2f} TFLOP" if f >= 1e11 else f"{f / 1e9:.2f} GFLOP"
+
+
+def _row(label: str, *cells: str) -> str:
+    return f"{label:<34}" + "".join(f"{cell:>15}" for cell in cells)
+
+
+def render(plan: dict) -> str:
+    """The plan as text."""
+    shape, cpu, gpu = plan["shape"], plan["cpu"], plan["gpu"]
+    lines = [
+        f"ckptstudy plan: {plan['model']} ({shape['n_layers']} layers, d_model {shape['d_model']}, "
+        f"{shape['n_heads']} heads, vocab {shape['vocab']}; {plan['params'] / 1e6:.1f} M parameters), "
+        f"dtype {plan['dtype']}",
+        f"checkpoints: {plan['checkpoints']} (steps {_steps(plan['steps'])})",
+    ]
+    per = plan["download_bytes_per_checkpoint"]
+    lines.append(
+        f"download: {_bytes(per)} per checkpoint (float16 hub files), {_bytes(plan['download_bytes_total'])} in total"
+        if per
+        else "download: none (local checkpoints)"
+    )
+    lines.append(
+        f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine, "
+        f"{_bytes(plan['weights_bytes_gpu'])} on a GPU"
+    )
+    lines += [f"families: {', '.join(plan['families'])}", ""]
+    lines.append(_row("per job", "FLOPs", "peak act. mem", "this machine", gpu["machine"]["name"]))
+    for family, c in cpu["families"].items():
+        g = gpu["families"][family]
+        lines.append(
+            _row(family, _flops(c["flops"]), _bytes(c["peak_bytes"]), _seconds(c["seconds"]), _seconds(g["seconds"]))
+        )
+    lines.append(
+        _row("job total", _flops(plan["job_flops"]), "", _seconds(cpu["job_seconds"]), _seconds(gpu["job_seconds"]))
+    )
+    lines.append(
+        _row(
+            f"sweep total ({plan['checkpoints']} jobs)",
+            _flops(plan["job_flops"] * plan["checkpoints"]),
+            "",
+            _seconds(cpu["sweep_seconds"]),
+            _seconds(gpu["sweep_seconds"]),
+        )
+    )
+    machine = cpu["machine"]
+    lines += [
+        "",
+        f"this machine: {machine['gflops']:.0f} GFLOP/s forward, {machine['bandwidth_gbs']:.0f} GB/s, "
+        f"{machine['layer_overhead_ms']:.2f} ms per layer call ({machine['source']})",
+        f"{gpu['machine']['name']}: {gpu['machine']['source']}",
+    ]
+    a = plan["assumptions"]
+    lines.append(
+        f"assumed: {a['loop_share']:.0%} of natural prompts loop; checkpoints loaded with {a['loaded_attention']} "
+        "attention; download and load time not included"
+    )
+    passes = [(f, p) for f, c in cpu["families"].items() for p in c["passes"]]
+    if passes:
+        f, p = max(passes, key=lambda fp: fp[1]["peak_bytes"])
+        lines.append(
+            f"largest activation peak: {_bytes(p['peak_bytes'])} in {f}: {p['what']} "
+            f"({p['rows']} rows x {p['tokens']} tokens)"
+        )
+    return "\n".join(lines)
+
+
+def _steps(steps: list[int]) -> str:
+    if len(steps) <= 8:
+        return ", ".join(map(str, steps))
+    return f"{', '.join(map(str, steps[:4]))}, ..., {', '.join(map(str, steps[-2:]))}"
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Entry point of `ckptstudy-plan`: flags first, then Hydra overrides (as for `ckptstudy -m`)."""
+    parser = argparse.ArgumentParser(
+        prog="ckptstudy-plan",
+        description="Cost of a sweep before launching it: checkpoints, download bytes, per-job FLOPs, peak memory "
+        "and wall time per metric family on this machine and on a GPU class. No weights are downloaded.",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=pythia-160m schedule=all")
+    parser.add_argument("--gpu", default="A100-80GB", choices=sorted(GPUS), help="GPU class to estimate for")
+    parser.add_argument("--loop-share", type=float, default=0.5, help="share of natural prompts assumed to loop")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    plan = make_plan(args.overrides, gpu=args.gpu, loop_share=args.loop_share)
+    print(json.dumps(plan, indent=1) if args.json else render(plan))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -1,0 +1,95 @@
+"""`ckptstudy-plan`: checkpoints, download bytes, per-family passes and their cost, from the composed config
+only (no weights). Estimates are checked for structure and arithmetic, never against timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ckptstudy import plan
+from ckptstudy.plan import Machine, Pass, Shape, make_plan, pass_flops
+
+FIXED = Machine("fixed", gflops=100.0, bandwidth_gbs=10.0, layer_overhead_ms=0.2, source="test")
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [("pythia-70m", 70_426_624), ("pythia-160m", 162_322_944), ("pythia-1.4b", 1_414_647_808)],
+)
+def test_parameter_count_matches_pythia(model, params):
+    result = make_plan([f"model={model}", "schedule=final"], machine=FIXED)
+    assert result["params"] == params
+    assert result["download_bytes_per_checkpoint"] == 2 * params  # float16 hub files
+
+
+def test_all_checkpoints_of_pythia_160m():
+    result = make_plan(["model=pythia-160m", "schedule=all"], machine=FIXED)
+    assert result["checkpoints"] == 154 and result["steps"][0] == 0 and result["steps"][-1] == 143000
+    assert result["download_bytes_total"] == 154 * result["download_bytes_per_checkpoint"]
+    assert result["cpu"]["sweep_seconds"] == pytest.approx(154 * result["cpu"]["job_seconds"])
+    assert set(result["families"]) <= set(result["cpu"]["families"])
+
+
+def test_paper_setup_plans_attribution_on_bf16_gpu():
+    result = make_plan(["experiment=repetitions_not_alike"], machine=FIXED, gpu="H100-SXM")
+    assert result["model"] == "pythia-1.4b" and result["checkpoints"] == 10
+    assert result["weights_bytes_gpu"] == 2 * result["params"]  # dtype auto = bfloat16 on a GPU
+    icl = [p["what"] for p in result["cpu"]["families"]["icl_heads"]["passes"]]
+    assert any("attribution" in what for what in icl) and any("attribution check" in what for what in icl)
+    natural = result["cpu"]["families"]["natural generation (shared)"]["passes"][0]
+    assert natural["rows"] == 1000 and natural["tokens"] == 32 and natural["decode"] == 1000
+    assert "bf16" in result["gpu"]["machine"]["source"]
+
+
+def test_micro_suite_is_local_and_uses_the_suite_shape():
+    result = make_plan(["model=micro"], machine=FIXED)
+    assert result["download_bytes_total"] == 0 and result["checkpoints"] == 22
+    assert result["shape"]["vocab"] == 2048 and result["shape"]["context"] == 128
+
+
+def test_probe_sizes_and_family_parameters_drive_the_cost():
+    base = make_plan(["model=pythia-70m", "schedule=final"], machine=FIXED)
+    off = make_plan(["model=pythia-70m", "schedule=final", "metrics.icl_heads.mode=off"], machine=FIXED)
+    assert off["cpu"]["families"]["icl_heads"]["flops"] < base["cpu"]["families"]["icl_heads"]["flops"] / 10
+    more = make_plan(["model=pythia-70m", "schedule=final", "probes.long_text.n=16"], machine=FIXED)
+    assert more["cpu"]["families"]["low_info"]["flops"] > base["cpu"]["families"]["low_info"]["flops"]
+    fewer = make_plan(["model=pythia-70m", "schedule=final", "metrics=[repetition]"], machine=FIXED)
+    assert set(fewer["cpu"]["families"]) == {"natural generation (shared)", "repetition"}
+
+
+def test_forward_flops_by_hand():
+    shape = Shape(n_layers=2, d_model=8, n_heads=2, vocab=10, context=32)
+    one = Pass("x", rows=3, seq=4, batch=3, layers=2, unembed=4, attention="sdpa")
+    expected = 3 * (4 * 2 * 24 * 64 + 2 * 2 * 16 * 8 + 4 * 2 * 8 * 10)
+    assert pass_flops(one, shape) == expected
+    eager = Pass("x", rows=3, seq=4, batch=3, layers=2, unembed=4, attention="eager")
+    assert pass_flops(eager, shape) == expected + 3 * 2 * 2 * 16 * 8  # eager computes the masked half too
+    assert pass_flops(Pass("x", 3, 4, 3, 2, unembed=4, attention="sdpa", backward=True), shape) == 3 * expected
+
+
+def test_gpu_classes_and_unknown_ones():
+    m = plan.gpu_machine("A100-80GB", "bfloat16")
+    assert m.gflops == pytest.approx(312e3 * plan.GPU_EFFICIENCY["compute"])
+    with pytest.raises(ValueError, match="unknown GPU class 'Z80'"):
+        plan.gpu_machine("Z80", "bfloat16")
+
+
+def test_cli_prints_the_plan_and_json(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "load_machine", lambda *a, **k: FIXED)
+    plan.cli(["model=pythia-160m", "schedule=log"])
+    text = capsys.readouterr().out
+    assert "checkpoints: 19" in text and "download: 309.6 MB per checkpoint" in text and "job total" in text
+    plan.cli(["--json", "--gpu", "T4", "model=pythia-160m", "schedule=final"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["checkpoints"] == 1 and data["gpu"]["machine"]["name"] == "T4"
+
+
+def test_stored_calibration_is_used_for_this_cpu(tmp_path):
+    import torch
+
+    stored = {"cpu": plan._cpu_name(), "threads": torch.get_num_threads(), "machine": FIXED.__dict__}
+    path = tmp_path / plan.CALIBRATION
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stored))
+    assert plan.load_machine(tmp_path) == FIXED
