@@ -34,7 +34,12 @@ test: $(STAMP) ## fast test suite (includes one real multirun over micro checkpo
 test-full: $(STAMP) ## every test, including `slow` ones (full micro-suite build, long sweeps)
 	$(BIN)/python -m pytest -m "slow or not slow"
 
-bench: $(STAMP) ## speed ratios measured side by side in one run (ablation, capture, generation, cycles)
+$(VENV)/.bench-stamp: $(STAMP) pyproject.toml
+	$(BIN)/python -c "import torch, transformers; print(f'torch=={torch.__version__}\ntransformers=={transformers.__version__}')" > $(VENV)/bench-constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/bench-constraints.txt -e ".[bench]"
+	@touch $@
+
+bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~20 min; ARGS=--quick)
 	$(BIN)/python benches/run.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check

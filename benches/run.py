@@ -1,179 +1,562 @@
-"""`make bench`: speed and memory ratios measured side by side in one run, on random-init models with
-real Pythia shapes. Ratios, not absolute times, are the claim: this machine's timings are noisy.
+"""`make bench`: ckptstudy against what a researcher would use instead, each method in a fresh process.
 
-Compared:
-- per-head ablation: exact batched (reuses the clean residual) vs a naive per-head loop; attribution
-  patching vs one exact pass
-- head-score capture: reducing attention inside hooks vs HF `output_attentions=True` (time, peak memory)
-- greedy generation: batched with the KV cache vs `model.generate` one prompt at a time
-- trailing-cycle detection on 1000 x 1000 tokens
+Sections (random-init models with real Pythia shapes stand in for real weights; ratios are the claim):
+- capture: everything icl/ and lowinfo/ read from attention (induction / duplicate / previous-token diagonals,
+  class mass and row entropy with and without the sink) at 256 and 1024 tokens, batch 4: ckptstudy's fused
+  statistics vs TransformerLens `run_with_cache`, HF `output_attentions=True`, and the bare forward (default
+  SDPA attention, no statistics: the floor); wall time (median of 3) and measured peak RSS of each process
+- job: one checkpoint job of the icl_heads, repetition and low_info families vs the TransformerLens script in
+  tl_job.py (same numbers checked to a stated tolerance)
+- ablation: exact all-head effects vs the per-head run_with_hooks loop; attribution patching's rank
+  correlation with exact on the same model
+- generation: batched greedy with the KV cache vs `model.generate` on the same left-padded batch
+- plan: `ckptstudy-plan`'s estimate of each measured job vs its measured time; the machine calibration
+  (forward GFLOP/s from the measured bare forward, bandwidth, per-layer overhead) is stored for the plan
+
+    python benches/run.py [--quick] [--only capture,job,...] [--threads N] [--out outputs/bench/bench.json]
+
+`--quick` runs the micro shape only (seconds, the smoke test); TransformerLens rows are skipped with the
+reason when transformer_lens is not importable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import subprocess
+import sys
 import time
-import tracemalloc
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from ckptstudy.ablation import attribution_effects, exact_effects, naive_effects
-from ckptstudy.capture import capture
-from ckptstudy.cycles import trailing_cycles
-from ckptstudy.generation import greedy_generate
-from ckptstudy.metrics.icl_heads import head_pattern_sums, icl_targets
-from ckptstudy.neox import make_neox
+from common import REPO, transformer_lens_missing, versions  # noqa: E402
 
-SHAPES = {"pythia-14m": (6, 128, 4), "pythia-70m": (6, 512, 8), "pythia-160m": (12, 768, 12)}
+MARKER = "BENCH_RESULT "
+TARGETS = {
+    "capture_time_vs_floor_1024": 1.3,
+    "capture_memory_vs_floor_1024": 1.2,
+    "job_speedup_vs_tl": 3.0,
+    "job_memory_vs_tl": 0.25,
+    "ablation_speedup_vs_tl_loop": 5.0,
+    "attribution_spearman": 0.9,
+}
+# the bench job: the three families of the paper reproduction at reduced probe sizes
+JOB_OVERRIDES = [
+    "metrics=[icl_heads,repetition,low_info]",
+    "probes.random_repeat.n=8",
+    "probes.natural.n=8",
+    "probes.icl_repeat.n=8",
+    "probes.long_text.n=4",
+    "loops.new_tokens=96",
+    "batch_size=8",
+]
+JOB_TOLERANCE = {"abs": 1e-4, "rel": 1e-3}
 
 
-def pythia_shaped(name: str):
-    """A random-init model of a Pythia size, built like every model here (`ckptstudy.neox`), in eval mode."""
-    layers, d, heads = SHAPES[name]
-    return make_neox(vocab_size=50304, d_model=d, n_layers=layers, n_heads=heads, seed=0).eval()
-
-
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def bench_ablation(name: str, prompts: int, length: int) -> dict:
-    model = pythia_shaped(name)
-    passages = torch.randint(2, 50000, (prompts, length), generator=torch.Generator().manual_seed(0))
-    targets = icl_targets(passages.repeat(1, 4), length)
-    t_exact, exact = timed(lambda: exact_effects(model, targets))
-    t_naive, naive = timed(lambda: naive_effects(model, targets))
-    t_attr, _ = timed(lambda: attribution_effects(model, targets))
-    t_clean, _ = timed(lambda: model(input_ids=targets.ids), repeat=2)
+def settings(quick: bool) -> dict:
+    if quick:
+        return {
+            "capture_models": ["micro"],
+            "capture_lengths": [128],
+            "capture_batch": 2,
+            "ablation": {"model": "micro", "prompts": 2, "length": 8},
+            "generation": {"model": "micro", "prompts": 4, "new_tokens": 8},
+            "job_model": "micro",
+            "job_overrides": [
+                "experiment=smoke",
+                "metrics=[icl_heads,repetition,low_info]",
+                "metrics.icl_heads.mode=exact",
+            ],
+            "plan_jobs": [],  # the job section's ckptstudy job is checked against the plan
+        }
     return {
-        "model": name,
-        "probe": f"{prompts} prompts x {4 * length} tokens",
-        "naive_s": round(t_naive, 2),
-        "exact_s": round(t_exact, 2),
-        "attribution_s": round(t_attr, 2),
-        "one_forward_s": round(t_clean, 3),
-        "exact_speedup_vs_naive": round(t_naive / t_exact, 2),
-        "attribution_time_vs_exact": round(t_attr / t_exact, 3),
-        "max_abs_diff_exact_vs_naive": float((exact - naive).abs().max()),
+        "capture_models": ["pythia-70m", "pythia-160m"],
+        "capture_lengths": [256, 1024],
+        "capture_batch": 4,
+        "ablation": {"model": "pythia-160m", "prompts": 4, "length": 16},
+        "generation": {"model": "pythia-70m", "prompts": 16, "new_tokens": 64},
+        "job_model": "pythia-70m",
+        "job_overrides": JOB_OVERRIDES,
+        "plan_jobs": [
+            ("micro", ["model=micro"]),  # the default micro-suite job: every family, default probes
+            ("pythia-160m", [*JOB_OVERRIDES, "model=pythia-160m"]),
+        ],
     }
 
 
-def peak_memory(fn) -> tuple[float, int]:
-    tracemalloc.start()
-    start = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - start
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return seconds, peak
+def spawn(task: str, params: dict, threads: int, timeout: float = 1800) -> dict:
+    """Run one task in a fresh worker process; its result dict, or {"error": ...}."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, str(HERE / "worker.py"), task, json.dumps({**params, "threads": threads})]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARKER)]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "returncode": proc.returncode}
+    result = json.loads(lines[-1][len(MARKER) :])
+    result["process_seconds"] = round(time.perf_counter() - started, 1)
+    return result
 
 
-def bench_capture(name: str, prompts: int, length: int) -> dict:
-    model = pythia_shaped(name)
-    ids = torch.cat(
-        [torch.zeros(prompts, 1, dtype=torch.long), torch.randint(2, 50000, (prompts, length)).repeat(1, 2)], 1
+def _max_diff(a, b) -> float:
+    import torch
+
+    return float((torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)).abs().max())
+
+
+def capture_section(cfg: dict, threads: int, skip_tl: str | None, log) -> dict:
+    methods = ["bare", "hf", "tl", "fused", "fused_nll", "eager_hooks"]
+    rows, skipped = [], {}
+    for model in cfg["capture_models"]:
+        for length in cfg["capture_lengths"]:
+            by_method = {}
+            for method in methods:
+                if method == "tl" and skip_tl:
+                    skipped[f"{model}/{length}/tl"] = skip_tl
+                    continue
+                params = {"model": model, "length": length, "batch": cfg["capture_batch"], "method": method}
+                params.update(repeat=3, warmup=1 if length <= 256 else 0)
+                result = spawn("capture", params, threads)
+                log(f"capture {model} {length} {method}: {_short(result)}")
+                by_method[method] = result
+            rows.append(_capture_row(model, length, by_method))
+    growth = _growth(rows)
+    return {"rows": rows, "growth_256_to_1024": growth, "skipped": skipped}
+
+
+def _capture_row(model: str, length: int, results: dict) -> dict:
+    floor = results.get("bare", {})
+    row = {"model": model, "length": length, "methods": {}}
+    reference = results.get("fused", {}).get("stats")
+    for method, r in results.items():
+        if "error" in r:
+            row["methods"][method] = {"error": r["error"]}
+            continue
+        entry = {"seconds": round(r["seconds"], 3), "times": r["times"], "peak_rss_mb": r["peak_rss_mb"]}
+        if "seconds" in floor:
+            entry["time_vs_floor"] = round(r["seconds"] / floor["seconds"], 2)
+            entry["memory_vs_floor"] = round(r["peak_rss_mb"] / floor["peak_rss_mb"], 2)
+        if reference is not None and "stats" in r:
+            entry["max_abs_diff_vs_fused"] = max(_max_diff(r["stats"][k], reference[k]) for k in reference)
+        row["methods"][method] = entry
+    return row
+
+
+def _growth(rows: list[dict]) -> dict:
+    out = {}
+    for model in {r["model"] for r in rows}:
+        by_len = {r["length"]: r["methods"] for r in rows if r["model"] == model}
+        if len(by_len) < 2:
+            continue
+        short, long = min(by_len), max(by_len)
+        for method in by_len[long]:
+            a, b = by_len[short].get(method, {}), by_len[long].get(method, {})
+            if "seconds" in a and "seconds" in b:
+                out[f"{model}/{method}"] = {
+                    "time_x": round(b["seconds"] / a["seconds"], 2),
+                    "peak_rss_x": round(b["peak_rss_mb"] / a["peak_rss_mb"], 2),
+                }
+    return out
+
+
+def with_model(model: str, overrides: list[str]) -> list[str]:
+    """The overrides with `model=<model>` (the bench shape names are config model names)."""
+    return [o for o in overrides if not o.startswith("model=")] + [f"model={model}"]
+
+
+def job_section(cfg: dict, threads: int, skip_tl: str | None, log) -> dict:
+    model = cfg["job_model"]
+    overrides = with_model(model, cfg["job_overrides"])
+    ours = spawn("job", {"model": model, "engine": "ckptstudy", "overrides": overrides}, threads)
+    log(f"job {model} ckptstudy: {_short(ours)}")
+    out = {"model": model, "overrides": overrides, "ckptstudy": _job_entry(ours), "_raw": ours}
+    if skip_tl:
+        out["tl"] = {"skipped": skip_tl}
+        return out
+    tl = spawn("job", {"model": model, "engine": "tl", "overrides": overrides}, threads)
+    log(f"job {model} tl: {_short(tl)}")
+    out["tl"] = _job_entry(tl)
+    if "error" not in ours and "error" not in tl:
+        out["speedup_vs_tl"] = round(tl["seconds"] / ours["seconds"], 2)
+        out["memory_vs_tl"] = round(ours["peak_rss_mb"] / tl["peak_rss_mb"], 3)
+        # above the process's RSS once the model and probes are loaded (imports and weights left out)
+        above = [r["peak_rss_mb"] - r["rss_before_mb"] for r in (ours, tl)]
+        out["memory_above_loaded_vs_tl"] = round(above[0] / max(above[1], 1e-9), 3)
+        out["agreement"] = _agreement(ours["scalars"], tl["scalars"])
+    return out
+
+
+def _job_entry(r: dict) -> dict:
+    if "error" in r:
+        return {"error": r["error"]}
+    keys = ("seconds", "parts", "peak_rss_mb", "rss_before_mb", "families")
+    return {k: (round(r[k], 2) if k == "seconds" else r[k]) for k in keys}
+
+
+def _agreement(a: dict, b: dict) -> dict:
+    """Every scalar of both jobs compared: |x - y| <= abs + rel * |x| (NaN only with NaN)."""
+    worst, bad, compared = (0.0, None), [], 0
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if key not in a or key not in b:
+            bad.append(f"{key}: only in {'ckptstudy' if key in a else 'tl'}")
+            continue
+        compared += 1
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                bad.append(f"{key}: {x} vs {y}")
+            continue
+        diff = abs(x - y)
+        if diff > JOB_TOLERANCE["abs"] + JOB_TOLERANCE["rel"] * abs(x):
+            bad.append(f"{key}: {x:.6g} vs {y:.6g}")
+        if diff > worst[0]:
+            worst = (diff, key)
+    return {
+        "compared": compared,
+        "tolerance": JOB_TOLERANCE,
+        "max_abs_diff": worst[0],
+        "max_abs_diff_key": worst[1],
+        "outside_tolerance": bad,
+    }
+
+
+def ablation_section(cfg: dict, threads: int, skip_tl: str | None, log) -> dict:
+    params = dict(cfg["ablation"])
+    methods = ["exact", "attribution", "naive" if skip_tl else "tl_loop"]
+    results = {}
+    for method in methods:
+        results[method] = spawn("ablation", {**params, "method": method}, threads)
+        log(f"ablation {method}: {_short(results[method])}")
+    out = {**params, "methods": {}}
+    for method, r in results.items():
+        out["methods"][method] = {"error": r["error"]} if "error" in r else {"seconds": round(r["seconds"], 2)}
+    exact = results["exact"]
+    if "error" in exact:
+        return out
+    out["probe"] = exact["probe"]
+    loop = "naive" if skip_tl else "tl_loop"
+    if skip_tl:
+        out["skipped"] = {"tl_loop": skip_tl}
+    if "error" not in results[loop]:
+        out["exact_speedup_vs_loop"] = round(results[loop]["seconds"] / exact["seconds"], 2)
+        out["loop"] = loop
+        out["max_abs_diff_exact_vs_loop"] = _max_diff(exact["effects"], results[loop]["effects"])
+    attr = results["attribution"]
+    if "error" not in attr:
+        out["attribution_time_vs_exact"] = round(attr["seconds"] / exact["seconds"], 3)
+        out["attribution_spearman"] = _spearman(attr["effects"], exact["effects"])
+        out["attribution_spearman_top"] = _spearman_top(attr["effects"], exact["effects"], 20)
+    return out
+
+
+def _spearman(a, b) -> float:
+    import torch
+
+    from ckptstudy.metrics.specialization import spearman
+
+    return round(float(spearman(torch.tensor(a).flatten(), torch.tensor(b).flatten())), 3)
+
+
+def _spearman_top(estimate, exact, k: int) -> float:
+    """Rank correlation on the k heads with the largest exact |effect| (where the circuit is)."""
+    import torch
+
+    from ckptstudy.metrics.specialization import spearman
+
+    e, x = torch.tensor(estimate).flatten(), torch.tensor(exact).flatten()
+    top = x.abs().topk(min(k, x.numel())).indices
+    return round(float(spearman(e[top], x[top])), 3)
+
+
+def generation_section(cfg: dict, threads: int, log) -> dict:
+    params = dict(cfg["generation"])
+    ours = spawn("generation", {**params, "method": "batched"}, threads)
+    log(f"generation batched: {_short(ours)}")
+    hf = spawn("generation", {**params, "method": "generate"}, threads)
+    log(f"generation generate: {_short(hf)}")
+    out = {**params}
+    if "error" in ours or "error" in hf:
+        out["error"] = ours.get("error") or hf.get("error")
+        return out
+    tokens = params["prompts"] * params["new_tokens"]
+    same = [a == b for a, b in zip(ours["ids"], hf["ids"])]
+    out.update(
+        batched_tok_per_s=round(tokens / ours["seconds"], 1),
+        generate_tok_per_s=round(tokens / hf["seconds"], 1),
+        speedup=round(hf["seconds"] / ours["seconds"], 2),
+        same_tokens=all(same),
+        rows_identical=f"{sum(same)}/{len(same)}",
     )
-
-    def hooked():
-        capture(model, ids, attn_fn=lambda _l, attn, _ids: head_pattern_sums(attn, length), batch_size=prompts)
-
-    def output_attentions():
-        with torch.no_grad():
-            attns = model(input_ids=ids, output_attentions=True).attentions
-            return torch.stack([head_pattern_sums(a, length) for a in attns])
-
-    hooked(), output_attentions()  # warm-up
-    t_hook, _ = timed(hooked, repeat=3)
-    t_full, _ = timed(output_attentions, repeat=3)
-    # torch CPU tensors are not seen by tracemalloc; use the attention bytes that stay alive instead
-    layers, _, heads = SHAPES[name]
-    seq = ids.shape[1]
-    kept_full = layers * prompts * heads * seq * seq * 4
-    kept_hook = prompts * heads * seq * seq * 4  # one layer at a time
-    return {
-        "model": name,
-        "probe": f"{prompts} x {seq} tokens",
-        "hooked_s": round(t_hook, 3),
-        "output_attentions_s": round(t_full, 3),
-        "speedup": round(t_full / t_hook, 2),
-        "attention_bytes_alive_ratio": round(kept_full / kept_hook, 1),
-    }
+    return out
 
 
-def bench_generation(name: str, prompts: int, prompt_len: int, new_tokens: int) -> dict:
-    model = pythia_shaped(name)
-    ids = torch.randint(2, 50000, (prompts, prompt_len), generator=torch.Generator().manual_seed(1))
-    t_batched, batched = timed(lambda: greedy_generate(model, ids, new_tokens, batch_size=prompts, desc=None))
-
-    def one_by_one():
-        with torch.no_grad():
-            return [
-                model.generate(
-                    ids[i : i + 1],
-                    max_new_tokens=new_tokens,
-                    do_sample=False,
-                    min_new_tokens=new_tokens,
-                    pad_token_id=0,
-                )[0, prompt_len:]
-                for i in range(prompts)
-            ]
-
-    t_single, single = timed(one_by_one)
-    same = all(torch.equal(a, b) for a, b in zip(batched.ids, single))
-    tokens = prompts * new_tokens
-    return {
-        "model": name,
-        "prompts": prompts,
-        "new_tokens": new_tokens,
-        "batched_tok_per_s": round(tokens / t_batched, 1),
-        "generate_bs1_tok_per_s": round(tokens / t_single, 1),
-        "speedup": round(t_single / t_batched, 2),
-        "same_tokens": same,
-    }
+def calibration(threads: int, capture: dict | None, log) -> dict:
+    """Machine numbers for ckptstudy-plan: bandwidth and per-layer overhead measured in a worker, forward
+    GFLOP/s from the measured bare forwards (FLOPs of the pass / its median time)."""
+    result = spawn("machine", {}, threads)
+    log(f"machine: {_short(result)}")
+    if "error" in result:
+        return {"error": result["error"]}
+    machine = result["machine"]
+    rates = []
+    for row in (capture or {}).get("rows", []):
+        bare = row["methods"].get("bare", {})
+        if "seconds" in bare:
+            rates.append(_forward_flops(row["model"], row["length"], capture["batch"]) / bare["seconds"] / 1e9)
+    if rates:
+        machine["gflops"] = round(sorted(rates)[len(rates) // 2], 1)
+        listed = ", ".join(f"{r:.0f}" for r in rates)
+        machine["source"] = (
+            f"make bench: forward rate = median of the measured bare forwards ({listed} GFLOP/s), "
+            "copy bandwidth, one-token layer calls"
+        )
+    return {"cpu": result["cpu"], "threads": threads, "machine": machine, "matmul_gflops": result["matmul_gflops"]}
 
 
-def bench_cycles() -> dict:
-    gen = torch.Generator().manual_seed(2)
-    no_loops = torch.randint(0, 50000, (1000, 1000), generator=gen)
-    loops = torch.randint(0, 50000, (1000, 1000), generator=gen)
-    for row in range(1000):  # half the rows end in a loop of period 2..200 starting somewhere
-        if row % 2:
-            period = 2 + row % 199
-            start = 1000 - period * (2 + row % 3)
-            loops[row, start:] = loops[row, start : start + period].repeat(1000 // period + 1)[: 1000 - start]
-    t_none, _ = timed(lambda: trailing_cycles(no_loops), repeat=3)
-    t_half, (period, _, _) = timed(lambda: trailing_cycles(loops), repeat=3)
-    return {"no_loops_s": round(t_none, 3), "half_looping_s": round(t_half, 3), "found": int((period > 0).sum())}
+def _forward_flops(model: str, length: int, batch: int) -> float:
+    from common import SHAPES
+
+    from ckptstudy.plan import Pass, Shape, pass_flops
+
+    layers, d, heads, vocab = SHAPES[model]
+    shape = Shape(layers, d, heads, vocab, 2048)
+    return pass_flops(Pass("bare", batch, length, batch, layers, unembed=length, attention="sdpa"), shape)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
-    parser.add_argument("--out", default="outputs/bench/bench.json")
-    args = parser.parse_args()
-    torch.set_grad_enabled(True)
-    big = "pythia-14m" if args.quick else "pythia-160m"
-    report = {
-        "ablation": bench_ablation(big, prompts=4, length=16),
-        "capture": bench_capture(big, prompts=8, length=50),
-        "generation": bench_generation(
-            "pythia-14m" if args.quick else "pythia-70m", prompts=16, prompt_len=32, new_tokens=64
-        ),
-        "cycles_1000x1000": bench_cycles(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    for section, values in report.items():
-        print(f"{section}: {values}")
-    print(f"written to {args.out}")
+def plan_section(cfg: dict, threads: int, machine: dict, measured_job: dict | None, log) -> list[dict]:
+    """ckptstudy-plan's estimate vs the measured time of ckptstudy jobs (loop share as measured)."""
+    from ckptstudy.plan import Machine, make_plan
+
+    jobs = [(model, with_model(model, overrides)) for model, overrides in cfg["plan_jobs"]]
+    if measured_job and "_raw" in measured_job:
+        jobs.insert(1, (measured_job["model"], measured_job["overrides"]))
+    rows = []
+    for model, overrides in jobs:
+        if measured_job and overrides == measured_job.get("overrides"):
+            result = measured_job["_raw"]
+        else:
+            result = spawn("job", {"model": model, "engine": "ckptstudy", "overrides": overrides}, threads)
+            log(f"plan job {model}: {_short(result)}")
+        if "error" in result:
+            rows.append({"model": model, "error": result["error"]})
+            continue
+        share = _loop_share(result)
+        plan = make_plan(overrides, loop_share=share, machine=Machine(**machine))
+        predicted = plan["cpu"]["job_seconds"]
+        rows.append(
+            {
+                "model": model,
+                "overrides": overrides,
+                "measured_s": round(result["seconds"], 1),
+                "predicted_s": round(predicted, 1),
+                "ratio": round(predicted / result["seconds"], 2),
+                "loop_share": share,
+                "measured_parts": result["parts"],
+                "predicted_parts": {k: round(v["seconds"], 2) for k, v in plan["cpu"]["families"].items()},
+            }
+        )
+    return rows
+
+
+def _loop_share(job: dict) -> float:
+    """The share of natural prompts that looped in the measured job (what the plan has to assume)."""
+    rate = job["scalars"].get("rep/natural_rate")
+    return float(rate) if rate is not None else 0.5
+
+
+def _short(result: dict) -> str:
+    if "error" in result:
+        return f"ERROR {result['error']}"
+    seconds = result.get("seconds")
+    return f"{seconds:.2f} s, peak {result.get('peak_rss_mb', float('nan')):.0f} MB" if seconds else "ok"
+
+
+def table(report: dict) -> str:
+    """The results as a printable table (also the README table text)."""
+    lines = []
+    cap = report.get("capture")
+    if cap:
+        lines.append(
+            "| capture (icl/ + lowinfo/ statistics), batch 4 | tokens | time | vs floor | peak RSS | vs floor |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        names = {
+            "bare": "bare forward, SDPA, no statistics (floor)",
+            "fused": "ckptstudy fused statistics",
+            "fused_nll": "ckptstudy fused statistics + per-token NLL",
+            "eager_hooks": "ckptstudy eager weights reduced in hooks (previous path)",
+            "hf": "HF output_attentions=True",
+            "tl": "TransformerLens run_with_cache",
+        }
+        for row in cap["rows"]:
+            for method, m in row["methods"].items():
+                label = f"{row['model']}: {names.get(method, method)}"
+                if "error" in m:
+                    lines.append(f"| {label} | {row['length']} | error: {m['error']} | | | |")
+                    continue
+                lines.append(
+                    f"| {label} | {row['length']} | {m['seconds']:.2f} s | {m.get('time_vs_floor', math.nan):.2f}x "
+                    f"| {m['peak_rss_mb'] / 1024:.2f} GB | {m.get('memory_vs_floor', math.nan):.2f}x |"
+                )
+        for key, why in cap.get("skipped", {}).items():
+            lines.append(f"| {key}: skipped | | {why} | | | |")
+        lines.append("")
+    job = report.get("job")
+    if job:
+        lines.append("| whole job (icl_heads + repetition + low_info) | time | peak RSS |")
+        lines.append("|---|---|---|")
+        for engine, label in (("ckptstudy", "ckptstudy"), ("tl", "TransformerLens script (benches/tl_job.py)")):
+            entry = job.get(engine, {})
+            if "seconds" in entry:
+                lines.append(
+                    f"| {job['model']}: {label} | {entry['seconds']:.1f} s | {entry['peak_rss_mb'] / 1024:.2f} GB |"
+                )
+            else:
+                lines.append(f"| {job['model']}: {label} | {entry.get('skipped') or entry.get('error')} | |")
+        if "speedup_vs_tl" in job:
+            agree = job["agreement"]
+            lines.append(
+                f"| ckptstudy vs TransformerLens | {job['speedup_vs_tl']:.2f}x faster "
+                f"| {job['memory_vs_tl']:.2f} of its peak "
+                f"({job['memory_above_loaded_vs_tl']:.2f} of its peak above the loaded model) |"
+            )
+            tol = f"abs {JOB_TOLERANCE['abs']:g} + rel {JOB_TOLERANCE['rel']:g}"
+            lines.append(
+                f"| scalars compared | {agree['compared']} (max abs diff {agree['max_abs_diff']:.2g}) | "
+                f"{len(agree['outside_tolerance'])} outside {tol} |"
+            )
+        lines.append("")
+    abl = report.get("ablation")
+    if abl and "methods" in abl:
+        lines.append(f"| ablation, {abl['model']}, {abl.get('probe', '')} | time | ratio |")
+        lines.append("|---|---|---|")
+        for method, m in abl["methods"].items():
+            lines.append(f"| {method} | {m.get('seconds', m.get('error'))} s | |")
+        if "exact_speedup_vs_loop" in abl:
+            lines.append(
+                f"| exact vs {abl['loop']} | | {abl['exact_speedup_vs_loop']:.2f}x faster "
+                f"(max diff {abl['max_abs_diff_exact_vs_loop']:.1g}) |"
+            )
+        if "attribution_spearman" in abl:
+            lines.append(
+                f"| attribution vs exact | {abl['attribution_time_vs_exact']:.3f} of its time | Spearman "
+                f"{abl['attribution_spearman']:.3f} (top 20 by exact: {abl['attribution_spearman_top']:.3f}) |"
+            )
+        lines.append("")
+    gen = report.get("generation")
+    if gen and "speedup" in gen:
+        lines.append("| generation | tokens/s | |")
+        lines.append("|---|---|---|")
+        lines.append(f"| {gen['model']}: ckptstudy batched greedy, KV cache | {gen['batched_tok_per_s']} | |")
+        lines.append(f"| HF model.generate, same left-padded batch | {gen['generate_tok_per_s']} | |")
+        lines.append(
+            f"| ratio | {gen['speedup']:.2f}x | same tokens: {gen['same_tokens']} ({gen['rows_identical']} rows) |"
+        )
+        lines.append("")
+    plan = report.get("plan")
+    if plan:
+        lines.append("| ckptstudy-plan check | measured | predicted | predicted / measured |")
+        lines.append("|---|---|---|---|")
+        for row in plan:
+            if "error" in row:
+                lines.append(f"| {row['model']} | error: {row['error']} | | |")
+            else:
+                lines.append(
+                    f"| {row['model']} job | {row['measured_s']} s | {row['predicted_s']} s | {row['ratio']:.2f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets(report: dict) -> dict:
+    """Each target with the measured value and whether it is met."""
+    out = {}
+    cap = report.get("capture", {})
+    for row in cap.get("rows", []):
+        if row["length"] == max(r["length"] for r in cap["rows"]):
+            fused = row["methods"].get("fused", {})
+            if "time_vs_floor" in fused:
+                out[f"capture_time_vs_floor_{row['length']}/{row['model']}"] = (
+                    fused["time_vs_floor"],
+                    TARGETS["capture_time_vs_floor_1024"],
+                    fused["time_vs_floor"] <= TARGETS["capture_time_vs_floor_1024"],
+                )
+                out[f"capture_memory_vs_floor_{row['length']}/{row['model']}"] = (
+                    fused["memory_vs_floor"],
+                    TARGETS["capture_memory_vs_floor_1024"],
+                    fused["memory_vs_floor"] <= TARGETS["capture_memory_vs_floor_1024"],
+                )
+    job = report.get("job", {})
+    if "speedup_vs_tl" in job:
+        out["job_speedup_vs_tl"] = (job["speedup_vs_tl"], 3.0, job["speedup_vs_tl"] >= 3.0)
+        out["job_memory_vs_tl"] = (job["memory_vs_tl"], 0.25, job["memory_vs_tl"] <= 0.25)
+    abl = report.get("ablation", {})
+    if abl.get("loop") == "tl_loop":
+        out["ablation_speedup_vs_tl_loop"] = (abl["exact_speedup_vs_loop"], 5.0, abl["exact_speedup_vs_loop"] >= 5.0)
+    if "attribution_spearman" in abl:
+        out["attribution_spearman"] = (abl["attribution_spearman"], 0.9, abl["attribution_spearman"] >= 0.9)
+    return {k: {"value": v, "target": t, "met": bool(m)} for k, (v, t, m) in out.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="micro shape only (a smoke run, seconds)")
+    parser.add_argument("--only", default="capture,job,ablation,generation,plan", help="comma-separated sections")
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2))
+    parser.add_argument("--out", default=str(REPO / "outputs" / "bench" / "bench.json"))
+    args = parser.parse_args(argv)
+    cfg = settings(args.quick)
+    sections = set(args.only.split(","))
+    skip_tl = transformer_lens_missing()
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f} s] {message}", flush=True)
+
+    load_before = os.getloadavg()
+    report: dict = {"quick": args.quick, "versions": versions(), "load_average_before": load_before}
+    report["versions"]["torch_threads"] = args.threads
+    if "capture" in sections:
+        report["capture"] = {**capture_section(cfg, args.threads, skip_tl, log), "batch": cfg["capture_batch"]}
+    if "job" in sections:
+        report["job"] = job_section(cfg, args.threads, skip_tl, log)
+    if "ablation" in sections:
+        report["ablation"] = ablation_section(cfg, args.threads, skip_tl, log)
+    if "generation" in sections:
+        report["generation"] = generation_section(cfg, args.threads, log)
+    if "plan" in sections:
+        calib = calibration(args.threads, report.get("capture"), log)
+        report["calibration"] = calib
+        if "machine" in calib:
+            if not args.quick:
+                path = REPO / "outputs" / "bench" / "calibration.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(calib, indent=1))
+            report["plan"] = plan_section(cfg, args.threads, calib["machine"], report.get("job"), log)
+    report["targets"] = targets(report)
+    report["load_average_after"] = os.getloadavg()
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    if "job" in report:
+        report["job"].pop("_raw", None)
+    text = table(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    (out.parent / "bench_table.md").write_text(text + "\n")
+    print(text)
+    for key, t in report["targets"].items():
+        print(f"target {key}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    print(f"load average before {load_before}, after {report['load_average_after']}; {report['total_seconds']} s")
+    print(f"written to {out} and {out.parent / 'bench_table.md'}")
+    return report
 
 
 if __name__ == "__main__":

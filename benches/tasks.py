@@ -1,0 +1,287 @@
+"""The measured tasks, one per worker process (`worker.py`). Each returns a JSON-able dict.
+
+- capture: everything the icl/ and lowinfo/ families read from attention, by one method
+- ablation: per-head effects by one method (ckptstudy exact / attribution, TransformerLens hook loop)
+- generation: greedy continuations by one method (ckptstudy batched KV cache, HF generate)
+- job: one whole checkpoint job (ckptstudy's families, or the TransformerLens script in tl_job.py)
+- flops: this machine's matmul rate (stored for `ckptstudy-plan`)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from common import REPO, boot_bridge, build_model, rss_mb, timed, tokenizer
+
+N_CLASSES = 9  # 8 token classes + LOW_INFO, as in lowinfo/
+
+
+def capture_request(batch: int, length: int, seed: int = 0):
+    """Everything icl/ and lowinfo/ read from attention on `batch` x `length` tokens: the induction /
+    duplicate / previous-token diagonals of a BOS + R + R layout, class mass on 9 key classes (8 one-hot +
+    an overlapping LOW_INFO) over queries from position 32 on, row entropy of two query kinds; each with
+    and without the sink."""
+    from ckptstudy.attention_stats import StatsRequest
+    from ckptstudy.metrics.icl_heads import repeat_pattern_positions
+
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, N_CLASSES - 1, (batch, length), generator=gen)
+    onehot = torch.nn.functional.one_hot(classes, N_CLASSES - 1).double()
+    low = (torch.rand(batch, length, generator=gen) < 0.3).double()[..., None]
+    weight = torch.zeros(batch, length, dtype=torch.double)
+    weight[:, min(32, length - 1) :] = 1
+    kind = torch.randint(0, 3, (batch, length), generator=gen) * (weight > 0)
+    return StatsRequest(
+        diagonals=repeat_pattern_positions((length - 1) // 2),
+        key_values=torch.cat([onehot, low], -1),
+        query_weight=weight,
+        query_kind=kind,
+    )
+
+
+def _nll(logits, ids):
+    from ckptstudy.metrics.icl_heads import token_nll
+
+    return token_nll(logits, ids).sum(0)
+
+
+def _summary(per_layer: list[dict]) -> dict:
+    """Layer-summed statistics as lists (for checking that methods agree)."""
+    return {k: torch.stack([layer[k] for layer in per_layer]).double().tolist() for k in per_layer[0]}
+
+
+def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, warmup: int = 1) -> dict:
+    """One capture method on random tokens: bare (sdpa forward, no statistics: the floor), hf
+    (output_attentions=True), tl (TransformerLens run_with_cache of every hook_pattern), fused / fused_nll
+    (ckptstudy capture_stats without / with the per-token NLL of the icl pass), eager_hooks (capture_stats
+    method="eager": eager weights reduced inside per-layer hooks, today's path before the fused one)."""
+    from ckptstudy.attention_stats import reference_statistics
+    from ckptstudy.capture import capture_stats
+
+    torch.set_grad_enabled(False)
+    net = build_model(model, attn="sdpa" if method == "bare" else "eager")
+    ids = torch.randint(2, net.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
+    request = capture_request(batch, length)
+    if method == "bare":
+
+        def run():
+            return net(input_ids=ids).logits.shape
+
+    elif method == "hf":
+
+        def run():
+            attentions = net(input_ids=ids, output_attentions=True).attentions
+            return [reference_statistics(a, request, torch.float32) for a in attentions]
+
+    elif method == "tl":
+        bridge = boot_bridge(net, tokenizer(), model)
+
+        def run():
+            _, cache = bridge.run_with_cache(ids, names_filter=lambda name: name.endswith("attn.hook_pattern"))
+            names = [f"blocks.{i}.attn.hook_pattern" for i in range(net.config.num_hidden_layers)]
+            return [reference_statistics(cache[name], request, torch.float32) for name in names]
+
+    elif method in ("fused", "fused_nll", "eager_hooks"):
+
+        def run():
+            cap = capture_stats(
+                net,
+                ids,
+                request,
+                logits_fn=_nll if method == "fused_nll" else None,
+                batch_size=batch,
+                method="eager" if method == "eager_hooks" else "fused",
+            )
+            return cap.attn
+
+    else:
+        raise ValueError(f"unknown capture method {method!r}")
+    before = rss_mb()
+    seconds, times, out = timed(run, repeat=repeat, warmup=warmup)
+    result = {"model": model, "length": length, "batch": batch, "method": method, "seconds": seconds, "times": times}
+    result["rss_before_mb"] = round(before, 1)
+    if method != "bare":
+        result["stats"] = _summary(out)
+    return result
+
+
+def flops(size: int = 1024, repeat: int = 5) -> dict:
+    """Sustained float32 matmul rate (GFLOP/s) of this machine at the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds, _, _ = timed(lambda: a @ b, repeat=repeat, warmup=2)
+    return {"gflops": round(2 * size**3 / seconds / 1e9, 2), "size": size}
+
+
+def ablation_targets(vocab: int, prompts: int, length: int, copies: int = 4):
+    """icl/'s targets on a passage of `length` random tokens repeated `copies` times (queries from copy 2 on)."""
+    from ckptstudy.metrics.icl_heads import icl_targets
+
+    passages = torch.randint(2, vocab, (prompts, length), generator=torch.Generator().manual_seed(0))
+    return icl_targets(passages.repeat(1, copies), length)
+
+
+def ablation(model: str, method: str, prompts: int, length: int, repeat: int = 1) -> dict:
+    """Per-head zero-ablation effects by one method: exact (ckptstudy batched, reuses the clean residual),
+    naive (ckptstudy's reference loop, one HF forward per head), attribution (1 forward + 1 backward),
+    tl_loop (TransformerLens: one run_with_hooks per head zeroing its hook_z)."""
+    from ckptstudy.ablation import attribution_effects, exact_effects, naive_effects
+
+    net = build_model(model)
+    targets = ablation_targets(net.config.vocab_size, prompts, length)
+    if method == "exact":
+        fn = lambda: exact_effects(net, targets)  # noqa: E731
+    elif method == "naive":
+        fn = lambda: naive_effects(net, targets)  # noqa: E731
+    elif method == "attribution":
+        fn = lambda: attribution_effects(net, targets)  # noqa: E731
+    elif method == "tl_loop":
+        from tl_job import head_effects
+
+        bridge = boot_bridge(net, tokenizer(), model)
+        fn = lambda: head_effects(bridge, targets)  # noqa: E731
+    else:
+        raise ValueError(f"unknown ablation method {method!r}")
+    seconds, times, effects = timed(fn, repeat=repeat)
+    return {
+        "model": model,
+        "method": method,
+        "probe": f"{prompts} prompts x {targets.ids.shape[1]} tokens",
+        "seconds": seconds,
+        "times": times,
+        "effects": effects.tolist(),
+    }
+
+
+def generation(model: str, method: str, prompts: int, new_tokens: int, repeat: int = 1) -> dict:
+    """Greedy continuations of `prompts` random prompts of 24..32 tokens (left-padded in one batch):
+    batched (ckptstudy greedy_generate, KV cache) or generate (HF model.generate on the same left-padded
+    batch with its attention mask)."""
+    from ckptstudy.generation import greedy_generate, left_pad
+
+    torch.set_grad_enabled(False)
+    net = build_model(model)
+    gen = torch.Generator().manual_seed(1)
+    lists = [torch.randint(2, net.config.vocab_size, (24 + i % 9,), generator=gen).tolist() for i in range(prompts)]
+    if method == "batched":
+
+        def fn():
+            return greedy_generate(net, lists, new_tokens, pad_id=1, batch_size=prompts, desc=None).ids
+
+    elif method == "generate":
+        ids, mask = left_pad(lists, pad_id=1)
+
+        def fn():
+            out = net.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=1,
+            )
+            return out[:, ids.shape[1] :]
+
+    else:
+        raise ValueError(f"unknown generation method {method!r}")
+    seconds, times, out = timed(fn, repeat=repeat)
+    return {
+        "model": model,
+        "method": method,
+        "prompts": prompts,
+        "new_tokens": new_tokens,
+        "seconds": seconds,
+        "times": times,
+        "ids": out.tolist(),
+    }
+
+
+JOB_METRICS = ("icl_heads", "repetition", "low_info")
+
+
+def job_context(model: str, overrides: list[str], attn: str = "eager"):
+    """(config, JobContext) of one bench job: the model shape, the bench tokenizer, the configured probes."""
+    from ckptstudy.config import compose_config
+    from ckptstudy.cycles import LoopRule
+    from ckptstudy.metrics import JobContext
+    from ckptstudy.probes import cached_probes
+
+    root = REPO / "outputs" / "bench" / "root"
+    cfg = compose_config([f"paths.root={root}", "logger=none", *overrides])
+    tok = tokenizer()
+    probes = cached_probes(cfg.probes, tok, REPO / "outputs" / "bench" / "probes")
+    net = build_model(model, attn=attn)
+    loops = LoopRule(cfg.loops.definition, cfg.loops.min_period, cfg.loops.max_period, cfg.loops.min_copies)
+    ctx = JobContext(
+        model=net,
+        tokenizer=tok,
+        probes=probes,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        loops=loops,
+        natural_new_tokens=cfg.loops.new_tokens,
+    )
+    return cfg, ctx
+
+
+def job(model: str, engine: str, overrides: list[str], attn: str = "eager") -> dict:
+    """One checkpoint job on a random-init model: engine = ckptstudy (its families, as `ckptstudy` runs
+    them) or tl (tl_job.py). Model build and probes are not timed (the same for both)."""
+    from omegaconf import OmegaConf
+
+    from ckptstudy.metrics import family_function
+
+    torch.manual_seed(0)
+    cfg, ctx = job_context(model, overrides, attn)
+    metrics = OmegaConf.to_container(cfg.metrics, resolve=True)
+    before = rss_mb()
+    seconds, scalars = {}, {}
+    start = time.perf_counter()
+    if engine == "ckptstudy":
+        t = time.perf_counter()
+        ctx.natural_loops()
+        seconds["natural_generation"] = time.perf_counter() - t
+        for name, params in metrics.items():
+            fn, params = family_function(name, params)
+            t = time.perf_counter()
+            result = fn(ctx, **params)
+            seconds[name] = time.perf_counter() - t
+            scalars.update(result.scalars)
+    elif engine == "tl":
+        import tl_job
+
+        bridge = boot_bridge(ctx.model, ctx.tokenizer, model)
+        start = time.perf_counter()  # the bridge boot is not counted
+        scalars, seconds = tl_job.run(bridge, ctx, metrics)
+    else:
+        raise ValueError(f"unknown job engine {engine!r}")
+    total = time.perf_counter() - start
+    return {
+        "model": model,
+        "engine": engine,
+        "families": list(metrics),
+        "seconds": total,
+        "parts": {k: round(v, 2) for k, v in seconds.items()},
+        "scalars": {k: (None if v != v else v) for k, v in scalars.items()},
+        "rss_before_mb": round(before, 1),
+    }
+
+
+def machine() -> dict:
+    """This machine as `ckptstudy-plan` sees it (matmul rate, bandwidth, per-layer call overhead)."""
+    from dataclasses import asdict
+
+    from ckptstudy.plan import _cpu_name, measure_machine
+
+    measured = measure_machine()
+    return {"machine": asdict(measured), "cpu": _cpu_name(), "matmul_gflops": round(measured.gflops / 0.7, 1)}
+
+
+TASKS = {
+    "capture": capture,
+    "ablation": ablation,
+    "generation": generation,
+    "job": job,
+    "flops": flops,
+    "machine": machine,
+}
