@@ -85,6 +85,7 @@ class StatsCollector:
     def __init__(self, n_layers: int):
         self.sums: list[dict[str, torch.Tensor] | None] = [None] * n_layers
         self.request: StatsRequest | None = None
+        self.workspace: dict = {}  # buffers of the statistics pass, reused across layers
 
     def add(self, layer: int, stats: dict[str, torch.Tensor]) -> None:
         stats = {k: v.detach().cpu() for k, v in stats.items()}
@@ -131,56 +132,88 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def _as_diagonal(queries: torch.Tensor, keys: torch.Tensor) -> tuple[int, int, int] | None:
+    """(first query, last query + 1, query - key) when the pairs are one contiguous diagonal, else None."""
+    n = queries.numel()
+    if n == 0:
+        return None
+    first, offset = int(queries[0]), int(queries[0] - keys[0])
+    span = torch.arange(first, first + n, device=queries.device)
+    if torch.equal(queries, span) and torch.equal(keys, span - offset):
+        return first, first + n, offset
+    return None
+
+
 def diagonal_sums(query, key, scale, lse, diagonals) -> torch.Tensor:
-    """Summed attention weight at each diagonal's (query, key) pairs, per head: [n_diagonals, head]."""
+    """Summed attention weight at each diagonal's (query, key) pairs, per head: [n_diagonals, head].
+    weight = exp(scale * q . k - lse(q)); a contiguous diagonal is read through views (no gather)."""
     dtype = _stats_dtype(query.dtype)
     out = []
     for queries, keys in diagonals.values():
-        scores = (query[:, :, queries].to(dtype) * key[:, :, keys].to(dtype)).sum(-1) * scale  # [b, h, Q]
-        weights = torch.exp(scores.double() - lse[:, :, queries].double())
-        out.append(weights.sum(dim=(0, 2)))
+        span = _as_diagonal(queries, keys)
+        if span is None:
+            q, k, row_lse = query[:, :, queries], key[:, :, keys], lse[:, :, queries]
+        else:
+            first, stop, offset = span
+            q, k = query[:, :, first:stop], key[:, :, first - offset : stop - offset]
+            row_lse = lse[:, :, first:stop]
+        scores = torch.linalg.vecdot(q.to(dtype), k.to(dtype)) * scale  # [b, h, Q]
+        out.append(torch.exp(scores - row_lse.to(dtype)).double().sum(dim=(0, 2)))
     return torch.stack(out)
 
 
-def class_and_entropy_sums(query, key, scale, request: StatsRequest) -> dict[str, torch.Tensor]:
+def _workspace(workspace: dict | None, b: int, h: int, s: int, width: int, dtype, device) -> torch.Tensor:
+    """Zeroed [3, b, h, s, width] buffer for the padded (q, k, v) of the statistics pass, reused across layers
+    and chunks of the same shape: fresh multi-MB tensors every layer cost page faults on CPU."""
+    key = (b, h, s, width, dtype, str(device))
+    if workspace is None:
+        return torch.zeros(3, b, h, s, width, dtype=dtype, device=device)
+    if key not in workspace:
+        workspace.clear()
+        workspace[key] = torch.zeros(3, b, h, s, width, dtype=dtype, device=device)
+    return workspace[key]
+
+
+def class_and_entropy_sums(query, key, scale, request: StatsRequest, workspace: dict | None = None) -> dict:
     """`mass`, `mass_nosink`, `entropy`, `entropy_nosink` of one layer from one fused pass over keys 1..
-    (see the module docstring); query, key [b, h, s, d] after the rotary embedding."""
+    (see the module docstring); query, key [b, h, s, d] after the rotary embedding. Per-row arithmetic in the
+    model's precision (float32 at least), sums over rows in float64."""
     b, h, s, d = query.shape
     dtype = _stats_dtype(query.dtype)
-    q, k = query.to(dtype), key.to(dtype)
-    out: dict[str, torch.Tensor] = {}
     if s < 2:  # one key only: mass on key 0, no entropy, nothing without the sink
-        return _single_key_stats(q, request, h)
-    s0 = (q * k[:, :, :1]).sum(-1) * scale  # [b, h, s] score of key 0
-    parts = [k[:, :, 1:]] if request.query_kind is not None else []
-    n_classes = 0
-    if request.key_values is not None:
-        kv = request.key_values.to(dtype)
-        n_classes = kv.shape[-1]
-        parts.append(kv[:, None, 1:, :].expand(b, h, s - 1, n_classes))
-    value = torch.cat(parts, dim=-1)
-    width = max(d, value.shape[-1])
-    q1 = F.pad(q[:, :, 1:], (0, width - d))
-    k1 = F.pad(k[:, :, 1:], (0, width - d))
-    value = F.pad(value, (0, width - value.shape[-1]))
+        return _single_key_stats(query, request, h)
+    out: dict[str, torch.Tensor] = {}
+    q, k = query.to(dtype), key.to(dtype)
+    s0 = (q @ k[:, :, :1].transpose(-1, -2)).squeeze(-1) * scale  # [b, h, s] score of key 0
+    entropy_width = d if request.query_kind is not None else 0
+    n_classes = request.key_values.shape[-1] if request.key_values is not None else 0
+    width = max(d, entropy_width + n_classes)
+    buffer = _workspace(workspace, b, h, s - 1, width, dtype, q.device)
+    q1, k1, value = buffer[0], buffer[1], buffer[2]
+    q1[..., :d] = q[:, :, 1:]
+    k1[..., :d] = k[:, :, 1:]
+    if entropy_width:
+        value[..., :d] = k[:, :, 1:]
+    if n_classes:
+        value[..., entropy_width : entropy_width + n_classes] = request.key_values[:, None, 1:, :].to(dtype)
     attended, lse1 = attention_with_lse(q1, k1, value, scale)  # rows = queries 1.., keys 1..
-    attended, lse1, s0_rest = attended.double(), lse1.double(), s0[:, :, 1:].double()
+    s0_rest = s0[:, :, 1:]
     lse = torch.logaddexp(lse1, s0_rest)  # over every key, queries 1..
     p0, rest = torch.exp(s0_rest - lse), torch.exp(lse1 - lse)  # key 0's weight and 1 - it, both stable
-    if request.key_values is not None:
-        offset = d if request.query_kind is not None else 0
-        mass1 = attended[..., offset : offset + n_classes]  # [b, h, s-1, C] over keys 1.. (renormalised)
-        kv0 = request.key_values[:, 0].double()  # [b, C]
-        mass = rest[..., None] * mass1 + p0[..., None] * kv0[:, None, None, :]
-        weight = request.query_weight.double()
-        out["mass"] = torch.einsum("bhqc,bq->hc", mass, weight[:, 1:]) + torch.einsum("bc,b->c", kv0, weight[:, 0])[
-            None, :
-        ].expand(h, n_classes)
-        out["mass_nosink"] = torch.einsum("bhqc,bq->hc", mass1, weight[:, 1:])
-    if request.query_kind is not None:
-        expected1 = (q[:, :, 1:].double() * attended[..., :d]).sum(-1) * scale  # E[s] over keys 1..
-        entropy_rest = lse1 - expected1
-        entropy = lse - (rest * expected1 + p0 * s0_rest)
+    if n_classes:
+        mass1 = attended[..., entropy_width : entropy_width + n_classes]  # [b, h, s-1, C] over keys 1..
+        weight = request.query_weight.to(dtype)
+        kv0 = request.key_values[:, 0].to(dtype)  # [b, C]
+        nosink = torch.einsum("bhqc,bq->hc", mass1, weight[:, 1:]).double()
+        # with the sink: (1 - p0) * mass1 + p0 * [class of key 0], and query 0 puts all its mass on key 0
+        on_rest = torch.einsum("bhqc,bhq->hc", mass1, rest * weight[:, None, 1:]).double()
+        on_zero = torch.einsum("bc,bh->hc", kv0, (p0 * weight[:, None, 1:]).sum(-1) + weight[:, :1]).double()
+        out["mass"] = on_rest + on_zero
+        out["mass_nosink"] = nosink
+    if entropy_width:
+        expected1 = torch.linalg.vecdot(q[:, :, 1:], attended[..., :d]) * scale  # E[s] over keys 1..
+        entropy_rest = (lse1 - expected1).double()
+        entropy = (lse - (rest * expected1 + p0 * s0_rest)).double()
         positions = torch.arange(1, s, device=q.device, dtype=torch.float64)
         kind = request.query_kind[:, 1:]
         out["entropy"] = _kind_sums(entropy, kind, positions + 1, request.n_kinds)
@@ -207,7 +240,7 @@ def _kind_sums(entropy: torch.Tensor, kind: torch.Tensor, n_keys: torch.Tensor, 
     normalised = entropy / torch.log(n_keys.clamp(min=2))
     out = []
     for value in range(1, n_kinds + 1):
-        weight = ((kind == value) & usable[None, :]).double()
+        weight = ((kind == value) & usable[None, :]).to(entropy.dtype)
         out.append(
             torch.stack(
                 [torch.einsum("bhq,bq->h", entropy, weight), torch.einsum("bhq,bq->h", normalised, weight)], dim=-1
@@ -216,33 +249,38 @@ def _kind_sums(entropy: torch.Tensor, kind: torch.Tensor, n_keys: torch.Tensor, 
     return torch.stack(out, dim=1)
 
 
-def layer_statistics(query, key, scale: float, lse: torch.Tensor, request: StatsRequest) -> dict[str, torch.Tensor]:
+def layer_statistics(
+    query, key, scale: float, lse: torch.Tensor, request: StatsRequest, workspace: dict | None = None
+) -> dict[str, torch.Tensor]:
     """Every statistic `request` asks for, for one layer: query, key [b, h, s, d] after the rotary
     embedding, lse [b, h, s] = each row's causal logsumexp of scale * q . k."""
     out = {}
     if request.diagonals:
         out["diagonal"] = diagonal_sums(query, key, scale, lse, request.diagonals)
     if request.needs_pass:
-        out.update(class_and_entropy_sums(query, key, scale, request))
+        out.update(class_and_entropy_sums(query, key, scale, request, workspace))
     return out
 
 
-def reference_statistics(attn: torch.Tensor, request: StatsRequest) -> dict[str, torch.Tensor]:
-    """The same statistics from materialised weights attn [b, h, q, k] (the eager reference path)."""
-    attn = attn.double()
+def reference_statistics(
+    attn: torch.Tensor, request: StatsRequest, dtype: torch.dtype = torch.float64
+) -> dict[str, torch.Tensor]:
+    """The same statistics from materialised weights attn [b, h, q, k] (the eager reference path), reduced
+    in `dtype` (the benchmarks' baselines reduce in float32, as a user would)."""
+    attn = attn.to(dtype)
     out = {}
     if request.diagonals:
         out["diagonal"] = torch.stack([attn[:, :, q, k].sum(dim=(0, 2)) for q, k in request.diagonals.values()])
     rest = attn[..., 1:, 1:]
     total = rest.sum(-1, keepdim=True)
-    nosink = torch.where(total > 0, rest / total.clamp(min=1e-300), torch.zeros_like(rest))
+    nosink = torch.where(total > 0, rest / total.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(rest))
     if request.key_values is not None:
-        kv, weight = request.key_values.double(), request.query_weight.double()
+        kv, weight = request.key_values.to(dtype), request.query_weight.to(dtype)
         out["mass"] = torch.einsum("bhqk,bkc,bq->hc", attn, kv, weight)
         out["mass_nosink"] = torch.einsum("bhqk,bkc,bq->hc", nosink, kv[:, 1:], weight[:, 1:])
     if request.query_kind is not None:
         s = attn.shape[-1]
-        n_keys = torch.arange(1, s + 1, dtype=torch.float64, device=attn.device)
+        n_keys = torch.arange(1, s + 1, dtype=dtype, device=attn.device)
         entropy = -torch.special.xlogy(attn, attn).sum(-1)
         out["entropy"] = _kind_sums(entropy, request.query_kind, n_keys, request.n_kinds)
         entropy_rest = -torch.special.xlogy(nosink, nosink).sum(-1)
@@ -267,7 +305,7 @@ def stats_attention(module, query, key, value, attention_mask, scaling=None, dro
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out, lse = attention_with_lse(query, key, value, scale)
-    collector.add(module.layer_idx, layer_statistics(query, key, scale, lse, collector.request))
+    collector.add(module.layer_idx, layer_statistics(query, key, scale, lse, collector.request, collector.workspace))
     return out.transpose(1, 2).contiguous(), None
 
 
