@@ -365,5 +365,5 @@ def test_bootstrap_samples_give_the_reported_newline_values_on_the_full_sample(t
         # the fused pass attends in float32: equal to its rounding
         assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-6), key
     natural = result.samples["lowinfo/enrich_newline_natural_nosink"]
-    assert natural.prompts == "natural" and natural.values.shape == (3, 2, 4)  # one row per natural prompt
+    assert natural.prompts == "natural" and natural.values.shape == (3,)  # one value per natural prompt
     assert natural.weights[1] == 0 and not natural.values[1].any()  # the prompt that does not loop

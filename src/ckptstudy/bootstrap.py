@@ -12,8 +12,9 @@ Statistics (`Sample.statistic`):
 - `median_low`: the lower middle of the finite values (what `torch.median` returns);
 - `max_of_mean` / `top_mean` (`k`): the largest / the mean of the k largest per-head means over prompts
   (values [n, layer, head]: per-prompt per-head scores);
-- `ratio_of_sums`: per head, sum of `values` [n, layer, head] over prompts / sum of `weights` [n] over
-  prompts, then the mean over the heads where it is finite (attention enrichment: mass over expected mass);
+- `ratio_of_sums`: per column, sum of `values` [n, ...] over prompts / sum of `weights` [n] over prompts,
+  then the mean over the columns where it is finite (attention enrichment: mass over expected mass; with
+  one expected mass for every head, per-prompt head-mean masses [n] give the same head mean);
 - `ratio`: the statistic of sample `of[0]` over that of sample `of[1]`, two keys of the same checkpoint,
   often on independent prompt sets (each is resampled as its own prompt set).
 

@@ -163,6 +163,8 @@ def head_snapshots_figure(panels: list[tuple[str, np.ndarray]], title: str) -> F
     for ax, (label, _), grid in zip(axes, panels, grids):
         shown = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(label, fontsize=8)
+        ax.set_xticks(range(heads) if heads <= 16 else range(0, heads, 4))
+        ax.set_yticks(range(layers) if layers <= 16 else range(0, layers, 4))
         ax.set_xlabel("head", fontsize=7)
         ax.set_ylabel("layer", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -20,6 +20,7 @@ import html
 import importlib.metadata
 import math
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from ckptstudy.results import RECORD_COLUMNS, atomic_write_bytes
 
 PACKAGES = ("torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib", "wandb")
 CI_SUFFIXES = ("/ci_low", "/ci_high")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 DPI = 90
 
 
@@ -56,7 +58,9 @@ class ReportData:
     bootstrap: dict  # n, level, seed
     panels_per_family: int = 12
     bootstrap_seconds: float = math.nan  # time spent resampling stored samples for this report
-    built_by: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+    built_by: str = field(
+        default_factory=lambda: " ".join([Path(sys.argv[0]).name, *(shell_quote(a) for a in sys.argv[1:])])
+    )
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -171,7 +175,9 @@ input.axis-choice{position:absolute;opacity:0;pointer-events:none}
 #axis-tokens:checked ~ main .by-step{display:none}
 #axis-step:checked ~ nav label[for=axis-step],
 #axis-tokens:checked ~ nav label[for=axis-tokens]{text-decoration:underline;font-weight:600}
-.pair{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+.pair{display:flex;gap:18px;align-items:flex-start}
+.pair img{max-width:calc(50% - 9px)}
+.muted{color:#555}
 """
 
 TEST_SCRIPT = """<script>
@@ -209,16 +215,24 @@ TEST_SCRIPT = """<script>
 def _onset_section(data: ReportData, tps: dict) -> str:
     level = round(100 * float(data.bootstrap.get("level", 0.95)))
     rows = []
-    for (model, metric), value in sorted(data.onsets.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    steps = {m: sorted(int(s) for s in part["step"]) for m, part in data.table.groupby("model")}
+
+    def order(item):
+        (model, metric), value = item
+        return (model, 0 if np.isfinite(value) else 1, value if np.isfinite(value) else 0.0, metric)
+
+    for (model, metric), value in sorted(data.onsets.items(), key=order):
         ci = data.onset_ci.get((model, metric))
         low, high = (ci or {}).get("ci", [math.nan, math.nan])
         share = (ci or {}).get("with_onset")
         interval = f"{_fmt(low, 4)} – {_fmt(high, 4)}" if np.isfinite(low) else ("no interval" if ci is None else "NaN")
         tokens = tps.get(model)
         in_tokens = _fmt(value * tokens, 4) if tokens and np.isfinite(value) else ""
+        between = _bracket(steps.get(model, []), value)
         rows.append(
             f"<tr><td>{html.escape(metric)}</td><td>{html.escape(model)}</td>"
             f"<td class=num>{'no held change' if not np.isfinite(value) else _fmt(value, 4)}</td>"
+            f"<td class=num>{between}</td>"
             f"<td class=num>{interval}</td><td class=num>{'' if share is None else f'{100 * share:.0f}%'}</td>"
             f"<td class=num>{in_tokens}</td></tr>"
         )
@@ -228,14 +242,26 @@ def _onset_section(data: ReportData, tps: dict) -> str:
         "level held that long, so one outlying checkpoint neither sets it nor marks the onset; interpolated in "
         f"log(1 + step). Interval: {level}% percentile interval of the onset recomputed on each of "
         f"{data.bootstrap.get('n')} bootstrap replicates of the whole trajectory (the same prompt resample at every "
-        "step); 'with onset' = share of replicates that have one."
+        "step); 'with onset' = share of replicates that have one. The interval is the uncertainty from the "
+        "choice of prompts only: the onset is also only resolved to the two checkpoints around it."
     )
-    body = "".join(rows) or "<tr><td colspan=6>no onset metric found in the table</td></tr>"
+    body = "".join(rows) or "<tr><td colspan=7>no onset metric found in the table</td></tr>"
     return (
         f"<h2 id=onsets>Onsets</h2><p class=note>{html.escape(rule)}</p>"
-        f"<table><tr><th>metric</th><th>model</th><th>onset step</th><th>{level}% interval</th>"
-        f"<th>with onset</th><th>onset, tokens seen</th></tr>{body}</table>"
+        f"<table><tr><th>metric</th><th>model</th><th>onset step</th><th>between checkpoints</th>"
+        f"<th>{level}% interval</th><th>with onset</th><th>onset, tokens seen</th></tr>{body}</table>"
     )
+
+
+def _bracket(steps: list[int], onset: float) -> str:
+    """The two checkpoints an onset lies between (its resolution on the checkpoint grid)."""
+    if not np.isfinite(onset) or not steps:
+        return ""
+    after = [s for s in steps if s >= onset]
+    before = [s for s in steps if s < onset]
+    if not before:
+        return f"at {after[0]}"
+    return f"{before[-1]}–{after[0]}" if after else f"after {before[-1]}"
 
 
 def _family_sections(data: ReportData, ok, tps: dict) -> str:
@@ -302,8 +328,8 @@ def _checkpoint_section(data: ReportData) -> str:
     by_key = {(r.get("model"), int(r.get("step", -1))): r for r in data.records}
     out = [
         f"<h2 id=checkpoints>Checkpoints</h2><p>{len(table)} checkpoint(s): "
-        f"{int((table['status'] == 'ok').sum())} ok, <span class={'bad' if len(failed) else 'note'}>"
-        f"{len(failed)} failed</span>, <span class={'warn' if len(flagged) else 'note'}>{len(flagged)} with "
+        f"{int((table['status'] == 'ok').sum())} ok, <span class={'bad' if len(failed) else 'muted'}>"
+        f"{len(failed)} failed</span>, <span class={'warn' if len(flagged) else 'muted'}>{len(flagged)} with "
         "weights identical to another step</span>.</p>"
     ]
     if len(failed):
@@ -351,21 +377,25 @@ def _checkpoint_section(data: ReportData) -> str:
 
 def _nan_section(data: ReportData) -> str:
     reasons: dict[tuple[str, str], list] = defaultdict(list)
+    examples: dict[tuple[str, str], str] = {}
     for record in data.records:
         for key, reason in (record.get("nan_reasons") or {}).items():
-            reasons[(key, reason)].append(f"{record.get('model')}@{record.get('step')}")
+            kind = (key, NUMBER.sub("#", reason))  # the same reason with other numbers in it is one row
+            reasons[kind].append(f"{record.get('model')}@{record.get('step')}")
+            examples.setdefault(kind, reason)
     if not reasons:
         return "<h2 id=nan>NaN values</h2><p>No NaN values.</p>"
     rows = "".join(
-        f"<tr><td>{html.escape(key)}</td><td>{html.escape(reason)}</td><td class=num>{len(where)}</td>"
+        f"<tr><td>{html.escape(kind[0])}</td><td>{html.escape(examples[kind])}</td><td class=num>{len(where)}</td>"
         f"<td>{html.escape(', '.join(where[:12]) + (' …' if len(where) > 12 else ''))}</td></tr>"
-        for (key, reason), where in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        for kind, where in sorted(reasons.items(), key=lambda kv: (kv[0][0].split("/")[0], -len(kv[1]), kv[0]))
     )
     total = sum(len(w) for w in reasons.values())
     return (
-        f"<h2 id=nan>NaN values</h2><p class=note>{total} NaN values, each with the reason its family gave."
-        f"</p><details open><summary>{len(reasons)} (metric, reason) pairs</summary><table><tr><th>metric</th>"
-        f"<th>reason</th><th>count</th><th>where</th></tr>{rows}</table></details>"
+        f"<h2 id=nan>NaN values</h2><p class=note>{total} NaN values, each with the reason its family gave "
+        "(reasons that differ only in their numbers share a row; the first is shown).</p><details open><summary>"
+        f"{len(reasons)} (metric, reason) pairs</summary><table><tr><th>metric</th><th>reason (first)</th>"
+        f"<th>count</th><th>where</th></tr>{rows}</table></details>"
     )
 
 
@@ -411,6 +441,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def shell_quote(word: str) -> str:
+    """`word` as a shell would need it typed: bare when safe, in double quotes when that suffices (Hydra's
+    own quotes inside an override stay readable), else shlex's single quotes."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", word):
+        return word
+    if not re.search(r'["$`\\!]', word):
+        return f'"{word}"'
+    return shlex.quote(word)
+
+
 def sweep_commands(directory: Path) -> list[tuple[str, str]]:
     """(when, command) of every Hydra run and multirun that wrote into the study (from Hydra's own
     records of the overrides: multirun.yaml, .hydra/overrides.yaml)."""
@@ -420,13 +460,13 @@ def sweep_commands(directory: Path) -> list[tuple[str, str]]:
             task = list(OmegaConf.load(path).hydra.overrides.task)
         except Exception:
             continue
-        out.append((path.parent.name, "ckptstudy -m " + " ".join(shlex.quote(str(o)) for o in task)))
+        out.append((path.parent.name, "ckptstudy -m " + " ".join(shell_quote(str(o)) for o in task)))
     for path in sorted((directory / "hydra" / "run").glob("*/.hydra/overrides.yaml")):
         try:
             task = list(OmegaConf.load(path))
         except Exception:
             continue
-        out.append((path.parent.parent.name, "ckptstudy " + " ".join(shlex.quote(str(o)) for o in task)))
+        out.append((path.parent.parent.name, "ckptstudy " + " ".join(shell_quote(str(o)) for o in task)))
     return out
 
 

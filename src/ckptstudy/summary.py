@@ -80,6 +80,17 @@ def nan_reason_counts(records: list[dict]) -> Counter:
     return counts
 
 
+def needed_arrays(record: dict) -> dict[str, np.ndarray]:
+    """The arrays of a record the summary uses: its bootstrap samples and its layer x head arrays (not the
+    generated ids and other raw data, which can be large)."""
+    if not record.get("arrays") or record.get("status") != "ok":
+        return {}
+    stored = results.read_arrays(Path(record["_path"]))
+    kept = without_samples(stored)
+    heads = {k: v for k, v in kept.items() if is_head_array(record, v)}
+    return {**heads, **{k: v for k, v in stored.items() if k not in kept}}
+
+
 def record_replicates(records: list[dict], arrays: dict[str, dict], settings: dict) -> dict[tuple[str, int], dict]:
     """Bootstrap replicates {(model, step): {key: [n]}} of every ok record's scalars that have stored samples
     (recomputed from the npz: the model is not needed; the same resamples at every step)."""
@@ -147,8 +158,7 @@ def summarize(
     settings = _settings(bootstrap)
     records = results.load_records(root, study)
     directory = results.study_dir(root, study)
-    arrays = {r["_path"]: results.read_arrays(Path(r["_path"])) for r in records if r.get("arrays")}
-    arrays.update({r["_path"]: {} for r in records if not r.get("arrays")})
+    arrays = {r["_path"]: needed_arrays(r) for r in records}
     table = add_cross_step_columns(results.results_table(records), records, top_k, arrays)
     started = time.perf_counter()
     reps = record_replicates(records, arrays, settings)
@@ -248,8 +258,8 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory, ons
     for (model, metric), value in sorted(found.items()):
         shown = "no change" if math.isnan(value) else f"~step {value:.0f}"
         low, high = (onset_ci.get((model, metric)) or {}).get("ci", [math.nan, math.nan])
-        if np.isfinite(low) and np.isfinite(high):
-            shown += f" (95% interval {low:.0f}-{high:.0f})" if not math.isnan(value) else ""
+        if np.isfinite(low) and np.isfinite(high) and not math.isnan(value):
+            shown += f" (interval {low:.0f}-{high:.0f})"
         print(f"onset {model} {metric}: {shown}")
     dup = table[table["identical_weights_as"].astype(str) != ""]
     for _, row in dup.iterrows():

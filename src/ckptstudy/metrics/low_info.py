@@ -295,9 +295,12 @@ def newline_samples(ctx, inputs: dict, key_classes: torch.Tensor) -> dict[str, S
         rows = newline_rows(ctx.model, ids, weight, key_classes, ctx.batch_size)
         looping = ctx.natural_loops().looping.numpy() if context == "natural" else None
         for suffix in SUFFIXES:
-            mass, expected = rows[f"mass{suffix}"].numpy(), rows[f"expected{suffix}"].numpy()
+            # the expected mass is the same for every head, so the head mean of (sum of mass / sum of expected)
+            # is (sum over prompts of the head-mean mass) / (sum of expected): one value per prompt suffices
+            mass = rows[f"mass{suffix}"].mean(dim=(1, 2)).numpy()
+            expected = rows[f"expected{suffix}"].numpy()
             if looping is not None:  # natural: one row per natural prompt, zero where it does not loop
-                full_mass, full_expected = np.zeros((len(looping), *mass.shape[1:])), np.zeros(len(looping))
+                full_mass, full_expected = np.zeros(len(looping)), np.zeros(len(looping))
                 full_mass[looping], full_expected[looping] = mass, expected
                 mass, expected = full_mass, full_expected
             sample = Sample("ratio_of_sums", mass, prompts=prompts, weights=expected)
