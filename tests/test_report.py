@@ -256,3 +256,19 @@ def test_trajectory_runs_carry_tags_and_the_report_and_table_as_artifacts(tmp_pa
     for tags, artifacts in found.values():
         assert "study:tracked" in tags
         assert artifacts["report"] == ["report.html"] and artifacts["trajectories"] == ["trajectories.csv"]
+
+
+def test_trajectory_plot_draws_bands_onset_spans_and_a_tokens_axis(study):
+    from ckptstudy.plots import trajectory_figure
+
+    table = pd.read_csv(study["dir"] / "trajectories.csv")
+    ok = table[table["status"] == "ok"]
+    out = study["out"]
+    fig = trajectory_figure(ok, ["x/rate", "x/late"], out["onsets"], out["onset_intervals"], "step")
+    with_band, without_band = fig.axes[:2]
+    assert len(with_band.collections) == 2 and len(without_band.collections) == 0  # one band per model
+    assert len(with_band.patches) == 2  # the onset interval of each model
+    assert with_band.get_xlim()[0] == 0 and with_band.get_xscale() == "symlog"  # step 0 is on the axis
+    by_tokens = trajectory_figure(ok, ["x/rate"], out["onsets"], out["onset_intervals"], "tokens", MODELS)
+    line = {line.get_label(): line for line in by_tokens.axes[0].get_lines()}["small"]
+    assert list(line.get_xdata()) == [s * MODELS["small"] for s in STEPS]

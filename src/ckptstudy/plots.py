@@ -98,7 +98,7 @@ def _symlog_axis(ax, linthresh: float, right: float) -> None:
     (symlog's own locators are slow and crowd small panels)."""
     ax.set_xscale("symlog", linthresh=linthresh)
     ax.set_xlim(left=0, right=right)
-    ticks = [0.0] + [10.0**e for e in range(math.floor(math.log10(linthresh)), math.floor(math.log10(right)) + 1)]
+    ticks = [0.0] + [10.0**e for e in range(math.ceil(math.log10(linthresh)), math.floor(math.log10(right)) + 1)]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(_power_label))
     ax.xaxis.set_minor_locator(NullLocator())
