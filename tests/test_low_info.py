@@ -148,7 +148,8 @@ def test_hooks_match_output_attentions(tiny_tokenizer):
     onehot = torch.cat([onehot, low_info[ids].double()[..., None]], -1)
     for layer, attn in enumerate(attentions):
         expected = class_mass(attn.double(), onehot, weight) / uniform_mass(onehot, weight)
-        torch.testing.assert_close(stats["enrich"][layer], expected, equal_nan=True)
+        # the fused path sums in another order than eager attention: float32 rounding, not a difference
+        torch.testing.assert_close(stats["enrich"][layer], expected, equal_nan=True, atol=1e-6, rtol=1e-6)
     assert stats["enrich"].shape == (2, 4, len(KEY_CLASSES))
 
 

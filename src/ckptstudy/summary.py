@@ -23,7 +23,7 @@ import torch
 from ckptstudy import results
 from ckptstudy.bootstrap import decode, interval, replicates, without_samples
 from ckptstudy.config import compose_config
-from ckptstudy.metrics.specialization import jaccard, top_heads
+from ckptstudy.metrics.specialization import jaccard, jaccard_chance, top_heads
 from ckptstudy.onsets import onset_intervals, onsets
 from ckptstudy.plots import save_figure, trajectory_figure
 from ckptstudy.report import ReportData, is_head_array, write_report
@@ -33,11 +33,20 @@ DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0}
 
 
 def add_cross_step_columns(
-    table: pd.DataFrame, records: list[dict], k: int = 3, arrays: dict[str, dict] | None = None
+    table: pd.DataFrame,
+    records: list[dict],
+    k: int = 3,
+    arrays: dict[str, dict] | None = None,
+    min_total: float = 0.0,
 ) -> pd.DataFrame:
-    """`icl/top{k}_jaccard_prev`: overlap of the top-k ablation heads with the previous ok step's."""
+    """`icl/top{k}_jaccard_prev`: overlap of the top-k ablation heads with the previous ok step's, beside
+    its chance level `icl/top{k}_jaccard_prev_chance` (two random k-subsets of the model's heads).
+
+    Held to the icl family's bar: NaN when either step's total positive effect is below `min_total`
+    (`metrics.icl_heads.min_effect_total`), where the top-k set would be a ranking of noise.
+    """
     column = f"icl/top{k}_jaccard_prev"
-    values = {}
+    values, chance = {}, {}
     for model in {r.get("model") for r in records}:
         previous = None
         ok = sorted(
@@ -48,11 +57,16 @@ def add_cross_step_columns(
             effects = stored.get("icl/ablation_effect")
             if effects is None:
                 continue
-            current = top_heads(torch.from_numpy(effects), k)
-            values[(model, int(record["step"]))] = jaccard(previous, current) if previous is not None else math.nan
+            effects = torch.from_numpy(effects)
+            step = (model, int(record["step"]))
+            chance[step] = jaccard_chance(effects.numel(), min(k, effects.numel()))
+            above = float(effects.nan_to_num(0).clamp(min=0).sum()) >= min_total
+            current = top_heads(effects, k) if above else None
+            values[step] = jaccard(previous, current) if previous is not None and current is not None else math.nan
             previous = current
     if values:
         table[column] = [values.get((m, int(s)), math.nan) for m, s in zip(table["model"], table["step"])]
+        table[f"{column}_chance"] = [chance.get((m, int(s)), math.nan) for m, s in zip(table["model"], table["step"])]
     return table
 
 
@@ -146,6 +160,7 @@ def summarize(
     top_k: int = 3,
     since: str | None = None,
     onset_persist: int = 2,
+    min_effect_total: float = 0.0,
     bootstrap=None,
     panels_per_family: int = 12,
 ) -> dict:
@@ -159,7 +174,7 @@ def summarize(
     records = results.load_records(root, study)
     directory = results.study_dir(root, study)
     arrays = {r["_path"]: needed_arrays(r) for r in records}
-    table = add_cross_step_columns(results.results_table(records), records, top_k, arrays)
+    table = add_cross_step_columns(results.results_table(records), records, top_k, arrays, min_effect_total)
     started = time.perf_counter()
     reps = record_replicates(records, arrays, settings)
     table = add_interval_columns(table, reps, float(settings["level"]))
@@ -300,6 +315,7 @@ def summarize_study(cfg, since: str | None = None) -> dict:
         list(report.onset_metrics),
         report.onset_fraction,
         top_k=int(icl.get("top_k", 3)),
+        min_effect_total=float(icl.get("min_effect_total", 0.0)),
         since=since,
         onset_persist=int(report.get("onset_persist", 2)),
         bootstrap=report.get("bootstrap"),
