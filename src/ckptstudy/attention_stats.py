@@ -187,7 +187,7 @@ def class_and_entropy_sums(query, key, scale, request: StatsRequest, workspace: 
     s0 = (q @ k[:, :, :1].transpose(-1, -2)).squeeze(-1) * scale  # [b, h, s] score of key 0
     entropy_width = d if request.query_kind is not None else 0
     n_classes = request.key_values.shape[-1] if request.key_values is not None else 0
-    width = max(d, entropy_width + n_classes)
+    width = -(-max(d, entropy_width + n_classes) // 8) * 8  # a multiple of 8: fused kernels (CPU, CUDA) prefer it
     buffer = _workspace(workspace, b, h, s - 1, width, dtype, q.device)
     q1, k1, value = buffer[0], buffer[1], buffer[2]
     q1[..., :d] = q[:, :, 1:]
