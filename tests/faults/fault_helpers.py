@@ -168,7 +168,7 @@ def crash_on_nonfinite_weights(ctx) -> FamilyResult:
 def run_child(script: str, args: dict, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `script` (python source) in a child process with `args` as JSON in argv[1]; fault injection
     from `inject.py` is importable there."""
-    path = f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    path = os.pathsep.join(p for p in [str(HERE), os.environ.get("PYTHONPATH", "")] if p)
     full_env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": path}
     full_env.update(env or {})
     return subprocess.run(

@@ -62,7 +62,7 @@ def test_killed_parallel_sweep_loses_nothing_and_resumes(micro_suite, out_root, 
     env = {
         **os.environ,
         "WANDB_SILENT": "true",
-        "PYTHONPATH": os.pathsep.join([str(site), str(HERE)]),
+        "PYTHONPATH": os.pathsep.join(p for p in [str(site), str(HERE), os.environ.get("PYTHONPATH", "")] if p),
         "CKPTSTUDY_FAULTS": json.dumps(faults),
     }
     log = (tmp_path / "sweep.log").open("w")
