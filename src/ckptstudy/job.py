@@ -240,11 +240,20 @@ def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float
             "error": _error(err),
             "warnings": record.get("warnings", []) + [str(err)],
         }
-        results.write_record(path, record)
-        return record
+        return _rewrite(path, record)
     if run_dir or tracker.failures:
         record = {**record, "wandb_run_dir": run_dir, "warnings": record.get("warnings", []) + tracker.failures}
+        record = _rewrite(path, record)
+    return record
+
+
+def _rewrite(path: Path, record: dict) -> dict:
+    """Rewrite a written record with what W&B added; if that fails, the record on disk stays as it was."""
+    try:
         results.write_record(path, record)
+    except OSError as err:
+        log.error("%s step %s: cannot update its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
+        record = {**record, "unwritten": f"{path}: {type(err).__name__}: {err}"}
     return record
 
 
