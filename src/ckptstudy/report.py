@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from ckptstudy.plots import head_snapshots_figure, head_step_figure, png_bytes, trajectory_figure
-from ckptstudy.results import RECORD_COLUMNS, atomic_write_bytes
+from ckptstudy.results import RECORD_COLUMNS, atomic_write_bytes, step_number
 
 PACKAGES = ("torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib", "wandb")
 CI_SUFFIXES = ("/ci_low", "/ci_high")
@@ -143,7 +143,7 @@ def is_head_array(record: dict, array: np.ndarray) -> bool:
 def head_arrays(data: ReportData, model: str) -> dict[str, list[tuple[int, np.ndarray]]]:
     """Per layer x head array of a model's ok records: [(step, array)] in step order."""
     out: dict[str, list] = defaultdict(list)
-    for record in sorted(data.records, key=lambda r: int(r["step"])):
+    for record in sorted(data.records, key=step_number):
         if record.get("model") != model or record.get("status") != "ok":
             continue
         for key, array in data.arrays.get(record["_path"], {}).items():
@@ -325,7 +325,7 @@ def _checkpoint_section(data: ReportData) -> str:
     table = data.table
     failed = table[table["status"] != "ok"]
     flagged = table[table["identical_weights_as"].astype(str).str.strip() != ""]
-    by_key = {(r.get("model"), int(r.get("step", -1))): r for r in data.records}
+    by_key = {(r.get("model"), step_number(r)): r for r in data.records}
     out = [
         f"<h2 id=checkpoints>Checkpoints</h2><p>{len(table)} checkpoint(s): "
         f"{int((table['status'] == 'ok').sum())} ok, <span class={'bad' if len(failed) else 'muted'}>"
