@@ -282,7 +282,8 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory, ons
     if "nonfinite" in table.columns:
         flagged = table[~table["nonfinite"].fillna("").astype(str).str.strip().isin(["", "nan"])]
         for _, row in flagged.iterrows():
-            print(f"WARNING {row['model']} step {row['step']}: non-finite {row['nonfinite']} (see the record's warnings)")
+            where = f"{row['model']} step {row['step']}"
+            print(f"WARNING {where}: non-finite {row['nonfinite']} (see the record's warnings)")
     for _, row in failed.iterrows():
         print(
             f"FAILED {row['model']} step {row['step']}: see {directory}/records/{row['model']}/step{row['step']}.json"
