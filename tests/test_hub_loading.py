@@ -46,7 +46,8 @@ def test_offline_hub_sweep_loads_each_revision_and_flags_identical_weights(tmp_p
             f"model.repo={REPO_ID}",
             "step=1000,2000,4000,8000",
             "logger=none",
-            "probes.long_text.length=128",
+            "experiment=smoke",  # the subject is hub loading, not the metrics: small probes
+            "study=default",
         ],
         root,
         env=fake_hub,

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from ckptstudy.config import compose_config
 from ckptstudy.corpus import load_corpus
@@ -126,6 +127,7 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False) -> Pa
     if is_built(spec, out_dir) and not force:
         return out_dir
     start = time.time()
+    hf_logging.disable_progress_bar()  # one bar per saved checkpoint would drown the build's own bar in a log
     torch.manual_seed(spec.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)
