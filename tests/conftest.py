@@ -23,6 +23,21 @@ def micro_suite() -> Path:
     return ensure_suite(cfg.model)
 
 
+@pytest.fixture(scope="session")
+def final_micro_context(micro_suite):
+    """A JobContext on the micro suite's last checkpoint with the default probes (for end-to-end family tests)."""
+    from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
+    from ckptstudy.config import compose_config
+    from ckptstudy.metrics import JobContext
+    from ckptstudy.probes import cached_probes
+
+    step = max(int(p.name[4:]) for p in micro_suite.glob("step*"))
+    model, tokenizer = load_checkpoint(CheckpointSource("micro", step, "local", str(micro_suite / f"step{step}")))
+    cfg = compose_config([f"paths.root={micro_suite.parents[1]}"])
+    probes = cached_probes(cfg.probes, tokenizer, micro_suite.parents[1] / "cache" / "probes")
+    return JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=16, seed=0)
+
+
 def run_cli(args: list[str], root: Path, env: dict | None = None, module: str = "ckptstudy"):
     """Run `python -m <module> <args>` in a subprocess with results under `root`; returns the process."""
     full_env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ckptstudy.capture import capture
-from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
 from ckptstudy.metrics import JobContext
 from ckptstudy.metrics.perturb import (
     PROFILE_OFFSETS,
@@ -278,17 +277,8 @@ def test_invalid_parameters_are_refused_by_name(param, value):
 
 
 # ------------------------------------------------------------------------------------ end to end
-def test_measure_on_the_final_micro_checkpoint(micro_suite):
-    from ckptstudy.config import compose_config
-    from ckptstudy.probes import cached_probes
-
-    steps = sorted(int(p.name[4:]) for p in micro_suite.glob("step*"))
-    model, tokenizer = load_checkpoint(
-        CheckpointSource("micro", steps[-1], "local", str(micro_suite / f"step{steps[-1]}"))
-    )
-    cfg = compose_config([f"paths.root={micro_suite.parents[1]}"])
-    probes = cached_probes(cfg.probes, tokenizer, micro_suite.parents[1] / "cache" / "probes")
-    result = measure(JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=16, seed=0))
+def test_measure_on_the_final_micro_checkpoint(final_micro_context):
+    result = measure(final_micro_context)
     assert not result.unexplained_nans()
     assert result.scalars["perturb/slope_small_eps"] == pytest.approx(1.0, abs=0.05)
     keys = ("perturb/slope_l0", "perturb/slope_l1", "perturb/induction_ratio_max", "perturb/induction_control_l1")

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
 from ckptstudy.metrics import JobContext
 from ckptstudy.metrics.sink import (
     convergence,
@@ -177,17 +176,9 @@ def test_invalid_parameters_are_refused_by_name(param, value):
 
 
 # ------------------------------------------------------------------------------------- end to end
-def test_measure_on_the_final_micro_checkpoint(micro_suite):
-    from ckptstudy.config import compose_config
-    from ckptstudy.probes import cached_probes
-
-    steps = sorted(int(p.name[4:]) for p in micro_suite.glob("step*"))
-    model, tokenizer = load_checkpoint(
-        CheckpointSource("micro", steps[-1], "local", str(micro_suite / f"step{steps[-1]}"))
-    )
-    cfg = compose_config([f"paths.root={micro_suite.parents[1]}"])
-    probes = cached_probes(cfg.probes, tokenizer, micro_suite.parents[1] / "cache" / "probes")
-    result = measure(JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=16, seed=0))
+def test_measure_on_the_final_micro_checkpoint(final_micro_context):
+    model = final_micro_context.model
+    result = measure(final_micro_context)
     assert not result.unexplained_nans()
     for key in ("sink/score_max", "sink/first_norm_ratio_max", "sink/repeat_cos_max", "sink/repeat_divergence_rate"):
         assert math.isfinite(result.scalars[key])
