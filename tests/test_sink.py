@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ckptstudy.bootstrap import statistic
 from ckptstudy.metrics import JobContext
 from ckptstudy.metrics.sink import (
     convergence,
@@ -165,6 +166,31 @@ def test_measure_explains_every_nan_and_the_patch_runs_when_neurons_pass():
     assert some.scalars["sink/n_sink_neurons"] > 0
     assert math.isfinite(some.scalars["sink/patch_cos_drop"]) and math.isfinite(some.scalars["sink/patch_loss_delta"])
     assert some.raw["sink/sink_neurons"].shape[1] == 3
+
+
+def test_reported_values_are_the_statistics_of_their_full_samples():
+    ctx = toy_context()
+    ctx.batch_size = 3  # rows gathered over several chunks
+    params = {"repeat_k": 30, "n_tokens": 4, "divergence_k": [4, 8], "divergence_tokens": 3, "new_tokens": 4}
+    result = measure(ctx, **params, neuron_z=0.5, converge_cos=0.5)
+    assert 0 < result.scalars["sink/converge_share"] < 1
+    keys = {
+        "sink/score_max",
+        "sink/score_mean",
+        "sink/first_norm_ratio_max",
+        "sink/repeat_cos_max",
+        "sink/repeat_cos_self_max",
+        "sink/converge_share",
+        "sink/patch_loss_delta",
+        "sink/repeat_divergence_rate",
+    }
+    assert keys <= set(result.samples)
+    for key in keys:
+        # the reported loss delta subtracts two float32 sums of NLL (~6 nats/token): float32 rounding of those
+        tolerance = 1e-5 if key == "sink/patch_loss_delta" else 1e-9
+        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-6, abs=tolerance), key
+    assert result.samples["sink/score_max"].values.shape == (4, 2, 4)  # [windows, layer, head]
+    assert result.samples["sink/repeat_cos_max"].n == 4 and result.samples["sink/repeat_divergence_rate"].n == 3
 
 
 @pytest.mark.parametrize(

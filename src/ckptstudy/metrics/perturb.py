@@ -36,6 +36,12 @@ repeat). Hence also a distance-matched control:
 (the same BOS + first copy followed by fresh random tokens, seeded, from the probe's token range
 instead of the repeat: same positions, distances and perturbed tokens, nothing to copy); ~1 without
 induction whatever the positional pattern.
+
+Bootstrap samples (`ckptstudy.bootstrap`) over the `random_repeat` prompts, per layer:
+induction_ratio_l{m} and induction_control_l{m} are ratios of sums over prompts (ratio_of_sums:
+per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row).
+None for their maxima over layers (a max of ratios of sums is no supported statistic), induction_layer,
+and the slope scalars (logs of means over prompts).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import math
 import numpy as np
 import torch
 
+from ckptstudy.bootstrap import Sample
 from ckptstudy.capture import model_parts
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.residual import layer_inputs, run_layers
@@ -177,6 +184,25 @@ def induction_ratio(response: torch.Tensor, positions: torch.Tensor, repeat_leng
     t_mean = (response * t).sum(dim=(0, 1, 2, 4)) / t.sum() / (response.shape[0] * response.shape[2])
     o_mean = (response * o).sum(dim=(0, 1, 2, 4)) / o.sum() / (response.shape[0] * response.shape[2])
     return torch.where(o_mean > 0, t_mean / o_mean.clamp(min=1e-300), torch.nan)
+
+
+def induction_rows(response: torch.Tensor, positions: torch.Tensor, repeat_length: int):
+    """Per prompt, the parts of `induction_ratio`: the mean response at j + R - 1 and the mean at the other
+    second-copy positions, each over draws and perturbed positions: ([n, layers], [n, layers]); their
+    sums over prompts have the ratio `induction_ratio`."""
+    target, other = _second_copy_masks(positions, repeat_length, response.shape[-1])
+    t = target[None, :, None, None, :].double()
+    o = other[None, :, None, None, :].double()
+    t_rows = (response * t).sum(dim=(1, 2, 4)) / t.sum() / response.shape[2]
+    o_rows = (response * o).sum(dim=(1, 2, 4)) / o.sum() / response.shape[2]
+    return t_rows, o_rows
+
+
+def target_rows(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
+    """Per prompt, `target_response`: the mean response at j + R - 1 over draws and perturbed positions,
+    [n, J, D, layers, s] -> [n, layers]."""
+    picked = response[:, torch.arange(len(positions)), :, :, positions + repeat_length - 1]  # [J, n, D, layers]
+    return picked.mean(dim=(0, 2))
 
 
 def induction_profile(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
@@ -312,6 +338,18 @@ def measure(
     for m in range(layer, n_layers):
         result.set(f"perturb/induction_ratio_l{m}", float(ratios[m - layer]), quiet)
         result.set(f"perturb/induction_control_l{m}", float(control[m - layer]), unreached)
+    t_rows, o_rows = induction_rows(resp, positions, r)
+    on_repeat, on_control = target_rows(resp, positions, r), target_rows(signature["control"], positions, r)
+    for m in range(layer, n_layers):
+        c = m - layer
+        ratio_parts = Sample(
+            "ratio_of_sums", t_rows[:, c].numpy(), prompts="random_repeat", weights=o_rows[:, c].numpy()
+        )
+        result.add_sample(f"perturb/induction_ratio_l{m}", ratio_parts)
+        control_parts = Sample(
+            "ratio_of_sums", on_repeat[:, c].numpy(), prompts="random_repeat", weights=on_control[:, c].numpy()
+        )
+        result.add_sample(f"perturb/induction_control_l{m}", control_parts)
     finite = torch.isfinite(ratios)
     if finite.any():
         best = int(torch.where(finite, ratios, -torch.inf).argmax())

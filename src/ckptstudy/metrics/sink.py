@@ -31,6 +31,14 @@ Residual points as in ckptstudy.residual: "layer l" below is the output of layer
   neurons (count: n_sink_neurons); the `max_neurons` with the largest |z| are patched: held at
   mean_other at every position >= 1. patch_cos_drop = repeat_cos_max - repeat_cos_max with the patch;
   patch_loss_delta = mean next-token NLL (nats) on `long_text` with the patch minus without.
+
+Bootstrap samples (`ckptstudy.bootstrap`), from the same passes: score_max / first_norm_ratio_max
+(max_of_mean over per-window values [n, layer(, head)]), score_mean and patch_loss_delta (mean over
+windows) on `long_text`; repeat_cos_max / repeat_cos_self_max (max_of_mean over per-token cos [tokens,
+layer]) and converge_share (mean of 0/1 per token) on the repeated tokens ("sink_repeat");
+repeat_divergence_rate (mean over tokens of each token's share of diverging Ks; "sink_divergence").
+None for repeat_norm_ratio and converge_layer (picked by an argmax / threshold on another statistic),
+patch_cos_drop (a difference of two maxima), k50 (interpolated), the neuron z-scores (a pooled std).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import math
 import numpy as np
 import torch
 
+from ckptstudy.bootstrap import Sample
 from ckptstudy.capture import capture, model_parts
 from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import FamilyResult
@@ -168,23 +177,44 @@ def patch_plan(top: torch.Tensor, mean_other: torch.Tensor) -> dict[int, tuple[t
     return plan
 
 
+def token_logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each next token of ids [b, s] under logits [b, s, vocab]: [b, s - 1, 1]."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, ids[:, 1:, None])
+
+
 def token_nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL (nats) of ids [b, s] under logits [b, s, vocab]: scalar tensor."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, ids[:, 1:, None]).sum()
+    return -token_logp(logits, ids).sum()
 
 
 # ------------------------------------------------------------------------------------- forwards
 def text_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = None) -> dict[str, torch.Tensor]:
     """One hooked pass over natural text: sink mass [layers, heads] (mean), first-norm ratio [layers]
-    (mean over rows), neuron moments [layers, 5, d_ff] (sums), mean NLL; with `plan` the MLP patch is on."""
+    (mean over rows), neuron moments [layers, 5, d_ff] (sums), mean NLL; with `plan` the MLP patch is on.
+    Per row, for the bootstrap over rows: mass_rows [n, layers, heads] (mean over queries 1..s-1),
+    ratio_rows [n, layers], nll_rows [n] (mean NLL of the row); their means over rows are mass, ratio, nll."""
     parts = model_parts(model)
     ratio = torch.zeros(parts.n_layers, dtype=torch.float64)
     moments: list = [None] * parts.n_layers
+    mass_rows: list[list] = [[] for _ in range(parts.n_layers)]
+    ratio_rows: list[list] = [[] for _ in range(parts.n_layers)]
+    nll_rows: list = []
 
     def on_resid(point, hidden):
         if point > 0:
-            ratio[point - 1] += first_norm_ratio(hidden).sum().cpu()
+            row = first_norm_ratio(hidden).cpu()
+            ratio_rows[point - 1].append(row)
+            ratio[point - 1] += row.sum()
+
+    def on_attn(layer, attn, _chunk):
+        mass_rows[layer].append(attn[:, :, 1:, 0].double().mean(2).cpu())
+        return first_position_mass(attn)
+
+    def on_logits(logits, chunk):
+        logp = token_logp(logits, chunk)
+        nll_rows.append(-logp.double().sum(dim=(1, 2)).cpu())
+        return -logp.sum()
 
     def on_mlp(layer, act):
         m = neuron_moments(act).cpu()
@@ -194,8 +224,8 @@ def text_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = Non
         cap = capture(
             model,
             ids,
-            attn_fn=lambda _layer, attn, _chunk: first_position_mass(attn),
-            logits_fn=lambda logits, chunk: token_nll_sum(logits, chunk),
+            attn_fn=on_attn,
+            logits_fn=on_logits,
             batch_size=batch_size,
         )
     n, s = ids.shape
@@ -204,6 +234,9 @@ def text_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = Non
         "ratio": ratio / n,
         "moments": torch.stack(moments),
         "nll": cap.logits.double() / (n * (s - 1)),
+        "mass_rows": torch.stack([torch.cat(m) for m in mass_rows], dim=1),
+        "ratio_rows": torch.stack([torch.cat(r) for r in ratio_rows], dim=1).double(),
+        "nll_rows": torch.cat(nll_rows) / (s - 1),
     }
 
 
@@ -275,6 +308,11 @@ def measure(
     result.set("sink/score_mean", float(mass.mean()), "no attention")
     result.raw["sink/first_norm_ratio"] = clean["ratio"].numpy()
     result.set("sink/first_norm_ratio_max", float(clean["ratio"].max()), "zero hidden states")
+    rows = clean["mass_rows"].numpy()  # [n, layer, head]
+    result.add_sample("sink/score_max", Sample("max_of_mean", rows, prompts="long_text"))
+    result.add_sample("sink/score_mean", Sample("mean", rows.reshape(len(rows), -1).mean(1), prompts="long_text"))
+    ratio_rows = clean["ratio_rows"].numpy()  # [n, layer]
+    result.add_sample("sink/first_norm_ratio_max", Sample("max_of_mean", ratio_rows, prompts="long_text"))
 
     # repeated-token convergence
     vocab = int(ctx.model.config.vocab_size)
@@ -292,6 +330,11 @@ def measure(
     result.set("sink/converge_layer", summary["layer"], "")
     result.set("sink/converge_share", summary["share"], "")
     result.set("sink/repeat_cos_self_max", float(cos_self.mean(0).max()), "zero hidden states")
+    # one row per repeated token [tokens, layers]
+    result.add_sample("sink/repeat_cos_max", Sample("max_of_mean", cos.numpy(), prompts="sink_repeat"))
+    reached = (cos.max(dim=1).values >= converge_cos).double().numpy()
+    result.add_sample("sink/converge_share", Sample("mean", reached, prompts="sink_repeat"))
+    result.add_sample("sink/repeat_cos_self_max", Sample("max_of_mean", cos_self.numpy(), prompts="sink_repeat"))
     result.raw.update(
         {
             "sink/repeat_tokens": tokens.numpy(),
@@ -313,8 +356,10 @@ def measure(
         result.raw["sink/patch_repeat_cos"] = patched.mean(0).numpy()
         drop = summary["cos_max"] - convergence_summary(patched, converge_cos)["cos_max"]
         result.set("sink/patch_cos_drop", drop, "zero hidden states")
-        nll = text_pass(ctx.model, text, ctx.batch_size, plan)["nll"]
-        result.set("sink/patch_loss_delta", float(nll - clean["nll"]), "non-finite loss")
+        patched_text = text_pass(ctx.model, text, ctx.batch_size, plan)
+        result.set("sink/patch_loss_delta", float(patched_text["nll"] - clean["nll"]), "non-finite loss")
+        delta_rows = (patched_text["nll_rows"] - clean["nll_rows"]).numpy()
+        result.add_sample("sink/patch_loss_delta", Sample("mean", delta_rows, prompts="long_text"))
     else:
         why = f"no MLP neuron has |z| >= neuron_z={neuron_z} at position 0 (max |z| {float(z.abs().max()):.2f})"
         result.nan("sink/patch_cos_drop", why)
@@ -339,6 +384,8 @@ def measure(
     flags = diverged(gen.ids, div_tokens.repeat(len(ks))).view(len(ks), len(div_tokens)).double()
     share = flags.mean(1)
     result.set("sink/repeat_divergence_rate", float(flags.mean()), "")
+    # resampled by token (each token is probed at every K): per token, the share of Ks that diverge
+    result.add_sample("sink/repeat_divergence_rate", Sample("mean", flags.mean(0).numpy(), prompts="sink_divergence"))
     k50, reason = k_at_half(ks, share)
     result.set("sink/repeat_divergence_k50", k50, reason)
     result.raw["sink/divergence_k"] = np.asarray(ks)
