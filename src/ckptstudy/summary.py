@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from collections import Counter
@@ -86,11 +87,12 @@ def head_tables(records: list[dict], model: str, arrays: dict[str, dict] | None 
 
 
 def nan_reason_counts(records: list[dict]) -> Counter:
-    """How many (record, metric) values are NaN for each reason."""
+    """How many (record, metric) values are NaN for each kind of reason (numbers in a reason are replaced
+    by `#`, so "max |z| 2.66" and "max |z| 4.2" count as one kind; the records keep the exact reason)."""
     counts: Counter = Counter()
     for record in records:
         for key, reason in (record.get("nan_reasons") or {}).items():
-            counts[f"{key}: {reason}"] += 1
+            counts[f"{key}: {re.sub(r'[-+]?[0-9]*[.]?[0-9]+(e[-+]?[0-9]+)?', '#', reason)}"] += 1
     return counts
 
 
