@@ -39,6 +39,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ckptstudy import checkpoints
+from ckptstudy.config import compose_config
+from ckptstudy.metrics import family_function
+from ckptstudy.neox import make_neox
+
 LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
 PYTHIA_VOCAB = 50304
 PYTHIA_CONTEXT = 2048
@@ -180,8 +185,6 @@ def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
 def _params(cfg, family: str) -> dict:
     """A family's parameters: its yaml over its measure function's defaults."""
     from omegaconf import OmegaConf
-
-    from ckptstudy.metrics import family_function
 
     values = OmegaConf.to_container(cfg.metrics[family], resolve=True)
     fn, given = family_function(family, values)
@@ -413,8 +416,6 @@ def _layer_overhead_ms() -> float:
     """Time of a one-token forward per layer of a tiny GPT-NeoX (pure call overhead)."""
     import torch
 
-    from ckptstudy.neox import make_neox
-
     model = make_neox(64, 32, 4, 2, max_position_embeddings=64, seed=0).eval()
     ids = torch.zeros(1, 1, dtype=torch.long)
     with torch.no_grad():
@@ -479,8 +480,6 @@ def swept_steps(cfg) -> list[int]:
     """The steps a multirun of this config visits (Hydra's parse of hydra.sweeper.params.step)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ckptstudy import checkpoints
-
     params = cfg.hydra.sweeper.params or {}
     value = params.get("step") if "step" in params else cfg.step
     override = OverridesParser.create().parse_overrides([f"step={value}"])[0]
@@ -538,7 +537,6 @@ def make_plan(
     overrides: list[str], gpu: str = "A100-80GB", loop_share: float = 0.5, machine: Machine | None = None
 ) -> dict:
     """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
-    from ckptstudy.config import compose_config
 
     cfg = compose_config(list(overrides), return_hydra_config=True)
     dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
