@@ -52,7 +52,8 @@ def _summary(per_layer: list[dict]) -> dict:
 
 
 def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, warmup: int = 1) -> dict:
-    """One capture method on random tokens: bare (sdpa forward, no statistics: the floor), hf
+    """One capture method on random tokens: bare (sdpa forward, no statistics: the floor), bare_body (the
+    same without the unembedding: the floor of attention-only statistics), hf
     (output_attentions=True), tl (TransformerLens run_with_cache of every hook_pattern), fused / fused_nll
     (ckptstudy capture_stats without / with the per-token NLL of the icl pass), eager_hooks (capture_stats
     method="eager": eager weights reduced inside per-layer hooks, today's path before the fused one)."""
@@ -60,13 +61,18 @@ def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, w
     from ckptstudy.capture import capture_stats
 
     torch.set_grad_enabled(False)
-    net = build_model(model, attn="sdpa" if method == "bare" else "eager")
+    net = build_model(model, attn="sdpa" if method in ("bare", "bare_body") else "eager")
     ids = torch.randint(2, net.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
     request = capture_request(batch, length)
     if method == "bare":
 
         def run():
             return net(input_ids=ids).logits.shape
+
+    elif method == "bare_body":  # no unembedding: the floor of statistics that need no logits
+
+        def run():
+            return net.gpt_neox(input_ids=ids).last_hidden_state.shape
 
     elif method == "hf":
 
@@ -101,7 +107,7 @@ def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, w
     seconds, times, out = timed(run, repeat=repeat, warmup=warmup)
     result = {"model": model, "length": length, "batch": batch, "method": method, "seconds": seconds, "times": times}
     result["rss_before_mb"] = round(before, 1)
-    if method != "bare":
+    if method not in ("bare", "bare_body"):
         result["stats"] = _summary(out)
     return result
 
@@ -271,10 +277,11 @@ def machine() -> dict:
     """This machine as `ckptstudy-plan` sees it (matmul rate, bandwidth, per-layer call overhead)."""
     from dataclasses import asdict
 
-    from ckptstudy.plan import _cpu_name, measure_machine
+    from ckptstudy.plan import FORWARD_EFFICIENCY, _cpu_name, measure_machine
 
     measured = measure_machine()
-    return {"machine": asdict(measured), "cpu": _cpu_name(), "matmul_gflops": round(measured.gflops / 0.7, 1)}
+    matmul = round(measured.gflops / FORWARD_EFFICIENCY, 1)
+    return {"machine": asdict(measured), "cpu": _cpu_name(), "matmul_gflops": matmul}
 
 
 TASKS = {

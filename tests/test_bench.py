@@ -40,7 +40,7 @@ def test_quick_bench_runs_every_section_without_transformer_lens(tmp_path):
     capture = report["capture"]
     assert capture["skipped"] and all("transformer_lens" in why for why in capture["skipped"].values())
     methods = capture["rows"][0]["methods"]
-    assert {"bare", "hf", "fused", "fused_nll", "eager_hooks"} <= set(methods) and "tl" not in methods
+    assert {"bare", "bare_body", "hf", "fused", "fused_nll", "eager_hooks"} <= set(methods) and "tl" not in methods
     for name in ("hf", "fused_nll", "eager_hooks"):  # the same statistics as the fused path
         assert methods[name]["max_abs_diff_vs_fused"] < 1e-3, name
 
@@ -55,7 +55,8 @@ def test_quick_bench_runs_every_section_without_transformer_lens(tmp_path):
     plan = report["plan"]
     assert plan and all("predicted_s" in row for row in plan), plan
     assert report["calibration"]["machine"]["gflops"] > 0
-    assert {"capture_time_vs_floor_128/micro", "attribution_spearman"} <= set(report["targets"])
+    assert any(key.startswith("capture_time_128/micro") for key in report["targets"])
+    assert "attribution_spearman" in report["targets"]
 
 
 @pytest.mark.skipif(

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ckptstudy import checkpoints
 from ckptstudy.config import compose_config
+from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import family_function
 from ckptstudy.neox import make_neox
 
@@ -61,7 +62,8 @@ GPUS = {
     "A100-80GB": (312.0, 19.5, 2039.0, 80),
     "H100-SXM": (989.0, 67.0, 3350.0, 80),
 }
-GPU_EFFICIENCY = {"compute": 0.35, "bandwidth": 0.6, "layer_overhead_ms": 0.1}  # assumptions, not measured
+GPU_EFFICIENCY = {"compute": 0.35, "bandwidth": 0.6, "layer_overhead_ms": 0.1, "call_overhead_ms": 2.0}  # assumed
+FORWARD_EFFICIENCY = 0.7  # achieved forward rate / float32 matmul rate on CPU when no bench calibration exists
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Machine:
     bandwidth_gbs: float  # memory bandwidth (GB/s)
     layer_overhead_ms: float  # per layer and forward call (Python, kernel launches)
     source: str  # how the numbers were obtained
+    call_overhead_ms: float = 0.0  # per forward call beyond its layers (masks, cache, rotary, outputs)
 
 
 @dataclass
@@ -139,7 +142,8 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
     rate = machine.gflops * 1e9
     bandwidth = machine.bandwidth_gbs * 1e9
     prefill = Pass(**{**asdict(p), "decode": 0})
-    seconds = pass_flops(prefill, shape) / rate + p.calls * p.layers * machine.layer_overhead_ms / 1e3
+    per_call = (p.layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
+    seconds = pass_flops(prefill, shape) / rate + p.calls * per_call
     if p.attention == "eager":  # [b, h, s, s] weights written and read ~6 times per layer
         seconds += p.rows * p.layers * shape.n_heads * s * s * dtype_bytes * 6 / bandwidth * (3 if p.backward else 1)
     weights = shape.params * dtype_bytes
@@ -150,7 +154,7 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
             flops = b * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
             cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
             seconds += max(flops / rate, (weights + cache) / bandwidth)
-            seconds += shape.n_layers * machine.layer_overhead_ms / 1e3
+            seconds += (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
     return seconds
 
 
@@ -381,7 +385,7 @@ FAMILIES = {
 
 
 def measure_machine(threads: int | None = None) -> Machine:
-    """This machine's float32 matmul rate, memory bandwidth and per-layer call overhead (about a second)."""
+    """This machine's float32 matmul rate, weight-streaming bandwidth and call overheads (a second or two)."""
     import torch
 
     if threads:
@@ -390,19 +394,20 @@ def measure_machine(threads: int | None = None) -> Machine:
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(5))
     gflops = 2 * 1024**3 / best / 1e9
-    big = torch.empty(64 * 2**20 // 4)
-    other = torch.empty_like(big)
-    other.copy_(big)
-    copy = min(_timed(lambda: other.copy_(big)) for _ in range(3))
-    bandwidth = 2 * big.numel() * 4 / copy / 1e9
-    overhead = _layer_overhead_ms()
+    # decoding streams every weight once per step: a few rows times a 64 MB matrix, as in a decode step
+    weight, rows = torch.randn(4096, 4096), torch.randn(8, 4096)
+    rows @ weight
+    stream = min(_timed(lambda: rows @ weight) for _ in range(5))
+    bandwidth = weight.numel() * 4 / stream / 1e9
+    per_layer, per_call = _call_overheads_ms()
     return Machine(
         name=f"this machine ({_cpu_name()}, {torch.get_num_threads()} threads)",
-        gflops=round(gflops * 0.7, 1),
+        gflops=round(gflops * FORWARD_EFFICIENCY, 1),
         bandwidth_gbs=round(bandwidth, 1),
-        layer_overhead_ms=round(overhead, 3),
-        source=f"measured at plan time: matmul {gflops:.0f} GFLOP/s x 0.7 forward efficiency (assumed), "
-        f"copy bandwidth, one-token layer calls",
+        layer_overhead_ms=round(per_layer, 3),
+        call_overhead_ms=round(per_call, 3),
+        source=f"measured at plan time: matmul {gflops:.0f} GFLOP/s x {FORWARD_EFFICIENCY} forward efficiency "
+        "(assumed), 8-row x 64 MB matmul bandwidth, decode-step call overheads of tiny models",
     )
 
 
@@ -412,16 +417,22 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _layer_overhead_ms() -> float:
-    """Time of a one-token forward per layer of a tiny GPT-NeoX (pure call overhead)."""
+def _call_overheads_ms() -> tuple[float, float]:
+    """(per layer, per call) overhead of a cached one-token decode step with an attention mask, as greedy
+    decoding runs it: tiny GPT-NeoX models of 1 and 5 layers, 8 rows (the arithmetic is negligible)."""
     import torch
 
-    model = make_neox(64, 32, 4, 2, max_position_embeddings=64, seed=0).eval()
-    ids = torch.zeros(1, 1, dtype=torch.long)
-    with torch.no_grad():
-        model(input_ids=ids)
-        best = min(_timed(lambda: model(input_ids=ids)) for _ in range(10))
-    return best / 4 * 1e3
+    steps = {}
+    for layers in (1, 5):
+        model = make_neox(64, 32, layers, 2, max_position_embeddings=128, seed=0).eval()
+        prompts = torch.randint(2, 64, (8, 8))
+        greedy_generate(model, prompts, 4, batch_size=8, desc=None)
+        best = min(
+            _timed(lambda m=model, p=prompts: greedy_generate(m, p, 16, batch_size=8, desc=None)) for _ in range(3)
+        )
+        steps[layers] = best / 16 * 1e3
+    per_layer = max((steps[5] - steps[1]) / 4, 0.0)
+    return per_layer, max(steps[1] - per_layer, 0.0)
 
 
 def _cpu_name() -> str:
@@ -458,6 +469,7 @@ def gpu_machine(name: str, dtype: str) -> Machine:
         gflops=peak * 1e3 * GPU_EFFICIENCY["compute"],
         bandwidth_gbs=bandwidth * GPU_EFFICIENCY["bandwidth"],
         layer_overhead_ms=GPU_EFFICIENCY["layer_overhead_ms"],
+        call_overhead_ms=GPU_EFFICIENCY["call_overhead_ms"],
         source=f"published peak {peak:g} TFLOP/s ({'fp32' if dtype == 'float32' else 'bf16 tensor'}) x "
         f"{GPU_EFFICIENCY['compute']}, {bandwidth:g} GB/s x {GPU_EFFICIENCY['bandwidth']} (assumed, not measured)",
     )
@@ -656,7 +668,8 @@ def render(plan: dict) -> str:
     lines += [
         "",
         f"this machine: {machine['gflops']:.0f} GFLOP/s forward, {machine['bandwidth_gbs']:.0f} GB/s, "
-        f"{machine['layer_overhead_ms']:.2f} ms per layer call ({machine['source']})",
+        f"{machine['layer_overhead_ms']:.2f} ms per layer + {machine.get('call_overhead_ms', 0):.2f} ms per forward "
+        f"call ({machine['source']})",
         f"{gpu['machine']['name']}: {gpu['machine']['source']}",
     ]
     a = plan["assumptions"]
