@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# a minute of subprocesses: `make test-full` runs it (and `make bench` is the real thing); make test stays < 15 min
+pytestmark = pytest.mark.slow
+
 
 def run_bench(out: Path, *args: str, env: dict | None = None) -> dict:
     proc = subprocess.run(
