@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ckptstudy.plan import cpu_name
+
 # name -> (layers, d_model, heads, vocab); "micro" = the embedded micro suite's shape
 SHAPES = {
     "micro": (2, 128, 4, 2048),
@@ -110,7 +112,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -121,15 +123,3 @@ def versions() -> dict:
     except Exception:
         out["transformer_lens"] = None
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"

@@ -277,11 +277,11 @@ def machine() -> dict:
     """This machine as `ckptstudy-plan` sees it (matmul rate, bandwidth, per-layer call overhead)."""
     from dataclasses import asdict
 
-    from ckptstudy.plan import FORWARD_EFFICIENCY, _cpu_name, measure_machine
+    from ckptstudy.plan import FORWARD_EFFICIENCY, cpu_name, measure_machine
 
     measured = measure_machine()
     matmul = round(measured.gflops / FORWARD_EFFICIENCY, 1)
-    return {"machine": asdict(measured), "cpu": _cpu_name(), "matmul_gflops": matmul}
+    return {"machine": asdict(measured), "cpu": cpu_name(), "matmul_gflops": matmul}
 
 
 TASKS = {

@@ -88,7 +88,7 @@ def test_cli_prints_the_plan_and_json(capsys, monkeypatch):
 def test_stored_calibration_is_used_for_this_cpu(tmp_path):
     import torch
 
-    stored = {"cpu": plan._cpu_name(), "threads": torch.get_num_threads(), "machine": FIXED.__dict__}
+    stored = {"cpu": plan.cpu_name(), "threads": torch.get_num_threads(), "machine": FIXED.__dict__}
     path = tmp_path / plan.CALIBRATION
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))

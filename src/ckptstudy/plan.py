@@ -401,7 +401,7 @@ def measure_machine(threads: int | None = None) -> Machine:
     bandwidth = weight.numel() * 4 / stream / 1e9
     per_layer, per_call = _call_overheads_ms()
     return Machine(
-        name=f"this machine ({_cpu_name()}, {torch.get_num_threads()} threads)",
+        name=f"this machine ({cpu_name()}, {torch.get_num_threads()} threads)",
         gflops=round(gflops * FORWARD_EFFICIENCY, 1),
         bandwidth_gbs=round(bandwidth, 1),
         layer_overhead_ms=round(per_layer, 3),
@@ -435,7 +435,8 @@ def _call_overheads_ms() -> tuple[float, float]:
     return per_layer, max(steps[1] - per_layer, 0.0)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name (from /proc/cpuinfo, else the platform)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -452,7 +453,7 @@ def load_machine(root: Path | None = None, measure: bool = True) -> Machine:
     path = (root or Path.cwd()) / CALIBRATION
     if path.exists():
         stored = json.loads(path.read_text())
-        if stored.get("cpu") == _cpu_name() and stored.get("threads") == torch.get_num_threads():
+        if stored.get("cpu") == cpu_name() and stored.get("threads") == torch.get_num_threads():
             return Machine(**stored["machine"])
     if not measure:
         return Machine("unmeasured", 50.0, 10.0, 0.2, "defaults")
