@@ -93,6 +93,10 @@ def settings(quick: bool) -> dict:
 def spawn(task: str, params: dict, threads: int, timeout: float = 1800) -> dict:
     """Run one task in a fresh worker process; its result dict, or {"error": ...}."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    # idle OpenMP threads sleep instead of spinning: on a machine shared with other processes a spinning
+    # barrier waits for a descheduled peer (a 2-layer decode step measured 409 ms instead of 12 ms at load 4);
+    # the same setting for every method
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, str(HERE / "worker.py"), task, json.dumps({**params, "threads": threads})]
     started = time.perf_counter()
@@ -536,6 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     report: dict = {"quick": args.quick, "versions": versions(), "load_average_before": load_before}
     report["versions"]["torch_threads"] = args.threads
+    report["versions"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     if "capture" in sections:
         report["capture"] = {**capture_section(cfg, args.threads, skip_tl, log), "batch": cfg["capture_batch"]}
     if "job" in sections:
