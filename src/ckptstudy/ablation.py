@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptstudy.capture import hooks, model_parts
+from ckptstudy.capture import hooks, layer_output, model_parts
 
 SCORES = ("logprob", "contrast")
 ABLATIONS = ("zero", "mean")
@@ -168,11 +168,6 @@ def exact_effects(
         for h in layer_heads:
             effects[layer, h] = (clean.score_sum - float(totals[h])) / clean.n_targets
     return effects
-
-
-def layer_output(output) -> torch.Tensor:
-    """A decoder layer's hidden states: transformers < 5.x returned a tuple, later releases the tensor."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:

@@ -96,6 +96,11 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None
         model.config._attn_implementation = previous
 
 
+def layer_output(output) -> torch.Tensor:
+    """A decoder layer's hidden states: transformers 5.0 returns a tuple, later releases the tensor."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 @contextmanager
 def hooks(handles: list) -> Iterator[None]:
     """Remove every hook handle on exit, whatever happens."""

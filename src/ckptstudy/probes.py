@@ -142,12 +142,6 @@ class TokenizedPassages:
             index += 1
 
 
-def token_passages(passages: list[str], tokenizer, length: int, seed: int) -> tuple[list[list[int]], int]:
-    """Token ids of every passage that has at least `length` tokens, shuffled; and the count too short."""
-    tokenized = TokenizedPassages(passages, tokenizer, length, seed)
-    return list(tokenized), tokenized.short
-
-
 def natural_prompt_ids(tokenized: Iterable[list[int]], n: int, length: int) -> torch.Tensor:
     """The first `length` tokens of up to `n` passages: [n', length]."""
     rows = [ids[:length] for ids in itertools.islice(tokenized, n)]

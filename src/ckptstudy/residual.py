@@ -17,14 +17,10 @@ from contextlib import contextmanager
 
 import torch
 
-from ckptstudy.capture import UnsupportedModelError, hooks, model_parts
+from ckptstudy.capture import UnsupportedModelError, hooks, layer_output, model_parts
 
 TensorFn = Callable[[int, torch.Tensor], None]  # (residual point or layer, tensor) -> None
 LAYER_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
-
-
-def _hidden_of(output) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 def mlp_out_projs(model) -> list[torch.nn.Module]:
@@ -46,7 +42,7 @@ def tap_residual(model, fn: TensorFn) -> Iterator[None]:
 
     def after(layer: int):
         def hook(_module, _args, output):
-            fn(layer + 1, _hidden_of(output))
+            fn(layer + 1, layer_output(output))
 
         return hook
 
@@ -138,7 +134,7 @@ def run_layers(model, hidden: torch.Tensor, start: int, kwargs: dict, fn: Tensor
     device = next(model.parameters()).device
     hidden = hidden.to(device)
     for i in range(start, parts.n_layers):
-        hidden = _hidden_of(parts.layers[i](hidden, **kwargs))
+        hidden = layer_output(parts.layers[i](hidden, **kwargs))
         if fn is not None:
             fn(i + 1, hidden)
     return hidden
