@@ -25,7 +25,7 @@ install: $(STAMP) ## create .venv (if missing) and install ckptstudy with torch=
 suite: $(STAMP) ## build the embedded micro suite under outputs/suite/micro (skipped when built)
 	$(BIN)/ckptstudy-suite
 
-run: suite ## default multirun sweep over the micro suite's checkpoints, then the trajectory summary
+run: suite ## default multirun sweep over the micro suite's checkpoints, then the summary, report.html and W&B trajectory runs
 	$(BIN)/ckptstudy --multirun $(ARGS)
 
 test: $(STAMP) ## fast test suite (includes one real multirun over micro checkpoints)
@@ -39,7 +39,7 @@ $(VENV)/.bench-stamp: $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -c $(VENV)/bench-constraints.txt -e ".[bench]"
 	@touch $@
 
-bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~20 min; ARGS=--quick)
+bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~16 min on 2 idle cores; ARGS=--quick)
 	$(BIN)/python benches/run.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
