@@ -12,7 +12,7 @@ import torch
 
 from ckptstudy import bootstrap, results
 from ckptstudy.bootstrap import Sample, decode, encode, interval, replicates, statistic
-from ckptstudy.metrics import FamilyResult
+from ckptstudy.metrics import FamilyResult, specialization
 
 RNG = np.random.default_rng(0)
 ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])
@@ -147,3 +147,97 @@ def test_record_intervals_cover_the_scalars_with_samples():
     assert set(ci) == {"a/rate"}
     low, high = ci["a/rate"]
     assert low < 0.5 < high and high - low == pytest.approx(2 * 1.645 * 0.5 / math.sqrt(40), rel=0.35)
+
+
+EFFECTS = RNG.normal(0.02, 0.05, (8, 2, 3))  # per-prompt per-head effect sums [prompt, layer, head]
+TARGETS = RNG.integers(1, 6, 8).astype(float)  # target positions per prompt
+
+
+def test_ratio_of_sums_reduces_columns_by_mean_or_max():
+    weights = np.arange(1.0, 9.0)
+    per_head = HEADS.sum(0) / weights.sum()
+    assert statistic("k", {"k": Sample("ratio_of_sums", HEADS, weights=weights, reduce="max")}) == pytest.approx(
+        per_head.max(), rel=1e-12
+    )
+    with pytest.raises(ValueError, match="unknown reduce 'median'; valid: mean, max"):
+        Sample("ratio_of_sums", HEADS, weights=weights, reduce="median")
+
+
+@pytest.mark.parametrize(
+    ("function", "k", "reference"),
+    [
+        ("positive_total", None, lambda v: float(v.clamp(min=0).sum())),
+        ("top_share", 1, lambda v: specialization.top_share(v, 1)),
+        ("top_share", 3, lambda v: specialization.top_share(v, 3)),
+        ("neff", None, specialization.effective_heads),
+        ("gini", None, specialization.gini),
+    ],
+)
+def test_vector_functions_are_the_specialization_functions_of_the_pooled_vector(function, k, reference):
+    pooled = torch.from_numpy(EFFECTS.sum(0) / TARGETS.sum())  # the effect vector pooled over targets
+    sample = Sample("vector", EFFECTS, weights=TARGETS, function=function, k=k)
+    assert statistic("k", {"k": sample}) == pytest.approx(reference(pooled), rel=1e-10)
+
+
+def test_a_vector_below_its_threshold_has_no_concentration_but_keeps_its_total():
+    tiny = EFFECTS * 1e-3  # positive total ~1e-4 nats: noise, whatever its shape
+    total = Sample("vector", tiny, weights=TARGETS, function="positive_total", threshold=0.01)
+    share = Sample("vector", of=("total",), function="top_share", k=1, threshold=0.01)
+    samples = {"total": total, "share": share}
+    assert 0 < statistic("total", samples) < 0.01
+    assert math.isnan(statistic("share", samples))
+    assert np.isnan(replicates(samples, 30, 0)["share"]).all()
+    with pytest.raises(ValueError, match="function 'mean'; valid: positive_total, top_share, neff, gini"):
+        Sample("vector", tiny, function="mean")
+    with pytest.raises(ValueError, match="top_share sample needs k"):
+        Sample("vector", tiny, function="top_share")
+
+
+def test_borrowed_values_are_stored_once_and_resample_with_their_source(tmp_path):
+    samples = {
+        "a/max": Sample("ratio_of_sums", HEADS, prompts="icl", weights=TARGETS, reduce="max"),
+        "a/mean": Sample("ratio_of_sums", of=("a/max",)),
+        "a/diff": Sample("difference", of=("a/max", "a/mean")),
+    }
+    per_head = HEADS.sum(0) / TARGETS.sum()
+    assert statistic("a/mean", samples) == pytest.approx(per_head.mean(), rel=1e-12)
+    assert statistic("a/diff", samples) == pytest.approx(per_head.max() - per_head.mean(), rel=1e-12)
+    reps = replicates(samples, 25, 1)
+    np.testing.assert_allclose(reps["a/diff"], reps["a/max"] - reps["a/mean"])
+    assert (reps["a/diff"] >= 0).all()
+    assert set(encode("a/mean", samples["a/mean"])) == {"bootstrap/a/mean/spec"}
+    result = FamilyResult(scalars={k: statistic(k, samples) for k in samples})
+    for key, sample in samples.items():
+        result.add_sample(key, sample)
+    path = tmp_path / "step2.json"
+    results.write_record(path, {"step": 2}, result.raw)
+    loaded = decode(results.read_arrays(path))
+    for key in samples:
+        assert statistic(key, loaded) == statistic(key, samples)
+    del loaded["a/max"]  # a borrower whose source is gone has no statistic
+    assert math.isnan(statistic("a/mean", loaded))
+
+
+def test_compare_two_head_vectors_from_independent_prompt_sets():
+    natural = EFFECTS[::-1] + RNG.normal(0, 0.01, EFFECTS.shape)
+    samples = {
+        "icl": Sample("vector", EFFECTS, prompts="icl", weights=TARGETS, function="positive_total", threshold=0.01),
+        "nat": Sample("vector", natural, prompts="nat", weights=TARGETS, function="positive_total", threshold=0.01),
+        "cos": Sample("compare", of=("icl", "nat"), function="cosine"),
+        "jac": Sample("compare", of=("icl", "nat"), function="jaccard", k=2),
+        "rho": Sample("compare", of=("icl", "nat"), function="spearman"),
+    }
+    a = torch.from_numpy(EFFECTS.sum(0) / TARGETS.sum())
+    b = torch.from_numpy(natural.sum(0) / TARGETS.sum())
+    assert statistic("cos", samples) == pytest.approx(specialization.cosine(a, b), rel=1e-10)
+    expected_jaccard = specialization.jaccard(specialization.top_heads(a, 2), specialization.top_heads(b, 2))
+    assert statistic("jac", samples) == pytest.approx(expected_jaccard)
+    assert statistic("rho", samples) == pytest.approx(specialization.spearman(a, b), rel=1e-10)
+    reps = replicates(samples, 40, 0)
+    assert np.isfinite(reps["cos"]).all() and len(np.unique(reps["cos"])) > 10
+    # a side below its threshold: no head set to compare, at every replicate
+    samples["nat"] = Sample("vector", natural * 1e-4, prompts="nat", weights=TARGETS, function="positive_total", threshold=0.01)
+    assert math.isnan(statistic("cos", samples))
+    assert np.isnan(replicates(samples, 40, 0)["jac"]).all()
+    with pytest.raises(ValueError, match="compare sample has function None; valid: cosine, jaccard, spearman"):
+        Sample("compare", of=("icl", "nat"))

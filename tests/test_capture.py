@@ -200,3 +200,26 @@ def test_single_token_rows_and_request_checks():
 def test_non_neox_models_are_refused_by_name():
     with pytest.raises(UnsupportedModelError, match="GPT-NeoX"):
         model_parts(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("method", ["fused", "eager"])
+def test_per_row_statistics_are_each_rows_own_and_sum_to_the_totals(method):
+    model = tiny_neox(vocab_size=300, layers=2, d_model=32, heads=4, seed=13).double()
+    n, s = 5, 23
+    ids = torch.randint(0, 300, (n, s), generator=torch.Generator().manual_seed(14))
+    request = random_request(n, s, repeat=10)
+    per_row_request = StatsRequest(**{**request.__dict__, "per_row": True})
+    nll = lambda logits, chunk: logits[:, :-1].log_softmax(-1).gather(-1, chunk[:, 1:, None])[..., 0].sum(0)  # noqa: E731
+    rows = capture_stats(model, ids, per_row_request, logits_fn=nll, batch_size=2, method=method)
+    total = capture_stats(model, ids, request, logits_fn=nll, batch_size=3, method=method)
+    assert rows.logits.shape == (n, s - 1)
+    torch.testing.assert_close(rows.logits.sum(0), total.logits)
+    for layer in range(2):
+        for key in KEYS:
+            assert rows.attn[layer][key].shape[0] == n, key
+            torch.testing.assert_close(rows.attn[layer][key].sum(0), total.attn[layer][key], msg=key)
+    # row 3 on its own gives row 3's statistics: rows are not mixed across chunks
+    alone = capture_stats(model, ids[3:4], request.rows(3, 4, "cpu"), logits_fn=nll, batch_size=1, method=method)
+    torch.testing.assert_close(rows.logits[3], alone.logits)
+    for key in KEYS:
+        torch.testing.assert_close(rows.attn[1][key][3], alone.attn[1][key], msg=key)

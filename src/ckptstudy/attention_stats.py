@@ -44,6 +44,9 @@ class StatsRequest:
     query_kind: [n, seq] ints, 0 = not counted, 1..n_kinds -> `entropy` / `entropy_nosink`
       [head, n_kinds, 2]: summed row entropy (nats) and summed entropy / log(#keys), over rows of each
       kind with at least 2 keys.
+    per_row: keep each row's statistics apart instead of summing them: every result gains a leading row
+      axis [n, ...] (`diagonal` [n, n_diagonals, head], `mass` [n, head, C], `entropy` [n, head, n_kinds, 2]);
+      their sum over rows is the per_row=False result. The bootstrap resamples these rows.
     """
 
     diagonals: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -51,6 +54,7 @@ class StatsRequest:
     query_weight: torch.Tensor | None = None
     query_kind: torch.Tensor | None = None
     n_kinds: int = 2
+    per_row: bool = False
 
     def __post_init__(self):
         if (self.key_values is None) != (self.query_weight is None):
@@ -76,11 +80,13 @@ class StatsRequest:
             query_weight=cut(self.query_weight),
             query_kind=cut(self.query_kind),
             n_kinds=self.n_kinds,
+            per_row=self.per_row,
         )
 
 
 class StatsCollector:
-    """Per-layer sums of the statistics of one request over every forward pass run while it is active."""
+    """Per-layer results of the statistics of one request over every forward pass run while it is active:
+    sums over rows, or (request.per_row) the rows of every pass concatenated in order."""
 
     def __init__(self, n_layers: int):
         self.sums: list[dict[str, torch.Tensor] | None] = [None] * n_layers
@@ -88,9 +94,15 @@ class StatsCollector:
         self.workspace: dict = {}  # buffers of the statistics pass, reused across layers
 
     def add(self, layer: int, stats: dict[str, torch.Tensor]) -> None:
+        """Add one pass's statistics of `layer` (per row or summed, as `layer_statistics` returned them)."""
         stats = {k: v.detach().cpu() for k, v in stats.items()}
         old = self.sums[layer]
-        self.sums[layer] = stats if old is None else {k: old[k] + v for k, v in stats.items()}
+        if old is None:
+            self.sums[layer] = stats
+        elif self.request is not None and self.request.per_row:
+            self.sums[layer] = {k: torch.cat([old[k], v]) for k, v in stats.items()}
+        else:
+            self.sums[layer] = {k: old[k] + v for k, v in stats.items()}
 
     def activate(self):
         """Context variable token; pass it to `deactivate`."""
@@ -145,7 +157,7 @@ def _as_diagonal(queries: torch.Tensor, keys: torch.Tensor) -> tuple[int, int, i
 
 
 def diagonal_sums(query, key, scale, lse, diagonals) -> torch.Tensor:
-    """Summed attention weight at each diagonal's (query, key) pairs, per head: [n_diagonals, head].
+    """Summed attention weight at each diagonal's (query, key) pairs, per row and head: [b, n_diagonals, head].
     weight = exp(scale * q . k - lse(q)); a contiguous diagonal is read through views (no gather)."""
     dtype = _stats_dtype(query.dtype)
     out = []
@@ -158,8 +170,8 @@ def diagonal_sums(query, key, scale, lse, diagonals) -> torch.Tensor:
             q, k = query[:, :, first:stop], key[:, :, first - offset : stop - offset]
             row_lse = lse[:, :, first:stop]
         scores = torch.linalg.vecdot(q.to(dtype), k.to(dtype)) * scale  # [b, h, Q]
-        out.append(torch.exp(scores - row_lse.to(dtype)).double().sum(dim=(0, 2)))
-    return torch.stack(out)
+        out.append(torch.exp(scores - row_lse.to(dtype)).double().sum(dim=2))
+    return torch.stack(out, dim=1)
 
 
 def _workspace(workspace: dict | None, b: int, h: int, s: int, width: int, dtype, device) -> torch.Tensor:
@@ -175,9 +187,9 @@ def _workspace(workspace: dict | None, b: int, h: int, s: int, width: int, dtype
 
 
 def class_and_entropy_sums(query, key, scale, request: StatsRequest, workspace: dict | None = None) -> dict:
-    """`mass`, `mass_nosink`, `entropy`, `entropy_nosink` of one layer from one fused pass over keys 1..
-    (see the module docstring); query, key [b, h, s, d] after the rotary embedding. Per-row arithmetic in the
-    model's precision (float32 at least), sums over rows in float64."""
+    """`mass`, `mass_nosink` [b, h, C], `entropy`, `entropy_nosink` [b, h, kind, 2] of one layer, per row, from
+    one fused pass over keys 1.. (see the module docstring); query, key [b, h, s, d] after the rotary embedding.
+    Per-query arithmetic in the model's precision (float32 at least), sums over queries in float64."""
     b, h, s, d = query.shape
     dtype = _stats_dtype(query.dtype)
     if s < 2:  # one key only: mass on key 0, no entropy, nothing without the sink
@@ -204,10 +216,10 @@ def class_and_entropy_sums(query, key, scale, request: StatsRequest, workspace: 
         mass1 = attended[..., entropy_width : entropy_width + n_classes]  # [b, h, s-1, C] over keys 1..
         weight = request.query_weight.to(dtype)
         kv0 = request.key_values[:, 0].to(dtype)  # [b, C]
-        nosink = torch.einsum("bhqc,bq->hc", mass1, weight[:, 1:]).double()
+        nosink = torch.einsum("bhqc,bq->bhc", mass1, weight[:, 1:]).double()
         # with the sink: (1 - p0) * mass1 + p0 * [class of key 0], and query 0 puts all its mass on key 0
-        on_rest = torch.einsum("bhqc,bhq->hc", mass1, rest * weight[:, None, 1:]).double()
-        on_zero = torch.einsum("bc,bh->hc", kv0, (p0 * weight[:, None, 1:]).sum(-1) + weight[:, :1]).double()
+        on_rest = torch.einsum("bhqc,bhq->bhc", mass1, rest * weight[:, None, 1:]).double()
+        on_zero = torch.einsum("bc,bh->bhc", kv0, (p0 * weight[:, None, 1:]).sum(-1) + weight[:, :1]).double()
         out["mass"] = on_rest + on_zero
         out["mass_nosink"] = nosink
     if entropy_width:
@@ -223,19 +235,20 @@ def class_and_entropy_sums(query, key, scale, request: StatsRequest, workspace: 
 
 def _single_key_stats(q, request: StatsRequest, h: int) -> dict[str, torch.Tensor]:
     out = {}
+    b = q.shape[0]
     if request.key_values is not None:
         kv0, weight = request.key_values[:, 0].double(), request.query_weight[:, 0].double()
-        mass = torch.einsum("bc,b->c", kv0, weight)[None].expand(h, -1)
+        mass = torch.einsum("bc,b->bc", kv0, weight)[:, None].expand(-1, h, -1)
         out.update(mass=mass, mass_nosink=torch.zeros_like(mass))
     if request.query_kind is not None:
-        zeros = torch.zeros(h, request.n_kinds, 2, dtype=torch.float64, device=q.device)
+        zeros = torch.zeros(b, h, request.n_kinds, 2, dtype=torch.float64, device=q.device)
         out.update(entropy=zeros, entropy_nosink=zeros.clone())
     return out
 
 
 def _kind_sums(entropy: torch.Tensor, kind: torch.Tensor, n_keys: torch.Tensor, n_kinds: int) -> torch.Tensor:
-    """Summed entropy and entropy / log(n_keys) per head and query kind over rows with >= 2 keys:
-    [head, kind, 2]. entropy [b, h, q]; kind [b, q]; n_keys [q]."""
+    """Summed entropy and entropy / log(n_keys) per row, head and query kind over queries with >= 2 keys:
+    [b, head, kind, 2]. entropy [b, h, q]; kind [b, q]; n_keys [q]."""
     usable = n_keys > 1
     normalised = entropy / torch.log(n_keys.clamp(min=2))
     out = []
@@ -243,41 +256,50 @@ def _kind_sums(entropy: torch.Tensor, kind: torch.Tensor, n_keys: torch.Tensor, 
         weight = ((kind == value) & usable[None, :]).to(entropy.dtype)
         out.append(
             torch.stack(
-                [torch.einsum("bhq,bq->h", entropy, weight), torch.einsum("bhq,bq->h", normalised, weight)], dim=-1
+                [torch.einsum("bhq,bq->bh", entropy, weight), torch.einsum("bhq,bq->bh", normalised, weight)],
+                dim=-1,
             )
         )
-    return torch.stack(out, dim=1)
+    return torch.stack(out, dim=2)
+
+
+def _reduce_rows(stats: dict[str, torch.Tensor], request: StatsRequest) -> dict[str, torch.Tensor]:
+    """Per-row statistics [b, ...] summed over rows, unless the request keeps rows apart."""
+    return stats if request.per_row else {k: v.sum(0) for k, v in stats.items()}
 
 
 def layer_statistics(
     query, key, scale: float, lse: torch.Tensor, request: StatsRequest, workspace: dict | None = None
 ) -> dict[str, torch.Tensor]:
     """Every statistic `request` asks for, for one layer: query, key [b, h, s, d] after the rotary
-    embedding, lse [b, h, s] = each row's causal logsumexp of scale * q . k."""
+    embedding, lse [b, h, s] = each row's causal logsumexp of scale * q . k. Summed over rows unless
+    `request.per_row`."""
     out = {}
     if request.diagonals:
         out["diagonal"] = diagonal_sums(query, key, scale, lse, request.diagonals)
     if request.needs_pass:
         out.update(class_and_entropy_sums(query, key, scale, request, workspace))
-    return out
+    return _reduce_rows(out, request)
 
 
 def reference_statistics(
     attn: torch.Tensor, request: StatsRequest, dtype: torch.dtype = torch.float64
 ) -> dict[str, torch.Tensor]:
     """The same statistics from materialised weights attn [b, h, q, k] (the eager reference path), reduced
-    in `dtype` (the benchmarks' baselines reduce in float32, as a user would)."""
+    in `dtype` (the benchmarks' baselines reduce in float32, as a user would). Summed over rows unless
+    `request.per_row`."""
     attn = attn.to(dtype)
     out = {}
     if request.diagonals:
-        out["diagonal"] = torch.stack([attn[:, :, q, k].sum(dim=(0, 2)) for q, k in request.diagonals.values()])
+        diagonals = request.diagonals.values()
+        out["diagonal"] = torch.stack([attn[:, :, q, k].sum(dim=2) for q, k in diagonals], dim=1)
     rest = attn[..., 1:, 1:]
     total = rest.sum(-1, keepdim=True)
     nosink = torch.where(total > 0, rest / total.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(rest))
     if request.key_values is not None:
         kv, weight = request.key_values.to(dtype), request.query_weight.to(dtype)
-        out["mass"] = torch.einsum("bhqk,bkc,bq->hc", attn, kv, weight)
-        out["mass_nosink"] = torch.einsum("bhqk,bkc,bq->hc", nosink, kv[:, 1:], weight[:, 1:])
+        out["mass"] = torch.einsum("bhqk,bkc,bq->bhc", attn, kv, weight)
+        out["mass_nosink"] = torch.einsum("bhqk,bkc,bq->bhc", nosink, kv[:, 1:], weight[:, 1:])
     if request.query_kind is not None:
         s = attn.shape[-1]
         n_keys = torch.arange(1, s + 1, dtype=dtype, device=attn.device)
@@ -285,7 +307,7 @@ def reference_statistics(
         out["entropy"] = _kind_sums(entropy, request.query_kind, n_keys, request.n_kinds)
         entropy_rest = -torch.special.xlogy(nosink, nosink).sum(-1)
         out["entropy_nosink"] = _kind_sums(entropy_rest, request.query_kind[:, 1:], n_keys[:-1], request.n_kinds)
-    return out
+    return _reduce_rows(out, request)
 
 
 def stats_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -13,10 +13,20 @@ Statistics (`Sample.statistic`):
 - `max_of_mean` / `top_mean` (`k`): the largest / the mean of the k largest per-head means over prompts
   (values [n, layer, head]: per-prompt per-head scores);
 - `ratio_of_sums`: per column, sum of `values` [n, ...] over prompts / sum of `weights` [n] over prompts,
-  then the mean over the columns where it is finite (attention enrichment: mass over expected mass; with
-  one expected mass for every head, per-prompt head-mean masses [n] give the same head mean);
-- `ratio`: the statistic of sample `of[0]` over that of sample `of[1]`, two keys of the same checkpoint,
-  often on independent prompt sets (each is resampled as its own prompt set).
+  then the mean (`reduce="mean"`) or the maximum (`reduce="max"`) over the columns where it is finite
+  (attention enrichment: mass over expected mass; with one expected mass for every head, per-prompt
+  head-mean masses [n] give the same head mean; a mean attention entropy: summed entropy over rows counted);
+- `vector` (`function`, `k`, `threshold`): a function of the per-head vector v = sum of `values` [n, heads]
+  over prompts / sum of `weights` [n] (the mean over prompts without weights): `positive_total` =
+  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `metrics.specialization`'s concentration of v, NaN where
+  the positive total is below `threshold` (an ablation effect vector pooled over target positions);
+- `ratio` / `difference`: the statistic of sample `of[0]` over / minus that of sample `of[1]`, two keys of
+  the same checkpoint, often on independent prompt sets (each is resampled as its own prompt set);
+- `compare` (`function`: `cosine`, `jaccard` of the top-`k` head sets, `spearman`): two per-head vectors,
+  those of samples `of[0]` and `of[1]` (a `vector`, `ratio_of_sums`, `max_of_mean` or `top_mean` sample:
+  its per-head statistic before the reduction), NaN where a side's `threshold` is not met.
+A sample with `of=(key,)` (one key) and no values borrows the values, weights and prompt set of sample `key`
+(several statistics of one array store it once).
 
 Replicates are paired: replicate r draws the same prompt indices for every sample of a prompt set (same
 name and size) at every checkpoint, since the probes are the same prompts at every step. So replicate r of
@@ -33,13 +43,30 @@ import logging
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-STATISTICS = ("mean", "nanmean", "quantile", "median_low", "max_of_mean", "top_mean", "ratio_of_sums", "ratio")
+STATISTICS = (
+    "mean",
+    "nanmean",
+    "quantile",
+    "median_low",
+    "max_of_mean",
+    "top_mean",
+    "ratio_of_sums",
+    "vector",
+    "ratio",
+    "difference",
+    "compare",
+)
+COMPOSITES = ("ratio", "difference", "compare")  # statistics of two other samples' replicates
+VECTOR_FUNCTIONS = ("positive_total", "top_share", "neff", "gini")
+COMPARE_FUNCTIONS = ("cosine", "jaccard", "spearman")
+REDUCES = ("mean", "max")
 PREFIX = "bootstrap/"
 
 
@@ -52,17 +79,31 @@ class Sample:
     prompts: str = ""  # the prompt set the rows index: resampled together, the same draws at every step
     weights: np.ndarray | None = None  # ratio_of_sums: the denominators per prompt [n]
     q: float | None = None  # quantile
-    k: int | None = None  # top_mean
-    of: tuple[str, str] | None = None  # ratio: (numerator key, denominator key)
+    k: int | None = None  # top_mean, vector top_share, compare jaccard
+    of: tuple[str, ...] | None = None  # composites: (first key, second key); others: (key to borrow values of,)
+    reduce: str = "mean"  # ratio_of_sums: over columns
+    function: str | None = None  # vector, compare
+    threshold: float | None = None  # vector: least positive total for a concentration statistic
 
     def __post_init__(self):
         if self.statistic not in STATISTICS:
             raise ValueError(f"unknown bootstrap statistic {self.statistic!r}; valid: {', '.join(STATISTICS)}")
-        if self.statistic == "ratio":
+        if self.reduce not in REDUCES:
+            raise ValueError(f"unknown reduce {self.reduce!r}; valid: {', '.join(REDUCES)}")
+        functions = {"vector": VECTOR_FUNCTIONS, "compare": COMPARE_FUNCTIONS}.get(self.statistic, (None,))
+        if self.function not in functions:
+            valid = ", ".join(str(f) for f in functions)
+            raise ValueError(f"a {self.statistic} sample has function {self.function!r}; valid: {valid}")
+        if self.function in ("top_share", "jaccard") and not (self.k is not None and self.k >= 1):
+            raise ValueError(f"a {self.function} sample needs k >= 1, got {self.k!r}")
+        if self.of is not None:
+            self.of = tuple(str(key) for key in self.of)
+        if self.statistic in COMPOSITES:
             if self.of is None or len(self.of) != 2:
-                raise ValueError("a ratio sample names its numerator and denominator keys: of=(num, den)")
-            self.of = (str(self.of[0]), str(self.of[1]))
+                raise ValueError(f"a {self.statistic} sample names the two keys it combines: of=(num, den)")
             return
+        if self.values is None and self.of is not None and len(self.of) == 1:
+            return  # borrows the values of sample of[0]
         if self.values is None:
             raise ValueError(f"a {self.statistic} sample needs per-prompt values")
         self.values = np.asarray(self.values, dtype=np.float64)
@@ -72,9 +113,9 @@ class Sample:
             raise ValueError(f"a quantile sample needs q in [0, 1], got {self.q!r}")
         if self.statistic == "top_mean" and not (self.k is not None and self.k >= 1):
             raise ValueError(f"a top_mean sample needs k >= 1, got {self.k!r}")
-        if self.statistic == "ratio_of_sums":
-            if self.weights is None:
-                raise ValueError("a ratio_of_sums sample needs the per-prompt denominators (weights)")
+        if self.statistic == "ratio_of_sums" and self.weights is None:
+            raise ValueError("a ratio_of_sums sample needs the per-prompt denominators (weights)")
+        if self.weights is not None:
             self.weights = np.asarray(self.weights, dtype=np.float64)
             if self.weights.shape != self.values.shape[:1]:
                 raise ValueError(f"weights {self.weights.shape} do not match values {self.values.shape}")
@@ -85,7 +126,8 @@ class Sample:
 
     def spec(self) -> dict:
         """Everything but the arrays (stored as JSON beside them)."""
-        return {"statistic": self.statistic, "prompts": self.prompts, "q": self.q, "k": self.k, "of": self.of}
+        fields = ("statistic", "prompts", "q", "k", "of", "reduce", "function", "threshold")
+        return {name: getattr(self, name) for name in fields}
 
 
 # --- statistics of weighted rows: counts [R, n] (how often each prompt is drawn in each replicate) ---------
@@ -95,13 +137,72 @@ def _flat(values: np.ndarray) -> np.ndarray:
     return values.reshape(values.shape[0], -1)
 
 
-def _head_mean(per_head: np.ndarray) -> np.ndarray:
-    """Mean over the finite entries of each row [R, heads] (NaN where none is finite)."""
-    finite = np.isfinite(per_head)
+def _reduce_columns(per_column: np.ndarray, reduce: str) -> np.ndarray:
+    """Mean or maximum over the finite entries of each row [R, columns] (NaN where none is finite)."""
+    finite = np.isfinite(per_column)
     count = finite.sum(1)
-    total = np.where(finite, per_head, 0.0).sum(1)
+    if reduce == "max":
+        best = np.where(finite, per_column, -np.inf).max(1) if per_column.shape[1] else np.zeros(len(count))
+        return np.where(count > 0, best, np.nan)
+    total = np.where(finite, per_column, 0.0).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
+    """The per-column (per-head) statistic of each replicate before its reduction: [R, columns]."""
+    values = _flat(sample.values)
+    if sample.statistic in ("max_of_mean", "top_mean") or (sample.statistic == "vector" and sample.weights is None):
+        return counts @ values / sample.n
+    total, weight = counts @ values, counts @ sample.weights  # [R, columns], [R]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight[:, None] > 0, total / np.where(weight > 0, weight, 1.0)[:, None], np.nan)
+
+
+def vector_function(vectors: np.ndarray, function: str, k: int | None = None, threshold: float | None = None):
+    """`function` of each row of vectors [R, heads] (see `metrics.specialization`): positive total, top-k
+    share, effective number or Gini of the clipped, normalised vector; NaN where the positive total is not
+    positive or below `threshold`, or the row is not finite."""
+    clipped = np.clip(vectors, 0.0, None)
+    total = clipped.sum(1)
+    if function == "positive_total":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = clipped / total[:, None]
+        if function == "top_share":
+            out = -np.sort(-p, axis=1)[:, : min(k, p.shape[1])].sum(1)
+        elif function == "neff":
+            out = np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1))
+        elif function == "gini":
+            n = p.shape[1]
+            index = np.arange(1, n + 1)
+            out = ((2 * index - n - 1) * np.sort(clipped, axis=1)).sum(1) / (n * total)
+        else:
+            raise ValueError(f"unknown vector function {function!r}; valid: {', '.join(VECTOR_FUNCTIONS)}")
+    undefined = ~np.isfinite(total) | (total <= 0) | (total < (threshold or 0.0))
+    return np.where(undefined, np.nan, out)
+
+
+def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
+    """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
+    top-k head sets, Spearman rank correlation (`metrics.specialization`, one replicate at a time)."""
+    import torch
+
+    from ckptstudy.metrics import specialization
+
+    out = np.full(len(a), np.nan)
+    for r, (x, y) in enumerate(zip(torch.from_numpy(a), torch.from_numpy(b))):
+        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+            continue
+        if function == "cosine":
+            out[r] = specialization.cosine(x, y)
+        elif function == "jaccard":
+            out[r] = specialization.jaccard(specialization.top_heads(x, k), specialization.top_heads(y, k))
+        elif function == "spearman":
+            out[r] = specialization.spearman(x, y)
+        else:
+            raise ValueError(f"unknown compare function {function!r}; valid: {', '.join(COMPARE_FUNCTIONS)}")
+    return out
 
 
 def _linear(sample: Sample, counts: np.ndarray) -> np.ndarray:
@@ -116,14 +217,13 @@ def _linear(sample: Sample, counts: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, total / np.maximum(count, 1e-300), np.nan)
     if sample.statistic in ("max_of_mean", "top_mean"):
-        means = counts @ _flat(values) / n  # [R, heads]
+        means = _per_column(sample, counts)  # [R, heads]
         k = 1 if sample.statistic == "max_of_mean" else min(sample.k, means.shape[1])
         return -np.sort(-means, axis=1)[:, :k].mean(1)
     if sample.statistic == "ratio_of_sums":
-        mass, expected = counts @ _flat(values), counts @ sample.weights  # [R, heads], [R]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_head = np.where(expected[:, None] > 0, mass / np.where(expected > 0, expected, 1.0)[:, None], np.nan)
-        return _head_mean(per_head)
+        return _reduce_columns(_per_column(sample, counts), sample.reduce)
+    if sample.statistic == "vector":
+        return vector_function(_per_column(sample, counts), sample.function, sample.k, sample.threshold)
     raise ValueError(sample.statistic)
 
 
@@ -149,14 +249,68 @@ def _evaluate(sample: Sample, counts: np.ndarray, index: np.ndarray) -> np.ndarr
     return _linear(sample, counts)
 
 
+def resolved(samples: dict[str, Sample]) -> dict[str, Sample]:
+    """The samples with borrowed values filled in from the sample they name (`of=(key,)`); a sample whose
+    source is missing is left out, as is a composite one of whose parts is missing."""
+    out = {}
+    for key, sample in samples.items():
+        if sample.statistic not in COMPOSITES and sample.values is None:
+            source = samples.get(sample.of[0])
+            if source is None or source.values is None:
+                continue
+            fields = {**sample.spec(), "prompts": source.prompts, "of": None}
+            sample = Sample(values=source.values, weights=source.weights, **fields)
+        out[key] = sample
+    return {
+        key: sample
+        for key, sample in out.items()
+        if sample.statistic not in COMPOSITES or all(part in out for part in sample.of)
+    }
+
+
+Draw = Callable[[str, int], tuple[np.ndarray, np.ndarray]]  # (prompt set, size) -> (index [R, n], counts [R, n])
+
+
+def _replicate_all(samples: dict[str, Sample], draw: Draw, size: int) -> dict[str, np.ndarray]:
+    """Every sample's statistic [size] on the prompt draws `draw` gives (composites from their parts)."""
+    samples = resolved(samples)
+    out: dict[str, np.ndarray] = {}
+    for key, sample in samples.items():
+        if sample.statistic in COMPOSITES:
+            continue
+        index, counts = draw(sample.prompts or key, sample.n)
+        out[key] = _evaluate(sample, counts, index) if sample.n else np.full(size, np.nan)
+    for key, sample in samples.items():
+        if sample.statistic in ("ratio", "difference"):
+            first, second = (out.get(k, np.full(size, np.nan)) for k in sample.of)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if sample.statistic == "ratio":
+                    ok = np.isfinite(first) & np.isfinite(second) & (second != 0)
+                    out[key] = np.where(ok, first / np.where(ok, second, 1.0), np.nan)
+                else:
+                    out[key] = first - second
+        elif sample.statistic == "compare":
+            sides = [samples[k] for k in sample.of]
+            vectors = []
+            for side, side_key in zip(sides, sample.of):
+                if side.statistic not in ("vector", "ratio_of_sums", "max_of_mean", "top_mean") or not side.n:
+                    raise ValueError(f"compare {key!r}: sample {side_key!r} ({side.statistic}) has no per-head vector")
+                vectors.append(_per_column(side, draw(side.prompts or side_key, side.n)[1]))
+            value = compare_function(*vectors, sample.function, sample.k)
+            for side, vector in zip(sides, vectors):
+                if side.threshold is not None:  # a side below its threshold has no head set to compare
+                    value = np.where(vector_function(vector, "positive_total") >= side.threshold, value, np.nan)
+            out[key] = value
+    return out
+
+
 def statistic(key: str, samples: dict[str, Sample]) -> float:
     """The statistic of `samples[key]` on its full sample (every prompt once): the reported value."""
-    sample = samples[key]
-    if sample.statistic == "ratio":
-        num, den = (statistic(k, samples) for k in sample.of)
-        return num / den if math.isfinite(num) and math.isfinite(den) and den != 0 else math.nan
-    n = sample.n
-    return float(_evaluate(sample, np.ones((1, n)), np.arange(n)[None, :])[0])
+
+    def everyone(_prompts: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(n)[None, :], np.ones((1, n))
+
+    return float(_replicate_all(samples, everyone, 1).get(key, np.full(1, np.nan))[0])
 
 
 # --- resampling --------------------------------------------------------------------------------------------
@@ -177,24 +331,16 @@ def counts_of(index: np.ndarray, n: int) -> np.ndarray:
 
 
 def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.ndarray]:
-    """`n` bootstrap replicates [n] of every sample's statistic (ratios from their parts' replicates)."""
+    """`n` bootstrap replicates [n] of every sample's statistic (composites from their parts' replicates)."""
     cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-    out: dict[str, np.ndarray] = {}
-    for key, sample in samples.items():
-        if sample.statistic == "ratio":
-            continue
-        where = (sample.prompts or key, sample.n)
-        if where not in cache:
-            index = draws(where[0], sample.n, n, seed)
-            cache[where] = (index, counts_of(index, sample.n))
-        index, counts = cache[where]
-        out[key] = _evaluate(sample, counts, index) if sample.n else np.full(n, np.nan)
-    for key, sample in samples.items():
-        if sample.statistic == "ratio":
-            num, den = (out.get(k, np.full(n, np.nan)) for k in sample.of)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[key] = np.where(np.isfinite(num) & np.isfinite(den) & (den != 0), num / den, np.nan)
-    return out
+
+    def resample(prompts: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if (prompts, size) not in cache:
+            index = draws(prompts, size, n, seed)
+            cache[(prompts, size)] = (index, counts_of(index, size))
+        return cache[(prompts, size)]
+
+    return _replicate_all(samples, resample, n)
 
 
 MIN_FINITE_SHARE = 0.5  # an interval needs at least this share of replicates where the statistic is defined

@@ -126,9 +126,19 @@ def _add(total, value):
     return total + value
 
 
+def _concat(total, value):
+    """Per-row reductions of successive chunks, in row order (tensors or dicts of tensors)."""
+    if total is None:
+        return value
+    if isinstance(value, dict):
+        return {k: torch.cat([total[k], v]) for k, v in value.items()}
+    return torch.cat([total, value])
+
+
 @dataclass
 class Captured:
-    """Reductions summed over all batch chunks: attn[layer] and the logits reduction."""
+    """Reductions summed over all batch chunks (or per row, see `capture_stats`): attn[layer] and the logits
+    reduction."""
 
     attn: list | None  # per layer: a tensor or a dict of tensors
     logits: torch.Tensor | None
@@ -175,15 +185,23 @@ def capture(
     return Captured(attn=attn_sums if attn_fn else None, logits=logits_sum, n_rows=ids.shape[0])
 
 
-def _reduce_logits(model, hidden: torch.Tensor, chunk: torch.Tensor, logits_fn: LogitsReducer) -> torch.Tensor:
-    """Sum of `logits_fn` over the rows of a chunk, unembedding one row at a time: the full-vocabulary
-    logits of a whole batch ([b, seq, vocab], 0.8 GB for 4 x 1024 tokens of Pythia) never exist at once."""
+def _each_row(logits_fn: LogitsReducer) -> LogitsReducer:
+    """`logits_fn` applied to each row of a chunk on its own, stacked [b, ...] (one chunk per capture call)."""
+    return lambda logits, ids: torch.stack([logits_fn(logits[r : r + 1], ids[r : r + 1]) for r in range(len(ids))])
+
+
+def _reduce_logits(
+    model, hidden: torch.Tensor, chunk: torch.Tensor, logits_fn: LogitsReducer, per_row: bool = False
+) -> torch.Tensor:
+    """Sum of `logits_fn` over the rows of a chunk (per_row: its value for each row, stacked [b, ...]),
+    unembedding one row at a time: the full-vocabulary logits of a whole batch ([b, seq, vocab], 0.8 GB for
+    4 x 1024 tokens of Pythia) never exist at once."""
     head = model.get_output_embeddings()
-    total = None
-    for row in range(hidden.shape[0]):
-        reduced = logits_fn(head(hidden[row : row + 1]).float(), chunk[row : row + 1]).detach().cpu()
-        total = reduced if total is None else total + reduced
-    return total
+    rows = [
+        logits_fn(head(hidden[row : row + 1]).float(), chunk[row : row + 1]).detach().cpu()
+        for row in range(hidden.shape[0])
+    ]
+    return torch.stack(rows) if per_row else torch.stack(rows).sum(0)
 
 
 @torch.no_grad()
@@ -198,7 +216,9 @@ def capture_stats(
     """Run `ids` [n, seq] through the model; per layer, the sums over rows of every statistic `request` asks
     for (`attention_stats.StatsRequest`: `diagonal`, `mass`, `mass_nosink`, `entropy`, `entropy_nosink`);
     with `logits_fn`, its sum over rows (logits unembedded one row at a time; without it the unembedding is
-    skipped). method = "fused" (no attention weights materialised) or "eager" (the reference: eager
+    skipped). With `request.per_row` nothing is summed over rows: every statistic and the logits reduction
+    come per row, stacked [n, ...] in the order of `ids` (what the bootstrap resamples; the sums are their
+    sums). method = "fused" (no attention weights materialised) or "eager" (the reference: eager
     weights reduced inside per-layer hooks); None = the `stats_method` in force ("fused" by default)."""
     method = method or _METHOD.get()
     if method not in METHODS:
@@ -219,8 +239,8 @@ def capture_stats(
             finally:
                 StatsCollector.deactivate(token)
             if logits_fn is not None:
-                reduced = _reduce_logits(model, hidden, chunk, logits_fn)
-                logits_sum = reduced if logits_sum is None else logits_sum + reduced
+                reduced = _reduce_logits(model, hidden, chunk, logits_fn, request.per_row)
+                logits_sum = (_concat if request.per_row else _add)(logits_sum, reduced)
             del hidden
     return Captured(attn=collector.sums, logits=logits_sum, n_rows=ids.shape[0])
 
@@ -230,6 +250,7 @@ def _eager_stats(model, ids, request: StatsRequest, logits_fn, batch_size: int) 
     parts = model_parts(model)
     sums: list = [None] * parts.n_layers
     logits_sum = None
+    combine = _concat if request.per_row else _add
     for start in range(0, ids.shape[0], batch_size):
         chunk_ids = ids[start : start + batch_size]
         rows = request.rows(start, start + batch_size, next(model.parameters()).device)
@@ -237,10 +258,10 @@ def _eager_stats(model, ids, request: StatsRequest, logits_fn, batch_size: int) 
             model,
             chunk_ids,
             attn_fn=lambda _layer, attn, _chunk, rows=rows: reference_statistics(attn, rows),
-            logits_fn=logits_fn,
+            logits_fn=_each_row(logits_fn) if request.per_row and logits_fn is not None else logits_fn,
             batch_size=batch_size,
         )
-        sums = [_add(total, value) for total, value in zip(sums, cap.attn)]
+        sums = [combine(total, value) for total, value in zip(sums, cap.attn)]
         if cap.logits is not None:
-            logits_sum = cap.logits if logits_sum is None else logits_sum + cap.logits
+            logits_sum = combine(logits_sum, cap.logits)
     return Captured(attn=sums, logits=logits_sum, n_rows=ids.shape[0])
