@@ -271,7 +271,7 @@ def ablation_section(cfg: dict, threads: int, skip_tl: str | None, log) -> dict:
 def _spearman(a, b) -> float:
     import torch
 
-    from ckptstudy.metrics.specialization import spearman
+    from ckptstudy.specialization import spearman
 
     return round(float(spearman(torch.tensor(a).flatten(), torch.tensor(b).flatten())), 3)
 
@@ -280,7 +280,7 @@ def _spearman_top(estimate, exact, k: int) -> float:
     """Rank correlation on the k heads with the largest exact |effect| (where the circuit is)."""
     import torch
 
-    from ckptstudy.metrics.specialization import spearman
+    from ckptstudy.specialization import spearman
 
     e, x = torch.tensor(estimate).flatten(), torch.tensor(exact).flatten()
     top = x.abs().topk(min(k, x.numel())).indices

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ckptstudy import bootstrap, results
+from ckptstudy import bootstrap, results, specialization
 from ckptstudy.bootstrap import Sample, decode, encode, interval, replicates, statistic
-from ckptstudy.metrics import FamilyResult, specialization
+from ckptstudy.metrics import FamilyResult
 
 RNG = np.random.default_rng(0)
 ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])
@@ -236,7 +236,9 @@ def test_compare_two_head_vectors_from_independent_prompt_sets():
     reps = replicates(samples, 40, 0)
     assert np.isfinite(reps["cos"]).all() and len(np.unique(reps["cos"])) > 10
     # a side below its threshold: no head set to compare, at every replicate
-    samples["nat"] = Sample("vector", natural * 1e-4, prompts="nat", weights=TARGETS, function="positive_total", threshold=0.01)
+    samples["nat"] = Sample(
+        "vector", natural * 1e-4, prompts="nat", weights=TARGETS, function="positive_total", threshold=0.01
+    )
     assert math.isnan(statistic("cos", samples))
     assert np.isnan(replicates(samples, 40, 0)["jac"]).all()
     with pytest.raises(ValueError, match="compare sample has function None; valid: cosine, jaccard, spearman"):

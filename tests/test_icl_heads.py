@@ -8,7 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.capture import capture, model_parts
+from ckptstudy.attention_stats import StatsRequest
+from ckptstudy.bootstrap import statistic
+from ckptstudy.capture import capture, capture_stats, model_parts
+from ckptstudy.metrics import icl_heads
 from ckptstudy.metrics.icl_heads import (
     head_pattern_sums,
     icl_score,
@@ -158,7 +161,6 @@ def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
 
 
 def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
-    from ckptstudy.bootstrap import statistic
     from ckptstudy.metrics.icl_heads import copy_rate, copy_rows
 
     r = 6
@@ -172,11 +174,46 @@ def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
     keys = {"icl/induction_max", "icl/induction_top3_mean", "icl/prev_token_max", "icl/duplicate_max"}
     assert set(result.samples) == keys | {"icl/repeat_nll_gain", "icl/icl_score"}
     for key in result.samples:
-        # float32 sums in the fused pass vs per-prompt doubles: equal to float32 rounding of the NLL
-        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-5, abs=1e-5), key
+        # the scalars are statistics of the same per-row results the samples hold
+        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-12, abs=1e-12), key
     assert result.samples["icl/induction_max"].values.shape == (5, 2, 4)  # per prompt, layer, head
+    # ... and equal the old summed passes (float32 sums over rows) to float32 rounding
+    nll = lambda logits, chunk: token_nll(logits, chunk).sum(0)  # noqa: E731
+    summed = capture_stats(ctx.model, ids, StatsRequest(diagonals=repeat_pattern_positions(r)), logits_fn=nll)
+    counts = torch.tensor([r, r, 2 * r]) * ids.shape[0]
+    scores = torch.stack([layer["diagonal"] for layer in summed.attn]) / counts[None, :, None]
+    assert result.scalars["icl/induction_max"] == pytest.approx(float(scores[:, 0].max()), rel=1e-5)
+    assert result.scalars["icl/prev_token_max"] == pytest.approx(float(scores[:, 2].max()), rel=1e-5)
+    gain = repeat_nll_gain(summed.logits / ids.shape[0], r)
+    assert result.scalars["icl/repeat_nll_gain"] == pytest.approx(gain, rel=1e-5, abs=1e-5)
+    long = capture_stats(ctx.model, probes.long_text, StatsRequest(), logits_fn=nll)
+    old_score = icl_score(long.logits / probes.long_text.shape[0], 30, 5, 3)
+    assert result.scalars["icl/icl_score"] == pytest.approx(old_score, rel=1e-5, abs=1e-5)
     continuations = torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4], [1, 2, 3, 9]])
     passages = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3]])
     copied, accuracy = copy_rows(continuations, passages)
     assert (copied.mean(), accuracy.mean()) == pytest.approx(copy_rate(continuations, passages))
     assert copied.tolist() == [1, 0, 0] and accuracy.tolist() == pytest.approx([1, 0.75, 0.75])
+
+
+@pytest.mark.parametrize(("mode", "params"), [("exact", {}), ("attribution", {"validate_k": 2})])
+def test_every_statistic_over_prompts_has_a_sample_that_gives_it_on_the_micro_checkpoint(
+    final_micro_context, mode, params
+):
+    ctx = final_micro_context
+    result = icl_heads.measure(ctx, mode=mode, **params)
+    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
+    declared |= {"icl/attribution_spearman"} if params else set()
+    without = result.without_interval(icl_heads.NO_INTERVAL)
+    assert set(without) == declared and not any(why.startswith("undeclared") for why in without.values())
+    assert set(result.samples) == set(result.scalars) - declared
+    for key in result.samples:
+        value, reported = statistic(key, result.samples), result.scalars[key]
+        assert (math.isnan(value) and math.isnan(reported)) or value == pytest.approx(reported, rel=1e-9), key
+    # the top-k head sets of the bootstrap's vectors are the reported ones (ties broken alike)
+    jaccard = "icl/icl_natural_top3_jaccard"
+    assert math.isfinite(result.scalars[jaccard]) and statistic(jaccard, result.samples) == result.scalars[jaccard]
+    natural, icl = result.samples["icl/natural_ablation_total"], result.samples["icl/ablation_total"]
+    assert natural.prompts == "natural" and natural.n == ctx.probes.natural.shape[0]
+    assert icl.prompts == "icl_repeat" and icl.n == ctx.probes.icl_repeat.shape[0]
+    assert (natural.weights > 0).sum() <= result.scalars["icl/natural_loop_prompts"]  # non-looping rows are zero

@@ -7,22 +7,35 @@ import itertools
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from ckptstudy.ablation import Targets, attribution_effects, exact_effects, naive_effects
+from ckptstudy.ablation import (
+    EffectRows,
+    Targets,
+    attribution_effect_rows,
+    attribution_effects,
+    exact_effect_rows,
+    exact_effects,
+    naive_effects,
+)
+from ckptstudy.bootstrap import Sample, intervals, replicates, statistic
 from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
 from ckptstudy.cycles import LoopRule
 from ckptstudy.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult, icl_heads
 from ckptstudy.metrics.icl_heads import (
+    concentration,
     copy_rate,
+    effect_samples,
     icl_targets,
     natural_loop_targets,
+    pooled_effects,
     specialization_scalars,
     validate_attribution,
 )
-from ckptstudy.metrics.specialization import (
+from ckptstudy.specialization import (
     cosine,
     effective_heads,
     gini,
@@ -139,6 +152,43 @@ def test_attribution_matches_exact_on_a_near_linear_toy_model():
     )
 
 
+def uneven_batch(vocab: int) -> Targets:
+    """`icl_batch` with fewer targets in some prompts (one has none), so pooling weights the prompts unevenly."""
+    targets = icl_batch(vocab, n=4)
+    mask = targets.mask.clone()
+    mask[0, : 2 * LENGTH] = False  # prompt 0: only its last two cycles
+    mask[2] = False  # prompt 2: no target at all
+    return Targets(targets.ids, mask)
+
+
+def test_per_prompt_effect_rows_pool_to_the_pooled_effects():
+    model = tiny_neox(seed=2)
+    targets = uneven_batch(model.config.vocab_size)
+    exact = exact_effect_rows(model, targets, max_rows=5)
+    attribution = attribution_effect_rows(model, targets)
+    for rows, pooled in (
+        (exact, exact_effects(model, targets, max_rows=5)),
+        (attribution, attribution_effects(model, targets)),
+    ):
+        assert rows.sums.shape == (4, 2, 4) and rows.targets.tolist() == targets.mask.sum(1).tolist()
+        torch.testing.assert_close((rows.sums.sum(0) / rows.targets.sum()).float(), pooled, atol=0, rtol=0)
+        assert rows.sums[2].abs().max() == 0  # no target: nothing to sum
+    torch.testing.assert_close(exact.pooled, naive_effects(model, targets), atol=1e-5, rtol=0)
+    assert exact.pooled.abs().max() > 1e-3  # not two zero vectors
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution"])
+def test_one_prompt_on_its_own_gives_its_own_row(method):
+    model = tiny_neox(seed=2)
+    targets = uneven_batch(model.config.vocab_size)
+    rows_of = exact_effect_rows if method == "exact" else attribution_effect_rows
+    rows = rows_of(model, targets)  # zero ablation: a prompt's row does not depend on the other prompts
+    for i in (0, 1):
+        alone = rows_of(model, Targets(targets.ids[i : i + 1], targets.mask[i : i + 1]))
+        assert alone.targets.tolist() == [rows.targets[i]]
+        torch.testing.assert_close(alone.sums[0], rows.sums[i], atol=1e-5, rtol=1e-4)
+
+
 def _validated(estimate: torch.Tensor, k: int, seed: int) -> list[int]:
     top = estimate.flatten().topk(k).indices.tolist()
     rest = [i for i in range(estimate.numel()) if i not in top]
@@ -195,6 +245,22 @@ def loops_of(prompts: torch.Tensor, generated: list[list[int]]) -> NaturalLoops:
     return NaturalLoops(prompts, Generation(ids, torch.zeros(ids.shape)), period, copies, onset, rule)
 
 
+def rows_of(effects: torch.Tensor, targets: Targets) -> EffectRows:
+    """Per-prompt rows whose pooled effect is `effects`: each prompt carries it on each of its targets."""
+    counts = targets.mask.sum(1).double()
+    return EffectRows(effects.double()[None] * counts[:, None, None], counts)
+
+
+def assert_statistics_are_reported(result: FamilyResult) -> None:
+    """Every sample's full-sample statistic is the reported scalar (NaN where it is NaN), and every scalar
+    without a sample has a declared reason."""
+    assert set(result.samples) <= set(result.scalars)
+    for key in result.samples:
+        value, reported = statistic(key, result.samples), result.scalars[key]
+        assert (math.isnan(value) and math.isnan(reported)) or value == pytest.approx(reported, abs=1e-12), key
+    assert not [k for k, why in result.without_interval(icl_heads.NO_INTERVAL).items() if why.startswith("undeclared")]
+
+
 LOOPING = loops_of(torch.tensor([[40, 41], [42, 43]]), [[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 8, 9, 10, 11, 12]])
 NOT_LOOPING = loops_of(torch.tensor([[40, 41]]), [[5, 6, 7, 8, 9, 10, 11, 12]])
 
@@ -223,12 +289,18 @@ def fake_passes(monkeypatch):
 
         def head_effects(model, targets, mode, ablation, score, max_rows):
             calls.append(targets)
-            return queue.pop(0).clone()
+            return rows_of(queue.pop(0), targets)
 
         monkeypatch.setattr(icl_heads, "head_effects", head_effects)
-        patterns = FamilyResult(scalars={"icl/induction_max": 0.9}, arrays={"icl/induction": INDUCTION.numpy()})
+        patterns = FamilyResult(
+            scalars={"icl/induction_max": float(INDUCTION.max())}, arrays={"icl/induction": INDUCTION.numpy()}
+        )
+        patterns.add_sample(
+            "icl/induction_max", Sample("max_of_mean", INDUCTION[None].numpy(), prompts="random_repeat")
+        )
         monkeypatch.setattr(icl_heads, "pattern_and_loss_scores", lambda ctx, *args: patterns)
-        monkeypatch.setattr(icl_heads, "icl_repeat_rate", lambda ctx, cycles: (0.5, 0.75))
+        copied = (np.array([1.0, 0.0]), np.array([1.0, 0.5]))
+        monkeypatch.setattr(icl_heads, "icl_repeat_rate", lambda ctx, cycles: (0.5, 0.75, copied))
         return calls
 
     return install
@@ -246,6 +318,7 @@ def test_natural_loop_noise_is_held_to_the_same_threshold(fake_passes):
     assert s["icl/natural_ablation_total"] == pytest.approx(0.008)
     assert "natural side" in result.nan_reasons["icl/icl_natural_cosine"]
     assert result.unexplained_nans() == []
+    assert_statistics_are_reported(result)
 
 
 def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passes):
@@ -262,6 +335,11 @@ def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passe
     assert s["icl/natural_ablation_neff"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in shares)))
     assert s["icl/natural_ablation_total"] == pytest.approx(1.0) and s["icl/natural_loop_prompts"] == 1
     assert "icl/icl_natural_top5_jaccard" not in s and result.unexplained_nans() == []
+    assert_statistics_are_reported(result)
+    # natural rows are indexed by natural prompt: the second does not loop (zero effect, zero targets)
+    natural = result.samples["icl/natural_ablation_total"]
+    assert natural.prompts == "natural" and natural.values.shape == (2, 2, 4) and natural.weights.tolist() == [3, 0]
+    assert not natural.values[1].any() and result.samples["icl/ablation_total"].prompts == "icl_repeat"
 
 
 def test_natural_targets_start_at_the_first_copy_like_the_icl_ones(fake_passes):
@@ -286,6 +364,16 @@ def test_no_natural_loop_and_no_icl_effect_give_nan_with_reasons(fake_passes):
         assert math.isnan(s[key]) and "no prompt's continuation loops" in result.nan_reasons[key], key
     assert s["icl/natural_loop_prompts"] == 0 and s["icl/icl_natural_topk_jaccard_chance"] > 0
     assert result.unexplained_nans() == []
+    assert_statistics_are_reported(result)
+
+
+def test_without_a_threshold_no_positive_effect_is_still_nan_in_the_samples(fake_passes):
+    fake_passes(-ICL_EFFECTS, ICL_EFFECTS)  # no head helps copying: no distribution over heads, nothing to compare
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), min_effect_total=0.0)
+    for key in ("icl/ablation_neff", "icl/ablation_vs_induction_spearman", "icl/icl_natural_cosine"):
+        assert math.isnan(result.scalars[key]) and "no head has a positive" in result.nan_reasons[key], key
+    assert result.scalars["icl/ablation_total"] == 0 and math.isfinite(result.scalars["icl/natural_ablation_neff"])
+    assert_statistics_are_reported(result)
 
 
 def test_constant_induction_scores_give_a_reasoned_nan_correlation():
@@ -293,3 +381,36 @@ def test_constant_induction_scores_give_a_reasoned_nan_correlation():
     assert math.isnan(result.scalars["icl/ablation_vs_induction_spearman"])
     assert "same for every head" in result.nan_reasons["icl/ablation_vs_induction_spearman"]
     assert result.unexplained_nans() == []
+
+
+# --- bootstrap intervals of the concentration react to how the effect is spread over prompts ---
+
+
+def concentration_intervals(sums: np.ndarray, targets: np.ndarray) -> tuple[FamilyResult, dict]:
+    samples = effect_samples("icl/ablation", sums, targets, "icl_repeat", 3, 0.01)
+    reported = concentration(pooled_effects(torch.from_numpy(sums), torch.from_numpy(targets)), 3, 0.01, "icl/ablation")
+    for key in samples:
+        assert statistic(key, samples) == pytest.approx(reported.scalars[key], abs=1e-12), key
+    return reported, intervals(replicates(samples, 1000, seed=0), 0.9)
+
+
+def test_intervals_are_zero_width_for_identical_prompts_and_wide_when_one_prompt_carries_the_effect():
+    n, targets = 20, np.full(20, 10.0)
+    spread = np.full((2, 4), 0.01)  # every prompt: a little effect on every head
+    heterogeneous = np.broadcast_to(spread * 10, (n, 2, 4)).copy()
+    heterogeneous[0, 0, 0] += 40.0  # one prompt carries a large effect of head (0, 0)
+    pooled = heterogeneous.sum(0) / targets.sum()
+    identical = np.broadcast_to(pooled * 10, (n, 2, 4)).copy()  # the same pooled vector on every prompt
+    same, same_ci = concentration_intervals(identical, targets)
+    mixed, mixed_ci = concentration_intervals(heterogeneous, targets)
+    for key in ("icl/ablation_total", "icl/ablation_top1_share", "icl/ablation_top3_share", "icl/ablation_neff"):
+        assert same.scalars[key] == pytest.approx(mixed.scalars[key]), key  # same reported values ...
+        low, high = same_ci[key]
+        assert high - low == pytest.approx(0, abs=1e-9), key  # ... no spread over identical prompts ...
+        assert mixed_ci[key][1] - mixed_ci[key][0] > 0.05, key  # ... and a wide one when one prompt has it all
+    # resamples without the one prompt keep only the small spread effect (total 0.08, top-1 share 1/8)
+    assert mixed_ci["icl/ablation_total"][0] == pytest.approx(0.08)
+    assert mixed_ci["icl/ablation_top1_share"][0] == pytest.approx(1 / 8)
+    # pooled: head (0, 0) 0.01 + 40 / 200 = 0.21, the other seven 0.01 each: total 0.28, top-1 share 0.75
+    assert mixed.scalars["icl/ablation_total"] == pytest.approx(0.28)
+    assert mixed.scalars["icl/ablation_top1_share"] == pytest.approx(0.75)

@@ -19,7 +19,7 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-FAMILIES = {m for m in MODULES if m.startswith("ckptstudy.metrics.") and m != "ckptstudy.metrics.specialization"}
+FAMILIES = {m for m in MODULES if m.startswith("ckptstudy.metrics.")}
 
 
 def internal_imports(path: Path) -> list[tuple[str, bool]]:

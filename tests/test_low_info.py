@@ -338,33 +338,58 @@ def test_memory_does_not_grow_with_depth():
     assert deep - shallow < 150_000, (shallow, deep)
 
 
-def test_bootstrap_samples_give_the_reported_newline_values_on_the_full_sample(tiny_tokenizer):
-    from ckptstudy.bootstrap import statistic
-
+def measure_on_constructed_loops(tiny_tokenizer, model=None):
+    """low_info.measure on a tiny model: three natural prompts, two of which loop (with a newline in the
+    cycle), and newline-rich ICL and text probes; chunks of 2 and 1 rows."""
     vocab = len(tiny_tokenizer)
     newline = tiny_tokenizer.convert_tokens_to_ids("Ċ")
     gen = torch.Generator().manual_seed(0)
     text = torch.randint(1, vocab, (3, 48), generator=gen)
     text[:, ::5] = newline
-    # three natural prompts, two of them loop (with a newline in the cycle), one does not
     loops = loops_of(
         [[40, 41], [42, 43], [44, 45]],
         [[1, newline, 3, 4, newline, 4, newline, 4], [5, 6, 7, 8, 9, 10, 11, 12], [newline, 6, 7, 6, 7, 6, 7, 6]],
     )
-    ctx = FakeCheckpoint(
-        loops, tiny_neox(vocab_size=vocab), tiny_tokenizer, icl_repeat=text[:, :12].repeat(1, 3), long_text=text
-    )
-    ctx.batch_size = 2  # the per-prompt pass splits the rows of each chunk; chunks of 2 and 1
+    model = model if model is not None else tiny_neox(vocab_size=vocab)
+    ctx = FakeCheckpoint(loops, model, tiny_tokenizer, icl_repeat=text[:, :12].repeat(1, 3), long_text=text)
+    ctx.batch_size = 2
     ctx.probes.icl_length = 12
-    result = low_info.measure(ctx, quantile=0.2, text_skip=8)
-    expected = {
-        f"lowinfo/enrich_newline_{c}{s}" for c in ("natural", "icl", "natural_over_icl") for s in ("", "_nosink")
-    }
-    assert set(result.samples) == expected
-    for key in expected:
-        assert math.isfinite(result.scalars[key])
+    return low_info.measure(ctx, quantile=0.2, text_skip=8)
+
+
+def test_every_scalar_has_a_sample_whose_full_sample_statistic_is_the_reported_value(tiny_tokenizer):
+    from ckptstudy.bootstrap import statistic
+
+    result = measure_on_constructed_loops(tiny_tokenizer)
+    without = result.without_interval(low_info.NO_INTERVAL)
+    assert without == {"lowinfo/low_info_vocab_share": low_info.NO_INTERVAL["lowinfo/low_info_vocab_share"]}
+    assert set(result.samples) == set(result.scalars) - set(without)
+    for key in result.samples:
+        value = result.scalars[key]
+        if math.isnan(value):  # NaN with its reason (e.g. no query of a kind): the sample says NaN too
+            assert math.isnan(statistic(key, result.samples)) and key in result.nan_reasons, key
+            continue
         # the fused pass attends in float32: equal to its rounding
-        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-6), key
+        assert statistic(key, result.samples) == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert math.isfinite(result.scalars["lowinfo/enrich_newline_natural_over_icl_nosink"])
     natural = result.samples["lowinfo/enrich_newline_natural_nosink"]
     assert natural.prompts == "natural" and natural.values.shape == (3,)  # one value per natural prompt
     assert natural.weights[1] == 0 and not natural.values[1].any()  # the prompt that does not loop
+    per_head = result.samples["lowinfo/enrich_newline_icl_max"]
+    assert per_head.prompts == "icl_repeat" and per_head.values.shape == (3, 2, 4)  # [prompt, layer, head]
+
+
+def test_no_attention_preference_gives_intervals_that_sit_on_one(tiny_tokenizer):
+    # the opposite of the finding: a model that attends uniformly has enrichment exactly 1 in every context and
+    # for every prompt, so no resample can make natural loops look newline-enriched against ICL
+    from types import SimpleNamespace
+
+    result = measure_on_constructed_loops(tiny_tokenizer, uniform_attention_model(len(tiny_tokenizer)))
+    ci = result.intervals(SimpleNamespace(n=200, level=0.95, seed=0))
+    for key in ("lowinfo/enrich_newline_natural_over_icl_nosink", "lowinfo/enrich_newline_text_max"):
+        assert result.scalars[key] == pytest.approx(1.0, abs=1e-5), key
+        assert ci[key] == pytest.approx([1.0, 1.0], abs=1e-5), key
+    # while a real (random) model's per-prompt differences give intervals of some width
+    real = measure_on_constructed_loops(tiny_tokenizer).intervals(SimpleNamespace(n=200, level=0.95, seed=0))
+    low, high = real["lowinfo/enrich_newline_icl_max"]
+    assert high - low > 1e-3

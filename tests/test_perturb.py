@@ -10,7 +10,7 @@ import torch
 
 from ckptstudy.bootstrap import statistic
 from ckptstudy.capture import capture
-from ckptstudy.metrics import JobContext
+from ckptstudy.metrics import JobContext, perturb
 from ckptstudy.metrics.perturb import (
     PROFILE_OFFSETS,
     control_probe,
@@ -237,13 +237,16 @@ def test_a_positional_head_at_distance_r_minus_1_fakes_the_ratio_but_not_the_con
 
 def test_reported_induction_values_are_the_statistics_of_their_full_samples():
     result = measure(toy_context(induction_circuit()), position=8, induction_draws=2, max_rows=40)
-    keys = [f"perturb/induction_{kind}_l{m}" for kind in ("ratio", "control") for m in range(2)]
-    assert set(keys) <= set(result.samples)
+    keys = [f"perturb/induction_{kind}_{m}" for kind in ("ratio", "control") for m in ("l0", "l1", "max")]
+    without = result.without_interval(perturb.NO_INTERVAL)
+    assert set(result.samples) == set(keys) == set(result.scalars) - set(without)
+    assert not any(why.startswith("undeclared") for why in without.values()), without
     for key in keys:
         sample = result.samples[key]
         assert sample.statistic == "ratio_of_sums" and sample.n == 4 and sample.prompts == "random_repeat"
         assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-9), key
     assert result.scalars["perturb/induction_ratio_max"] > 2  # the layers differ: a swapped row would show
+    assert result.samples["perturb/induction_ratio_max"].values.shape == (4, 2)  # [prompt, layer]
 
 
 def test_uniform_attention_gives_ratio_one_and_a_linear_response_at_small_eps():

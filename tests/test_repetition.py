@@ -176,6 +176,10 @@ def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
     entropy = torch.rand(5, 20, generator=torch.Generator().manual_seed(0))
     result, _ = loop_summary(natural_loops_of(rows, entropy), 3)
     assert len(result.samples) == 13  # 9 loop statistics, 3 cycle entropies, the slope
+    from ckptstudy.metrics import repetition
+
+    without = result.without_interval(repetition.NO_INTERVAL)
+    assert set(without) == {"rep/cycle_entropy_rows"} and not without["rep/cycle_entropy_rows"].startswith("undeclared")
     for key in result.samples:
         value = result.scalars[key]
         assert statistic(key, result.samples) == pytest.approx(value, rel=1e-12, nan_ok=True), key

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckptstudy.bootstrap import statistic
-from ckptstudy.metrics import JobContext
+from ckptstudy.metrics import JobContext, sink
 from ckptstudy.metrics.sink import (
     convergence,
     convergence_summary,
@@ -183,8 +183,13 @@ def test_reported_values_are_the_statistics_of_their_full_samples():
         "sink/converge_share",
         "sink/patch_loss_delta",
         "sink/repeat_divergence_rate",
+        "sink/repeat_norm_ratio",
+        "sink/patch_cos_drop",
     }
-    assert keys <= set(result.samples)
+    without = result.without_interval(sink.NO_INTERVAL)
+    assert keys == set(result.scalars) - set(without) <= set(result.samples)
+    assert not any(why.startswith("undeclared") for why in without.values()), without
+    assert result.samples["sink/patch_cos_drop"].of == ("sink/repeat_cos_max", "sink/patch_repeat_cos_max")
     for key in keys:
         # the reported loss delta subtracts two float32 sums of NLL (~6 nats/token): float32 rounding of those
         tolerance = 1e-5 if key == "sink/patch_loss_delta" else 1e-9

@@ -40,6 +40,20 @@ def test_multirun_writes_a_record_per_checkpoint(sweep):
         assert (sweep["records"] / record["arrays"]).exists()
 
 
+def test_every_scalar_has_an_interval_or_a_declared_reason(sweep):
+    table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv").set_index("step")
+    for step in STEPS:
+        record = json.loads((sweep["records"] / f"step{step}.json").read_text())
+        without = record["no_interval"]
+        assert not [k for k, why in without.items() if why.startswith("undeclared")], without
+        assert set(record["ci"]) | set(without) == set(record["metrics"]) and not set(record["ci"]) & set(without)
+        finite = [k for k, (low, high) in record["ci"].items() if low == low and high == high]
+        assert len(finite) > 0.8 * len(record["ci"]), sorted(set(record["ci"]) - set(finite))
+    # the intervals reach the table: every column with an interval somewhere has its two bound columns
+    for key in record["ci"]:
+        assert {f"{key}/ci_low", f"{key}/ci_high"} <= set(table.columns), key
+
+
 def test_trajectories_table_has_one_sorted_row_per_step(sweep):
     table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv")
     assert table["step"].tolist() == STEPS and set(table["model"]) == {"micro"}

@@ -66,6 +66,23 @@ class CleanRun:
     head_means: list[torch.Tensor]  # [n_heads * head_dim] per layer
     score_sum: float
     n_targets: int
+    score_rows: torch.Tensor  # [n] float64: each prompt's clean score summed over its targets
+    target_rows: torch.Tensor  # [n] float64: each prompt's number of targets
+
+
+@dataclass
+class EffectRows:
+    """Per-prompt ablation effects: `sums` [n, n_layers, n_heads] (float64) = per prompt, the sum over its
+    target positions of clean minus ablated score (NaN for heads not measured); `targets` [n] (float64) =
+    its number of target positions. The pooled effect is sums.sum(0) / targets.sum()."""
+
+    sums: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """The effect pooled over every target position of every prompt: [n_layers, n_heads] (float32)."""
+        return (self.sums.sum(0) / self.targets.sum()).float()
 
 
 @torch.no_grad()
@@ -97,8 +114,13 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
     device = next(model.parameters()).device
     with hooks(handles):
         logits = model(input_ids=targets.ids.to(device)).logits
-    scores = token_scores(logits[targets.mask.to(device)], targets.expected.to(device), score)
-    return CleanRun(resid, kwargs_seen, means, float(scores.sum()), int(scores.numel()))
+    mask = targets.mask.to(device)
+    scores = token_scores(logits[mask], targets.expected.to(device), score)
+    n = targets.ids.shape[0]
+    rows = mask.nonzero()[:, 0]  # the prompt of each target, in the order of `scores`
+    score_rows = torch.zeros(n, dtype=torch.float64).index_add_(0, rows.cpu(), scores.double().cpu())
+    target_rows = targets.mask.sum(1).double()
+    return CleanRun(resid, kwargs_seen, means, float(scores.sum()), int(scores.numel()), score_rows, target_rows)
 
 
 @contextmanager
@@ -120,15 +142,15 @@ def _ablate_heads(out_proj, head_of_row: torch.Tensor, head_dim: int, replacemen
 
 
 @torch.no_grad()
-def exact_effects(
+def exact_effect_rows(
     model,
     targets: Targets,
     ablation: str = "zero",
     score: str = "logprob",
     heads: list[tuple[int, int]] | None = None,
     max_rows: int = 64,
-) -> torch.Tensor:
-    """Exact per-head effects [n_layers, n_heads] (NaN for heads not in `heads`, when given).
+) -> EffectRows:
+    """Exact per-prompt effects (`EffectRows`; NaN for heads not in `heads`, when given).
 
     For each layer, the clean residual entering it is reused; the ablated variants of all its heads
     run as one batch (in chunks of `max_rows` rows) through the remaining layers, and only target
@@ -142,13 +164,13 @@ def exact_effects(
     n = targets.ids.shape[0]
     mask, expected = targets.mask.to(device), targets.ids[:, 1:].to(device)
     wanted = set(heads) if heads is not None else None
-    effects = torch.full((parts.n_layers, parts.n_heads), float("nan"))
+    sums = torch.full((n, parts.n_layers, parts.n_heads), float("nan"), dtype=torch.float64)
     for layer in range(parts.n_layers):
         layer_heads = [h for h in range(parts.n_heads) if wanted is None or (layer, h) in wanted]
         if not layer_heads:
             continue
         variants = torch.tensor([(h, i) for h in layer_heads for i in range(n)])  # (head, prompt) per row
-        totals = torch.zeros(parts.n_heads, dtype=torch.float64)
+        totals = torch.zeros(parts.n_heads * n, dtype=torch.float64)  # ablated score sums, index head * n + prompt
         replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else clean.head_means[layer]
         for start in range(0, len(variants), max_rows):
             chunk = variants[start : start + max_rows]
@@ -163,11 +185,17 @@ def exact_effects(
             logits = _unembed(model, hidden[row_mask])
             want = expected[prompt][row_mask[:, :-1]]
             scores = token_scores(logits, want, score).double()
-            owner = head_of_row[:, None].expand_as(row_mask)[row_mask]
+            owner = (head_of_row * n + prompt)[:, None].expand_as(row_mask)[row_mask]
             totals.index_add_(0, owner.cpu(), scores.cpu())
+        ablated = totals.view(parts.n_heads, n)
         for h in layer_heads:
-            effects[layer, h] = (clean.score_sum - float(totals[h])) / clean.n_targets
-    return effects
+            sums[:, layer, h] = clean.score_rows - ablated[h]
+    return EffectRows(sums, clean.target_rows)
+
+
+def exact_effects(model, targets: Targets, *options, **named) -> torch.Tensor:
+    """Exact pooled per-head effects [n_layers, n_heads]: `exact_effect_rows` (same arguments), pooled."""
+    return exact_effect_rows(model, targets, *options, **named).pooled
 
 
 def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:
@@ -202,8 +230,11 @@ def naive_effects(model, targets: Targets, ablation: str = "zero", score: str = 
     return effects
 
 
-def attribution_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
-    """Attribution patching: effect_h ~ grad(score) . (z_h - z_ablated), one forward + one backward."""
+def attribution_effect_rows(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> EffectRows:
+    """Attribution patching per prompt: effect_h ~ grad(score) . (z_h - z_ablated), one forward + one
+    backward of the mean score over every target. Rows of the batch do not interact, so a prompt's share of
+    the gradient product is its own targets' score sum over the total number of targets: its row of
+    `EffectRows.sums` is that share times the total number of targets."""
     parts = model_parts(model)
     device = next(model.parameters()).device
     outputs: list = [None] * parts.n_layers
@@ -221,10 +252,17 @@ def attribution_effects(model, targets: Targets, ablation: str = "zero", score: 
         scores = token_scores(logits[targets.mask.to(device)], targets.expected.to(device), score)
         mean_score = scores.mean()
         mean_score.backward()
-    effects = torch.zeros(parts.n_layers, parts.n_heads)
+    n_targets = scores.numel()
+    sums = torch.zeros(targets.ids.shape[0], parts.n_layers, parts.n_heads, dtype=torch.float64)
     for i, z in enumerate(outputs):
         delta = z.detach() if ablation == "zero" else z.detach() - z.detach().reshape(-1, z.shape[-1]).mean(0)
         contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)
-        effects[i] = contribution.sum(dim=(0, 1, 3)).cpu()
+        sums[:, i] = contribution.sum(dim=(1, 3)).double().cpu() * n_targets
     model.zero_grad(set_to_none=True)
-    return effects
+    return EffectRows(sums, targets.mask.sum(1).double())
+
+
+def attribution_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
+    """Attribution patching, pooled over every target: [n_layers, n_heads] (the pooled
+    `attribution_effect_rows`)."""
+    return attribution_effect_rows(model, targets, ablation, score).pooled

@@ -12,13 +12,14 @@ Statistics (`Sample.statistic`):
 - `median_low`: the lower middle of the finite values (what `torch.median` returns);
 - `max_of_mean` / `top_mean` (`k`): the largest / the mean of the k largest per-head means over prompts
   (values [n, layer, head]: per-prompt per-head scores);
-- `ratio_of_sums`: per column, sum of `values` [n, ...] over prompts / sum of `weights` [n] over prompts,
+- `ratio_of_sums`: per column, sum of `values` [n, ...] over prompts / sum of `weights` over prompts (one
+  denominator per prompt [n], or one per prompt and column, shaped like `values`),
   then the mean (`reduce="mean"`) or the maximum (`reduce="max"`) over the columns where it is finite
   (attention enrichment: mass over expected mass; with one expected mass for every head, per-prompt
   head-mean masses [n] give the same head mean; a mean attention entropy: summed entropy over rows counted);
 - `vector` (`function`, `k`, `threshold`): a function of the per-head vector v = sum of `values` [n, heads]
   over prompts / sum of `weights` [n] (the mean over prompts without weights): `positive_total` =
-  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `metrics.specialization`'s concentration of v, NaN where
+  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `ckptstudy.specialization`'s concentration of v, NaN where
   the positive total is below `threshold` (an ablation effect vector pooled over target positions);
 - `ratio` / `difference`: the statistic of sample `of[0]` over / minus that of sample `of[1]`, two keys of
   the same checkpoint, often on independent prompt sets (each is resampled as its own prompt set);
@@ -47,6 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from ckptstudy import specialization
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class Sample:
     statistic: str
     values: np.ndarray | None = None  # [n, ...]: one row per prompt of `prompts`
     prompts: str = ""  # the prompt set the rows index: resampled together, the same draws at every step
-    weights: np.ndarray | None = None  # ratio_of_sums: the denominators per prompt [n]
+    weights: np.ndarray | None = None  # ratio_of_sums, vector: denominators per prompt [n] (or per prompt and column)
     q: float | None = None  # quantile
     k: int | None = None  # top_mean, vector top_share, compare jaccard
     of: tuple[str, ...] | None = None  # composites: (first key, second key); others: (key to borrow values of,)
@@ -117,8 +121,10 @@ class Sample:
             raise ValueError("a ratio_of_sums sample needs the per-prompt denominators (weights)")
         if self.weights is not None:
             self.weights = np.asarray(self.weights, dtype=np.float64)
-            if self.weights.shape != self.values.shape[:1]:
-                raise ValueError(f"weights {self.weights.shape} do not match values {self.values.shape}")
+            if self.weights.shape not in (self.values.shape[:1], self.values.shape):
+                raise ValueError(
+                    f"weights {self.weights.shape} match neither the prompts nor the values {self.values.shape}"
+                )
 
     @property
     def n(self) -> int:
@@ -154,13 +160,14 @@ def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
     values = _flat(sample.values)
     if sample.statistic in ("max_of_mean", "top_mean") or (sample.statistic == "vector" and sample.weights is None):
         return counts @ values / sample.n
-    total, weight = counts @ values, counts @ sample.weights  # [R, columns], [R]
+    total = counts @ values  # [R, columns]
+    weight = counts @ (_flat(sample.weights) if sample.weights.ndim > 1 else sample.weights[:, None])  # [R, 1 | cols]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(weight[:, None] > 0, total / np.where(weight > 0, weight, 1.0)[:, None], np.nan)
+        return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
 
 
 def vector_function(vectors: np.ndarray, function: str, k: int | None = None, threshold: float | None = None):
-    """`function` of each row of vectors [R, heads] (see `metrics.specialization`): positive total, top-k
+    """`function` of each row of vectors [R, heads] (see `ckptstudy.specialization`): positive total, top-k
     share, effective number or Gini of the clipped, normalised vector; NaN where the positive total is not
     positive or below `threshold`, or the row is not finite."""
     clipped = np.clip(vectors, 0.0, None)
@@ -185,11 +192,7 @@ def vector_function(vectors: np.ndarray, function: str, k: int | None = None, th
 
 def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
     """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
-    top-k head sets, Spearman rank correlation (`metrics.specialization`, one replicate at a time)."""
-    import torch
-
-    from ckptstudy.metrics import specialization
-
+    top-k head sets, Spearman rank correlation (`ckptstudy.specialization`, one replicate at a time)."""
     out = np.full(len(a), np.nan)
     for r, (x, y) in enumerate(zip(torch.from_numpy(a), torch.from_numpy(b))):
         if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
@@ -365,8 +368,8 @@ def record_intervals(measured, settings) -> dict[str, list[float]]:
     """The `ci` dict of a record: {key: [low, high]} for every scalar of `measured` (a FamilyResult) that
     has a sample, with `settings` = config `report.bootstrap` (n, level, seed). Logs what it cost."""
     started = time.perf_counter()
-    samples = {k: s for k, s in measured.samples.items() if k in measured.scalars}
-    out = intervals(replicates(samples, int(settings.n), int(settings.seed)), float(settings.level))
+    reps = replicates(measured.samples, int(settings.n), int(settings.seed))  # parts of composites included
+    out = intervals({k: v for k, v in reps.items() if k in measured.scalars}, float(settings.level))
     log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out), settings.n, time.perf_counter() - started)
     return out
 
@@ -378,10 +381,18 @@ def encode(key: str, sample: Sample) -> dict[str, np.ndarray]:
     """The arrays that store `sample` with a record (`bootstrap/<key>/...`)."""
     out = {f"{PREFIX}{key}/spec": np.asarray(json.dumps(sample.spec()))}
     if sample.values is not None:
-        out[f"{PREFIX}{key}/values"] = sample.values
+        out[f"{PREFIX}{key}/values"] = _compact(sample.values)
     if sample.weights is not None:
-        out[f"{PREFIX}{key}/weights"] = sample.weights
+        out[f"{PREFIX}{key}/weights"] = _compact(sample.weights)
     return out
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """float32 when that loses nothing (values that came from float32 tensors), else the array: half the
+    bytes for per-head samples, read back bit for bit (decode widens to float64)."""
+    with np.errstate(over="ignore"):
+        narrow = array.astype(np.float32)
+    return narrow if np.array_equal(narrow, array, equal_nan=True) else array
 
 
 def decode(arrays: dict[str, np.ndarray]) -> dict[str, Sample]:

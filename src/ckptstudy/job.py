@@ -11,6 +11,7 @@ then the weights.
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import math
 import time
@@ -157,6 +158,7 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         status="failed" if errors else "ok",
         metrics=measured.scalars,
         nan_reasons=measured.nan_reasons,
+        no_interval=measured.no_interval,
         probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
     )
     record["ci"] = measured.intervals(cfg.report.bootstrap)  # bootstrap intervals over prompts, beside metrics
@@ -203,6 +205,12 @@ def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[s
         for key in result.unexplained_nans():
             log.warning("metrics.%s gave %s = %s without a reason", name, key, result.scalars[key])
             result.nan_reasons[key] = f"unexplained: metrics.{name} gave no reason"
+        result.no_interval = result.without_interval(getattr(inspect.getmodule(fn), "NO_INTERVAL", {}))
+        undeclared = sorted(k for k, why in result.no_interval.items() if why.startswith("undeclared"))
+        if undeclared:
+            log.warning(
+                "metrics.%s gave %d scalar(s) without an interval or a reason: %s", name, len(undeclared), undeclared
+            )
         total.update(result)
     return total, errors
 

@@ -399,16 +399,29 @@ def _nan_section(data: ReportData) -> str:
     )
 
 
+def no_interval_reasons(data: ReportData) -> dict[str, str]:
+    """{key: why it has no interval} from the records (`no_interval`, the families' declarations); a key
+    with neither an interval nor a declared reason is said to come from a record that predates them."""
+    reasons: dict[str, str] = {}
+    for record in data.records:
+        for key, why in (record.get("no_interval") or {}).items():
+            reasons.setdefault(key, why)
+    return reasons
+
+
 def _interval_section(data: ReportData) -> str:
     columns = metric_columns(data.table)
     with_ci = sorted(interval_keys(data.table))
-    without = sorted(set(columns) - set(with_ci))
+    declared = no_interval_reasons(data)
+    old = "no per-prompt sample in its records (written before samples existed? force=true recomputes)"
+    without = {key: declared.get(key, old) for key in sorted(set(columns) - set(with_ci))}
     b = data.bootstrap
     seconds = (
         ""
         if not np.isfinite(data.bootstrap_seconds)
         else f" Resampling for this report: {data.bootstrap_seconds:.2f} s."
     )
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(why)}</td></tr>" for k, why in without.items())
     return (
         "<h2 id=intervals>Intervals</h2><p class=note>"
         f"Bootstrap over prompts: {b.get('n')} resamples, {100 * float(b.get('level', 0.95)):.0f}% percentile "
@@ -416,10 +429,8 @@ def _interval_section(data: ReportData) -> str:
         f"the same resample at every checkpoint.{seconds} An interval needs the statistic defined in at least half "
         "of the resamples.</p>"
         f"<details><summary>{len(with_ci)} scalars with an interval</summary><p>{html.escape(', '.join(with_ci))}"
-        f"</p></details><details><summary>{len(without)} scalars without</summary><p class=note>Ablation "
-        "concentration and comparisons would need per-prompt ablations; counts and configuration values are not "
-        "estimates; sink/ and perturb/ keep no per-prompt samples yet; records written before samples existed "
-        f"have none (force=true recomputes).</p><p>{html.escape(', '.join(without))}</p></details>"
+        f"</p></details><details><summary>{len(without)} scalars without, and why</summary><table><tr><th>metric"
+        f"</th><th>why it has no interval</th></tr>{rows}</table></details>"
     )
 
 

@@ -24,10 +24,10 @@ import torch
 from ckptstudy import results
 from ckptstudy.bootstrap import decode, interval, replicates, without_samples
 from ckptstudy.config import compose_config
-from ckptstudy.metrics.specialization import jaccard, jaccard_chance, top_heads
 from ckptstudy.onsets import onset_intervals, onsets
 from ckptstudy.plots import save_figure, trajectory_figure
 from ckptstudy.report import ReportData, is_head_array, write_report
+from ckptstudy.specialization import jaccard, jaccard_chance, top_heads
 from ckptstudy.tracking import Tracker
 
 DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0}
@@ -116,9 +116,9 @@ def record_replicates(records: list[dict], arrays: dict[str, dict], settings: di
             continue
         samples = decode(arrays[record["_path"]])
         metrics = record.get("metrics") or {}
-        samples = {k: s for k, s in samples.items() if k in metrics}
-        if samples:
-            out[(record["model"], int(record["step"]))] = replicates(samples, int(settings["n"]), int(settings["seed"]))
+        if any(k in metrics for k in samples):  # every sample: a scalar's statistic may rest on a hidden one
+            reps = replicates(samples, int(settings["n"]), int(settings["seed"]))
+            out[(record["model"], int(record["step"]))] = {k: v for k, v in reps.items() if k in metrics}
     return out
 
 

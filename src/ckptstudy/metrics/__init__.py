@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +34,10 @@ class FamilyResult:
     bars: dict[str, dict[str, float]] = field(default_factory=dict)  # bar charts: {chart: {label: value}}
     nan_reasons: dict[str, str] = field(default_factory=dict)  # why a scalar is not a finite number
     samples: dict[str, Sample] = field(default_factory=dict)  # scalar key -> its per-prompt sample
+    no_interval: dict[str, str] = field(default_factory=dict)  # scalar key -> why it has no interval
 
     def update(self, other: FamilyResult) -> None:
-        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons", "samples"):
+        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons", "samples", "no_interval"):
             getattr(self, name).update(getattr(other, name))
 
     def add_sample(self, key: str, sample: Sample) -> None:
@@ -61,6 +63,19 @@ class FamilyResult:
         """Store NaN for `key` with its reason."""
         self.scalars[key] = math.nan
         self.nan_reasons[key] = reason
+
+    def without_interval(self, declared: dict[str, str]) -> dict[str, str]:
+        """{key: why it has no bootstrap interval} for every scalar without a sample: the reason of the first
+        pattern of `declared` (a family's `NO_INTERVAL`: regular expression -> reason, matched in full) that
+        matches the key, else "undeclared: ..." (a defect of the family: a statistic over prompts without
+        an interval, or a key missing from its declaration)."""
+        out = {}
+        for key in self.scalars:
+            if key in self.samples:
+                continue
+            reason = next((why for pattern, why in declared.items() if re.fullmatch(pattern, key)), None)
+            out[key] = reason or "undeclared: no per-prompt sample and no reason in the family's NO_INTERVAL"
+        return out
 
     def unexplained_nans(self) -> list[str]:
         """Scalars that are not finite and carry no reason (a defect of the family that made them)."""

@@ -16,11 +16,14 @@ effect vectors are held to the same `min_effect_total` (below it a vector is noi
 any comparison involving it are NaN, with the reason). The top-k overlap of the ICL and natural head sets
 comes with its chance level for the model's head count (`icl/icl_natural_topk_jaccard_chance`).
 
-Bootstrap samples (resampling prompts, `FamilyResult.samples`): the pattern maxima and top-k mean and the
-repeated-half NLL gain (per-prompt per-head scores of `random_repeat`, from an extra pass that keeps prompts
-apart, `pattern_rows`), the ICL score (per-window NLL of `long_text`, `nll_rows`), the ICL
-repetition rate and copy accuracy (per `icl_repeat` prompt). The ablation statistics have none: the effect
-of a head is summed over prompts inside the batched ablation, so a resample would need per-prompt effects.
+Bootstrap samples (resampling prompts, `FamilyResult.samples`) for every statistic over prompts: the
+pattern maxima and top-k mean and the repeated-half NLL gain (per-prompt per-head scores and NLL of
+`random_repeat`), the ICL score (per-window NLL of `long_text`), all from the main passes run per row
+(`StatsRequest(per_row=True)`); the ICL repetition rate and copy accuracy (per `icl_repeat` prompt); the
+ablation effect vectors and their concentration (per-prompt effect sums and target counts,
+`ablation.EffectRows`: `icl_repeat` rows, and one row per `natural` prompt, zero where it does not loop, so
+they resample with the rep/ family's natural prompts); the effect-vs-induction correlation and the ICL-vs-natural
+comparisons (`compare` samples of two of those). `NO_INTERVAL` says why the other scalars have none.
 """
 
 from __future__ import annotations
@@ -31,13 +34,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ckptstudy.ablation import ABLATIONS, SCORES, Targets, attribution_effects, exact_effects
+from ckptstudy.ablation import (
+    ABLATIONS,
+    SCORES,
+    EffectRows,
+    Targets,
+    attribution_effect_rows,
+    exact_effect_rows,
+    exact_effects,
+)
 from ckptstudy.attention_stats import StatsRequest
 from ckptstudy.bootstrap import Sample
 from ckptstudy.capture import capture_stats
 from ckptstudy.generation import NaturalLoops, greedy_generate
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.metrics.specialization import (
+from ckptstudy.specialization import (
     cosine,
     effective_heads,
     gini,
@@ -48,8 +59,17 @@ from ckptstudy.metrics.specialization import (
     top_share,
 )
 
-DEFINITION_VERSION = 2  # 2: natural targets from the first copy; one threshold for both sides; top_k overlap + chance
+# 2: natural targets from the first copy; one threshold for both sides; top_k overlap + chance
+# 3: bootstrap samples for every statistic over prompts (ablation concentration, comparisons)
+DEFINITION_VERSION = 3
 MODES = ("exact", "attribution", "off")
+NO_INTERVAL = {  # scalar key (regular expression, matched in full) -> why it has no bootstrap interval
+    "icl/natural_loop_prompts": "a count of the natural prompts that loop (how many rows the natural ablation "
+    "used), not an estimate; its rate over prompts has an interval as rep/natural_rate",
+    "icl/icl_natural_topk_jaccard_chance": "a constant of the model's head count and top_k: no data in it",
+    "icl/attribution_spearman": "a check of the attribution estimator against exact ablation on 2 * validate_k "
+    "heads chosen from the estimate, not a statistic over prompts",
+}
 
 
 def diagonal_attention_sum(attn: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -153,12 +173,46 @@ def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[floa
     return float(match.all(dim=1).float().mean()), float(match.float().mean())
 
 
-def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> torch.Tensor:
+def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> EffectRows:
+    """Per-prompt per-head effects (`ablation.EffectRows`, rows = the rows of `targets`)."""
     if mode == "exact":
-        return exact_effects(model, targets, ablation, score, max_rows=max_rows)
+        return exact_effect_rows(model, targets, ablation, score, max_rows=max_rows)
     if mode == "attribution":
-        return attribution_effects(model, targets, ablation, score)
+        return attribution_effect_rows(model, targets, ablation, score)
     raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
+
+
+def pooled_effects(sums: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The effect vector pooled over every target of every prompt (float64 [layers, heads]): the per-head
+    vector of the `vector` samples of `effect_samples`, so the reported statistics are theirs."""
+    return sums.double().sum(0) / targets.double().sum()
+
+
+def effect_threshold(min_total: float) -> float:
+    """The `threshold` of an effect sample: `min_total`, or the least positive float when it is 0 (the
+    reported statistics need a positive total as well: total >= that float <=> total > 0)."""
+    return float(min_total) if min_total > 0 else math.ulp(0.0)
+
+
+def effect_samples(
+    prefix: str, sums: np.ndarray, targets: np.ndarray, prompts: str, top_k: int, min_total: float
+) -> dict[str, Sample]:
+    """Bootstrap samples of `concentration(..., prefix)`: the positive total of the pooled per-prompt effect
+    sums [n, layers, heads] over target counts [n] (prompt set `prompts`), and its top-1/top-k shares, N_eff
+    and Gini (borrowing its rows), NaN below `min_total` as reported."""
+    threshold = effect_threshold(min_total)
+    total = f"{prefix}_total"
+    out = {
+        total: Sample("vector", sums, prompts=prompts, weights=targets, function="positive_total", threshold=threshold)
+    }
+    for name, function, k in (
+        ("top1_share", "top_share", 1),
+        (f"top{top_k}_share", "top_share", top_k),
+        ("neff", "neff", None),
+        ("gini", "gini", None),
+    ):
+        out[f"{prefix}_{name}"] = Sample("vector", of=(total,), function=function, k=k, threshold=threshold)
+    return out
 
 
 def _below_threshold(total: float, min_total: float) -> str | None:
@@ -293,7 +347,7 @@ class EffectSettings:
     top_k: int
     min_effect_total: float
 
-    def effects(self, model, targets: Targets) -> torch.Tensor:
+    def effects(self, model, targets: Targets) -> EffectRows:
         return head_effects(model, targets, self.mode, self.ablation, self.score, self.max_rows)
 
 
@@ -326,47 +380,87 @@ def measure(
     if mode == "off":
         return result
     settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
-    induction = torch.from_numpy(result.arrays["icl/induction"])
-    icl = icl_loop_effects(ctx, settings, induction, validate_k)
+    # the per-head induction score as its sample has it (float64 mean over prompts), for the compare sample
+    induction = torch.from_numpy(result.samples["icl/induction_max"].values).mean(0)
+    icl, icl_effects = icl_loop_effects(ctx, settings, induction, validate_k)
     result.update(icl)
-    result.update(natural_loop_effects(ctx, settings, torch.from_numpy(icl.arrays["icl/ablation_effect"])))
+    result.update(natural_loop_effects(ctx, settings, icl_effects))
     return result
 
 
-def icl_loop_effects(ctx, settings: EffectSettings, induction: torch.Tensor, validate_k: int) -> FamilyResult:
+def icl_loop_effects(
+    ctx, settings: EffectSettings, induction: torch.Tensor, validate_k: int
+) -> tuple[FamilyResult, torch.Tensor]:
     """Per-head effects on the copies of `icl_repeat` (queries from cycle 2 on), their concentration and
-    rank correlation with the induction score; in attribution mode with `validate_k` > 0 also the rank
-    correlation of the estimate with exact ablation on 2 * validate_k heads."""
+    rank correlation with the induction score, with their bootstrap samples (rows = `icl_repeat` prompts);
+    in attribution mode with `validate_k` > 0 also the rank correlation of the estimate with exact ablation
+    on 2 * validate_k heads. Also returns the pooled effect vector (float64)."""
     targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
-    effects = settings.effects(ctx.model, targets)
+    rows = settings.effects(ctx.model, targets)
+    effects = pooled_effects(rows.sums, rows.targets)
     result = specialization_scalars(effects, induction, settings.top_k, settings.min_effect_total)
-    result.arrays["icl/ablation_effect"] = effects.numpy()
+    result.arrays["icl/ablation_effect"] = effects.float().numpy()
+    samples = effect_samples(
+        "icl/ablation", rows.sums.numpy(), rows.targets.numpy(), "icl_repeat", settings.top_k, settings.min_effect_total
+    )
+    # the ablation side's threshold applies to the comparison (bootstrap: a side's threshold)
+    samples["icl/ablation_vs_induction_spearman"] = Sample(
+        "compare", of=("icl/ablation_total", "icl/induction_max"), function="spearman"
+    )
+    for key, sample in samples.items():
+        result.add_sample(key, sample)
     if settings.mode == "attribution" and validate_k > 0:
+        estimate = rows.pooled
         rho = validate_attribution(
-            ctx.model, targets, effects, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
+            ctx.model, targets, estimate, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
         )
         result.set("icl/attribution_spearman", rho, "estimated or exact effects are the same for every validated head")
-    return result
+    return result, effects
+
+
+def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tuple[int, int]) -> EffectRows:
+    """Per-prompt effects indexed by natural prompt (all of `loops.prompts`): the looping prompts' rows
+    (`rows`, in the order of `loops.sequences()`) and zero sums and zero targets for the others (or for all
+    when `rows` is None: nothing to measure), so they resample with the other families' `natural` rows."""
+    looping = loops.looping
+    sums = torch.zeros(len(looping), *shape, dtype=torch.float64)
+    targets = torch.zeros(len(looping), dtype=torch.float64)
+    if rows is not None:
+        sums[looping], targets[looping] = rows.sums.double(), rows.targets.double()
+    return EffectRows(sums, targets)
 
 
 def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tensor) -> FamilyResult:
     """Per-head effects on the natural loops (`ctx.natural_loops()`, queries from the first copy on), their
-    concentration (same threshold as the ICL side) and comparison with the ICL effects `icl_effects`."""
+    concentration (same threshold as the ICL side) and comparison with the ICL effects `icl_effects`, with
+    their bootstrap samples (one row per natural prompt)."""
     loops = ctx.natural_loops()
     result = FamilyResult()
     looping = int(loops.looping.sum())
     result.set("icl/natural_loop_prompts", looping, "")
     targets = natural_loop_targets(loops)
     natural = None
+    rows = natural_effect_rows(
+        loops, None if targets is None else settings.effects(ctx.model, targets), tuple(icl_effects.shape)
+    )
     if targets is not None:
-        natural = settings.effects(ctx.model, targets)
-        result.arrays["icl/natural_effect"] = natural.numpy()
+        natural = pooled_effects(rows.sums, rows.targets)
+        result.arrays["icl/natural_effect"] = natural.float().numpy()
     missing = (
         "no prompt's continuation loops at this checkpoint"
         if looping == 0
         else f"the {looping} natural loop(s) leave no query inside a copy of their cycle"
     )
     result.update(comparison_scalars(icl_effects, natural, settings.top_k, settings.min_effect_total, missing))
+    prefix, top_k = "icl/natural_ablation", settings.top_k
+    samples = effect_samples(
+        prefix, rows.sums.numpy(), rows.targets.numpy(), "natural", top_k, settings.min_effect_total
+    )
+    sides = ("icl/ablation_total", f"{prefix}_total")
+    samples[f"icl/icl_natural_top{top_k}_jaccard"] = Sample("compare", of=sides, function="jaccard", k=top_k)
+    samples["icl/icl_natural_cosine"] = Sample("compare", of=sides, function="cosine")
+    for key, sample in samples.items():
+        result.add_sample(key, sample)
     return result
 
 
@@ -389,97 +483,66 @@ def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float, tuple[np.ndarray, n
     return rate, accuracy, copy_rows(gen.ids, prompts[:, :length])
 
 
-def pattern_rows(model, ids: torch.Tensor, repeat_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-prompt pattern scores [n, layer, 3, head] (each prompt's mean over its queries, in the order of
-    `repeat_pattern_positions`) and per-prompt token NLL [n, seq - 1] of `random_repeat`, for the bootstrap:
-    one `capture_stats` call per prompt (it sums over the rows it is given), so nothing is summed over
-    prompts; their means over prompts are the reported scores."""
-    r = repeat_length
-    request = StatsRequest(diagonals=repeat_pattern_positions(r))
-    scores, nll = [], []
-    for row in range(ids.shape[0]):
-        cap = capture_stats(model, ids[row : row + 1], request, logits_fn=token_nll, batch_size=1)
-        scores.append(torch.stack([layer["diagonal"] for layer in cap.attn]).double())  # [layer, 3, head]
-        nll.append(cap.logits[0].double())
-    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
-    return torch.stack(scores) / counts[None, None, :, None], torch.stack(nll)
-
-
-def nll_rows(model, ids: torch.Tensor) -> torch.Tensor:
-    """Per-prompt token NLL [n, seq - 1] (one `capture_stats` call per prompt: nothing summed over prompts)."""
-    out = []
-    for row in range(ids.shape[0]):
-        cap = capture_stats(model, ids[row : row + 1], StatsRequest(), logits_fn=token_nll, batch_size=1)
-        out.append(cap.logits[0].double())
-    return torch.stack(out)
-
-
-def pattern_samples(ctx, top_k: int) -> dict[str, Sample]:
-    """Bootstrap samples of the `random_repeat` scalars of `pattern_and_loss_scores`."""
-    probes = ctx.probes
-    r = probes.repeat_length
-    scores, nll = pattern_rows(ctx.model, probes.random_repeat, r)
-    induction, duplicate, prev = (scores[:, :, i].numpy() for i in range(3))
-    gains = np.array([repeat_nll_gain(row, r) for row in nll])
-    return {
-        "icl/induction_max": Sample("max_of_mean", induction, prompts="random_repeat"),
-        f"icl/induction_top{top_k}_mean": Sample("top_mean", induction, prompts="random_repeat", k=top_k),
-        "icl/prev_token_max": Sample("max_of_mean", prev, prompts="random_repeat"),
-        "icl/duplicate_max": Sample("max_of_mean", duplicate, prompts="random_repeat"),
-        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
-    }
-
-
 def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window: int, top_k: int) -> FamilyResult:
     """Per-head pattern scores on `random_repeat`, repeated-half NLL gain, ICL score on `long_text` (NaN with
-    the probe's reason when `long_text` is empty: no document was long enough)."""
+    the probe's reason when `long_text` is empty: no document was long enough), with their bootstrap samples:
+    both passes keep prompts apart (`per_row`), the scalars are statistics of the rows."""
     probes = ctx.probes
     r = probes.repeat_length
     ids = probes.random_repeat
     cap = capture_stats(  # weights from the fused kernel's logsumexp; none materialised (capture.py)
         ctx.model,
         ids,
-        StatsRequest(diagonals=repeat_pattern_positions(r)),  # induction, duplicate, prev_token
-        logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
+        StatsRequest(diagonals=repeat_pattern_positions(r), per_row=True),  # induction, duplicate, prev_token
+        logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),  # per row: [n, seq - 1]
         batch_size=ctx.batch_size,
     )
-    counts = torch.tensor([r, r, 2 * r], dtype=torch.float) * ids.shape[0]
-    sums = torch.stack([layer["diagonal"] for layer in cap.attn])  # [layer, 3, head]
-    per_layer = (sums / counts[None, :, None]).float()
-    induction, duplicate, prev = per_layer[:, 0], per_layer[:, 1], per_layer[:, 2]
-    nll = cap.logits / ids.shape[0]
+    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
+    # per prompt: each pattern's mean over its queries [n, layer, 3, head]; the scores are their means
+    rows = torch.stack([layer["diagonal"] for layer in cap.attn], dim=1).double() / counts[None, None, :, None]
+    induction_rows, duplicate_rows, prev_rows = (rows[:, :, i] for i in range(3))
+    induction, duplicate, prev = induction_rows.mean(0), duplicate_rows.mean(0), prev_rows.mean(0)
+    nll_rows = cap.logits.double()  # [n, seq - 1]
 
     scalars = {
         "icl/induction_max": float(induction.max()),
         f"icl/induction_top{top_k}_mean": top_k_mean(induction, top_k),
         "icl/prev_token_max": float(prev.max()),
         "icl/duplicate_max": float(duplicate.max()),
-        "icl/repeat_nll_gain": repeat_nll_gain(nll, r),
+        "icl/repeat_nll_gain": repeat_nll_gain(nll_rows.mean(0), r),
     }
     if not all(math.isfinite(v) for v in scalars.values()):
         raise FloatingPointError(f"non-finite ICL scalars: {scalars}")
     result = FamilyResult(scalars=scalars)
-    for key, sample in pattern_samples(ctx, top_k).items():
-        result.add_sample(key, sample)
+    gains = np.array([repeat_nll_gain(row, r) for row in nll_rows])
+    samples = {
+        "icl/induction_max": Sample("max_of_mean", induction_rows.numpy(), prompts="random_repeat"),
+        f"icl/induction_top{top_k}_mean": Sample("top_mean", induction_rows.numpy(), prompts="random_repeat", k=top_k),
+        "icl/prev_token_max": Sample("max_of_mean", prev_rows.numpy(), prompts="random_repeat"),
+        "icl/duplicate_max": Sample("max_of_mean", duplicate_rows.numpy(), prompts="random_repeat"),
+        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
+    }
     long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
     if long_text.shape[0] == 0:
         result.nan("icl/icl_score", probes.empty_reason("long_text"))
+        samples["icl/icl_score"] = Sample("mean", np.zeros(0), prompts="long_text")  # no prompt: NaN as reported
     else:
         long = capture_stats(
             ctx.model,
             long_text,
-            StatsRequest(),  # logits only
+            StatsRequest(per_row=True),  # logits only, per row: [n, seq - 1]
             logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
             batch_size=max(1, ctx.batch_size // 4),
         )
-        long_nll = long.logits / long_text.shape[0]
-        score = icl_score(long_nll, late_position, early_position, window)
+        long_rows = long.logits.double()
+        score = icl_score(long_rows.mean(0), late_position, early_position, window)
         if not math.isfinite(score):
             raise FloatingPointError(f"non-finite icl/icl_score: {score}")
         result.set("icl/icl_score", score, "")
-        rows = nll_rows(ctx.model, long_text)
-        scores = np.array([icl_score(row, late_position, early_position, window) for row in rows])
-        result.add_sample("icl/icl_score", Sample("mean", scores, prompts="long_text"))
+        scores = np.array([icl_score(row, late_position, early_position, window) for row in long_rows])
+        samples["icl/icl_score"] = Sample("mean", scores, prompts="long_text")
+    for key, sample in samples.items():
+        result.add_sample(key, sample)
     arrays = {"icl/induction": induction, "icl/prev_token": prev, "icl/duplicate": duplicate}
-    result.arrays.update({k: v.numpy() for k, v in arrays.items()})
+    result.arrays.update({k: v.float().numpy() for k, v in arrays.items()})
     return result

@@ -19,12 +19,14 @@ no BOS, so position 0 is an ordinary text token that collects the sink's mass, a
 of a class mostly says whether token 0 is of that class. Both variants are kept in the records. Every NaN
 carries its reason (no loop, no query of a kind, no key of a class).
 
-Bootstrap samples (`newline_samples`): the newline enrichments of the natural and ICL contexts (with and
-without the sink) and their ratios, the headline among them. Per-prompt newline masses come from one extra
-fused pass over the natural and ICL contexts that keeps prompts apart (`newline_rows`); natural rows are
-indexed by natural prompt (zero mass and zero expected mass for a prompt that does not loop), so they
-resample with `rep/`'s prompts. The other enrichments, the entropies and the text context have no interval
-(to keep the extra pass to one key class).
+Bootstrap samples (`context_samples`) for every scalar but the vocabulary share, from the same fused pass
+(`capture_stats` keeps prompts apart: `StatsRequest(per_row=True)`): per prompt, its attention mass per head
+and class with the mass uniform attention would give (an enrichment is a ratio of sums over prompts: its
+head mean from per-prompt head-mean masses, its head maximum from per-prompt per-head masses), its summed
+attention entropy per kind with the rows it counts (the mean entropy is a ratio of sums too), and
+differences and ratios of those. Prompt sets: natural rows are indexed by natural prompt (zero mass, zero
+expected mass and no rows for a prompt that does not loop), so they resample with `rep/`'s prompts;
+`icl_repeat` and `long_text` for the ICL and text contexts.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from ckptstudy.generation import NaturalLoops
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
 
-DEFINITION_VERSION = 2  # 2: natural queries from the first copy; NaN reasons; headline = the _nosink ratio
+DEFINITION_VERSION = 3  # 2: natural queries from the first copy; NaN reasons; headline = the _nosink ratio
+# 3: bootstrap samples for every scalar (per-prompt statistics from the one fused pass)
+
+NO_INTERVAL = {
+    r"lowinfo/low_info_vocab_share": "a property of the vocabulary and the probe corpus, not of prompts",
+}
+CONTEXT_PROMPTS = {"natural": "natural", "icl": "icl_repeat", "text": "long_text"}  # prompt set of each context
 
 KEY_CLASSES = (*CLASSES, "LOW_INFO")
 REPORTED = {
@@ -75,11 +83,7 @@ def class_mass(attn: torch.Tensor, key_onehot: torch.Tensor, query_weight: torch
 
 def uniform_mass(key_onehot: torch.Tensor, query_weight: torch.Tensor, sink: bool = True) -> torch.Tensor:
     """The mass per class that uniform causal attention would give the same queries: [class]."""
-    if not sink:
-        key_onehot, query_weight = key_onehot[:, 1:], _no_first(query_weight)
-    seen = key_onehot.cumsum(1)  # [b, q, c]: keys of each class at or before the query
-    n_keys = torch.arange(1, seen.shape[1] + 1, dtype=seen.dtype, device=seen.device)[None, :, None]
-    return torch.einsum("bqc,bq->c", seen / n_keys, query_weight)
+    return uniform_mass_rows(key_onehot, query_weight, sink).sum(0)
 
 
 def _no_first(query_weight: torch.Tensor) -> torch.Tensor:
@@ -112,10 +116,24 @@ def entropy_sums(attn: torch.Tensor, query_kind: torch.Tensor, sink: bool = True
 
 def entropy_counts(query_kind: torch.Tensor, sink: bool = True) -> torch.Tensor:
     """How many rows `entropy_sums` counted per query kind: [kind]."""
+    return entropy_count_rows(query_kind, sink).sum(0)
+
+
+def entropy_count_rows(query_kind: torch.Tensor, sink: bool = True) -> torch.Tensor:
+    """How many rows `entropy_sums` counted per prompt and query kind: [b, kind]."""
     if not sink:
         query_kind = query_kind[:, 1:]
     usable = torch.arange(query_kind.shape[1]) >= 1
-    return torch.stack([((query_kind == k) & usable).sum() for k in (1, 2)]).double()
+    return torch.stack([((query_kind == k) & usable).sum(1) for k in (1, 2)], dim=1).double()
+
+
+def uniform_mass_rows(key_onehot: torch.Tensor, query_weight: torch.Tensor, sink: bool = True) -> torch.Tensor:
+    """`uniform_mass` per prompt: [b, class]."""
+    if not sink:
+        key_onehot, query_weight = key_onehot[:, 1:], _no_first(query_weight)
+    seen = key_onehot.cumsum(1)
+    n_keys = torch.arange(1, seen.shape[1] + 1, dtype=seen.dtype, device=seen.device)[None, :, None]
+    return torch.einsum("bqc,bq->bc", seen / n_keys, query_weight)
 
 
 def context_statistics(
@@ -129,7 +147,10 @@ def context_statistics(
     """One forward pass over a context: per-layer enrichment [layer, head, class] (with and
     without the sink; NaN for a class no query sees a key of), per-layer entropies [layer, head, kind, 2]
     (means; NaN for a kind with no query), and what they rest on: `expected` [class] (uniform mass per
-    class) and `entropy_rows` [kind] (rows counted), each with a `_nosink` twin."""
+    class) and `entropy_rows` [kind] (rows counted), each with a `_nosink` twin; and the same per prompt,
+    whose sums over prompts make them (the bootstrap samples): `mass_by_prompt` [n, layer, head, class],
+    `expected_by_prompt` [n, class], `entropy_by_prompt` [n, layer, head, kind, 2] (summed entropies),
+    `entropy_rows_by_prompt` [n, kind], each with a `_nosink` twin."""
     classes = key_classes[ids]
     onehot = torch.nn.functional.one_hot(classes, len(CLASSES)).double()
     onehot = torch.cat([onehot, low_info[ids].double()[..., None]], dim=-1)  # + LOW_INFO
@@ -139,19 +160,29 @@ def context_statistics(
 
     # per layer: class_mass and entropy_sums (with and without the sink) from the fused attention statistics,
     # no attention weights materialised (capture.capture_stats; method="eager" = the same from eager weights)
-    request = StatsRequest(key_values=onehot, query_weight=weight, query_kind=kind, n_kinds=2)
+    request = StatsRequest(key_values=onehot, query_weight=weight, query_kind=kind, n_kinds=2, per_row=True)
     cap = capture_stats(model, ids, request, batch_size=batch_size)
     out = {}
     for suffix, sink in (("", True), ("_nosink", False)):
-        expected = uniform_mass(onehot, weight, sink)
-        mass = torch.stack([layer[f"mass{suffix}"] for layer in cap.attn])
+        expected_rows = uniform_mass_rows(onehot, weight, sink)
+        mass_rows = torch.stack([layer[f"mass{suffix}"] for layer in cap.attn], dim=1)  # [n, layer, head, C]
+        expected, mass = expected_rows.sum(0), mass_rows.sum(0)
         out[f"enrich{suffix}"] = torch.where(expected > 0, mass / expected.clamp(min=1e-30), math.nan)
         out[f"expected{suffix}"] = expected
-        counts = entropy_counts(kind, sink)
+        count_rows = entropy_count_rows(kind, sink)
+        counts = count_rows.sum(0)
         out[f"entropy_rows{suffix}"] = counts
-        sums = torch.stack([layer[f"entropy{suffix}"] for layer in cap.attn])
-        out[f"entropy{suffix}"] = sums / counts[None, None, :, None].clamp(min=1)
+        sum_rows = torch.stack([layer[f"entropy{suffix}"] for layer in cap.attn], dim=1)  # [n, layer, head, kind, 2]
+        out[f"entropy{suffix}"] = sum_rows.sum(0) / counts[None, None, :, None].clamp(min=1)
         out[f"entropy{suffix}"][:, :, counts == 0] = math.nan
+        out.update(
+            {
+                f"mass_by_prompt{suffix}": mass_rows,
+                f"expected_by_prompt{suffix}": expected_rows,
+                f"entropy_by_prompt{suffix}": sum_rows,
+                f"entropy_rows_by_prompt{suffix}": count_rows,
+            }
+        )
     return out
 
 
@@ -256,58 +287,53 @@ def newline_ratios(scalars: dict[str, float], reasons: dict[str, str]) -> Family
     return out
 
 
-def newline_rows(
-    model, ids: torch.Tensor, query_weight: torch.Tensor, key_classes: torch.Tensor, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """Per prompt: attention mass on NEWLINE keys summed over its weighted queries, per layer and head
-    (`mass`, `mass_nosink` [n, layer, head]), and the mass uniform causal attention would put there
-    (`expected`, `expected_nosink` [n]): the terms whose sums over prompts make `context_statistics`'s
-    NEWLINE enrichment, for the bootstrap. `capture_stats` sums over rows, so the NEWLINE indicator is split
-    into one key-value column per row of the chunk: column c holds row c's newline keys (zero elsewhere),
-    and its class mass is row c's alone."""
-    newline = (key_classes[ids] == CLASS_INDEX["NEWLINE"]).double()  # [n, seq]
-    weight = query_weight.double()
-    mass: dict[str, list] = {"mass": [], "mass_nosink": []}
-    for start in range(0, ids.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        b = newline[rows].shape[0]
-        split = newline[rows][:, :, None] * torch.eye(b, dtype=torch.double)[:, None, :]  # [b, seq, b]
-        cap = capture_stats(model, ids[rows], StatsRequest(key_values=split, query_weight=weight[rows]), batch_size=b)
-        for name, parts in mass.items():
-            parts.append(torch.stack([layer[name] for layer in cap.attn]).permute(2, 0, 1))  # [b, layer, head]
-    out = {name: torch.cat(parts) for name, parts in mass.items()}
-    for suffix, sink in (("", True), ("_nosink", False)):
-        onehot = newline[:, :, None] if sink else newline[:, 1:, None]
-        w = weight if sink else _no_first(weight)
-        seen = onehot.cumsum(1)
-        n_keys = torch.arange(1, seen.shape[1] + 1, dtype=seen.dtype)[None, :, None]
-        out[f"expected{suffix}"] = torch.einsum("bqc,bq->b", seen / n_keys, w)
+def by_prompt(rows: torch.Tensor, looping: np.ndarray | None) -> np.ndarray:
+    """Per-prompt rows as numpy; natural rows (one per looping prompt) spread over every natural prompt,
+    zero for a prompt that does not loop (it adds nothing to any sum), so they resample with `rep/`."""
+    rows = rows.double().numpy()
+    if looping is None:
+        return rows
+    full = np.zeros((len(looping), *rows.shape[1:]))
+    full[looping] = rows
+    return full
+
+
+def context_samples(context: str, stats: dict[str, torch.Tensor], looping: np.ndarray | None) -> dict[str, Sample]:
+    """Bootstrap samples of every scalar of one context (see the module docstring); `looping` [natural
+    prompts] marks the rows of the natural context (None for the other contexts)."""
+    prompts = CONTEXT_PROMPTS[context]
+    out = {}
+    for suffix in SUFFIXES:
+        mass = by_prompt(stats[f"mass_by_prompt{suffix}"], looping)  # [n, layer, head, C]
+        expected = by_prompt(stats[f"expected_by_prompt{suffix}"], looping)  # [n, C]
+        for cls, short in REPORTED.items():
+            index = KEY_CLASSES.index(cls)
+            key = f"lowinfo/enrich_{short}_{context}{suffix}"
+            # one expected mass for every head: the head mean of the ratios of sums is the ratio of the sums of
+            # per-prompt head-mean masses, so the mean needs [n] values and only the maximum [n, heads]
+            head_mean_mass = mass[..., index].reshape(len(mass), -1).mean(1)
+            out[key] = Sample("ratio_of_sums", head_mean_mass, prompts=prompts, weights=expected[:, index])
+            out[f"{key}_max"] = Sample(
+                "ratio_of_sums", mass[..., index], prompts=prompts, weights=expected[:, index], reduce="max"
+            )
+        entropy = by_prompt(stats[f"entropy_by_prompt{suffix}"], looping)  # [n, layer, head, kind, 2]
+        rows = by_prompt(stats[f"entropy_rows_by_prompt{suffix}"], looping)  # [n, kind]
+        for k, kind in enumerate(QUERY_KINDS):
+            key = f"lowinfo/entropy_{kind}_{context}{suffix}"
+            for j, name in enumerate((key, f"{key}_norm")):  # every head counts the same rows: [n] suffices
+                head_mean = entropy[..., k, j].reshape(len(entropy), -1).mean(1)
+                out[name] = Sample("ratio_of_sums", head_mean, prompts=prompts, weights=rows[:, k])
+        low, content = (f"lowinfo/entropy_{kind}_{context}{suffix}" for kind in QUERY_KINDS)
+        out[f"lowinfo/entropy_diff_{context}{suffix}"] = Sample("difference", of=(low, content))
     return out
 
 
-def newline_samples(ctx, inputs: dict, key_classes: torch.Tensor) -> dict[str, Sample]:
-    """Bootstrap samples of the NEWLINE enrichments of the natural and ICL contexts and of their ratio."""
+def ratio_samples(samples: dict[str, Sample]) -> dict[str, Sample]:
+    """Samples of the natural-over-ICL newline ratios, where both sides have one."""
     out = {}
-    for context, prompts in (("natural", "natural"), ("icl", "icl_repeat")):
-        if context not in inputs or not inputs[context][1].any():
-            continue
-        ids, weight = inputs[context]
-        rows = newline_rows(ctx.model, ids, weight, key_classes, ctx.batch_size)
-        looping = ctx.natural_loops().looping.numpy() if context == "natural" else None
-        for suffix in SUFFIXES:
-            # the expected mass is the same for every head, so the head mean of (sum of mass / sum of expected)
-            # is (sum over prompts of the head-mean mass) / (sum of expected): one value per prompt suffices
-            mass = rows[f"mass{suffix}"].mean(dim=(1, 2)).numpy()
-            expected = rows[f"expected{suffix}"].numpy()
-            if looping is not None:  # natural: one row per natural prompt, zero where it does not loop
-                full_mass, full_expected = np.zeros(len(looping)), np.zeros(len(looping))
-                full_mass[looping], full_expected[looping] = mass, expected
-                mass, expected = full_mass, full_expected
-            sample = Sample("ratio_of_sums", mass, prompts=prompts, weights=expected)
-            out[f"lowinfo/enrich_newline_{context}{suffix}"] = sample
     for suffix in SUFFIXES:
         natural, icl = f"lowinfo/enrich_newline_natural{suffix}", f"lowinfo/enrich_newline_icl{suffix}"
-        if natural in out and icl in out:
+        if natural in samples and icl in samples:
             out[f"lowinfo/enrich_newline_natural_over_icl{suffix}"] = Sample("ratio", of=(natural, icl))
     return out
 
@@ -352,8 +378,11 @@ def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
             continue
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
         result.update(context_scalars(context, stats))
+        looping = ctx.natural_loops().looping.numpy() if context == "natural" else None
+        for key, sample in context_samples(context, stats, looping).items():
+            result.add_sample(key, sample)
     result.update(newline_ratios(result.scalars, result.nan_reasons))
-    for key, sample in newline_samples(ctx, inputs, key_classes).items():
+    for key, sample in ratio_samples(result.samples).items():
         result.add_sample(key, sample)
     result.set("lowinfo/low_info_vocab_share", low_info.double().mean(), "empty vocabulary")
     return result

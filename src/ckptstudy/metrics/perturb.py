@@ -39,9 +39,9 @@ induction whatever the positional pattern.
 
 Bootstrap samples (`ckptstudy.bootstrap`) over the `random_repeat` prompts, per layer:
 induction_ratio_l{m} and induction_control_l{m} are ratios of sums over prompts (ratio_of_sums:
-per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row).
-None for their maxima over layers (a max of ratios of sums is no supported statistic), induction_layer,
-and the slope scalars (logs of means over prompts).
+per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row);
+their maxima over layers are the maxima of those per-layer ratios of sums (`reduce="max"`). `NO_INTERVAL`
+says why the others have none.
 """
 
 from __future__ import annotations
@@ -56,7 +56,18 @@ from ckptstudy.capture import model_parts
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.residual import layer_inputs, run_layers
 
-DEFINITION_VERSION = 1
+DEFINITION_VERSION = 2  # 2: bootstrap samples for the maxima over layers
+_FEW_PROMPTS = (
+    "a fit over eps of the response averaged over n_prompts long_text windows (2 by default) and the random "
+    "directions: too few prompts to resample"
+)
+NO_INTERVAL = {
+    r"perturb/slope_(l\d+|small_eps)": _FEW_PROMPTS,
+    r"perturb/slope_spread_l\d+": _FEW_PROMPTS,
+    r"perturb/scale_invariance": _FEW_PROMPTS,
+    r"perturb/linear_range_max_eps": _FEW_PROMPTS + "; and a grid point, not a statistic",
+    r"perturb/induction_layer": "a layer index (the argmax of the per-layer ratios), not a statistic over prompts",
+}
 PROFILE_OFFSETS = (-2, -1, 0, 1, 2)
 
 
@@ -350,6 +361,14 @@ def measure(
             "ratio_of_sums", on_repeat[:, c].numpy(), prompts="random_repeat", weights=on_control[:, c].numpy()
         )
         result.add_sample(f"perturb/induction_control_l{m}", control_parts)
+    for key, (numerator, denominator) in {
+        "perturb/induction_ratio_max": (t_rows, o_rows),
+        "perturb/induction_control_max": (on_repeat, on_control),
+    }.items():  # per-column denominators [n, layers]: the max over layers of the per-layer ratios of sums
+        sample = Sample(
+            "ratio_of_sums", numerator.numpy(), prompts="random_repeat", weights=denominator.numpy(), reduce="max"
+        )
+        result.add_sample(key, sample)
     finite = torch.isfinite(ratios)
     if finite.any():
         best = int(torch.where(finite, ratios, -torch.inf).argmax())

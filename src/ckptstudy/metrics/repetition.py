@@ -37,6 +37,10 @@ from ckptstudy.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult
 
 DEFINITION_VERSION = 2  # 2: degenerate-loop rates; cycle entropies over one fixed set of loops, within-loop slope
+NO_INTERVAL = {
+    r"rep/cycle_entropy_rows": "a count of the loops the cycle entropies rest on",
+    r"rep/generated_tokens": "the continuation length (a setting clipped to the context)",
+}
 
 ONSET_KEYS = ("rep/onset_mean", "rep/onset_median", "rep/onset_p10", "rep/onset_p90", "rep/period_median")
 

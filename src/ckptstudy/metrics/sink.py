@@ -36,9 +36,10 @@ Bootstrap samples (`ckptstudy.bootstrap`), from the same passes: score_max / fir
 (max_of_mean over per-window values [n, layer(, head)]), score_mean and patch_loss_delta (mean over
 windows) on `long_text`; repeat_cos_max / repeat_cos_self_max (max_of_mean over per-token cos [tokens,
 layer]) and converge_share (mean of 0/1 per token) on the repeated tokens ("sink_repeat");
-repeat_divergence_rate (mean over tokens of each token's share of diverging Ks; "sink_divergence").
-None for repeat_norm_ratio and converge_layer (picked by an argmax / threshold on another statistic),
-patch_cos_drop (a difference of two maxima), k50 (interpolated), the neuron z-scores (a pooled std).
+repeat_divergence_rate (mean over tokens of each token's share of diverging Ks; "sink_divergence");
+repeat_norm_ratio (mean over tokens at the layer the full sample picks: an interval given that layer);
+patch_cos_drop (the difference of repeat_cos_max and the same max with the patch, over the same tokens).
+`NO_INTERVAL` says why the others have none.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ from ckptstudy.generation import greedy_generate
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.residual import clamp_mlp, tap_mlp, tap_residual
 
-DEFINITION_VERSION = 1
+DEFINITION_VERSION = 2  # 2: bootstrap samples for repeat_norm_ratio and patch_cos_drop
+NO_INTERVAL = {
+    r"sink/converge_layer": "a layer index (the first layer over a threshold), not a statistic over prompts",
+    r"sink/n_sink_neurons": "a count of neurons over a z threshold",
+    r"sink/neuron_z_max": "a maximum over every MLP neuron of z-scores whose moments pool every position of every "
+    "window; per-window moments are not kept",
+    r"sink/repeat_divergence_k50": "an interpolated crossing of the per-K divergence share (often undefined on a "
+    "resample); sink/repeat_divergence_rate has the interval",
+}
 
 
 # ---------------------------------------------------------------------------------------------- sink
@@ -335,6 +344,8 @@ def measure(
     reached = (cos.max(dim=1).values >= converge_cos).double().numpy()
     result.add_sample("sink/converge_share", Sample("mean", reached, prompts="sink_repeat"))
     result.add_sample("sink/repeat_cos_self_max", Sample("max_of_mean", cos_self.numpy(), prompts="sink_repeat"))
+    norm_rows = norm[:, summary["argmax"]].numpy()  # at the layer of repeat_cos_max on the full sample
+    result.add_sample("sink/repeat_norm_ratio", Sample("mean", norm_rows, prompts="sink_repeat"))
     result.raw.update(
         {
             "sink/repeat_tokens": tokens.numpy(),
@@ -356,6 +367,11 @@ def measure(
         result.raw["sink/patch_repeat_cos"] = patched.mean(0).numpy()
         drop = summary["cos_max"] - convergence_summary(patched, converge_cos)["cos_max"]
         result.set("sink/patch_cos_drop", drop, "zero hidden states")
+        # the same tokens with and without the patch: one prompt set, paired draws
+        result.add_sample("sink/patch_repeat_cos_max", Sample("max_of_mean", patched.numpy(), prompts="sink_repeat"))
+        result.add_sample(
+            "sink/patch_cos_drop", Sample("difference", of=("sink/repeat_cos_max", "sink/patch_repeat_cos_max"))
+        )
         patched_text = text_pass(ctx.model, text, ctx.batch_size, plan)
         result.set("sink/patch_loss_delta", float(patched_text["nll"] - clean["nll"]), "non-finite loss")
         delta_rows = (patched_text["nll_rows"] - clean["nll_rows"]).numpy()
