@@ -136,10 +136,12 @@ def add_interval_columns(table: pd.DataFrame, reps: dict[tuple[str, int], dict],
         if column in bounds:
             columns += [f"{column}/ci_low", f"{column}/ci_high"]
     where = list(zip(table["model"], table["step"].astype(int)))
+    added = {}
     for key, found in bounds.items():
         if key in table.columns:
-            table[f"{key}/ci_low"] = [found.get(w, (math.nan, math.nan))[0] for w in where]
-            table[f"{key}/ci_high"] = [found.get(w, (math.nan, math.nan))[1] for w in where]
+            added[f"{key}/ci_low"] = [found.get(w, (math.nan, math.nan))[0] for w in where]
+            added[f"{key}/ci_high"] = [found.get(w, (math.nan, math.nan))[1] for w in where]
+    table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)  # one insert: no fragmentation
     return table[columns]
 
 

@@ -67,13 +67,16 @@ class FamilyResult:
     def without_interval(self, declared: dict[str, str]) -> dict[str, str]:
         """{key: why it has no bootstrap interval} for every scalar without a sample: the reason of the first
         pattern of `declared` (a family's `NO_INTERVAL`: regular expression -> reason, matched in full) that
-        matches the key, else "undeclared: ..." (a defect of the family: a statistic over prompts without
-        an interval, or a key missing from its declaration)."""
+        matches the key; for a NaN without a sample, that it is NaN (its reason is in `nan_reasons`); else
+        "undeclared: ..." (a defect of the family: a statistic over prompts without an interval, or a key
+        missing from its declaration)."""
         out = {}
-        for key in self.scalars:
+        for key, value in self.scalars.items():
             if key in self.samples:
                 continue
             reason = next((why for pattern, why in declared.items() if re.fullmatch(pattern, key)), None)
+            if reason is None and not math.isfinite(value):
+                reason = "NaN at this checkpoint, nothing to resample (its reason is in nan_reasons)"
             out[key] = reason or "undeclared: no per-prompt sample and no reason in the family's NO_INTERVAL"
         return out
 
