@@ -143,10 +143,68 @@ def test_record_intervals_cover_the_scalars_with_samples():
     result = FamilyResult(scalars={"a/rate": 0.5, "a/other": 1.0})
     result.add_sample("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"))
     result.add_sample("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # no scalar: no interval
-    ci = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0))
-    assert set(ci) == {"a/rate"}
+    ci, reasons = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
+    assert set(ci) == {"a/rate"} and reasons == {}
     low, high = ci["a/rate"]
     assert low < 0.5 < high and high - low == pytest.approx(2 * 1.645 * 0.5 / math.sqrt(40), rel=0.35)
+
+
+def checked(samples: dict, scalars: dict, min_prompts: int = 5):
+    return bootstrap.checked_intervals(samples, replicates(samples, 200, 0), scalars, 0.95, min_prompts)
+
+
+def test_an_interval_needs_its_sample_to_give_the_reported_value():
+    samples = {"a/rate": Sample("mean", [0.0, 1.0] * 20, prompts="p")}
+    ci, reasons = checked(samples, {"a/rate": 0.9})  # e.g. a newer npz beside an older record
+    assert all(math.isnan(x) for x in ci["a/rate"])
+    assert "gives 0.5, not the reported 0.9" in reasons["a/rate"]
+    ci, reasons = checked(samples, {"a/rate": math.nan})
+    assert reasons == {"a/rate": "the scalar is NaN"}
+
+
+def test_no_interval_from_a_handful_of_prompts():
+    # one looping prompt of 64: every resample that draws it repeats its value, a zero-width "interval"
+    values, weights = np.zeros(64), np.zeros(64)
+    values[3], weights[3] = 1.2, 2.0
+    samples = {"a/enrich": Sample("ratio_of_sums", values, prompts="natural", weights=weights)}
+    assert bootstrap.contributing("a/enrich", samples) == 1
+    ci, reasons = checked(samples, {"a/enrich": 0.6})
+    assert math.isnan(ci["a/enrich"][0]) and "only 1 prompt(s) contribute" in reasons["a/enrich"]
+    # what the percentile bootstrap alone would say: [0.6, 0.6] over the 63% of resamples that draw it
+    assert interval(replicates(samples, 200, 0)["a/enrich"], 0.95) == pytest.approx((0.6, 0.6))
+    ci, reasons = checked(samples, {"a/enrich": 0.6}, min_prompts=1)  # the share rule catches it as well
+    assert math.isnan(ci["a/enrich"][0]) and "of the resamples (< 90%)" in reasons["a/enrich"]
+
+
+def test_no_interval_for_a_statistic_undefined_in_many_resamples():
+    # a concentration just above its threshold: NaN in many resamples; an interval over the others would be
+    # conditional on the statistic being defined (the reviewer's case: NaN value, finite interval)
+    rng = np.random.default_rng(5)
+    sums = rng.normal(0.0005, 0.004, (20, 2, 4))
+    total = Sample("vector", sums, prompts="icl", weights=np.ones(20), function="positive_total", threshold=0.0)
+    value = statistic("t", {"t": total})
+    threshold = value * 0.999
+    samples = {
+        "a/total": Sample("vector", sums, prompts="icl", weights=np.ones(20), function="positive_total"),
+        "a/neff": Sample("vector", of=("a/total",), function="neff", threshold=threshold),
+    }
+    neff = statistic("a/neff", samples)
+    assert math.isfinite(neff)
+    share = np.isfinite(replicates(samples, 200, 0)["a/neff"]).mean()
+    assert 0.2 < share < 0.9
+    ci, reasons = checked(samples, {"a/neff": neff, "a/total": value})
+    assert math.isnan(ci["a/neff"][0]) and "of the resamples (< 90%)" in reasons["a/neff"]
+    assert math.isfinite(ci["a/total"][0])  # the total itself is always defined
+
+
+def test_contributing_prompts_of_each_kind_of_sample():
+    samples = {
+        "m": Sample("mean", [1.0, 0.0, 1.0], prompts="a"),
+        "o": Sample("nanmean", ONSETS, prompts="natural"),
+        "r": Sample("ratio_of_sums", HEADS, prompts="b", weights=np.r_[np.zeros(3), np.ones(5)]),
+        "x": Sample("ratio", of=("m", "r")),
+    }
+    assert [bootstrap.contributing(k, samples) for k in ("m", "o", "r", "x", "missing")] == [3, 6, 5, 3, 0]
 
 
 EFFECTS = RNG.normal(0.02, 0.05, (8, 2, 3))  # per-prompt per-head effect sums [prompt, layer, head]

@@ -23,7 +23,7 @@ from ckptstudy.report import render
 from ckptstudy.summary import report_main, summarize
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-SETTINGS = {"n": 100, "level": 0.9, "seed": 0}
+SETTINGS = {"n": 100, "level": 0.9, "seed": 0, "min_prompts": 5}
 MODELS = {"small": 4096, "large": 2048}  # tokens per step
 
 
@@ -70,7 +70,7 @@ def write_study(root: Path, study: str = "demo") -> Path:
                 weights_sha256=sha,
                 seconds=1.5,
                 finished_at=f"2026-01-01T00:00:{step % 60:02d}",
-                ci=measured.intervals(SimpleNamespace(**SETTINGS)),
+                ci=measured.intervals(SimpleNamespace(**SETTINGS))[0],
             )
             results.write_record(path, record, {**measured.arrays, **measured.raw})
     return root / study

@@ -307,13 +307,35 @@ def _replicate_all(samples: dict[str, Sample], draw: Draw, size: int) -> dict[st
     return out
 
 
+def _everyone(_prompts: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n)[None, :], np.ones((1, n))
+
+
+def full_statistics(samples: dict[str, Sample]) -> dict[str, float]:
+    """Every sample's statistic on its full sample (every prompt once): the reported values."""
+    return {key: float(values[0]) for key, values in _replicate_all(samples, _everyone, 1).items()}
+
+
 def statistic(key: str, samples: dict[str, Sample]) -> float:
     """The statistic of `samples[key]` on its full sample (every prompt once): the reported value."""
+    return full_statistics(samples).get(key, math.nan)
 
-    def everyone(_prompts: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.arange(n)[None, :], np.ones((1, n))
 
-    return float(_replicate_all(samples, everyone, 1).get(key, np.full(1, np.nan))[0])
+def contributing(key: str, samples: dict[str, Sample]) -> int:
+    """How many prompts the full-sample statistic of `key` rests on: rows with a finite value (mean-like
+    statistics of values that may be NaN), rows with a nonzero denominator (ratios of sums, weighted
+    vectors), every row otherwise; for a composite the fewer of its two parts'."""
+    sample = resolved(samples).get(key)
+    if sample is None:
+        return 0
+    if sample.statistic in COMPOSITES:
+        return min(contributing(part, samples) for part in sample.of)
+    if sample.weights is not None:
+        weights = sample.weights.reshape(sample.n, -1)
+        return int((weights != 0).any(1).sum())
+    if sample.statistic in ("nanmean", "quantile", "median_low"):
+        return int(np.isfinite(sample.values).sum())
+    return sample.n
 
 
 # --- resampling --------------------------------------------------------------------------------------------
@@ -346,14 +368,16 @@ def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.nd
     return _replicate_all(samples, resample, n)
 
 
-MIN_FINITE_SHARE = 0.5  # an interval needs at least this share of replicates where the statistic is defined
+MIN_FINITE_SHARE = 0.5  # an onset interval needs at least this share of replicates that have an onset
+SCALAR_FINITE_SHARE = 0.9  # a scalar's interval: the statistic defined in at least this share of replicates
+MIN_PROMPTS = 5  # default `report.bootstrap.min_prompts`: fewer contributing prompts give no interval
 
 
-def interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval at `level` over the finite replicates; NaN when fewer than half are finite
-    (e.g. an onset median where most resamples hold no looping prompt)."""
+def interval(values: np.ndarray, level: float, min_finite: float = MIN_FINITE_SHARE) -> tuple[float, float]:
+    """Percentile interval at `level` over the finite replicates; NaN when fewer than `min_finite` of them
+    are finite (e.g. an onset median where most resamples hold no looping prompt)."""
     finite = values[np.isfinite(values)]
-    if len(values) == 0 or len(finite) < MIN_FINITE_SHARE * len(values):
+    if len(values) == 0 or len(finite) < min_finite * len(values):
         return math.nan, math.nan
     low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
@@ -364,13 +388,52 @@ def intervals(reps: dict[str, np.ndarray], level: float) -> dict[str, list[float
     return {key: list(interval(values, level)) for key, values in reps.items()}
 
 
-def record_intervals(measured, settings) -> dict[str, list[float]]:
-    """The `ci` dict of a record: {key: [low, high]} for every scalar of `measured` (a FamilyResult) that
-    has a sample, with `settings` = config `report.bootstrap` (n, level, seed). Logs what it cost."""
+def agrees(stat: float, value: float) -> bool:
+    """The full-sample statistic is the reported value (float32 passes and float64 rows differ ~1e-7)."""
+    return math.isclose(stat, value, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def checked_intervals(
+    samples: dict[str, Sample], reps: dict[str, np.ndarray], scalars: dict[str, float], level: float, min_prompts: int
+) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """{key: [low, high]} for every scalar with replicates, and {key: why} for those left NaN: the scalar is
+    NaN; its sample does not give the reported value (a stale or mismatched sample: warned); fewer than
+    `min_prompts` prompts contribute (every resample repeats the few there are); the statistic is undefined
+    in more than 1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional)."""
+    full = full_statistics(samples)
+    out, reasons = {}, {}
+    for key, values in reps.items():
+        if key not in scalars:
+            continue
+        value, stat, why = float(scalars[key]), full.get(key, math.nan), None
+        if not math.isfinite(value):
+            why = "the scalar is NaN"
+        elif not agrees(stat, value):
+            why = f"its stored sample gives {stat:.6g}, not the reported {value:.6g} (stale or mismatched sample)"
+            log.warning("bootstrap: %s: %s", key, why)
+        elif (count := contributing(key, samples)) < min_prompts:
+            why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
+        else:
+            low, high = interval(values, level, SCALAR_FINITE_SHARE)
+            if math.isnan(low):
+                share = float(np.isfinite(values).mean())
+                why = f"defined in {share:.0%} of the resamples (< {SCALAR_FINITE_SHARE:.0%})"
+        out[key] = [math.nan, math.nan] if why else [low, high]
+        if why:
+            reasons[key] = why
+    return out, reasons
+
+
+def record_intervals(measured, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The `ci` and `ci_reasons` dicts of a record (`checked_intervals`) for the scalars of `measured` (a
+    FamilyResult) that have a sample, with `settings` = config `report.bootstrap` (n, level, seed,
+    min_prompts). Logs what it cost."""
     started = time.perf_counter()
     reps = replicates(measured.samples, int(settings.n), int(settings.seed))  # parts of composites included
-    out = intervals({k: v for k, v in reps.items() if k in measured.scalars}, float(settings.level))
-    log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out), settings.n, time.perf_counter() - started)
+    min_prompts = int(getattr(settings, "min_prompts", MIN_PROMPTS))
+    out = checked_intervals(measured.samples, reps, measured.scalars, float(settings.level), min_prompts)
+    seconds = time.perf_counter() - started
+    log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out[0]), settings.n, seconds)
     return out
 
 

@@ -136,6 +136,7 @@ class BootstrapConf:
     n: int = MISSING  # resamples of the prompts per checkpoint
     level: float = MISSING  # confidence level of the percentile intervals
     seed: int = MISSING  # seeds the resamples (the same draws at every checkpoint)
+    min_prompts: int = MISSING  # fewer contributing prompts give no interval (every resample repeats them)
 
 
 @dataclass

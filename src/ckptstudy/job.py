@@ -161,7 +161,8 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         no_interval=measured.no_interval,
         probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
     )
-    record["ci"] = measured.intervals(cfg.report.bootstrap)  # bootstrap intervals over prompts, beside metrics
+    # bootstrap intervals over prompts beside the metrics, and why an interval is NaN
+    record["ci"], record["ci_reasons"] = measured.intervals(cfg.report.bootstrap)
     if errors:
         message = "; ".join(f"metrics.{k}: {v}" for k, v in errors.items())
         record["error"] = {"type": "MetricError", "message": message}

@@ -55,7 +55,8 @@ class ReportData:
     onset_metrics: list[str]
     onset_fraction: float
     onset_persist: int
-    bootstrap: dict  # n, level, seed
+    bootstrap: dict  # n, level, seed, min_prompts
+    interval_reasons: dict = field(default_factory=dict)  # (model, step) -> {key: why its interval is NaN}
     panels_per_family: int = 12
     bootstrap_seconds: float = math.nan  # time spent resampling stored samples for this report
     built_by: str = field(
@@ -422,15 +423,39 @@ def _interval_section(data: ReportData) -> str:
         else f" Resampling for this report: {data.bootstrap_seconds:.2f} s."
     )
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(why)}</td></tr>" for k, why in without.items())
+    nan_rows = _nan_interval_rows(data.interval_reasons)
     return (
         "<h2 id=intervals>Intervals</h2><p class=note>"
         f"Bootstrap over prompts: {b.get('n')} resamples, {100 * float(b.get('level', 0.95)):.0f}% percentile "
         f"intervals, seed {b.get('seed')}; recomputed from the per-prompt samples stored with each record (npz), "
-        f"the same resample at every checkpoint.{seconds} An interval needs the statistic defined in at least half "
-        "of the resamples.</p>"
+        f"the same resample at every checkpoint.{seconds} An interval needs the sample to give the reported value, "
+        f"at least {b.get('min_prompts')} contributing prompts and the statistic defined in 90% of the resamples. "
+        "Percentile intervals of discrete statistics (top-k Jaccard, Spearman over few heads) sit on a lattice and "
+        "can have zero width; rates of 0 or 1 get [0, 0] or [1, 1]; maxima over heads and concentration statistics "
+        "lean upward under resampling, so with near-tied heads an interval can lie above its value.</p>"
         f"<details><summary>{len(with_ci)} scalars with an interval</summary><p>{html.escape(', '.join(with_ci))}"
         f"</p></details><details><summary>{len(without)} scalars without, and why</summary><table><tr><th>metric"
-        f"</th><th>why it has no interval</th></tr>{rows}</table></details>"
+        f"</th><th>why it has no interval</th></tr>{rows}</table></details>{nan_rows}"
+    )
+
+
+def _nan_interval_rows(reasons: dict) -> str:
+    """Where a scalar with a sample got no interval, grouped by (metric, reason with numbers as #)."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for (model, step), keys in sorted(reasons.items()):
+        for key, why in keys.items():
+            if why != "the scalar is NaN":  # already listed with its reason under NaN values
+                groups[(key, NUMBER.sub("#", why))].append(f"{model}@{step}")
+    if not groups:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(key)}</td><td>{html.escape(why)}</td><td class=num>{len(where)}</td>"
+        f"<td>{html.escape(', '.join(where[:12]) + (' …' if len(where) > 12 else ''))}</td></tr>"
+        for (key, why), where in sorted(groups.items())
+    )
+    return (
+        f"<details><summary>{sum(len(w) for w in groups.values())} intervals left out at some checkpoints, and why"
+        f"</summary><table><tr><th>metric</th><th>why</th><th>count</th><th>where</th></tr>{rows}</table></details>"
     )
 
 

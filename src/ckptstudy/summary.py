@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import re
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import pandas as pd
 import torch
 
 from ckptstudy import results
-from ckptstudy.bootstrap import decode, interval, replicates, without_samples
+from ckptstudy.bootstrap import MIN_PROMPTS, checked_intervals, decode, replicates, without_samples
 from ckptstudy.config import compose_config
 from ckptstudy.onsets import onset_intervals, onsets
 from ckptstudy.plots import save_figure, trajectory_figure
@@ -30,7 +32,8 @@ from ckptstudy.report import ReportData, is_head_array, write_report
 from ckptstudy.specialization import jaccard, jaccard_chance, top_heads
 from ckptstudy.tracking import Tracker
 
-DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0}
+log = logging.getLogger(__name__)
+DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0, "min_prompts": MIN_PROMPTS}
 
 
 def add_cross_step_columns(
@@ -107,27 +110,48 @@ def needed_arrays(record: dict) -> dict[str, np.ndarray]:
     return {**heads, **{k: v for k, v in stored.items() if k not in kept}}
 
 
-def record_replicates(records: list[dict], arrays: dict[str, dict], settings: dict) -> dict[tuple[str, int], dict]:
-    """Bootstrap replicates {(model, step): {key: [n]}} of every ok record's scalars that have stored samples
-    (recomputed from the npz: the model is not needed; the same resamples at every step)."""
-    out = {}
+@dataclass
+class Resampled:
+    """The bootstrap of a study's records: replicates {(model, step): {key: [n]}} (for onset intervals; keys
+    whose sample does not give the reported value are left out), intervals {(model, step): {key: [low,
+    high]}} and why an interval is NaN {(model, step): {key: why}}."""
+
+    replicates: dict = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)
+    reasons: dict = field(default_factory=dict)
+
+
+def resample_records(records: list[dict], arrays: dict[str, dict], settings: dict) -> Resampled:
+    """Replicates and checked intervals (`bootstrap.checked_intervals`) of every ok record's scalars that have
+    stored samples, recomputed from the npz (the model is not needed; the same resamples at every step). A
+    record whose arrays file is not the one written with it is skipped, with a warning."""
+    out = Resampled()
     for record in records:
-        if record.get("status") != "ok":
+        if record.get("status") != "ok" or not record.get("arrays"):
+            continue
+        where = (record["model"], int(record["step"]))
+        mismatch = results.arrays_mismatch(Path(record["_path"]), record)
+        if mismatch:
+            log.warning("%s step %s: no intervals: %s", *where, mismatch)
             continue
         samples = decode(arrays[record["_path"]])
         metrics = record.get("metrics") or {}
-        if any(k in metrics for k in samples):  # every sample: a scalar's statistic may rest on a hidden one
-            reps = replicates(samples, int(settings["n"]), int(settings["seed"]))
-            out[(record["model"], int(record["step"]))] = {k: v for k, v in reps.items() if k in metrics}
+        if not any(k in metrics for k in samples):
+            continue
+        reps = replicates(samples, int(settings["n"]), int(settings["seed"]))  # hidden parts of composites too
+        ci, reasons = checked_intervals(samples, reps, metrics, float(settings["level"]), int(settings["min_prompts"]))
+        stale = {k for k, why in reasons.items() if why.startswith("its stored sample")}
+        out.replicates[where] = {k: v for k, v in reps.items() if k in metrics and k not in stale}
+        out.intervals[where], out.reasons[where] = ci, reasons
     return out
 
 
-def add_interval_columns(table: pd.DataFrame, reps: dict[tuple[str, int], dict], level: float) -> pd.DataFrame:
-    """`<key>/ci_low` and `<key>/ci_high` right after each column `<key>` that has replicates at some step."""
+def add_interval_columns(table: pd.DataFrame, intervals: dict[tuple[str, int], dict]) -> pd.DataFrame:
+    """`<key>/ci_low` and `<key>/ci_high` right after each column `<key>` that has an interval at some step."""
     bounds: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
-    for where, keys in reps.items():
-        for key, values in keys.items():
-            bounds.setdefault(key, {})[where] = interval(values, level)
+    for where, keys in intervals.items():
+        for key, (low, high) in keys.items():
+            bounds.setdefault(key, {})[where] = (low, high)
     if not bounds:
         return table
     columns = []
@@ -180,8 +204,8 @@ def summarize(
     arrays = {r["_path"]: needed_arrays(r) for r in records}
     table = add_cross_step_columns(results.results_table(records), records, top_k, arrays, min_effect_total)
     started = time.perf_counter()
-    reps = record_replicates(records, arrays, settings)
-    table = add_interval_columns(table, reps, float(settings["level"]))
+    resampled = resample_records(records, arrays, settings)
+    table = add_interval_columns(table, resampled.intervals)
     bootstrap_seconds = time.perf_counter() - started
     path, table = results.write_table(root, study, table)
     if table.empty:
@@ -195,7 +219,13 @@ def summarize(
     values = {(r["model"], int(r["step"])): r.get("metrics") or {} for r in records if r.get("status") == "ok"}
     started = time.perf_counter()
     onset_ci = onset_intervals(
-        steps_by_model, reps, values, onset_metrics, onset_fraction, onset_persist, float(settings["level"])
+        steps_by_model,
+        resampled.replicates,
+        values,
+        onset_metrics,
+        onset_fraction,
+        onset_persist,
+        float(settings["level"]),
     )
     bootstrap_seconds += time.perf_counter() - started
     write_onsets(directory / "onsets.json", found, onset_ci, onset_fraction, onset_persist, settings)
@@ -215,6 +245,7 @@ def summarize(
         onset_fraction=onset_fraction,
         onset_persist=onset_persist,
         bootstrap=settings,
+        interval_reasons=resampled.reasons,
         panels_per_family=panels_per_family,
         bootstrap_seconds=bootstrap_seconds,
     )

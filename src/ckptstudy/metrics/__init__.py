@@ -44,11 +44,14 @@ class FamilyResult:
         """Keep the per-prompt sample of scalar `key` (statistic of it = the scalar) for its bootstrap
         interval; its arrays go into `raw` (saved with the record)."""
         self.samples[key] = sample
+        stale = [name for name in self.raw if name.startswith(f"bootstrap/{key}/")]  # a sample added again
+        for name in stale:
+            del self.raw[name]
         self.raw.update(encode(key, sample))
 
-    def intervals(self, settings) -> dict[str, list[float]]:
-        """Bootstrap intervals {key: [low, high]} of the scalars that have a sample; `settings` = config
-        `report.bootstrap` (n, level, seed)."""
+    def intervals(self, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Bootstrap intervals {key: [low, high]} of the scalars that have a sample, and why the NaN ones are
+        NaN (`bootstrap.checked_intervals`); `settings` = config `report.bootstrap`."""
         return record_intervals(self, settings)
 
     def set(self, key: str, value: float, reason_if_nan: str) -> None:

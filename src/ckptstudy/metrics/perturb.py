@@ -343,7 +343,10 @@ def measure(
         signature[name] = out.view(out.shape[0], len(positions), induction_draws, *out.shape[2:])  # [n,J,D,L,s]
     resp = signature["repeat"]
     ratios = induction_ratio(resp, positions, r)
-    control = target_response(resp, positions, r) / target_response(signature["control"], positions, r)
+    on_control_mean = target_response(signature["control"], positions, r)
+    control = torch.where(  # no response on the control: undefined (NaN), as the ratio of sums says
+        on_control_mean > 0, target_response(resp, positions, r) / on_control_mean.clamp(min=1e-300), math.nan
+    )
     quiet = "no response at the other second-copy positions in this layer"
     unreached = "no response at j + R - 1 on the control probe in this layer"
     for m in range(layer, n_layers):
