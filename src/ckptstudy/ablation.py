@@ -230,13 +230,39 @@ def naive_effects(model, targets: Targets, ablation: str = "zero", score: str = 
     return effects
 
 
-def attribution_effect_rows(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> EffectRows:
-    """Attribution patching per prompt: effect_h ~ grad(score) . (z_h - z_ablated), one forward + one
-    backward of the mean score over every target. Rows of the batch do not interact, so a prompt's share of
-    the gradient product is its own targets' score sum over the total number of targets: its row of
-    `EffectRows.sums` is that share times the total number of targets."""
+@torch.no_grad()
+def head_output_means(model, ids: torch.Tensor, max_rows: int) -> list[torch.Tensor]:
+    """Each layer's head outputs (the output projection's input) averaged over every row and position of
+    `ids` [n, seq]: the `mean` ablation's replacement, computed `max_rows` rows at a time."""
     parts = model_parts(model)
     device = next(model.parameters()).device
+    sums: list = [0.0] * parts.n_layers
+
+    def add(i):
+        def hook(_module, args):
+            sums[i] = sums[i] + args[0].detach().double().reshape(-1, args[0].shape[-1]).sum(0)
+
+        return hook
+
+    with hooks([proj.register_forward_pre_hook(add(i)) for i, proj in enumerate(parts.out_projs)]):
+        for start in range(0, ids.shape[0], max_rows):
+            model(input_ids=ids[start : start + max_rows].to(device))
+    return [(total / ids.numel()).float() for total in sums]
+
+
+def attribution_effect_rows(
+    model, targets: Targets, ablation: str = "zero", score: str = "logprob", max_rows: int | None = None
+) -> EffectRows:
+    """Attribution patching per prompt: effect_h ~ grad(score) . (z_h - z_ablated), from forward + backward
+    passes of the summed score over `max_rows` rows at a time (None: all rows at once). Rows of a batch do
+    not interact, so a prompt's row of `EffectRows.sums` is the gradient product of its own targets' score sum,
+    whatever the chunking; `mean` ablation replaces a head by its mean over every row (`head_output_means`)."""
+    parts = model_parts(model)
+    device = next(model.parameters()).device
+    n = targets.ids.shape[0]
+    step = n if max_rows is None else max(1, int(max_rows))
+    means = head_output_means(model, targets.ids, step) if ablation == "mean" else None
+    sums = torch.zeros(n, parts.n_layers, parts.n_heads, dtype=torch.float64)
     outputs: list = [None] * parts.n_layers
 
     def keep(i):
@@ -247,22 +273,26 @@ def attribution_effect_rows(model, targets: Targets, ablation: str = "zero", sco
         return hook
 
     handles = [proj.register_forward_pre_hook(keep(i)) for i, proj in enumerate(parts.out_projs)]
-    with hooks(handles), torch.enable_grad():
-        logits = model(input_ids=targets.ids.to(device)).logits
-        scores = token_scores(logits[targets.mask.to(device)], targets.expected.to(device), score)
-        mean_score = scores.mean()
-        mean_score.backward()
-    n_targets = scores.numel()
-    sums = torch.zeros(targets.ids.shape[0], parts.n_layers, parts.n_heads, dtype=torch.float64)
-    for i, z in enumerate(outputs):
-        delta = z.detach() if ablation == "zero" else z.detach() - z.detach().reshape(-1, z.shape[-1]).mean(0)
-        contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)
-        sums[:, i] = contribution.sum(dim=(1, 3)).double().cpu() * n_targets
-    model.zero_grad(set_to_none=True)
+    with hooks(handles):
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
+            mask = targets.mask[rows].to(device)
+            if not mask.any():
+                continue
+            with torch.enable_grad():
+                logits = model(input_ids=targets.ids[rows].to(device)).logits
+                expected = targets.ids[rows, 1:].to(device)[mask[:, :-1]]
+                token_scores(logits[mask], expected, score).sum().backward()
+            for i, z in enumerate(outputs):
+                delta = z.detach() if means is None else z.detach() - means[i].to(device)
+                contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)
+                sums[rows, i] = contribution.sum(dim=(1, 3)).double().cpu()
+            model.zero_grad(set_to_none=True)
+            outputs[:] = [None] * parts.n_layers
     return EffectRows(sums, targets.mask.sum(1).double())
 
 
-def attribution_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
-    """Attribution patching, pooled over every target: [n_layers, n_heads] (the pooled
-    `attribution_effect_rows`)."""
-    return attribution_effect_rows(model, targets, ablation, score).pooled
+def attribution_effects(model, targets: Targets, *options, **named) -> torch.Tensor:
+    """Attribution patching pooled over every target [n_layers, n_heads]: `attribution_effect_rows` (same
+    arguments), pooled."""
+    return attribution_effect_rows(model, targets, *options, **named).pooled

@@ -296,7 +296,7 @@ def icl_heads_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
                 "ICL-loop attribution (fwd + bwd)",
                 pr.icl_n,
                 pr.icl_seq,
-                pr.icl_n,
+                min(pr.icl_n, max_rows),
                 L,
                 unembed=icl_targets,
                 backward=True,
@@ -307,7 +307,7 @@ def icl_heads_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
                 "natural-loop attribution (fwd + bwd)",
                 pr.looping,
                 nat_seq,
-                pr.looping,
+                min(pr.looping, max_rows),
                 L,
                 unembed=nat_targets,
                 backward=True,
@@ -534,6 +534,7 @@ def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbyt
                 {
                     "what": p.what,
                     "rows": p.rows,
+                    "batch": p.batch,
                     "tokens": p.seq,
                     "decode": p.decode,
                     "flops": pass_flops(p, shape),
@@ -683,7 +684,7 @@ def render(plan: dict) -> str:
         f, p = max(passes, key=lambda fp: fp[1]["peak_bytes"])
         lines.append(
             f"largest activation peak: {_bytes(p['peak_bytes'])} in {f}: {p['what']} "
-            f"({p['rows']} rows x {p['tokens']} tokens)"
+            f"({p['rows']} rows x {p['tokens']} tokens, {p['batch']} rows per call)"
         )
     return "\n".join(lines)
 

@@ -178,7 +178,7 @@ def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, 
     if mode == "exact":
         return exact_effect_rows(model, targets, ablation, score, max_rows=max_rows)
     if mode == "attribution":
-        return attribution_effect_rows(model, targets, ablation, score)
+        return attribution_effect_rows(model, targets, ablation, score, max_rows=max_rows)
     raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
 
 
