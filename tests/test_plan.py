@@ -38,7 +38,7 @@ def test_paper_setup_plans_attribution_on_bf16_gpu():
     icl = [p["what"] for p in result["cpu"]["families"]["icl_heads"]["passes"]]
     assert any("attribution" in what for what in icl) and any("attribution check" in what for what in icl)
     natural_attribution = next(p for p in result["cpu"]["families"]["icl_heads"]["passes"] if "natural" in p["what"])
-    assert natural_attribution["rows"] > natural_attribution["batch"] == 64  # chunks of max_rows rows
+    assert natural_attribution["rows"] > natural_attribution["batch"] == 8  # chunks of the preset's max_rows
     natural = result["cpu"]["families"]["natural generation (shared)"]["passes"][0]
     assert natural["rows"] == 1000 and natural["tokens"] == 32 and natural["decode"] == 1000
     assert "bf16" in result["gpu"]["machine"]["source"]
