@@ -272,3 +272,19 @@ def test_trajectory_plot_draws_bands_onset_spans_and_a_tokens_axis(study):
     by_tokens = trajectory_figure(ok, ["x/rate"], out["onsets"], out["onset_intervals"], "tokens", MODELS)
     line = {line.get_label(): line for line in by_tokens.axes[0].get_lines()}["small"]
     assert list(line.get_xdata()) == [s * MODELS["small"] for s in STEPS]
+
+
+def test_left_out_intervals_are_listed_with_their_reasons():
+    from ckptstudy.report import _nan_interval_rows
+
+    reasons = {
+        ("micro", 8): {
+            "icl/a": "only 2 prompt(s) contribute (report.bootstrap.min_prompts=5)",
+            "icl/b": "the scalar is NaN",
+        },
+        ("micro", 16): {"icl/a": "only 3 prompt(s) contribute (report.bootstrap.min_prompts=5)"},
+    }
+    rows = _nan_interval_rows(reasons)
+    assert "2 intervals left out" in rows and "micro@8, micro@16" in rows  # one row: the numbers differ only
+    assert "icl/b" not in rows  # a NaN scalar is listed with its reason under NaN values already
+    assert _nan_interval_rows({}) == ""
