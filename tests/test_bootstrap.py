@@ -301,3 +301,15 @@ def test_compare_two_head_vectors_from_independent_prompt_sets():
     assert np.isnan(replicates(samples, 40, 0)["jac"]).all()
     with pytest.raises(ValueError, match="compare sample has function None; valid: cosine, jaccard, spearman"):
         Sample("compare", of=("icl", "nat"))
+
+
+def test_rates_get_wilson_intervals_that_do_not_collapse_at_zero():
+    none = {"a/rate": Sample("mean", np.zeros(64), prompts="p")}
+    assert interval(replicates(none, 200, 0)["a/rate"], 0.95) == (0.0, 0.0)  # the percentile bootstrap's claim
+    ci, reasons = checked(none, {"a/rate": 0.0})
+    assert reasons == {} and ci["a/rate"][0] == 0.0 and ci["a/rate"][1] == pytest.approx(0.0570, abs=5e-4)
+    half = {"a/rate": Sample("mean", [0.0, 1.0] * 20, prompts="p")}
+    wilson, _ = checked(half, {"a/rate": 0.5})
+    percentile = interval(replicates(half, 2000, 0)["a/rate"], 0.95)
+    assert wilson["a/rate"] == pytest.approx(list(percentile), abs=0.03)  # the two agree away from the edges
+    assert not bootstrap.is_rate(Sample("mean", [0.0, 0.5, 1.0]))  # a mean of shares is not a binomial rate

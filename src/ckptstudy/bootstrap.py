@@ -3,7 +3,8 @@
 A family that reports such a scalar keeps, beside it, a `Sample`: the per-prompt values (one row per prompt
 of a named prompt set) and which statistic of them the scalar is. The statistic of the full sample is the
 reported value (tests hold the families to it); resampling the prompts with replacement `n` times gives `n`
-replicates of the statistic and the percentile interval at `level`.
+replicates of the statistic and the percentile interval at `level` (a rate of 0/1 values gets the Wilson
+interval instead, which does not collapse at 0 or 1; its replicates still serve the onset intervals).
 
 Statistics (`Sample.statistic`):
 - `mean`: mean over prompts (rates and shares are means of 0/1 values);
@@ -46,6 +47,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -388,6 +390,21 @@ def intervals(reps: dict[str, np.ndarray], level: float) -> dict[str, list[float
     return {key: list(interval(values, level)) for key, values in reps.items()}
 
 
+def is_rate(sample: Sample) -> bool:
+    """A mean of 0/1 values (a share of prompts): its interval is Wilson's (`wilson_interval`)."""
+    return sample.statistic == "mean" and sample.n > 0 and bool(np.isin(sample.values, (0.0, 1.0)).all())
+
+
+def wilson_interval(successes: float, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion: unlike the percentile bootstrap it does not collapse to
+    [0, 0] or [1, 1] when no prompt (or every prompt) has the property (0 of 64 -> [0, 0.057] at 95%)."""
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def agrees(stat: float, value: float) -> bool:
     """The full-sample statistic is the reported value (float32 passes and float64 rows differ ~1e-7)."""
     return math.isclose(stat, value, rel_tol=1e-5, abs_tol=1e-6)
@@ -399,8 +416,10 @@ def checked_intervals(
     """{key: [low, high]} for every scalar with replicates, and {key: why} for those left NaN: the scalar is
     NaN; its sample does not give the reported value (a stale or mismatched sample: warned); fewer than
     `min_prompts` prompts contribute (every resample repeats the few there are); the statistic is undefined
-    in more than 1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional)."""
+    in more than 1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional).
+    A rate (a mean of 0/1 values per prompt) gets the Wilson interval instead of the percentile one."""
     full = full_statistics(samples)
+    plain = resolved(samples)
     out, reasons = {}, {}
     for key, values in reps.items():
         if key not in scalars:
@@ -413,6 +432,8 @@ def checked_intervals(
             log.warning("bootstrap: %s: %s", key, why)
         elif (count := contributing(key, samples)) < min_prompts:
             why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
+        elif key in plain and is_rate(plain[key]):
+            low, high = wilson_interval(float(plain[key].values.sum()), plain[key].n, level)
         else:
             low, high = interval(values, level, SCALAR_FINITE_SHARE)
             if math.isnan(low):
