@@ -269,8 +269,9 @@ def _family_sections(data: ReportData, ok, tps: dict) -> str:
     out = ["<h2 id=trajectories>Trajectories</h2>"]
     level = round(100 * float(data.bootstrap.get("level", 0.95)))
     out.append(
-        f"<p class=note>Lines: the value on all prompts; bands: {level}% bootstrap intervals over prompts "
-        "(where the metric has per-prompt samples); dashed lines: onsets, shaded: their intervals. "
+        f"<p class=note>Lines: the value on all prompts; bands: {level}% intervals over prompts (bootstrap "
+        "percentile; Wilson for rates), where the metric has per-prompt samples; dashed lines: onsets, shaded: "
+        "their intervals. "
         "The x axis is symlog (linear below one step, so step 0 is shown). Switch the axis at the top.</p>"
     )
     known = {m: t for m, t in tps.items() if t}
