@@ -208,7 +208,6 @@ JOB_METRICS = ("icl_heads", "repetition", "low_info")
 def job_context(model: str, overrides: list[str], attn: str = "eager"):
     """(config, JobContext) of one bench job: the model shape, the bench tokenizer, the configured probes."""
     from ckptstudy.config import compose_config
-    from ckptstudy.cycles import LoopRule
     from ckptstudy.metrics import JobContext
     from ckptstudy.probes import cached_probes
 
@@ -216,18 +215,7 @@ def job_context(model: str, overrides: list[str], attn: str = "eager"):
     cfg = compose_config([f"paths.root={root}", "logger=none", *overrides])
     tok = tokenizer()
     probes = cached_probes(cfg.probes, tok, REPO / "outputs" / "bench" / "probes")
-    net = build_model(model, attn=attn)
-    loops = LoopRule(cfg.loops.definition, cfg.loops.min_period, cfg.loops.max_period, cfg.loops.min_copies)
-    ctx = JobContext(
-        model=net,
-        tokenizer=tok,
-        probes=probes,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        loops=loops,
-        natural_new_tokens=cfg.loops.new_tokens,
-    )
-    return cfg, ctx
+    return cfg, JobContext.from_config(cfg, build_model(model, attn=attn), tok, probes)
 
 
 def job(model: str, engine: str, overrides: list[str], attn: str = "eager") -> dict:

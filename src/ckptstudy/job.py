@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import checkpoints, fingerprint, results
-from ckptstudy.cycles import LoopRule, check_loop_parameters
+from ckptstudy.cycles import check_loop_parameters
 from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
 from ckptstudy.probes import cached_probes, check_probe_config
 from ckptstudy.suite import ensure_suite
@@ -135,15 +135,7 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
     if bad_weights:
         log.warning("%s step %s: non-finite weights in %d tensors: %s", *_job(record), len(bad_weights), bad_weights)
     record["weights_sha256"] = checkpoints.weights_sha256(model)
-    ctx = JobContext(
-        model=model,
-        tokenizer=tokenizer,
-        probes=probes,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        loops=LoopRule(cfg.loops.definition, cfg.loops.min_period, cfg.loops.max_period, cfg.loops.min_copies),
-        natural_new_tokens=cfg.loops.new_tokens,
-    )
+    ctx = JobContext.from_config(cfg, model, tokenizer, probes)
     with checkpoints.ActivationGuard(model) as guard:
         measured, errors = measure_families(ctx, cfg.metrics)
     bad_activations = guard.nonfinite()

@@ -128,6 +128,20 @@ class JobContext:
     natural_new_tokens: int = 1000  # length of the natural greedy continuations (config `loops.new_tokens`)
     shared: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_config(cls, cfg, model, tokenizer, probes) -> JobContext:
+        """The context of one job under a composed config (batch size, seed, the `loops` rule and length)."""
+        loops = cfg.loops
+        return cls(
+            model=model,
+            tokenizer=tokenizer,
+            probes=probes,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            loops=LoopRule(loops.definition, loops.min_period, loops.max_period, loops.min_copies),
+            natural_new_tokens=loops.new_tokens,
+        )
+
     @property
     def device(self):
         return next(self.model.parameters()).device
