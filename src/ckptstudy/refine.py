@@ -43,7 +43,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from omegaconf import DictConfig
@@ -136,27 +136,18 @@ def plan_refinement(
     for pair in crossings(finite, level):
         todo = steps_to_settle(pair, done, available, per_round, persist)
         if todo:
-            return Plan(
-                REFINE,
-                plan.onset,
-                plan.bracket,
-                plan.inside,
-                todo,
+            why = (
                 f"the metric crosses {level:.4g} in ({pair[0]}, {pair[1]}]: measuring {todo} to judge whether "
-                f"it holds for {persist} consecutive checkpoints",
+                f"it holds for {persist} consecutive checkpoints"
             )
+            return replace(plan, status=REFINE, next_steps=todo, message=why)
     todo = steps_to_settle(plan.bracket, done, available, per_round, persist) if plan.bracket else []
     if todo:
         low, high = plan.bracket
-        return Plan(
-            REFINE,
-            plan.onset,
-            plan.bracket,
-            plan.inside,
-            todo,
-            f"onset in ({low}, {high}]: measuring {todo}"
-            + ("" if plan.next_steps else f" to check it holds for {persist} consecutive checkpoints"),
-        )
+        why = f"onset in ({low}, {high}]: measuring {todo}"
+        if not plan.next_steps:
+            why += f" to check it holds for {persist} consecutive checkpoints"
+        return replace(plan, status=REFINE, next_steps=todo, message=why)
     return plan
 
 
