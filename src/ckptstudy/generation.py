@@ -134,6 +134,14 @@ class NaturalLoops:
         """Prompt + generation of the looping rows: [n_looping, P + G]."""
         return torch.cat([self.prompts, self.generation.ids], dim=1)[self.looping]
 
+    def per_prompt(self, rows: torch.Tensor) -> torch.Tensor:
+        """Values of the looping rows (one per row of `sequences()`, in its order) placed at their prompts,
+        zero for a prompt that does not loop: [n, ...] float64 (bootstrap rows indexed by natural prompt, so
+        they resample with every other family's `natural` rows; a zero row adds nothing to a sum)."""
+        out = torch.zeros(len(self.looping), *rows.shape[1:], dtype=torch.float64)
+        out[self.looping] = rows.double()
+        return out
+
     def first_copy_start(self) -> torch.Tensor:
         """Index in `sequences()` of the first copy of each looping row's cycle (onset + period): its
         tokens repeat the cycle's first instance, like cycle 2 onward of `icl_repeat`."""

@@ -419,15 +419,13 @@ def icl_loop_effects(
 
 
 def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tuple[int, int]) -> EffectRows:
-    """Per-prompt effects indexed by natural prompt (all of `loops.prompts`): the looping prompts' rows
-    (`rows`, in the order of `loops.sequences()`) and zero sums and zero targets for the others (or for all
-    when `rows` is None: nothing to measure), so they resample with the other families' `natural` rows."""
-    looping = loops.looping
-    sums = torch.zeros(len(looping), *shape, dtype=torch.float64)
-    targets = torch.zeros(len(looping), dtype=torch.float64)
-    if rows is not None:
-        sums[looping], targets[looping] = rows.sums.double(), rows.targets.double()
-    return EffectRows(sums, targets)
+    """Per-prompt effects indexed by natural prompt (`NaturalLoops.per_prompt`): the looping prompts' rows
+    (`rows`, in the order of `loops.sequences()`) and zero sums and zero targets for the others (for all
+    when `rows` is None: nothing to measure)."""
+    if rows is None:
+        looping = int(loops.looping.sum())
+        rows = EffectRows(torch.zeros(looping, *shape, dtype=torch.float64), torch.zeros(looping, dtype=torch.float64))
+    return EffectRows(loops.per_prompt(rows.sums), loops.per_prompt(rows.targets))
 
 
 def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tensor) -> FamilyResult:

@@ -287,25 +287,20 @@ def newline_ratios(scalars: dict[str, float], reasons: dict[str, str]) -> Family
     return out
 
 
-def by_prompt(rows: torch.Tensor, looping: np.ndarray | None) -> np.ndarray:
-    """Per-prompt rows as numpy; natural rows (one per looping prompt) spread over every natural prompt,
-    zero for a prompt that does not loop (it adds nothing to any sum), so they resample with `rep/`."""
-    rows = rows.double().numpy()
-    if looping is None:
-        return rows
-    full = np.zeros((len(looping), *rows.shape[1:]))
-    full[looping] = rows
-    return full
+def by_prompt(rows: torch.Tensor, loops: NaturalLoops | None) -> np.ndarray:
+    """Per-prompt rows as float64 numpy; the natural context's rows (one per looping prompt) spread over
+    every natural prompt (`NaturalLoops.per_prompt`)."""
+    return (rows.double() if loops is None else loops.per_prompt(rows)).numpy()
 
 
-def context_samples(context: str, stats: dict[str, torch.Tensor], looping: np.ndarray | None) -> dict[str, Sample]:
-    """Bootstrap samples of every scalar of one context (see the module docstring); `looping` [natural
-    prompts] marks the rows of the natural context (None for the other contexts)."""
+def context_samples(context: str, stats: dict[str, torch.Tensor], loops: NaturalLoops | None) -> dict[str, Sample]:
+    """Bootstrap samples of every scalar of one context (see the module docstring); `loops` gives the rows
+    of the natural context (None for the other contexts)."""
     prompts = CONTEXT_PROMPTS[context]
     out = {}
     for suffix in SUFFIXES:
-        mass = by_prompt(stats[f"mass_by_prompt{suffix}"], looping)  # [n, layer, head, C]
-        expected = by_prompt(stats[f"expected_by_prompt{suffix}"], looping)  # [n, C]
+        mass = by_prompt(stats[f"mass_by_prompt{suffix}"], loops)  # [n, layer, head, C]
+        expected = by_prompt(stats[f"expected_by_prompt{suffix}"], loops)  # [n, C]
         for cls, short in REPORTED.items():
             index = KEY_CLASSES.index(cls)
             key = f"lowinfo/enrich_{short}_{context}{suffix}"
@@ -316,8 +311,8 @@ def context_samples(context: str, stats: dict[str, torch.Tensor], looping: np.nd
             out[f"{key}_max"] = Sample(
                 "ratio_of_sums", mass[..., index], prompts=prompts, weights=expected[:, index], reduce="max"
             )
-        entropy = by_prompt(stats[f"entropy_by_prompt{suffix}"], looping)  # [n, layer, head, kind, 2]
-        rows = by_prompt(stats[f"entropy_rows_by_prompt{suffix}"], looping)  # [n, kind]
+        entropy = by_prompt(stats[f"entropy_by_prompt{suffix}"], loops)  # [n, layer, head, kind, 2]
+        rows = by_prompt(stats[f"entropy_rows_by_prompt{suffix}"], loops)  # [n, kind]
         for k, kind in enumerate(QUERY_KINDS):
             key = f"lowinfo/entropy_{kind}_{context}{suffix}"
             for j, name in enumerate((key, f"{key}_norm")):  # every head counts the same rows: [n] suffices
@@ -378,8 +373,8 @@ def measure(ctx, quantile: float = 0.2, text_skip: int = 32) -> FamilyResult:
             continue
         stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
         result.update(context_scalars(context, stats))
-        looping = ctx.natural_loops().looping.numpy() if context == "natural" else None
-        for key, sample in context_samples(context, stats, looping).items():
+        loops = ctx.natural_loops() if context == "natural" else None
+        for key, sample in context_samples(context, stats, loops).items():
             result.add_sample(key, sample)
     result.update(newline_ratios(result.scalars, result.nan_reasons))
     for key, sample in ratio_samples(result.samples).items():
