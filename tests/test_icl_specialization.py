@@ -31,7 +31,6 @@ from ckptstudy.metrics.icl_heads import (
     effect_samples,
     icl_targets,
     natural_loop_targets,
-    pooled_effects,
     specialization_scalars,
     validate_attribution,
 )
@@ -401,7 +400,8 @@ def test_constant_induction_scores_give_a_reasoned_nan_correlation():
 
 def concentration_intervals(sums: np.ndarray, targets: np.ndarray) -> tuple[FamilyResult, dict]:
     samples = effect_samples("icl/ablation", sums, targets, "icl_repeat", 3, 0.01)
-    reported = concentration(pooled_effects(torch.from_numpy(sums), torch.from_numpy(targets)), 3, 0.01, "icl/ablation")
+    pooled = EffectRows(torch.from_numpy(sums), torch.from_numpy(targets)).pooled64
+    reported = concentration(pooled, 3, 0.01, "icl/ablation")
     for key in samples:
         assert statistic(key, samples) == pytest.approx(reported.scalars[key], abs=1e-12), key
     return reported, intervals(replicates(samples, 1000, seed=0), 0.9)

@@ -80,9 +80,15 @@ class EffectRows:
     targets: torch.Tensor
 
     @property
+    def pooled64(self) -> torch.Tensor:
+        """The effect pooled over every target position of every prompt: [n_layers, n_heads] (float64, the
+        per-head vector the bootstrap's `vector` samples pool the same way)."""
+        return self.sums.double().sum(0) / self.targets.double().sum()
+
+    @property
     def pooled(self) -> torch.Tensor:
-        """The effect pooled over every target position of every prompt: [n_layers, n_heads] (float32)."""
-        return (self.sums.sum(0) / self.targets.sum()).float()
+        """`pooled64` in float32 (what `exact_effects` and `attribution_effects` return)."""
+        return self.pooled64.float()
 
 
 @torch.no_grad()

@@ -182,12 +182,6 @@ def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, 
     raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
 
 
-def pooled_effects(sums: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The effect vector pooled over every target of every prompt (float64 [layers, heads]): the per-head
-    vector of the `vector` samples of `effect_samples`, so the reported statistics are theirs."""
-    return sums.double().sum(0) / targets.double().sum()
-
-
 def effect_threshold(min_total: float) -> float:
     """The `threshold` of an effect sample: `min_total`, or the least positive float when it is 0 (the
     reported statistics need a positive total as well: total >= that float <=> total > 0)."""
@@ -397,7 +391,7 @@ def icl_loop_effects(
     on 2 * validate_k heads. Also returns the pooled effect vector (float64)."""
     targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
     rows = settings.effects(ctx.model, targets)
-    effects = pooled_effects(rows.sums, rows.targets)
+    effects = rows.pooled64
     result = specialization_scalars(effects, induction, settings.top_k, settings.min_effect_total)
     result.arrays["icl/ablation_effect"] = effects.float().numpy()
     samples = effect_samples(
@@ -442,7 +436,7 @@ def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tenso
         loops, None if targets is None else settings.effects(ctx.model, targets), tuple(icl_effects.shape)
     )
     if targets is not None:
-        natural = pooled_effects(rows.sums, rows.targets)
+        natural = rows.pooled64
         result.arrays["icl/natural_effect"] = natural.float().numpy()
     missing = (
         "no prompt's continuation loops at this checkpoint"
