@@ -377,26 +377,39 @@ def _checkpoint_section(data: ReportData) -> str:
     return "".join(out)
 
 
-def _nan_section(data: ReportData) -> str:
-    reasons: dict[tuple[str, str], list] = defaultdict(list)
-    examples: dict[tuple[str, str], str] = {}
-    for record in data.records:
-        for key, reason in (record.get("nan_reasons") or {}).items():
-            kind = (key, NUMBER.sub("#", reason))  # the same reason with other numbers in it is one row
-            reasons[kind].append(f"{record.get('model')}@{record.get('step')}")
-            examples.setdefault(kind, reason)
-    if not reasons:
-        return "<h2 id=nan>NaN values</h2><p>No NaN values.</p>"
-    rows = "".join(
-        f"<tr><td>{html.escape(kind[0])}</td><td>{html.escape(examples[kind])}</td><td class=num>{len(where)}</td>"
+def reason_groups(entries) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """(metric, reason with its numbers as #) -> (the first such reason, where) for (where, metric, reason)
+    entries: the same reason with other numbers in it is one row."""
+    groups: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    for where, key, reason in entries:
+        groups.setdefault((key, NUMBER.sub("#", reason)), (reason, []))[1].append(where)
+    return groups
+
+
+def _reason_rows(rows: list[tuple[str, str, list[str]]]) -> str:
+    """Table rows of (metric, reason, where): the count and the first 12 places."""
+    return "".join(
+        f"<tr><td>{html.escape(key)}</td><td>{html.escape(reason)}</td><td class=num>{len(where)}</td>"
         f"<td>{html.escape(', '.join(where[:12]) + (' …' if len(where) > 12 else ''))}</td></tr>"
-        for kind, where in sorted(reasons.items(), key=lambda kv: (kv[0][0].split("/")[0], -len(kv[1]), kv[0]))
+        for key, reason, where in rows
     )
-    total = sum(len(w) for w in reasons.values())
+
+
+def _nan_section(data: ReportData) -> str:
+    groups = reason_groups(
+        (f"{record.get('model')}@{record.get('step')}", key, reason)
+        for record in data.records
+        for key, reason in (record.get("nan_reasons") or {}).items()
+    )
+    if not groups:
+        return "<h2 id=nan>NaN values</h2><p>No NaN values.</p>"
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0].split("/")[0], -len(kv[1][1]), kv[0]))
+    rows = _reason_rows([(kind[0], first, where) for kind, (first, where) in ordered])
+    total = sum(len(where) for _, where in groups.values())
     return (
         f"<h2 id=nan>NaN values</h2><p class=note>{total} NaN values, each with the reason its family gave "
         "(reasons that differ only in their numbers share a row; the first is shown).</p><details open><summary>"
-        f"{len(reasons)} (metric, reason) pairs</summary><table><tr><th>metric</th><th>reason (first)</th>"
+        f"{len(groups)} (metric, reason) pairs</summary><table><tr><th>metric</th><th>reason (first)</th>"
         f"<th>count</th><th>where</th></tr>{rows}</table></details>"
     )
 
@@ -442,21 +455,18 @@ def _interval_section(data: ReportData) -> str:
 
 def _nan_interval_rows(reasons: dict) -> str:
     """Where a scalar with a sample got no interval, grouped by (metric, reason with numbers as #)."""
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for (model, step), keys in sorted(reasons.items()):
-        for key, why in keys.items():
-            if why != "the scalar is NaN":  # already listed with its reason under NaN values
-                groups[(key, NUMBER.sub("#", why))].append(f"{model}@{step}")
+    groups = reason_groups(
+        (f"{model}@{step}", key, why)
+        for (model, step), keys in sorted(reasons.items())
+        for key, why in keys.items()
+        if why != "the scalar is NaN"  # already listed with its reason under NaN values
+    )
     if not groups:
         return ""
-    rows = "".join(
-        f"<tr><td>{html.escape(key)}</td><td>{html.escape(why)}</td><td class=num>{len(where)}</td>"
-        f"<td>{html.escape(', '.join(where[:12]) + (' …' if len(where) > 12 else ''))}</td></tr>"
-        for (key, why), where in sorted(groups.items())
-    )
+    rows = _reason_rows([(key, pattern, where) for (key, pattern), (_, where) in sorted(groups.items())])
     return (
-        f"<details><summary>{sum(len(w) for w in groups.values())} intervals left out at some checkpoints, and why"
-        f"</summary><table><tr><th>metric</th><th>why</th><th>count</th><th>where</th></tr>{rows}</table></details>"
+        f"<details><summary>{sum(len(w) for _, w in groups.values())} intervals left out at some checkpoints, and "
+        f"why</summary><table><tr><th>metric</th><th>why</th><th>count</th><th>where</th></tr>{rows}</table></details>"
     )
 
 
