@@ -327,11 +327,16 @@ def contributing(key: str, samples: dict[str, Sample]) -> int:
     """How many prompts the full-sample statistic of `key` rests on: rows with a finite value (mean-like
     statistics of values that may be NaN), rows with a nonzero denominator (ratios of sums, weighted
     vectors), every row otherwise; for a composite the fewer of its two parts'."""
-    sample = resolved(samples).get(key)
+    return _contributing(key, resolved(samples))
+
+
+def _contributing(key: str, plain: dict[str, Sample]) -> int:
+    """`contributing` on samples already `resolved` (checked_intervals asks for every key: resolve once)."""
+    sample = plain.get(key)
     if sample is None:
         return 0
     if sample.statistic in COMPOSITES:
-        return min(contributing(part, samples) for part in sample.of)
+        return min(_contributing(part, plain) for part in sample.of)
     if sample.weights is not None:
         weights = sample.weights.reshape(sample.n, -1)
         return int((weights != 0).any(1).sum())
@@ -430,7 +435,7 @@ def checked_intervals(
         elif not agrees(stat, value):
             why = f"its stored sample gives {stat:.6g}, not the reported {value:.6g} (stale or mismatched sample)"
             log.warning("bootstrap: %s: %s", key, why)
-        elif (count := contributing(key, samples)) < min_prompts:
+        elif (count := _contributing(key, plain)) < min_prompts:
             why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
         elif key in plain and is_rate(plain[key]):
             low, high = wilson_interval(float(plain[key].values.sum()), plain[key].n, level)
