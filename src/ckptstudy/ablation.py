@@ -282,13 +282,12 @@ def attribution_effect_rows(
     with hooks(handles):
         for start in range(0, n, step):
             rows = slice(start, start + step)
-            mask = targets.mask[rows].to(device)
-            if not mask.any():
+            if not targets.mask[rows].any():
                 continue
+            chunk = Targets(targets.ids[rows], targets.mask[rows])
             with torch.enable_grad():
-                logits = model(input_ids=targets.ids[rows].to(device)).logits
-                expected = targets.ids[rows, 1:].to(device)[mask[:, :-1]]
-                token_scores(logits[mask], expected, score).sum().backward()
+                logits = model(input_ids=chunk.ids.to(device)).logits
+                token_scores(logits[chunk.mask.to(device)], chunk.expected.to(device), score).sum().backward()
             for i, z in enumerate(outputs):
                 delta = z.detach() if means is None else z.detach() - means[i].to(device)
                 contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)
