@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ckptstudy.plan import cpu_name
+from ckptstudy.tools.plan import cpu_name
 
 # name -> (layers, d_model, heads, vocab); "micro" = the embedded micro suite's shape
 SHAPES = {
@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_model(name: str, attn: str = "eager", seed: int = 0, context: int | None = None):
-    """A random-init model of a Pythia size, built like every model here (`ckptstudy.neox`), eval mode, with
+    """A random-init model of a Pythia size, built like every model here (`ckptstudy.model.neox`), eval mode, with
     attention implementation `attn` ("eager" = how `load_checkpoint` loads checkpoints today, "sdpa" =
     the transformers default)."""
-    from ckptstudy.neox import make_neox
+    from ckptstudy.model.neox import make_neox
 
     layers, d, heads, vocab = SHAPES[name]
     context = context or (128 if name == "micro" else 2048)  # micro: the suite's training length
@@ -45,7 +45,7 @@ def tokenizer(cache: Path | None = None):
 
     cache = cache or REPO / "outputs" / "bench" / "tokenizer"
     if not (cache / "tokenizer.json").exists():
-        from ckptstudy.suite import train_tokenizer
+        from ckptstudy.model.suite import train_tokenizer
 
         texts = [p.read_text(errors="replace") for p in sorted(Path(os.__file__).parent.glob("[a-f]*.py"))]
         cache.mkdir(parents=True, exist_ok=True)

@@ -271,7 +271,7 @@ def ablation_section(cfg: dict, threads: int, skip_tl: str | None, log) -> dict:
 def _spearman(a, b) -> float:
     import torch
 
-    from ckptstudy.specialization import spearman
+    from ckptstudy.stats.specialization import spearman
 
     return round(float(spearman(torch.tensor(a).flatten(), torch.tensor(b).flatten())), 3)
 
@@ -280,7 +280,7 @@ def _spearman_top(estimate, exact, k: int) -> float:
     """Rank correlation on the k heads with the largest exact |effect| (where the circuit is)."""
     import torch
 
-    from ckptstudy.specialization import spearman
+    from ckptstudy.stats.specialization import spearman
 
     e, x = torch.tensor(estimate).flatten(), torch.tensor(exact).flatten()
     top = x.abs().topk(min(k, x.numel())).indices
@@ -335,7 +335,7 @@ def calibration(threads: int, capture: dict | None, log) -> dict:
 def _forward_flops(model: str, length: int, batch: int) -> float:
     from common import SHAPES
 
-    from ckptstudy.plan import Pass, Shape, pass_flops
+    from ckptstudy.tools.plan import Pass, Shape, pass_flops
 
     layers, d, heads, vocab = SHAPES[model]
     shape = Shape(layers, d, heads, vocab, 2048)
@@ -344,7 +344,7 @@ def _forward_flops(model: str, length: int, batch: int) -> float:
 
 def plan_section(cfg: dict, threads: int, machine: dict, measured_job: dict | None, log) -> list[dict]:
     """ckptstudy-plan's estimate vs the measured time of ckptstudy jobs (loop share as measured)."""
-    from ckptstudy.plan import Machine, make_plan
+    from ckptstudy.tools.plan import Machine, make_plan
 
     jobs = [(model, with_model(model, overrides)) for model, overrides in cfg["plan_jobs"]]
     if measured_job and "_raw" in measured_job:

@@ -22,7 +22,7 @@ def capture_request(batch: int, length: int, seed: int = 0):
     duplicate / previous-token diagonals of a BOS + R + R layout, class mass on 9 key classes (8 one-hot +
     an overlapping LOW_INFO) over queries from position 32 on, row entropy of two query kinds; each with
     and without the sink."""
-    from ckptstudy.attention_stats import StatsRequest
+    from ckptstudy.measure.attention_stats import StatsRequest
     from ckptstudy.metrics.icl_heads import repeat_pattern_positions
 
     gen = torch.Generator().manual_seed(seed)
@@ -57,8 +57,8 @@ def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, w
     (output_attentions=True), tl (TransformerLens run_with_cache of every hook_pattern), fused / fused_nll
     (ckptstudy capture_stats without / with the per-token NLL of the icl pass), eager_hooks (capture_stats
     method="eager": eager weights reduced inside per-layer hooks, today's path before the fused one)."""
-    from ckptstudy.attention_stats import reference_statistics
-    from ckptstudy.capture import capture_stats
+    from ckptstudy.measure.attention_stats import reference_statistics
+    from ckptstudy.measure.capture import capture_stats
 
     torch.set_grad_enabled(False)
     net = build_model(model, attn="sdpa" if method in ("bare", "bare_body") else "eager")
@@ -131,7 +131,7 @@ def ablation(model: str, method: str, prompts: int, length: int, repeat: int = 1
     """Per-head zero-ablation effects by one method: exact (ckptstudy batched, reuses the clean residual),
     naive (ckptstudy's reference loop, one HF forward per head), attribution (1 forward + 1 backward),
     tl_loop (TransformerLens: one run_with_hooks per head zeroing its hook_z)."""
-    from ckptstudy.ablation import attribution_effects, exact_effects, naive_effects
+    from ckptstudy.measure.ablation import attribution_effects, exact_effects, naive_effects
 
     net = build_model(model)
     targets = ablation_targets(net.config.vocab_size, prompts, length)
@@ -163,7 +163,7 @@ def generation(model: str, method: str, prompts: int, new_tokens: int, repeat: i
     """Greedy continuations of `prompts` random prompts of 24..32 tokens (left-padded in one batch):
     batched (ckptstudy greedy_generate, KV cache) or generate (HF model.generate on the same left-padded
     batch with its attention mask)."""
-    from ckptstudy.generation import greedy_generate, left_pad
+    from ckptstudy.measure.generation import greedy_generate, left_pad
 
     torch.set_grad_enabled(False)
     net = build_model(model)
@@ -265,7 +265,7 @@ def machine() -> dict:
     """This machine as `ckptstudy-plan` sees it (matmul rate, bandwidth, per-layer call overhead)."""
     from dataclasses import asdict
 
-    from ckptstudy.plan import FORWARD_EFFICIENCY, cpu_name, measure_machine
+    from ckptstudy.tools.plan import FORWARD_EFFICIENCY, cpu_name, measure_machine
 
     measured = measure_machine()
     matmul = round(measured.gflops / FORWARD_EFFICIENCY, 1)

@@ -21,13 +21,13 @@ import time
 
 import torch
 
-from ckptstudy.ablation import Targets, token_scores
-from ckptstudy.generation import Generation, NaturalLoops, entropy_of_logits
+from ckptstudy.measure.ablation import Targets, token_scores
+from ckptstudy.measure.generation import Generation, NaturalLoops, entropy_of_logits
+from ckptstudy.measure.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.metrics import icl_heads as icl
 from ckptstudy.metrics import low_info as li
 from ckptstudy.metrics import repetition as rep
-from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
 
 PATTERN = "attn.hook_pattern"
 

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def micro_suite() -> Path:
     """The embedded micro suite's directory; built on first use (a few minutes), then reused."""
     from ckptstudy.config import compose_config
-    from ckptstudy.suite import ensure_suite
+    from ckptstudy.model.suite import ensure_suite
 
     cfg = compose_config([f"paths.root={REPO / 'outputs'}"])
     return ensure_suite(cfg.model)
@@ -26,9 +26,9 @@ def micro_suite() -> Path:
 @pytest.fixture(scope="session")
 def final_micro_context(micro_suite):
     """A JobContext on the micro suite's last checkpoint with the default probes (for end-to-end family tests)."""
-    from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
     from ckptstudy.config import compose_config
     from ckptstudy.metrics import JobContext
+    from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
     from ckptstudy.probes import cached_probes
 
     step = max(int(p.name[4:]) for p in micro_suite.glob("step*"))
@@ -56,15 +56,15 @@ def run_cli(args: list[str], root: Path, env: dict | None = None, module: str = 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A byte-level BPE tokenizer in Pythia's conventions, trained on a few standard-library files."""
-    from ckptstudy.suite import train_tokenizer
+    from ckptstudy.model.suite import train_tokenizer
 
     texts = [Path(p).read_text(errors="replace") for p in sorted(Path(os.__file__).parent.glob("[a-c]*.py"))]
     return train_tokenizer(texts, 512)
 
 
 def tiny_neox(vocab_size: int = 512, layers: int = 2, d_model: int = 32, heads: int = 4, seed: int = 0):
-    """A small random-init GPT-NeoX with Pythia's choices (`ckptstudy.neox`), in eval mode."""
-    from ckptstudy.neox import make_neox
+    """A small random-init GPT-NeoX with Pythia's choices (`ckptstudy.model.neox`), in eval mode."""
+    from ckptstudy.model.neox import make_neox
 
     return make_neox(vocab_size, d_model, layers, heads, max_position_embeddings=512, seed=seed).eval()
 

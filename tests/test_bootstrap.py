@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ckptstudy import bootstrap, results, specialization
-from ckptstudy.bootstrap import Sample, decode, encode, interval, replicates, statistic
+from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.stats import bootstrap, specialization
+from ckptstudy.stats.bootstrap import Sample, decode, encode, interval, replicates, statistic
 
 RNG = np.random.default_rng(0)
 ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])

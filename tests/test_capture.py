@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ckptstudy.attention_stats import (
+from ckptstudy.measure.attention_stats import (
     STATS_IMPLEMENTATION,
     StatsRequest,
     attention_with_lse,
@@ -15,7 +15,7 @@ from ckptstudy.attention_stats import (
     layer_statistics,
     reference_statistics,
 )
-from ckptstudy.capture import (
+from ckptstudy.measure.capture import (
     UnsupportedModelError,
     attention_implementation,
     capture,
@@ -150,7 +150,7 @@ def test_eager_hook_capture_works_on_a_model_loaded_with_sdpa():
 
 
 def test_model_left_on_the_stats_implementation_behaves_like_sdpa():
-    from ckptstudy.attention_stats import register
+    from ckptstudy.measure.attention_stats import register
 
     model = tiny_neox(seed=10)
     ids = torch.randint(0, 500, (2, 12))
@@ -165,7 +165,7 @@ def test_model_left_on_the_stats_implementation_behaves_like_sdpa():
 
 
 def test_statistics_refuse_a_padded_pass():
-    from ckptstudy.attention_stats import StatsCollector, register
+    from ckptstudy.measure.attention_stats import StatsCollector, register
 
     model = tiny_neox(seed=11)
     ids = torch.randint(0, 500, (2, 12))

@@ -7,9 +7,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from ckptstudy import checkpoints
 from ckptstudy.config import CONF_DIR, compose_config
 from ckptstudy.job import run_job
+from ckptstudy.model import checkpoints
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 COMPOSE_ERRORS = (ConfigCompositionException, ConfigKeyError, ValidationError, HydraException)

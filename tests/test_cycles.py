@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptstudy.cycles import DEFINITIONS, Cycle, LoopRule, trailing_cycle, trailing_cycles
+from ckptstudy.measure.cycles import DEFINITIONS, Cycle, LoopRule, trailing_cycle, trailing_cycles
 
 
 def paper_reference(seq: list[int], min_period=2, max_period=500, min_copies=2):

@@ -52,8 +52,8 @@ def test_every_scalar_without_a_sample_gets_its_reason_or_is_flagged():
 
     import numpy as np
 
-    from ckptstudy.bootstrap import Sample
     from ckptstudy.metrics import FamilyResult
+    from ckptstudy.stats.bootstrap import Sample
 
     result = FamilyResult(scalars={"f/rate": 0.5, "f/count": 3.0, "f/layer_2": 1.0, "f/gone": math.nan, "f/mean": 2.0})
     result.add_sample("f/rate", Sample("mean", np.array([0.0, 1.0])))

@@ -75,7 +75,7 @@ def test_loaded_weights_differ_between_revisions(tmp_path, fake_hub, tiny_tokeni
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", fake_hub["HF_HUB_CACHE"])
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    from ckptstudy.checkpoints import CheckpointSource, load_checkpoint, weights_sha256
+    from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint, weights_sha256
 
     a, _ = load_checkpoint(CheckpointSource("t", 1000, "hub", REPO_ID, "step1000"))
     b, tok = load_checkpoint(CheckpointSource("t", 4000, "hub", REPO_ID, "step4000"))
@@ -123,7 +123,7 @@ def test_unreachable_hub_without_cache_fails_fast(tmp_path, monkeypatch):
     # not offline: the endpoint (a closed local port) is checked once instead of retrying for minutes
     import huggingface_hub.constants as hub_constants
 
-    from ckptstudy import checkpoints
+    from ckptstudy.model import checkpoints
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.attention_stats import StatsRequest
-from ckptstudy.bootstrap import statistic
-from ckptstudy.capture import capture, capture_stats, model_parts
+from ckptstudy.measure.attention_stats import StatsRequest
+from ckptstudy.measure.capture import capture, capture_stats, model_parts
 from ckptstudy.metrics import icl_heads
 from ckptstudy.metrics.icl_heads import (
     head_pattern_sums,
@@ -20,6 +19,7 @@ from ckptstudy.metrics.icl_heads import (
     repeat_pattern_positions,
     token_nll,
 )
+from ckptstudy.stats.bootstrap import statistic
 from conftest import tiny_neox
 
 R = 5

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckptstudy.ablation import (
+from ckptstudy.measure.ablation import (
     EffectRows,
     Targets,
     attribution_effect_rows,
@@ -20,10 +20,8 @@ from ckptstudy.ablation import (
     exact_effects,
     naive_effects,
 )
-from ckptstudy.bootstrap import Sample, intervals, replicates, statistic
-from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
-from ckptstudy.cycles import LoopRule
-from ckptstudy.generation import Generation, NaturalLoops
+from ckptstudy.measure.cycles import LoopRule
+from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult, icl_heads
 from ckptstudy.metrics.icl_heads import (
     concentration,
@@ -34,7 +32,9 @@ from ckptstudy.metrics.icl_heads import (
     specialization_scalars,
     validate_attribution,
 )
-from ckptstudy.specialization import (
+from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
+from ckptstudy.stats.bootstrap import Sample, intervals, replicates, statistic
+from ckptstudy.stats.specialization import (
     cosine,
     effective_heads,
     gini,

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.cycles import LoopRule
-from ckptstudy.generation import Generation, NaturalLoops
+from ckptstudy.measure.cycles import LoopRule
+from ckptstudy.measure.generation import Generation, NaturalLoops
+from ckptstudy.measure.token_classes import CLASS_INDEX, classify, low_information_ids, vocabulary_classes
 from ckptstudy.metrics import low_info
 from ckptstudy.metrics.low_info import (
     KEY_CLASSES,
@@ -24,7 +25,6 @@ from ckptstudy.metrics.low_info import (
     entropy_sums,
     uniform_mass,
 )
-from ckptstudy.token_classes import CLASS_INDEX, classify, low_information_ids, vocabulary_classes
 from conftest import tiny_neox
 
 
@@ -358,7 +358,7 @@ def measure_on_constructed_loops(tiny_tokenizer, model=None):
 
 
 def test_every_scalar_has_a_sample_whose_full_sample_statistic_is_the_reported_value(tiny_tokenizer):
-    from ckptstudy.bootstrap import statistic
+    from ckptstudy.stats.bootstrap import statistic
 
     result = measure_on_constructed_loops(tiny_tokenizer)
     without = result.without_interval(low_info.NO_INTERVAL)

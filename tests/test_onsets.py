@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ckptstudy.onsets import onset_intervals, onset_step, onsets
+from ckptstudy.stats.onsets import onset_intervals, onset_step, onsets
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600]
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.bootstrap import statistic
-from ckptstudy.capture import capture
+from ckptstudy.measure.capture import capture
+from ckptstudy.measure.residual import layer_inputs, run_layers, tap_residual
 from ckptstudy.metrics import JobContext, perturb
 from ckptstudy.metrics.perturb import (
     PROFILE_OFFSETS,
@@ -29,7 +29,7 @@ from ckptstudy.metrics.perturb import (
     target_response,
     unit_directions,
 )
-from ckptstudy.residual import layer_inputs, run_layers, tap_residual
+from ckptstudy.stats.bootstrap import statistic
 from conftest import tiny_neox
 
 V, D, HEADS, R = 64, 256, 2, 20

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ckptstudy import plan
-from ckptstudy.plan import Machine, Pass, Shape, make_plan, pass_flops
+from ckptstudy.tools import plan
+from ckptstudy.tools.plan import Machine, Pass, Shape, make_plan, pass_flops
 
 FIXED = Machine("fixed", gflops=100.0, bandwidth_gbs=10.0, layer_overhead_ms=0.2, source="test")
 

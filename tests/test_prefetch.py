@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptstudy import prefetch
+from ckptstudy.tools import prefetch
 from test_hub_loading import REPO_ID, make_fake_hub_cache
 
 REPO_FOLDER = f"models--{REPO_ID.replace('/', '--')}"

@@ -8,11 +8,12 @@ import re
 
 import pytest
 
-from ckptstudy import onsets, refine
-from ckptstudy.checkpoints import PYTHIA_STEPS, available_steps
 from ckptstudy.config import compose_config
 from ckptstudy.job import run_job
-from ckptstudy.refine import LOCATED, NO_CHANGE, REFINE, START, middle_steps, plan_refinement
+from ckptstudy.model.checkpoints import PYTHIA_STEPS, available_steps
+from ckptstudy.stats import onsets
+from ckptstudy.tools import refine
+from ckptstudy.tools.refine import LOCATED, NO_CHANGE, REFINE, START, middle_steps, plan_refinement
 
 METRIC = "icl/induction_max"
 

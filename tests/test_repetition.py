@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ckptstudy.cycles import LoopRule
-from ckptstudy.generation import Generation, NaturalLoops, greedy_generate, left_pad
+from ckptstudy.measure.cycles import LoopRule
+from ckptstudy.measure.generation import Generation, NaturalLoops, greedy_generate, left_pad
 from ckptstudy.metrics.repetition import (
     analyze_generations,
     cycle_entropies,
@@ -164,7 +164,7 @@ def test_prompts_that_fill_the_context_are_refused_by_name():
 
 
 def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
-    from ckptstudy.bootstrap import statistic
+    from ckptstudy.stats.bootstrap import statistic
 
     rows = [
         list(range(100, 120)),  # no loop

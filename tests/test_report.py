@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from ckptstudy import results
-from ckptstudy.bootstrap import Sample
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.report import render
-from ckptstudy.summary import report_main, summarize
+from ckptstudy.report.html import render
+from ckptstudy.report.summary import report_main, summarize
+from ckptstudy.stats.bootstrap import Sample
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 SETTINGS = {"n": 100, "level": 0.9, "seed": 0, "min_prompts": 5}
@@ -148,7 +148,7 @@ def test_report_is_one_self_contained_page_with_every_section(study):
 
 
 def test_head_tables_for_wandb_hold_layer_x_head_arrays_only(study):
-    from ckptstudy.summary import head_tables
+    from ckptstudy.report.summary import head_tables
 
     records = results.load_records(study["root"], "demo")
     tables = head_tables(records, "small")
@@ -205,7 +205,7 @@ def test_report_renders_in_a_browser_without_errors_and_every_image_decodes(stud
 def test_a_broken_image_is_caught_by_the_browser_check(study, tmp_path):
     if chromium() is None:
         pytest.skip("no headless browser: install Debian's `chromium` to run this check")
-    from ckptstudy.report import TEST_SCRIPT
+    from ckptstudy.report.html import TEST_SCRIPT
 
     page = tmp_path / "broken.html"
     page.write_text(
@@ -259,7 +259,7 @@ def test_trajectory_runs_carry_tags_and_the_report_and_table_as_artifacts(tmp_pa
 
 
 def test_trajectory_plot_draws_bands_onset_spans_and_a_tokens_axis(study):
-    from ckptstudy.plots import trajectory_figure
+    from ckptstudy.report.plots import trajectory_figure
 
     table = pd.read_csv(study["dir"] / "trajectories.csv")
     ok = table[table["status"] == "ok"]
@@ -275,7 +275,7 @@ def test_trajectory_plot_draws_bands_onset_spans_and_a_tokens_axis(study):
 
 
 def test_left_out_intervals_are_listed_with_their_reasons():
-    from ckptstudy.report import _nan_interval_rows
+    from ckptstudy.report.html import _nan_interval_rows
 
     reasons = {
         ("micro", 8): {

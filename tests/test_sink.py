@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ckptstudy.bootstrap import statistic
+from ckptstudy.measure.residual import clamp_mlp, tap_mlp
 from ckptstudy.metrics import JobContext, sink
 from ckptstudy.metrics.sink import (
     convergence,
@@ -27,7 +27,7 @@ from ckptstudy.metrics.sink import (
     patch_plan,
     single_repeat_ids,
 )
-from ckptstudy.residual import clamp_mlp, tap_mlp
+from ckptstudy.stats.bootstrap import statistic
 from conftest import tiny_neox
 
 

@@ -12,9 +12,9 @@ import torch
 from transformers import GPTNeoXConfig
 
 from ckptstudy.config import compose_config
-from ckptstudy.neox import make_neox, neox_config
-from ckptstudy.suite import BatchSampler, build_suite, ensure_suite, is_built, read_manifest
-from ckptstudy.suite_spec import SuiteSpec, spec_from_config
+from ckptstudy.model.neox import make_neox, neox_config
+from ckptstudy.model.suite import BatchSampler, build_suite, ensure_suite, is_built, read_manifest
+from ckptstudy.model.suite_spec import SuiteSpec, spec_from_config
 
 # The hash of the default micro recipe names the build under outputs/suite/micro. If this changes, every
 # existing build is retrained on next use: change it only when the recipe change is meant.
@@ -34,7 +34,7 @@ def test_micro_checkpoint_steps():
 
 def test_spec_module_loads_no_model_code():
     code = (
-        "import sys, ckptstudy.suite_spec\n"
+        "import sys, ckptstudy.model.suite_spec\n"
         "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'tokenizers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -134,7 +134,7 @@ def test_tiny_build_is_deterministic_and_reused(tmp_path, monkeypatch):
     assert tokenizer["added_tokens"][0]["content"] == "<|endoftext|>" and tokenizer["added_tokens"][0]["id"] == 0
 
     # a finished build of the same spec is reused; another spec is not
-    monkeypatch.setattr("ckptstudy.suite.train_tokenizer", lambda *a: pytest.fail("rebuilt a finished suite"))
+    monkeypatch.setattr("ckptstudy.model.suite.train_tokenizer", lambda *a: pytest.fail("rebuilt a finished suite"))
     assert build_suite(spec, a) == a and is_built(spec, a)
     assert not is_built(small_spec(seed=1), a)
 

@@ -8,8 +8,8 @@ import sys
 
 from hydra.experimental.callback import Callback
 
-from ckptstudy.suite import ensure_suite
-from ckptstudy.summary import summarize_study
+from ckptstudy.model.suite import ensure_suite
+from ckptstudy.report.summary import summarize_study
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import sys
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ckptstudy.config import compose_config
-from ckptstudy.summary import summarize_study
+from ckptstudy.report.summary import summarize_study
 
 
 def trajectories(argv: list[str] | None = None) -> None:

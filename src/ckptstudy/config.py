@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ckptstudy.checkpoints import available_steps
+from ckptstudy.model.checkpoints import available_steps
 from ckptstudy.schemas import register_family_schemas
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import __version__
-from ckptstudy.checkpoints import CheckpointSource, checkpoint_dir
+from ckptstudy.model.checkpoints import CheckpointSource, checkpoint_dir
 from ckptstudy.probes import PROBES_VERSION
 
 HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ckptstudy import checkpoints, fingerprint, results
-from ckptstudy.cycles import check_loop_parameters
+from ckptstudy import fingerprint, results
+from ckptstudy.measure.cycles import check_loop_parameters
 from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
+from ckptstudy.model import checkpoints
+from ckptstudy.model.suite import ensure_suite
 from ckptstudy.probes import cached_probes, check_probe_config
-from ckptstudy.suite import ensure_suite
-from ckptstudy.tracking import Tracker, TrackingError
+from ckptstudy.report.tracking import Tracker, TrackingError
 
 log = logging.getLogger("ckptstudy")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ckptstudy.corpus import CorpusError, load_source_texts
-from ckptstudy.cycles import trailing_cycle
+from ckptstudy.measure.cycles import trailing_cycle
+from ckptstudy.model.corpus import CorpusError, load_source_texts
 from ckptstudy.results import atomic_write_bytes
 
 log = logging.getLogger(__name__)

@@ -111,7 +111,7 @@ def temp_files(directory: Path) -> list[Path]:
 @pytest.fixture
 def loads(monkeypatch) -> list:
     """Records every weights load (`checkpoints.load_model`): refusals must leave it empty."""
-    from ckptstudy import checkpoints
+    from ckptstudy.model import checkpoints
 
     calls = []
     real = checkpoints.load_model

@@ -105,7 +105,7 @@ def test_pickle_that_would_run_code_is_refused_and_never_unpickled(micro_suite, 
 def test_loading_never_trusts_remote_code_and_unpickles_tensors_only(micro_suite, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ckptstudy.checkpoints import CheckpointSource, load_checkpoint
+    from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
 
     seen = []
     for cls in (AutoModelForCausalLM, AutoTokenizer):
@@ -162,7 +162,7 @@ def test_hub_record_is_recomputed_when_the_revision_moves_to_another_commit(micr
 
 @pytest.mark.parametrize("change", ["truncate", "garbage"])
 def test_damaged_safetensors_is_named_before_loading(micro_suite, tmp_path, change):
-    from ckptstudy.checkpoints import CheckpointError, CheckpointSource, inspect_checkpoint
+    from ckptstudy.model.checkpoints import CheckpointError, CheckpointSource, inspect_checkpoint
 
     directory = tmp_path / "step1"
     shutil.copytree(micro_suite / "step1", directory)

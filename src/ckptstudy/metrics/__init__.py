@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ckptstudy.bootstrap import Sample, encode, record_intervals
-from ckptstudy.cycles import LoopRule
-from ckptstudy.generation import NaturalLoops, natural_loops
+from ckptstudy.measure.cycles import LoopRule
+from ckptstudy.measure.generation import NaturalLoops, natural_loops
+from ckptstudy.stats.bootstrap import Sample, encode, record_intervals
 
 
 @dataclass
@@ -23,7 +23,7 @@ class FamilyResult:
     saved with the record and drawn as heatmaps; raw: other arrays saved with the record (e.g.
     generated ids) for re-analysis; histograms: value samples logged as W&B histograms; bars: small
     {label: value} charts logged as W&B bar charts; samples: the per-prompt values a scalar is a statistic
-    of (`ckptstudy.bootstrap.Sample`), for its bootstrap interval; `add_sample` also puts them in `raw`,
+    of (`ckptstudy.stats.bootstrap.Sample`), for its bootstrap interval; `add_sample` also puts them in `raw`,
     so they are saved with the record and intervals can be recomputed without the model.
     """
 

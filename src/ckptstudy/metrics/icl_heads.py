@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ckptstudy.ablation import (
+from ckptstudy.measure.ablation import (
     ABLATIONS,
     SCORES,
     EffectRows,
@@ -43,12 +43,12 @@ from ckptstudy.ablation import (
     exact_effect_rows,
     exact_effects,
 )
-from ckptstudy.attention_stats import StatsRequest
-from ckptstudy.bootstrap import Sample
-from ckptstudy.capture import capture_stats
-from ckptstudy.generation import NaturalLoops, greedy_generate
+from ckptstudy.measure.attention_stats import StatsRequest
+from ckptstudy.measure.capture import capture_stats
+from ckptstudy.measure.generation import NaturalLoops, greedy_generate
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.specialization import (
+from ckptstudy.stats.bootstrap import Sample
+from ckptstudy.stats.specialization import (
     cosine,
     effective_heads,
     gini,

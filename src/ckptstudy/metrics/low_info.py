@@ -6,7 +6,7 @@ For the queries of a context, per layer and head:
 - "nosink" variants drop key 0 (the attention sink) and renormalise each row over the other keys.
 - entropy (nats) of attention rows whose query token is low-information (unigram surprisal in the
   bottom `quantile` of the probe corpus) or a content word; also normalised by log(number of keys).
-Key classes: the token classes of ckptstudy.token_classes plus LOW_INFO (surprisal-based).
+Key classes: the token classes of ckptstudy.measure.token_classes plus LOW_INFO (surprisal-based).
 
 Contexts, compared like with like (queries inside the copies of a cycle in both loop kinds):
 - natural: prompt + generation of the natural prompts whose continuation loops (`ctx.natural_loops()`),
@@ -36,12 +36,12 @@ import math
 import numpy as np
 import torch
 
-from ckptstudy.attention_stats import StatsRequest
-from ckptstudy.bootstrap import Sample
-from ckptstudy.capture import capture_stats
-from ckptstudy.generation import NaturalLoops
+from ckptstudy.measure.attention_stats import StatsRequest
+from ckptstudy.measure.capture import capture_stats
+from ckptstudy.measure.generation import NaturalLoops
+from ckptstudy.measure.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
+from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 3  # 2: natural queries from the first copy; NaN reasons; headline = the _nosink ratio
 # 3: bootstrap samples for every scalar (per-prompt statistics from the one fused pass)

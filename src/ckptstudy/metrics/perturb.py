@@ -37,7 +37,7 @@ repeat). Hence also a distance-matched control:
 instead of the repeat: same positions, distances and perturbed tokens, nothing to copy); ~1 without
 induction whatever the positional pattern.
 
-Bootstrap samples (`ckptstudy.bootstrap`) over the `random_repeat` prompts, per layer:
+Bootstrap samples (`ckptstudy.stats.bootstrap`) over the `random_repeat` prompts, per layer:
 induction_ratio_l{m} and induction_control_l{m} are ratios of sums over prompts (ratio_of_sums:
 per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row);
 their maxima over layers are the maxima of those per-layer ratios of sums (`reduce="max"`). `NO_INTERVAL`
@@ -51,10 +51,10 @@ import math
 import numpy as np
 import torch
 
-from ckptstudy.bootstrap import Sample
-from ckptstudy.capture import model_parts
+from ckptstudy.measure.capture import model_parts
+from ckptstudy.measure.residual import layer_inputs, run_layers
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.residual import layer_inputs, run_layers
+from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 2  # 2: bootstrap samples for the maxima over layers
 _FEW_PROMPTS = (

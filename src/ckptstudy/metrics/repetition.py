@@ -1,6 +1,6 @@
 """Natural repetition (`rep/`): does greedy generation from ordinary text fall into a loop, where, how?
 
-Each `natural` prompt is continued greedily for G tokens; the continuation's loop (ckptstudy.cycles,
+Each `natural` prompt is continued greedily for G tokens; the continuation's loop (ckptstudy.measure.cycles,
 one rule per job: config `loops`) gives whether it loops, the loop's period, its onset (index in the
 generation where the loop starts) and its number of full cycles from the onset on. Per checkpoint:
 - rep/natural_rate: share of prompts whose continuation ends in a loop;
@@ -31,10 +31,10 @@ import math
 import numpy as np
 import torch
 
-from ckptstudy.bootstrap import Sample
-from ckptstudy.cycles import LoopRule
-from ckptstudy.generation import Generation, NaturalLoops
+from ckptstudy.measure.cycles import LoopRule
+from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 2  # 2: degenerate-loop rates; cycle entropies over one fixed set of loops, within-loop slope
 NO_INTERVAL = {

@@ -1,7 +1,7 @@
 """Attention sinks and the repeated-token phenomenon (`sink/`), after Yona et al., "Interpreting the
 Repeated Token Phenomenon" (ICML 2025).
 
-Residual points as in ckptstudy.residual: "layer l" below is the output of layer l (0-based).
+Residual points as in ckptstudy.measure.residual: "layer l" below is the output of layer l (0-based).
 - Sink score of a head = mean attention on key 0 over the queries 1..s-1 of `long_text` windows
   (clipped to the context; uniform causal attention gives mean_q 1/(q+1), ~0.030 at 128 tokens);
   first-norm ratio of a layer = mean over windows of ||h_0|| / the median
@@ -32,7 +32,7 @@ Residual points as in ckptstudy.residual: "layer l" below is the output of layer
   mean_other at every position >= 1. patch_cos_drop = repeat_cos_max - repeat_cos_max with the patch;
   patch_loss_delta = mean next-token NLL (nats) on `long_text` with the patch minus without.
 
-Bootstrap samples (`ckptstudy.bootstrap`), from the same passes: score_max / first_norm_ratio_max
+Bootstrap samples (`ckptstudy.stats.bootstrap`), from the same passes: score_max / first_norm_ratio_max
 (max_of_mean over per-window values [n, layer(, head)]), score_mean and patch_loss_delta (mean over
 windows) on `long_text`; repeat_cos_max / repeat_cos_self_max (max_of_mean over per-token cos [tokens,
 layer]) and converge_share (mean of 0/1 per token) on the repeated tokens ("sink_repeat");
@@ -49,11 +49,11 @@ import math
 import numpy as np
 import torch
 
-from ckptstudy.bootstrap import Sample
-from ckptstudy.capture import capture, model_parts
-from ckptstudy.generation import greedy_generate
+from ckptstudy.measure.capture import capture, model_parts
+from ckptstudy.measure.generation import greedy_generate
+from ckptstudy.measure.residual import clamp_mlp, tap_mlp, tap_residual
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.residual import clamp_mlp, tap_mlp, tap_residual
+from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 2  # 2: bootstrap samples for repeat_norm_ratio and patch_cos_drop
 NO_INTERVAL = {

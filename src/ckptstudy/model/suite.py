@@ -2,9 +2,9 @@
 
 Pythia weights cannot be downloaded on machines without internet, so the default
 study runs on a suite trained on this machine: a GPT-NeoX model with Pythia's
-architecture choices (`ckptstudy.neox`), its own byte-level BPE tokenizer, trained
-deterministically on the Python standard library's sources (`ckptstudy.corpus`).
-The recipe, its checkpoint steps and its directory are `ckptstudy.suite_spec`.
+architecture choices (`ckptstudy.model.neox`), its own byte-level BPE tokenizer, trained
+deterministically on the Python standard library's sources (`ckptstudy.model.corpus`).
+The recipe, its checkpoint steps and its directory are `ckptstudy.model.suite_spec`.
 
 The data follows a curriculum so the suite shows the phenomena the tool measures:
 ordinary text first (natural repetition appears early), then mostly sequences made of
@@ -30,10 +30,10 @@ from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from ckptstudy.config import compose_config
-from ckptstudy.corpus import load_corpus
-from ckptstudy.neox import make_neox
+from ckptstudy.model.corpus import load_corpus
+from ckptstudy.model.neox import make_neox
+from ckptstudy.model.suite_spec import SuiteSpec, spec_from_config, suite_dir
 from ckptstudy.progress import progress_bar
-from ckptstudy.suite_spec import SuiteSpec, spec_from_config, suite_dir
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ Statistics (`Sample.statistic`):
   head-mean masses [n] give the same head mean; a mean attention entropy: summed entropy over rows counted);
 - `vector` (`function`, `k`, `threshold`): a function of the per-head vector v = sum of `values` [n, heads]
   over prompts / sum of `weights` [n] (the mean over prompts without weights): `positive_total` =
-  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `ckptstudy.specialization`'s concentration of v, NaN where
+  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `ckptstudy.stats.specialization`'s concentration of v, NaN where
   the positive total is below `threshold` (an ablation effect vector pooled over target positions);
 - `ratio` / `difference`: the statistic of sample `of[0]` over / minus that of sample `of[1]`, two keys of
   the same checkpoint, often on independent prompt sets (each is resampled as its own prompt set);
@@ -52,7 +52,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from ckptstudy import specialization
+from ckptstudy.stats import specialization
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
 
 
 def vector_function(vectors: np.ndarray, function: str, k: int | None = None, threshold: float | None = None):
-    """`function` of each row of vectors [R, heads] (see `ckptstudy.specialization`): positive total, top-k
+    """`function` of each row of vectors [R, heads] (see `ckptstudy.stats.specialization`): positive total, top-k
     share, effective number or Gini of the clipped, normalised vector; NaN where the positive total is not
     positive or below `threshold`, or the row is not finite."""
     clipped = np.clip(vectors, 0.0, None)
@@ -194,7 +194,7 @@ def vector_function(vectors: np.ndarray, function: str, k: int | None = None, th
 
 def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
     """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
-    top-k head sets, Spearman rank correlation (`ckptstudy.specialization`, one replicate at a time)."""
+    top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`, one replicate at a time)."""
     out = np.full(len(a), np.nan)
     for r, (x, y) in enumerate(zip(torch.from_numpy(a), torch.from_numpy(b))):
         if not (torch.isfinite(x).all() and torch.isfinite(y).all()):

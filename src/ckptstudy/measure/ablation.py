@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptstudy.capture import hooks, layer_output, model_parts
+from ckptstudy.measure.capture import hooks, layer_output, model_parts
 
 SCORES = ("logprob", "contrast")
 ABLATIONS = ("zero", "mean")

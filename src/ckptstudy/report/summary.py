@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 
 from ckptstudy import results
-from ckptstudy.bootstrap import MIN_PROMPTS, checked_intervals, decode, replicates, without_samples
 from ckptstudy.config import compose_config
-from ckptstudy.onsets import onset_intervals, onsets
-from ckptstudy.plots import save_figure, trajectory_figure
-from ckptstudy.report import ReportData, is_head_array, write_report
-from ckptstudy.specialization import jaccard, jaccard_chance, top_heads
-from ckptstudy.tracking import Tracker
+from ckptstudy.report.html import ReportData, is_head_array, write_report
+from ckptstudy.report.plots import save_figure, trajectory_figure
+from ckptstudy.report.tracking import Tracker
+from ckptstudy.stats.bootstrap import MIN_PROMPTS, checked_intervals, decode, replicates, without_samples
+from ckptstudy.stats.onsets import onset_intervals, onsets
+from ckptstudy.stats.specialization import jaccard, jaccard_chance, top_heads
 
 log = logging.getLogger(__name__)
 DEFAULT_BOOTSTRAP = {"n": 200, "level": 0.95, "seed": 0, "min_prompts": MIN_PROMPTS}

@@ -1,7 +1,7 @@
 """What a micro suite is: its recipe (`SuiteSpec`), the steps it saves, and where its checkpoints live.
 
 No heavy imports: `checkpoints.py` asks this module which steps a suite model has without loading torch
-models or tokenizers. Building a suite (corpus, tokenizer, training loop) is `ckptstudy.suite`.
+models or tokenizers. Building a suite (corpus, tokenizer, training loop) is `ckptstudy.model.suite`.
 """
 
 from __future__ import annotations

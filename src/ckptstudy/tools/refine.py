@@ -48,11 +48,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from omegaconf import DictConfig
 
-from ckptstudy import checkpoints, fingerprint, onsets, results
+from ckptstudy import fingerprint, results
 from ckptstudy.cli import take_override
 from ckptstudy.config import CONF_DIR, compose_config
-from ckptstudy.suite import ensure_suite
-from ckptstudy.summary import summarize_study
+from ckptstudy.model import checkpoints
+from ckptstudy.model.suite import ensure_suite
+from ckptstudy.report.summary import summarize_study
+from ckptstudy.stats import onsets
 
 START = "start"  # fewer than two values: measure the first and the last checkpoint
 REFINE = "refine"  # checkpoints remain inside the bracket: measure `next_steps`

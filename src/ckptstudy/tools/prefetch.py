@@ -25,9 +25,9 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import disable_progress_bars
 from omegaconf import DictConfig
 
-from ckptstudy import checkpoints
 from ckptstudy.cli import sweep_values, take_override
 from ckptstudy.config import compose_config
+from ckptstudy.model import checkpoints
 from ckptstudy.progress import is_terminal
 
 DEFAULT_WORKERS = 4  # revisions downloaded at once

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ckptstudy.plots import head_snapshots_figure, head_step_figure, png_bytes, trajectory_figure
+from ckptstudy.report.plots import head_snapshots_figure, head_step_figure, png_bytes, trajectory_figure
 from ckptstudy.results import RECORD_COLUMNS, atomic_write_bytes, step_number
 
 PACKAGES = ("torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib", "wandb")

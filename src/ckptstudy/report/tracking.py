@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ckptstudy.plots import heatmap_figure, png_bytes
+from ckptstudy.report.plots import heatmap_figure, png_bytes
 
 log = logging.getLogger(__name__)
 

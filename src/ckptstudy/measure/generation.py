@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptstudy.cycles import LoopRule
+from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.progress import progress_bar
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ckptstudy.capture import UnsupportedModelError, hooks, layer_output, model_parts
+from ckptstudy.measure.capture import UnsupportedModelError, hooks, layer_output, model_parts
 
 TensorFn = Callable[[int, torch.Tensor], None]  # (residual point or layer, tensor) -> None
 LAYER_KWARGS = ("attention_mask", "position_ids", "position_embeddings")

@@ -3,7 +3,7 @@
 Two paths, both summing reductions over batch chunks (callers divide by their own counts):
 - `capture_stats` (the default for the `icl/` and `lowinfo/` families): the statistics of a `StatsRequest`
   (diagonal weights, class mass, row entropy, with and without the sink) come out of a registered attention
-  function (`ckptstudy.attention_stats`) that keeps the fused SDPA kernel for the output and never
+  function (`ckptstudy.measure.attention_stats`) that keeps the fused SDPA kernel for the output and never
   materialises the [batch, head, query, key] weights. `method="eager"` computes the same dictionary from
   eager weights inside per-layer hooks (the reference).
 - `capture`: eager attention weights of one layer are handed to a reducer inside that layer's hook and
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptstudy import attention_stats
-from ckptstudy.attention_stats import StatsCollector, StatsRequest, reference_statistics
+from ckptstudy.measure import attention_stats
+from ckptstudy.measure.attention_stats import StatsCollector, StatsRequest, reference_statistics
 
 # (layer, attn[b,h,q,k], chunk) -> a tensor or a dict of tensors; chunk = {"ids": [b,s], **row_data rows}
 AttnReducer = Callable[[int, torch.Tensor, dict], "torch.Tensor | dict[str, torch.Tensor]"]

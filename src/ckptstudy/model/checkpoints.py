@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ckptstudy.suite_spec import spec_from_config
+from ckptstudy.model.suite_spec import spec_from_config
 
 log = logging.getLogger(__name__)
 

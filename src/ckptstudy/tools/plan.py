@@ -39,11 +39,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ckptstudy import checkpoints
 from ckptstudy.config import compose_config
-from ckptstudy.generation import greedy_generate
+from ckptstudy.measure.generation import greedy_generate
 from ckptstudy.metrics import family_function
-from ckptstudy.neox import make_neox
+from ckptstudy.model import checkpoints
+from ckptstudy.model.neox import make_neox
 
 LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
 PYTHIA_VOCAB = 50304

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ckptstudy.bootstrap import interval
+from ckptstudy.stats.bootstrap import interval
 
 
 def _held(rel: np.ndarray, persist: int) -> np.ndarray:

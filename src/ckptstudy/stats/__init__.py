@@ -1,0 +1,1 @@
+"""Statistics over prompts and steps: bootstrap intervals, concentration of effect vectors, onsets."""

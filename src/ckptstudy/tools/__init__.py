@@ -1,0 +1,1 @@
+"""Console tools around a sweep: the cost plan, onset refinement, checkpoint prefetch."""
