@@ -9,7 +9,9 @@ Sections (random-init models with real Pythia shapes stand in for real weights; 
   tl_job.py (same numbers checked to a stated tolerance)
 - ablation: exact all-head effects vs the per-head run_with_hooks loop; attribution patching's rank
   correlation with exact on the same model
-- generation: batched greedy with the KV cache vs `model.generate` on the same left-padded batch
+- generation: the previous hand-written greedy loop vs `greedy_generate` (`model.generate` + an entropy logits
+  processor) on the same batch: a random-init Pythia-70m shape and the micro suite's final checkpoint on the
+  default natural probes, 3 fresh-process rounds in alternating order; tokens/s, ratio, same ids
 - plan: `ckptstudy-plan`'s estimate of each measured job vs its measured time; the machine calibration
   (forward GFLOP/s from the measured bare forward, bandwidth, per-layer overhead) is stored for the plan
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -66,7 +69,7 @@ def settings(quick: bool) -> dict:
             "capture_lengths": [128],
             "capture_batch": 2,
             "ablation": {"model": "micro", "prompts": 2, "length": 8},
-            "generation": {"model": "micro", "prompts": 4, "new_tokens": 8},
+            "generation": {"models": [{"model": "micro", "prompts": 4, "new_tokens": 8}], "rounds": 1, "repeat": 1},
             "job_model": "micro",
             "job_overrides": [
                 "experiment=smoke",
@@ -80,7 +83,11 @@ def settings(quick: bool) -> dict:
         "capture_lengths": [256, 1024],
         "capture_batch": 4,
         "ablation": {"model": "pythia-160m", "prompts": 4, "length": 16},
-        "generation": {"model": "pythia-70m", "prompts": 16, "new_tokens": 64},
+        "generation": {
+            "models": [{"model": "pythia-70m", "prompts": 16, "new_tokens": 64}, {"model": "micro-final"}],
+            "rounds": 3,  # fresh-process pairs per model, in alternating order
+            "repeat": 3,  # timed calls per process (median), after one untimed call
+        },
         "job_model": "pythia-70m",
         "job_overrides": JOB_OVERRIDES,
         "plan_jobs": [
@@ -288,25 +295,49 @@ def _spearman_top(estimate, exact, k: int) -> float:
 
 
 def generation_section(cfg: dict, threads: int, log) -> dict:
-    params = dict(cfg["generation"])
-    ours = spawn("generation", {**params, "method": "batched"}, threads)
-    log(f"generation batched: {_short(ours)}")
-    hf = spawn("generation", {**params, "method": "generate"}, threads)
-    log(f"generation generate: {_short(hf)}")
-    out = {**params}
-    if "error" in ours or "error" in hf:
-        out["error"] = ours.get("error") or hf.get("error")
-        return out
-    tokens = params["prompts"] * params["new_tokens"]
-    same = [a == b for a, b in zip(ours["ids"], hf["ids"])]
-    out.update(
-        batched_tok_per_s=round(tokens / ours["seconds"], 1),
-        generate_tok_per_s=round(tokens / hf["seconds"], 1),
-        speedup=round(hf["seconds"] / ours["seconds"], 2),
-        same_tokens=all(same),
-        rows_identical=f"{sum(same)}/{len(same)}",
-    )
-    return out
+    """The previous hand-written greedy loop vs `greedy_generate` (model.generate + the entropy logits processor)
+    on the same batch: `rounds` pairs of fresh processes per model, the order alternating (loop first, then
+    generate first, ...), each the median of `repeat` calls."""
+    spec = cfg["generation"]
+    rows = []
+    for params in spec["models"]:
+        runs: dict[str, list[dict]] = {"loop": [], "generate": []}
+        for r in range(spec["rounds"]):
+            for method in ("loop", "generate") if r % 2 == 0 else ("generate", "loop"):
+                result = spawn("generation", {**params, "method": method, "repeat": spec["repeat"]}, threads)
+                log(f"generation {params['model']} {method} (round {r + 1}): {_short(result)}")
+                runs[method].append(result)
+        rows.append(_generation_row(params["model"], runs))
+    return {"rounds": spec["rounds"], "repeat": spec["repeat"], "rows": rows}
+
+
+def _generation_row(model: str, runs: dict[str, list[dict]]) -> dict:
+    """tokens/s of both methods (median over rounds), generate's speed relative to the loop overall and per
+    round (> 1: generate is faster), and whether every run of both gave the same ids (and how far apart the
+    entropies are)."""
+    errors = [r["error"] for results in runs.values() for r in results if "error" in r]
+    if errors:
+        return {"model": model, "error": errors[0]}
+    loop, gen = runs["loop"], runs["generate"]
+    first = loop[0]
+    tokens = first["prompts"] * first["new_tokens"]
+    loop_s = statistics.median(r["seconds"] for r in loop)
+    gen_s = statistics.median(r["seconds"] for r in gen)
+    same = [a["ids"] == b["ids"] for a in loop for b in gen]
+    rows = [x == y for x, y in zip(loop[-1]["ids"], gen[-1]["ids"])]
+    return {
+        "model": model,
+        "probe": f"{first['prompts']} prompts x {first['new_tokens']} tokens, batches of {first['batch_size']}",
+        "loop_tok_per_s": round(tokens / loop_s, 1),
+        "generate_tok_per_s": round(tokens / gen_s, 1),
+        "generate_vs_loop": round(loop_s / gen_s, 3),
+        "generate_vs_loop_by_round": [round(a["seconds"] / b["seconds"], 3) for a, b in zip(loop, gen)],
+        "loop_times": [r["times"] for r in loop],
+        "generate_times": [r["times"] for r in gen],
+        "same_tokens": all(same),
+        "rows_identical": f"{sum(rows)}/{len(rows)}",
+        "max_entropy_diff": _max_diff(loop[-1]["entropy"], gen[-1]["entropy"]),
+    }
 
 
 def calibration(threads: int, capture: dict | None, log) -> dict:
@@ -466,14 +497,22 @@ def table(report: dict) -> str:
             )
         lines.append("")
     gen = report.get("generation")
-    if gen and "speedup" in gen:
-        lines.append("| generation | tokens/s | |")
-        lines.append("|---|---|---|")
-        lines.append(f"| {gen['model']}: ckptstudy batched greedy, KV cache | {gen['batched_tok_per_s']} | |")
-        lines.append(f"| HF model.generate, same left-padded batch | {gen['generate_tok_per_s']} | |")
+    if gen and gen.get("rows"):
         lines.append(
-            f"| ratio | {gen['speedup']:.2f}x | same tokens: {gen['same_tokens']} ({gen['rows_identical']} rows) |"
+            f"| greedy generation (median of {gen['rounds']} alternating rounds) | probe | previous loop tok/s "
+            "| greedy_generate (model.generate) tok/s | generate / loop | by round | same ids | max entropy diff |"
         )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for row in gen["rows"]:
+            if "error" in row:
+                lines.append(f"| {row['model']} | error: {row['error']} | | | | | | |")
+                continue
+            rounds = ", ".join(f"{r:.2f}" for r in row["generate_vs_loop_by_round"])
+            lines.append(
+                f"| {row['model']} | {row['probe']} | {row['loop_tok_per_s']} | {row['generate_tok_per_s']} "
+                f"| {row['generate_vs_loop']:.2f}x | {rounds} | {row['same_tokens']} ({row['rows_identical']} rows) "
+                f"| {row['max_entropy_diff']:.1g} |"
+            )
         lines.append("")
     plan = report.get("plan")
     if plan:

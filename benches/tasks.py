@@ -2,7 +2,7 @@
 
 - capture: everything the icl/ and lowinfo/ families read from attention, by one method
 - ablation: per-head effects by one method (ckptstudy exact / attribution, TransformerLens hook loop)
-- generation: greedy continuations by one method (ckptstudy batched KV cache, HF generate)
+- generation: greedy continuations by one method (the previous hand-written loop, greedy_generate)
 - job: one whole checkpoint job (ckptstudy's families, or the TransformerLens script in tl_job.py)
 - flops: this machine's matmul rate (stored for `ckptstudy-plan`)
 """
@@ -159,46 +159,72 @@ def ablation(model: str, method: str, prompts: int, length: int, repeat: int = 1
     }
 
 
-def generation(model: str, method: str, prompts: int, new_tokens: int, repeat: int = 1) -> dict:
-    """Greedy continuations of `prompts` random prompts of 24..32 tokens (left-padded in one batch):
-    batched (ckptstudy greedy_generate, KV cache) or generate (HF model.generate on the same left-padded
-    batch with its attention mask)."""
-    from ckptstudy.measure.generation import greedy_generate, left_pad
+MICRO_FINAL = "micro-final"  # the micro suite's last checkpoint, as `generation` names it
+
+
+def micro_final_batch():
+    """The micro suite's last checkpoint and the natural-loop batch a default job generates on it: (model,
+    prompts, new_tokens, pad_id, batch_size) from the default config's probes, `loops.new_tokens` (clipped
+    to the context) and `batch_size`. The suite is read from outputs/suite (never built here)."""
+    from ckptstudy.config import compose_config
+    from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
+    from ckptstudy.model.suite import is_built, spec_from_config, suite_dir
+    from ckptstudy.probes import cached_probes
+
+    cfg = compose_config([f"paths.root={REPO / 'outputs'}", "logger=none"])
+    directory = suite_dir(cfg.model)
+    if not is_built(spec_from_config(cfg.model), directory):
+        raise FileNotFoundError(f"the micro suite is not built under {directory}: run `make suite` first")
+    step = max(int(p.name[4:]) for p in directory.glob("step*"))
+    net, tok = load_checkpoint(CheckpointSource("micro", step, "local", str(directory / f"step{step}")))
+    natural = cached_probes(cfg.probes, tok, REPO / "outputs" / "bench" / "probes").natural
+    tokens = min(cfg.loops.new_tokens, net.config.max_position_embeddings - natural.shape[1])
+    return net, natural.tolist(), tokens, tok.pad_token_id or 0, cfg.batch_size
+
+
+def generation(
+    model: str, method: str, prompts: int = 16, new_tokens: int = 64, repeat: int = 3, warmup: int = 1
+) -> dict:
+    """Greedy continuations by one method: loop (the hand-written loop ckptstudy used before,
+    reference_greedy.py) or generate (ckptstudy `greedy_generate`: `model.generate` with the entropy logits
+    processor). `model` is a random-init shape (`prompts` random prompts of 24..32 tokens left-padded in one
+    batch, `new_tokens` each) or "micro-final" (`micro_final_batch`: 64 natural prompts x 96 tokens, batches
+    of 16). Median of `repeat` timed calls after `warmup` untimed ones; ids and entropies of the last."""
+    from reference_greedy import loop_greedy
+
+    from ckptstudy.measure.generation import greedy_generate
 
     torch.set_grad_enabled(False)
-    net = build_model(model)
-    gen = torch.Generator().manual_seed(1)
-    lists = [torch.randint(2, net.config.vocab_size, (24 + i % 9,), generator=gen).tolist() for i in range(prompts)]
-    if method == "batched":
+    if model == MICRO_FINAL:
+        net, lists, new_tokens, pad_id, batch_size = micro_final_batch()
+    else:
+        net = build_model(model)
+        gen = torch.Generator().manual_seed(1)
+        lists = [torch.randint(2, net.config.vocab_size, (24 + i % 9,), generator=gen).tolist() for i in range(prompts)]
+        pad_id, batch_size = 1, prompts
+    if method == "loop":
 
         def fn():
-            return greedy_generate(net, lists, new_tokens, pad_id=1, batch_size=prompts, desc=None).ids
+            return loop_greedy(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size)
 
     elif method == "generate":
-        ids, mask = left_pad(lists, pad_id=1)
 
         def fn():
-            out = net.generate(
-                ids,
-                attention_mask=mask,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=1,
-            )
-            return out[:, ids.shape[1] :]
+            return greedy_generate(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size, desc=None)
 
     else:
-        raise ValueError(f"unknown generation method {method!r}")
-    seconds, times, out = timed(fn, repeat=repeat)
+        raise ValueError(f"unknown generation method {method!r} (loop, generate)")
+    seconds, times, out = timed(fn, repeat=repeat, warmup=warmup)
     return {
         "model": model,
         "method": method,
-        "prompts": prompts,
+        "prompts": len(lists),
         "new_tokens": new_tokens,
+        "batch_size": batch_size,
         "seconds": seconds,
         "times": times,
-        "ids": out.tolist(),
+        "ids": out.ids.tolist(),
+        "entropy": out.entropy.tolist(),
     }
 
 

@@ -1,4 +1,4 @@
-"""Natural repetition: generation with padding, loop statistics on sequences with known cycles."""
+"""Natural repetition: loop statistics on sequences with known cycles (generation itself: test_generation.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckptstudy.measure.cycles import LoopRule
-from ckptstudy.measure.generation import Generation, NaturalLoops, greedy_generate, left_pad
+from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics.repetition import (
     analyze_generations,
     cycle_entropies,
@@ -19,28 +19,6 @@ from ckptstudy.metrics.repetition import (
     within_row_slopes,
 )
 from conftest import tiny_neox
-
-
-def test_left_pad_masks_the_padding():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-
-
-def test_padded_batch_generates_what_each_prompt_generates_alone():
-    model = tiny_neox(seed=1)
-    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
-    batched = greedy_generate(model, prompts, 10, pad_id=1, batch_size=3, desc=None)
-    for row, prompt in enumerate(prompts):
-        alone = greedy_generate(model, [prompt], 10, desc=None)
-        assert torch.equal(batched.ids[row], alone.ids[0])
-        torch.testing.assert_close(batched.entropy[row], alone.entropy[0], atol=1e-4, rtol=1e-4)
-    reference = model.generate(torch.tensor([prompts[0]]), max_new_tokens=10, do_sample=False)
-    assert batched.ids[0].tolist() == reference[0, len(prompts[0]) :].tolist()
-
-
-def test_empty_prompt_is_refused():
-    with pytest.raises(ValueError, match="empty prompt"):
-        greedy_generate(tiny_neox(), [[1, 2], []], 3, desc=None)
 
 
 def natural_loops_of(ids: list[list[int]], entropy: torch.Tensor, definition: str = "suffix") -> NaturalLoops:

@@ -1,15 +1,18 @@
-"""Batched greedy generation with the KV cache, shared by every family that needs continuations.
+"""Batched greedy generation through `model.generate`, shared by every family that needs continuations.
 
-Prompts of different lengths are left-padded; the attention mask hides the padding and
-position ids count only real tokens, so each row generates exactly what it would alone.
+Prompts of different lengths are left-padded; the attention mask hides the padding and `generate` counts
+position ids over real tokens only, so each row generates exactly what it would alone. A logits processor
+records the entropy of each step's raw next-token distribution.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.progress import progress_bar
@@ -41,15 +44,48 @@ def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def _cache_keyword(model) -> str:
-    """The forward keyword that takes the KV cache: `cache` (transformers >= 5.24) or `past_key_values`
-    (older releases; deprecated in 5.24 and removed in 5.40)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+class EntropyRecorder(LogitsProcessor):
+    """A logits processor that changes nothing: it keeps the entropy of every step's next-token
+    distribution ([n] per step) and advances `bar` by one token per row."""
+
+    def __init__(self, bar=None) -> None:
+        self.entropies: list[torch.Tensor] = []
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.entropies.append(entropy_of_logits(scores))
+        if self.bar is not None:
+            self.bar.update(scores.shape[0])
+        return scores
 
 
-def _returned_cache(output):
-    """The KV cache a forward returned, under either name."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
+def greedy_config(new_tokens: int, pad_id: int) -> GenerationConfig:
+    """Exactly `new_tokens` argmax tokens per row: no EOS (so no stop and no EOS suppression before
+    `min_new_tokens`), no penalty, no bad or suppressed tokens, no sampling."""
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+
+
+@contextmanager
+def generation_defaults(model, config: GenerationConfig) -> Iterator[None]:
+    """`model.generation_config` replaced by `config` for the duration of the block.
+
+    `generate` fills every field its `generation_config` argument leaves unset (None) from the model's
+    own generation config, and several fields that alter a greedy choice are off only when None (EOS,
+    bad words, suppressed or forced tokens, sequence bias, watermarking): a checkpoint's
+    generation_config.json would otherwise change which token is chosen or stop a row at EOS."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 @torch.no_grad()
@@ -61,40 +97,36 @@ def greedy_generate(
     batch_size: int = 16,
     desc: str | None = "greedy generation",
 ) -> Generation:
-    """Greedily continue every prompt by `new_tokens` tokens, `batch_size` prompts at a time."""
+    """Greedily continue every prompt by `new_tokens` tokens, `batch_size` prompts at a time
+    (`model.generate` with a clean greedy config; the checkpoint's generation config is not used)."""
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("greedy_generate needs at least one prompt and no empty prompt")
+    if new_tokens < 1:
+        raise ValueError(f"greedy_generate needs new_tokens >= 1, got {new_tokens}")
     device = next(model.parameters()).device
+    config = greedy_config(new_tokens, pad_id)
     ids_out, ent_out = [], []
     bar = progress_bar(total=len(prompts) * new_tokens, desc=desc, unit="tok", disable=desc is None, leave=False)
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[start : start + batch_size], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache_kwarg = _cache_keyword(model)
-        chosen, entropies = [], []
-        for i in range(new_tokens):
-            logits = out.logits[:, -1]
-            token = logits.argmax(-1)
-            chosen.append(token)
-            entropies.append(entropy_of_logits(logits))
-            bar.update(len(token))
-            if i == new_tokens - 1:
-                break
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            out = model(
-                input_ids=token[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                **{cache_kwarg: _returned_cache(out)},
+        recorder = EntropyRecorder(bar)
+        with generation_defaults(model, config):
+            out = model.generate(
+                ids.to(device),
+                attention_mask=mask.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
             )
-        ids_out.append(torch.stack(chosen, dim=1).cpu())
-        ent_out.append(torch.stack(entropies, dim=1).cpu())
+        chosen = out[:, ids.shape[1] :]
+        if chosen.shape[1] != new_tokens or len(recorder.entropies) != new_tokens:
+            raise RuntimeError(
+                f"model.generate returned {chosen.shape[1]} tokens and {len(recorder.entropies)} steps, "
+                f"expected {new_tokens}"
+            )
+        ids_out.append(chosen.cpu())
+        ent_out.append(torch.stack(recorder.entropies, dim=1).cpu())
     bar.close()
     return Generation(ids=torch.cat(ids_out), entropy=torch.cat(ent_out))
 
