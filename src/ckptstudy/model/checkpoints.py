@@ -18,6 +18,7 @@ import os
 import pickle
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -431,6 +432,7 @@ def _load_failure_message(source: CheckpointSource, kwargs: dict, err: Exception
     return f"cannot fetch {source.location} revision {source.revision} from the hub ({reason}); {how}"
 
 
+HASH_THREADS = 4
 WEIGHTS_HASH_VERSION = 2  # 1: sha256 over (name, raw bytes) in name order; 2: sha256 over the per-tensor hashes
 
 
@@ -460,18 +462,21 @@ def is_constant(tensor: torch.Tensor) -> bool:
     return bool((flat == flat[0]).all())
 
 
-def hash_weights(model: torch.nn.Module) -> WeightHashes:
-    """A sha256 per state-dict tensor (one pass over the weights), kept for the parameters.
+def hash_weights(model: torch.nn.Module, threads: int | None = None) -> WeightHashes:
+    """A sha256 per state-dict tensor (one pass over the weights, `threads` tensors at once: hashlib releases
+    the GIL), kept for the parameters.
 
     Buffers (non-trained tensors such as masks) enter `weights_sha256` but are not kept per tensor: the
     per-tensor integrity check compares parameters only. The hashes depend on the loaded dtype (it is hashed).
     """
     params = {name for name, _ in model.named_parameters()}
-    hashes = {name: tensor_sha256(tensor) for name, tensor in model.state_dict().items()}
+    state = model.state_dict()
+    workers = threads or min(HASH_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        hashes = dict(zip(state, pool.map(tensor_sha256, state.values())))
     whole = hashlib.sha256()
     for name in sorted(hashes):
         whole.update(f"{name}\0{hashes[name]}\n".encode())
-    state = model.state_dict()
     constant = sorted(name for name in params if name in state and is_constant(state[name]))
     return WeightHashes({k: v for k, v in sorted(hashes.items()) if k in params}, constant, whole.hexdigest())
 

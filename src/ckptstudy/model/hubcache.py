@@ -32,6 +32,7 @@ from pathlib import Path
 from filelock import FileLock
 from huggingface_hub import HfApi, constants, scan_cache_dir, snapshot_download, try_to_load_from_cache
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import disable_progress_bars
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
@@ -347,7 +348,10 @@ def next_steps(model_cfg, step: int, ahead: int) -> list[int]:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return []
-    master = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    if not sweep_dir.is_absolute():  # relative to where the sweep was launched (a job may chdir)
+        sweep_dir = Path(hydra_cfg.runtime.cwd) / sweep_dir
+    master = OmegaConf.load(sweep_dir / "multirun.yaml")
     params = OmegaConf.to_container(master.hydra.sweeper.get("params") or {}, resolve=False)
     steps = available_steps(model_cfg)
     params = {k: (",".join(map(str, steps)) if "ckptstudy_steps" in str(v) else v) for k, v in params.items()}
@@ -432,6 +436,7 @@ class JobDisk:
         """Download the next revisions of the sweep in a background thread (offline: nothing)."""
         if not self.ahead or hub_offline():
             return
+        disable_progress_bars()  # a background download's bars would interleave with the job's output
         self.thread = threading.Thread(target=self._prefetch, name="ckptstudy-prefetch", daemon=True)
         self.thread.start()
 

@@ -4,7 +4,9 @@
 
 From the composed config (the same overrides `ckptstudy -m` takes) it lists the checkpoints the sweep visits,
 the bytes to download (parameter count from model.n_layers / d_model / n_heads and the vocabulary; hub
-checkpoints are float16 files), and per job and per enabled metric family: the forward passes the family's
+checkpoints are float16 files), the peak disk of those revisions in the HF cache with and without
+`checkpoints.evict` (with it: at most 1 + `checkpoints.prefetch_ahead` revisions per parallel job of the
+launcher), and per job and per enabled metric family: the forward passes the family's
 code runs at the configured probe sizes (probes.*, loops.new_tokens, the family's parameters), their FLOPs,
 their peak activation memory, and the wall time on this machine and on a named GPU class.
 
