@@ -95,3 +95,33 @@ def test_stored_calibration_is_used_for_this_cpu(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))
     assert plan.load_machine(tmp_path) == FIXED
+
+
+def test_peak_disk_with_and_without_eviction():
+    base = make_plan(["model=pythia-160m", "schedule=all"], machine=FIXED)
+    per = base["download_bytes_per_checkpoint"]
+    assert base["disk"]["peak_bytes_without_evict"] == 154 * per  # every revision stays in the HF cache
+    assert base["disk"]["peak_bytes_with_evict"] == per  # one revision at a time, the basic launcher
+    ahead = make_plan(
+        ["model=pythia-160m", "schedule=all", "checkpoints.prefetch_ahead=2", "hydra/launcher=joblib"]
+        + ["hydra.launcher.n_jobs=4"],
+        machine=FIXED,
+    )
+    assert ahead["disk"]["revisions_at_once_with_evict"] == 12  # (1 + 2) x 4 parallel jobs
+    assert ahead["disk"]["peak_bytes_with_evict"] == 12 * per
+    few = make_plan(["model=pythia-160m", "schedule=final", "checkpoints.prefetch_ahead=3"], machine=FIXED)
+    assert few["disk"]["revisions_at_once_with_evict"] == 1  # never more than the sweep's checkpoints
+    text = plan.render(ahead)
+    assert "peak 46.6 GB keeping every revision, 3.6 GB with checkpoints.evict=true" in text
+    assert "(1 + prefetch_ahead 2) x 4 parallel jobs" in text
+    assert make_plan(["model=micro"], machine=FIXED)["disk"]["peak_bytes_without_evict"] == 0
+
+
+def test_plan_says_when_the_revisions_do_not_fit(monkeypatch):
+    monkeypatch.setattr(plan, "free_bytes", lambda path: 10 * 2**30)  # 10 GB free for 46.6 GB of revisions
+    keep = plan.render(make_plan(["model=pythia-160m", "schedule=all"], machine=FIXED))
+    assert "10.0 GB free there" in keep and "do not fit in the free space: add checkpoints.evict=true" in keep
+    evict = plan.render(make_plan(["model=pythia-160m", "schedule=all", "checkpoints.evict=true"], machine=FIXED))
+    assert "do not fit" not in evict
+    monkeypatch.setattr(plan, "free_bytes", lambda path: 100 * 2**30)
+    assert "do not fit" not in plan.render(make_plan(["model=pythia-160m", "schedule=all"], machine=FIXED))

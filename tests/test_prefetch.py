@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptstudy.model import hubcache
 from ckptstudy.tools import prefetch
 from test_hub_loading import REPO_ID, make_fake_hub_cache
 
@@ -40,8 +41,8 @@ def offline(monkeypatch):
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(prefetch, "snapshot_download", no_network)
-    monkeypatch.setattr(prefetch, "remote_files", no_network)
+    monkeypatch.setattr(hubcache, "snapshot_download", no_network)
+    monkeypatch.setattr(hubcache, "remote_files", no_network)
 
 
 @pytest.fixture
@@ -136,8 +137,8 @@ class FakeHub:
 def test_download_fetches_weights_only_for_every_missing_revision_in_parallel(hub_cache, online, monkeypatch, capsys):
     steps = [1000, 2000, 3000, 4000, 5000, 6000]
     hub = FakeHub(hub_cache, workers=3, bin_only={"step3000"})
-    monkeypatch.setattr(prefetch, "remote_files", hub.files)
-    monkeypatch.setattr(prefetch, "snapshot_download", hub.snapshot_download)
+    monkeypatch.setattr(hubcache, "remote_files", hub.files)
+    monkeypatch.setattr(hubcache, "snapshot_download", hub.snapshot_download)
     prefetch.main([*FAKE_MODEL, "step=" + ",".join(map(str, steps)), "--workers=3"])  # returns: exit code 0
     out = capsys.readouterr().out
     assert sorted(c["revision"] for c in hub.calls) == sorted(f"step{s}" for s in steps)
@@ -158,8 +159,8 @@ def test_download_fetches_weights_only_for_every_missing_revision_in_parallel(hu
 def test_resumed_prefetch_skips_what_is_cached(hub_cache, online, tiny_tokenizer, monkeypatch, capsys):
     make_fake_hub_cache(hub_cache, tiny_tokenizer, {"step1000": 1})
     hub = FakeHub(hub_cache, workers=1, bin_only=set())
-    monkeypatch.setattr(prefetch, "remote_files", hub.files)
-    monkeypatch.setattr(prefetch, "snapshot_download", hub.snapshot_download)
+    monkeypatch.setattr(hubcache, "remote_files", hub.files)
+    monkeypatch.setattr(hubcache, "snapshot_download", hub.snapshot_download)
     result = prefetch.prefetch(
         prefetch.revisions_for(prefetch.compose_config(FAKE_MODEL), [1000, 2000]), workers=1, out=print
     )

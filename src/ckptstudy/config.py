@@ -159,6 +159,14 @@ class LoopsConf:
 
 
 @dataclass
+class CheckpointsConf:
+    """Hub checkpoints on disk (model.source=hub only; local checkpoint directories are never touched)."""
+
+    evict: bool = MISSING  # delete what this sweep downloaded for a checkpoint once its record is written
+    prefetch_ahead: int = MISSING  # revisions of the sweep downloaded in the background ahead of the measured one
+
+
+@dataclass
 class PathsConf:
     root: str = MISSING
 
@@ -175,6 +183,7 @@ class Config:
     batch_size: int = MISSING
     force: bool = MISSING
     paths: PathsConf = field(default_factory=PathsConf)
+    checkpoints: CheckpointsConf = field(default_factory=CheckpointsConf)
     model: ModelConf = MISSING
     probes: ProbesConf = field(default_factory=ProbesConf)
     loops: LoopsConf = field(default_factory=LoopsConf)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ckptstudy import fingerprint, results
 from ckptstudy.measure.cycles import check_loop_parameters
 from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
-from ckptstudy.model import checkpoints
+from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.suite import ensure_suite
 from ckptstudy.probes import cached_probes, check_probe_config
 from ckptstudy.report.tracking import Tracker, TrackingError
@@ -40,6 +40,7 @@ def run_job(cfg: DictConfig) -> dict:
     started = time.time()
     record = {"model": cfg.model.name, "step": cfg.step, "study": cfg.study}
     measured = FamilyResult()
+    disk = hubcache.JobDisk()  # checkpoints.evict / prefetch_ahead: inactive until the source is known
     try:
         record.update(fingerprint.identity(cfg))
         check_inputs(cfg)
@@ -51,19 +52,25 @@ def run_job(cfg: DictConfig) -> dict:
         stale = fingerprint.stale_reason(previous, record, cfg.force)
         if stale is None and (mismatch := results.arrays_mismatch(path, previous)):
             stale = f"previous record unusable: {mismatch}"
+        disk = hubcache.job_disk(cfg, source, done=_recorded(cfg, record["config_hash"]))
         if stale is None:
             log.info("%s step %s: record exists and is current, skipped (force=true recomputes)", *_job(record))
+            disk.finish(written=True)  # a revision a killed sweep downloaded for this record is evicted now
             return {**previous, "skipped": True}
         if previous is not None:
             record["recomputed_because"] = stale
             log.info("%s step %s: recomputing (%s)", *_job(record), stale)
         results.check_writable(path.parent)
         results.remove_stale_temps(path.parent)
+        disk.fetch()  # this job's revision first, then the next ones in the background
+        disk.start_prefetch()
         measured = measure_checkpoint(cfg, source, record)
     except Exception as err:
         log.error("%s step %s failed: %s: %s", *_job(record), type(err).__name__, err)
         record.update(status="failed", error=_error(err))
-    return finish(cfg, record, measured, started)
+    record = finish(cfg, record, measured, started)
+    disk.finish(written="unwritten" not in record)
+    return record
 
 
 def check_inputs(cfg: DictConfig) -> None:
@@ -82,6 +89,7 @@ def check_inputs(cfg: DictConfig) -> None:
         )
     check_probe_config(cfg.probes)
     check_metric_parameters(cfg.metrics)
+    hubcache.check_config(cfg.checkpoints)
 
 
 class _ParametersAccepted(BaseException):
@@ -135,7 +143,13 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         warnings.append(f"weights: {count} non-finite values in {name}")
     if bad_weights:
         log.warning("%s step %s: non-finite weights in %d tensors: %s", *_job(record), len(bad_weights), bad_weights)
-    record["weights_sha256"] = checkpoints.weights_sha256(model)
+    hashes = checkpoints.hash_weights(model)
+    record.update(
+        weights_sha256=hashes.weights_sha256,
+        weights_hash_version=checkpoints.WEIGHTS_HASH_VERSION,
+        tensor_hashes=hashes.tensors,
+        constant_tensors=hashes.constant,
+    )
     ctx = JobContext.from_config(cfg, model, tokenizer, probes)
     with checkpoints.ActivationGuard(model) as guard:
         measured, errors = measure_families(ctx, cfg.metrics)
@@ -223,7 +237,10 @@ def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float
     try:
         with results.study_lock(cfg.paths.root, cfg.study):
             if record.get("weights_sha256"):
-                record["identical_weights_as"] = _identical_steps(cfg, record["step"], record["weights_sha256"])
+                others = results.load_records(cfg.paths.root, cfg.study)
+                record["identical_weights_as"] = _identical_steps(cfg, record, others)
+                if record.get("tensor_hashes"):
+                    record["integrity"] = _equal_tensors(cfg, record, others)
             record = results.write_record(path, record, {**measured.arrays, **measured.raw})
     except OSError as err:
         log.error("%s step %s: cannot write its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
@@ -259,12 +276,13 @@ def _rewrite(path: Path, record: dict) -> dict:
     return record
 
 
-def _identical_steps(cfg: DictConfig, step: int, sha: str) -> list[int]:
+def _identical_steps(cfg: DictConfig, record: dict, others: list[dict]) -> list[int]:
     """Other steps of this model already recorded with exactly these weights (a hub integrity problem)."""
+    step, key = record["step"], results.weights_key(record)
     same = [
         int(r["step"])
-        for r in results.load_records(cfg.paths.root, cfg.study)
-        if r.get("model") == cfg.model.name and r.get("weights_sha256") == sha and int(r["step"]) != step
+        for r in others
+        if r.get("model") == cfg.model.name and results.weights_key(r) == key and int(r["step"]) != step
     ]
     if same:
         log.warning(
@@ -275,6 +293,30 @@ def _identical_steps(cfg: DictConfig, step: int, sha: str) -> list[int]:
             same,
         )
     return same
+
+
+def _equal_tensors(cfg: DictConfig, record: dict, others: list[dict]) -> list[dict]:
+    """Parameter tensors equal to the same tensor at another recorded step (whose weights differ as a whole),
+    e.g. a shard of another checkpoint served for this one; `final` marks the model's last checkpoint."""
+    final = checkpoints.available_steps(cfg.model)[-1]
+    mine = [r for r in others if not (r.get("model") == cfg.model.name and r.get("step") == record["step"])]
+    found = results.tensor_equalities([record, *mine], {cfg.model.name: final}).get(
+        (cfg.model.name, int(record["step"])), []
+    )
+    for entry in found:
+        log.warning("%s step %s: %s", cfg.model.name, record["step"], results.describe_equality(entry))
+    return found
+
+
+def _recorded(cfg: DictConfig, config_hash: str):
+    """`done(step)`: whether a step of this model has an ok record made with this config (its job will be
+    skipped, so prefetching its revision is not needed)."""
+
+    def done(step: int) -> bool:
+        previous = results.read_record(results.record_path(cfg.paths.root, cfg.study, cfg.model.name, step))
+        return bool(previous) and previous.get("status") == "ok" and previous.get("config_hash") == config_hash
+
+    return done
 
 
 def _error(err: Exception) -> dict:

@@ -27,9 +27,21 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
+
+from ckptstudy.model.checkpoints import available_steps
 
 TABLE_NAME = "trajectories.csv"
-RECORD_COLUMNS = ["model", "step", "status", "revision", "weights_sha256", "identical_weights_as", "nonfinite"]
+RECORD_COLUMNS = [
+    "model",
+    "step",
+    "status",
+    "revision",
+    "weights_sha256",
+    "identical_weights_as",
+    "integrity",
+    "nonfinite",
+]
 
 
 def study_dir(root: str | Path, study: str) -> Path:
@@ -228,12 +240,20 @@ def step_number(record: dict) -> int:
         return -1
 
 
+def weights_key(record: dict) -> tuple[int, str] | None:
+    """What identifies a record's weights: (hash definition version, weights_sha256); None without a hash.
+    Hashes of different versions never compare equal (records before per-tensor hashes are version 1)."""
+    sha = record.get("weights_sha256")
+    return (int(record.get("weights_hash_version", 1)), sha) if sha else None
+
+
 def identical_weight_groups(records: list[dict]) -> dict[tuple[str, int], list[int]]:
     """For each (model, step), the other steps of the same model whose weights hash is identical."""
-    by_hash: dict[tuple[str, str], list[int]] = defaultdict(list)
+    by_hash: dict[tuple[str, tuple], list[int]] = defaultdict(list)
     for r in records:
-        if r.get("weights_sha256"):
-            by_hash[(r["model"], r["weights_sha256"])].append(int(r["step"]))
+        key = weights_key(r)
+        if key:
+            by_hash[(r["model"], key)].append(int(r["step"]))
     out = {}
     for (model, _), steps in by_hash.items():
         if len(steps) > 1:
@@ -242,11 +262,81 @@ def identical_weight_groups(records: list[dict]) -> dict[tuple[str, int], list[i
     return out
 
 
+def tensor_equalities(
+    records: list[dict], final_steps: dict[str, int | None] | None = None
+) -> dict[tuple[str, int], list[dict]]:
+    """For each (model, step) with per-tensor hashes: the other steps of the model that share a parameter
+    tensor with it (same name, same hash) while their weights differ as a whole (a whole identical checkpoint
+    is `identical_weights_as`). Entries: {"step", "final" (the model's last checkpoint), "tensors" (names),
+    "of" (tensors compared)}.
+
+    Tensors whose elements are all equal in either record (`constant_tensors`: a LayerNorm weight still at 1,
+    a bias still at 0) are not compared: an update below the stored precision legitimately leaves them
+    unchanged between early steps.
+    """
+    final_steps = final_steps or {}
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("tensor_hashes"):
+            by_model[r.get("model")].append(r)
+    out: dict[tuple[str, int], list[dict]] = {}
+    for model, group in by_model.items():
+        holders: dict[tuple[str, str], list[int]] = defaultdict(list)  # (name, hash) -> indices in group
+        compared = [set(r["tensor_hashes"]) - set(r.get("constant_tensors") or []) for r in group]
+        for i, r in enumerate(group):
+            for name in compared[i]:
+                holders[(name, r["tensor_hashes"][name])].append(i)
+        for i, r in enumerate(group):
+            shared: dict[int, list[str]] = defaultdict(list)
+            for name in compared[i]:
+                for j in holders[(name, r["tensor_hashes"][name])]:
+                    if j != i:
+                        shared[j].append(name)
+            entries = []
+            for j, names in shared.items():
+                other = group[j]
+                if weights_key(other) == weights_key(r):
+                    continue
+                step = step_number(other)
+                entries.append(
+                    {
+                        "step": step,
+                        "final": step == final_steps.get(model),
+                        "tensors": sorted(names),
+                        "of": len(compared[i] & compared[j]),
+                    }
+                )
+            if entries:
+                out[(model, step_number(r))] = sorted(entries, key=lambda e: e["step"])
+    return out
+
+
+def describe_equality(entry: dict, limit: int = 6) -> str:
+    """One integrity entry as text: `3 of 76 tensors equal to step 143000 (final): a, b, c`."""
+    names = entry["tensors"]
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    final = " (final)" if entry.get("final") else ""
+    return f"{len(names)} of {entry['of']} tensors equal to step {entry['step']}{final}: {shown}"
+
+
+def _final_step(record: dict) -> int | None:
+    """The last checkpoint step of the record's model, from the config stored in it (None when unknown)."""
+    try:
+        return available_steps(OmegaConf.create(record["config"]["model"]))[-1]
+    except Exception:
+        return None
+
+
 def results_table(records: list[dict]):
     """A DataFrame: one row per (model, step), record columns then one column per scalar metric."""
     import pandas as pd
 
     duplicates = identical_weight_groups(records)
+    finals: dict[str, int | None] = {}
+    for r in records:
+        if r.get("tensor_hashes") and finals.get(r.get("model")) is None:
+            finals[r.get("model")] = _final_step(r)
+    equal = tensor_equalities(records, finals)
     rows = []
     for r in records:
         row = {
@@ -256,6 +346,11 @@ def results_table(records: list[dict]):
             "revision": r.get("revision"),
             "weights_sha256": r.get("weights_sha256"),
             "identical_weights_as": " ".join(map(str, duplicates.get((r.get("model"), step_number(r)), []))),
+            # tensors equal to the same tensor at another step: `<step>[(final)]: name name ...; ...`
+            "integrity": "; ".join(
+                f"{e['step']}{' (final)' if e['final'] else ''}: {' '.join(e['tensors'])}"
+                for e in equal.get((r.get("model"), step_number(r)), [])
+            ),
             # "weights" / "activations": the checkpoint computed non-finite values (see the record's warnings)
             "nonfinite": " ".join(k for k in ("weights", "activations") if (r.get("nonfinite") or {}).get(k)),
         }

@@ -18,6 +18,7 @@ import os
 import pickle
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -431,11 +432,55 @@ def _load_failure_message(source: CheckpointSource, kwargs: dict, err: Exception
     return f"cannot fetch {source.location} revision {source.revision} from the hub ({reason}); {how}"
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer in the state dict, in name order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+HASH_THREADS = 4
+WEIGHTS_HASH_VERSION = 2  # 1: sha256 over (name, raw bytes) in name order; 2: sha256 over the per-tensor hashes
+
+
+@dataclass(frozen=True)
+class WeightHashes:
+    """What `hash_weights` records of a loaded checkpoint."""
+
+    tensors: dict[str, str]  # parameter name -> sha256 of its dtype, shape and bytes
+    constant: list[str]  # parameters whose elements are all equal (e.g. a LayerNorm weight still at 1)
+    weights_sha256: str  # sha256 over every state-dict tensor's (name, hash), in name order
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (the bytes are hashed in place, without a copy)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel():
+        digest.update(flat.view(torch.uint8).numpy().data)
     return digest.hexdigest()
+
+
+def is_constant(tensor: torch.Tensor) -> bool:
+    """Whether every element equals the first (cheap for trained tensors: first and last differ)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() < 2 or not bool(flat[0] == flat[-1]):
+        return flat.numel() == 1
+    return bool((flat == flat[0]).all())
+
+
+def hash_weights(model: torch.nn.Module, threads: int | None = None) -> WeightHashes:
+    """A sha256 per state-dict tensor (one pass over the weights, `threads` tensors at once: hashlib releases
+    the GIL), kept for the parameters.
+
+    Buffers (non-trained tensors such as masks) enter `weights_sha256` but are not kept per tensor: the
+    per-tensor integrity check compares parameters only. The hashes depend on the loaded dtype (it is hashed).
+    """
+    params = {name for name, _ in model.named_parameters()}
+    state = model.state_dict()
+    workers = threads or min(HASH_THREADS, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        hashes = dict(zip(state, pool.map(tensor_sha256, state.values())))
+    whole = hashlib.sha256()
+    for name in sorted(hashes):
+        whole.update(f"{name}\0{hashes[name]}\n".encode())
+    constant = sorted(name for name in params if name in state and is_constant(state[name]))
+    return WeightHashes({k: v for k, v in sorted(hashes.items()) if k in params}, constant, whole.hexdigest())
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (`WEIGHTS_HASH_VERSION` 2: over their per-tensor hashes)."""
+    return hash_weights(model).weights_sha256

@@ -1,6 +1,6 @@
 """End of a sweep, from records alone: trajectories.csv (with bootstrap interval columns), onsets.json (with
 onset intervals), the plot, report.html, W&B trajectory runs (the report and the table as artifacts), and
-the printed summary (table, onsets, identical weights, NaN reasons, recomputed and failed jobs).
+the printed summary (table, onsets, identical weights and tensors, NaN reasons, recomputed and failed jobs).
 
 The multirun-end callback, `ckptstudy-trajectories` and `ckptstudy-report` all run `summarize`, so a sweep
 run on a cluster or in pieces is assembled afterwards from its records.
@@ -314,6 +314,8 @@ def print_summary(table, metrics, found, failed, path, plot_path, directory, ons
     dup = table[table["identical_weights_as"].astype(str) != ""]
     for _, row in dup.iterrows():
         print(f"WARNING {row['model']} step {row['step']}: weights identical to step(s) {row['identical_weights_as']}")
+    for _, row in table[table["integrity"].fillna("").astype(str) != ""].iterrows():
+        print(f"WARNING {row['model']} step {row['step']}: same tensors as step {row['integrity']}")
     if "nonfinite" in table.columns:
         flagged = table[~table["nonfinite"].fillna("").astype(str).str.strip().isin(["", "nan"])]
         for _, row in flagged.iterrows():

@@ -4,7 +4,9 @@
 
 From the composed config (the same overrides `ckptstudy -m` takes) it lists the checkpoints the sweep visits,
 the bytes to download (parameter count from model.n_layers / d_model / n_heads and the vocabulary; hub
-checkpoints are float16 files), and per job and per enabled metric family: the forward passes the family's
+checkpoints are float16 files), the peak disk of those revisions in the HF cache with and without
+`checkpoints.evict` (with it: at most 1 + `checkpoints.prefetch_ahead` revisions per parallel job of the
+launcher), and per job and per enabled metric family: the forward passes the family's
 code runs at the configured probe sizes (probes.*, loops.new_tokens, the family's parameters), their FLOPs,
 their peak activation memory, and the wall time on this machine and on a named GPU class.
 
@@ -34,15 +36,19 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from huggingface_hub import constants
+
 from ckptstudy.config import compose_config
 from ckptstudy.measure.generation import greedy_generate
 from ckptstudy.metrics import family_function
 from ckptstudy.model import checkpoints
+from ckptstudy.model.hubcache import launcher_parallelism
 from ckptstudy.model.neox import make_neox
 
 LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
@@ -568,6 +574,7 @@ def make_plan(
     download = 0 if local else params * HUB_BYTES_PER_PARAM
     job_cpu = sum(f["seconds"] for f in cpu.values())
     job_gpu = sum(f["seconds"] for f in on_gpu.values())
+    disk = disk_plan(cfg, len(steps), download)
     return {
         "model": cfg.model.name,
         "shape": asdict(shape),
@@ -577,6 +584,7 @@ def make_plan(
         "steps": steps,
         "download_bytes_per_checkpoint": download,
         "download_bytes_total": download * len(steps),
+        "disk": disk,
         "weights_bytes_cpu": params * cpu_bytes,
         "weights_bytes_gpu": params * gpu_bytes,
         "families": list(cfg.metrics),
@@ -602,12 +610,44 @@ def make_plan(
     }
 
 
+def disk_plan(cfg, n_steps: int, per_checkpoint: int) -> dict:
+    """Peak bytes of a sweep's revisions in the HF cache: all of them without eviction; with
+    `checkpoints.evict`, at most (1 + prefetch_ahead) revisions per parallel job of the launcher."""
+    parallel = launcher_parallelism(cfg.hydra.get("launcher") if "hydra" in cfg else None)
+    ahead = int(cfg.checkpoints.prefetch_ahead)
+    at_once = min(n_steps, (1 + ahead) * parallel)
+    return {
+        "peak_bytes_without_evict": per_checkpoint * n_steps,
+        "peak_bytes_with_evict": per_checkpoint * at_once,
+        "revisions_at_once_with_evict": at_once,
+        "parallel_jobs": parallel,
+        "prefetch_ahead": ahead,
+        "evict": bool(cfg.checkpoints.evict),
+        "free_bytes": free_bytes(Path(constants.HF_HUB_CACHE)),
+    }
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the disk holding `path` (its nearest existing parent), None when unknown."""
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
 def _bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _seconds(s: float) -> str:
@@ -643,6 +683,23 @@ def render(plan: dict) -> str:
         if per
         else "download: none (local checkpoints)"
     )
+    disk = plan["disk"]
+    if per:
+        jobs = _count(disk["parallel_jobs"], "parallel job")
+        free = f"; {_bytes(disk['free_bytes'])} free there" if disk["free_bytes"] is not None else ""
+        lines.append(
+            f"disk (HF cache): peak {_bytes(disk['peak_bytes_without_evict'])} keeping every revision, "
+            f"{_bytes(disk['peak_bytes_with_evict'])} with checkpoints.evict=true (at most "
+            f"{_count(disk['revisions_at_once_with_evict'], 'revision')} at once: (1 + prefetch_ahead "
+            f"{disk['prefetch_ahead']}) "
+            f"x {jobs}){free}"
+        )
+        if (
+            not disk["evict"]
+            and disk["free_bytes"] is not None
+            and disk["peak_bytes_without_evict"] > disk["free_bytes"]
+        ):
+            lines.append("  the revisions do not fit in the free space: add checkpoints.evict=true")
     lines.append(
         f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine, "
         f"{_bytes(plan['weights_bytes_gpu'])} on a GPU"

@@ -1,132 +1,34 @@
 """`ckptstudy-prefetch model=<m> schedule=<s>`: download every hub revision a sweep will load into the
 Hugging Face cache, before the sweep, where there is network (e.g. a cluster's login node).
 
-Only what loading needs is fetched (`snapshot_download` with `allow_patterns`): config.json and
-generation_config.json, the weights (`*.safetensors`, or `*.bin` only when the revision has no
-safetensors) and the tokenizer files. Revisions download in parallel on a small thread pool. Downloads
-resume: a revision already complete in the cache is not contacted again, and an interrupted file
-resumes from its `.incomplete` blob. Offline (`HF_HUB_OFFLINE=1`) or with `--check`, nothing is
-downloaded: it reports which revisions are cached and exits 1 naming the missing ones.
+Only what loading needs is fetched (`hubcache.download`, which `checkpoints.prefetch_ahead` uses too:
+`snapshot_download` with `allow_patterns`): config.json and generation_config.json, the weights
+(`*.safetensors`, or `*.bin` only when the revision has no safetensors) and the tokenizer files. What this
+command downloads is the user's: a sweep's `checkpoints.evict` never deletes it. Revisions download in
+parallel on a small thread pool. Downloads resume: a revision already complete in the cache is not
+contacted again, and an interrupted file resumes from its `.incomplete` blob. Offline (`HF_HUB_OFFLINE=1`)
+or with `--check`, nothing is downloaded: it reports which revisions are cached and exits 1 naming the
+missing ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from huggingface_hub import HfApi, constants, snapshot_download, try_to_load_from_cache
-from huggingface_hub.hf_api import RepoFile
+from huggingface_hub import constants
 from huggingface_hub.utils import disable_progress_bars
 from omegaconf import DictConfig
 
 from ckptstudy.cli import sweep_values, take_override
 from ckptstudy.config import compose_config
-from ckptstudy.model import checkpoints
+from ckptstudy.model import checkpoints, hubcache
+from ckptstudy.model.hubcache import Revision, cache_state
 from ckptstudy.progress import is_terminal
 
 DEFAULT_WORKERS = 4  # revisions downloaded at once
-FILES_PER_REVISION = 2  # parallel files inside one revision (snapshot_download's max_workers)
-CONFIG_FILES = ["config.json", "generation_config.json"]
-TOKENIZER_FILES = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-]
-SAFETENSORS = ["*.safetensors", "*.safetensors.index.json"]
-PICKLED = ["*.bin", "*.bin.index.json"]
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One checkpoint to have in the cache."""
-
-    model: str
-    step: int
-    repo: str
-    revision: str
-
-
-@dataclass
-class CacheState:
-    """What the HF cache holds of one revision: complete (loadable offline) or what is missing."""
-
-    missing: list[str] = field(default_factory=list)
-    nbytes: int = 0
-    path: Path | None = None
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-
-def allow_patterns(files) -> list[str]:
-    """The patterns to fetch for a revision holding `files` (names): config, tokenizer, and the
-    safetensors weights, or the pickled `*.bin` ones only when there are no safetensors."""
-    has_safetensors = any(fnmatch.fnmatch(name, "*.safetensors") for name in files)
-    return [*CONFIG_FILES, *TOKENIZER_FILES, *(SAFETENSORS if has_safetensors else PICKLED)]
-
-
-def matching(files: dict[str, int | None], patterns: list[str]) -> dict[str, int | None]:
-    return {name: size for name, size in files.items() if any(fnmatch.fnmatch(name, p) for p in patterns)}
-
-
-def cache_state(repo: str, revision: str) -> CacheState:
-    """Whether the HF cache holds what loading `repo@revision` needs: config.json, every weight file (all
-    shards an index names) and a tokenizer. Reads the cache only (no network)."""
-    found = try_to_load_from_cache(repo, "config.json", revision=revision)
-    if not isinstance(found, str):
-        return CacheState(["config.json", "weights", "tokenizer"])
-    snapshot = Path(found).parent
-    files = {p.relative_to(snapshot).as_posix(): p for p in snapshot.rglob("*") if p.is_file()}
-    missing = weights_missing(snapshot, files)
-    if not any(name in files for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        missing.append("tokenizer")
-    return CacheState(missing, sum(p.stat().st_size for p in files.values()), snapshot)
-
-
-def weights_missing(snapshot: Path, files: dict[str, Path]) -> list[str]:
-    for index, kind in (("model.safetensors.index.json", ".safetensors"), ("pytorch_model.bin.index.json", ".bin")):
-        if index in files:
-            try:
-                shards = set(json.loads(files[index].read_text())["weight_map"].values())
-            except (OSError, ValueError, KeyError, TypeError):
-                return [f"{index} (unreadable)"]
-            return sorted(s for s in shards if s not in files)
-        if any(name.endswith(kind) for name in files):
-            return []
-    return ["weights"]
-
-
-def remote_files(repo: str, revision: str) -> dict[str, int | None]:
-    """{file name: size in bytes} of a hub revision (one listing call)."""
-    tree = HfApi().list_repo_tree(repo, revision=revision, recursive=True)
-    return {entry.path: entry.size for entry in tree if isinstance(entry, RepoFile)}
-
-
-def download(item: Revision) -> dict:
-    """Fetch one revision's loading files into the HF cache; returns what was fetched and how long it took."""
-    started = time.time()
-    files = remote_files(item.repo, item.revision)
-    patterns = allow_patterns(files)
-    planned = matching(files, patterns)
-    snapshot_download(item.repo, revision=item.revision, allow_patterns=patterns, max_workers=FILES_PER_REVISION)
-    state = cache_state(item.repo, item.revision)
-    return {
-        "files": sorted(planned),
-        "nbytes": sum(size or 0 for size in planned.values()),
-        "seconds": time.time() - started,
-        "state": state,
-    }
 
 
 def schedule_steps(cfg: DictConfig, step_value: str | None = None) -> list[int]:
@@ -189,7 +91,7 @@ def prefetch(items: list[Revision], workers: int = DEFAULT_WORKERS, check_only: 
     out(f"downloading {len(missing)} revision(s) with {workers} thread(s) ...")
     started, total = time.time(), 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(download, item): item for item in missing}
+        futures = {pool.submit(hubcache.download, item): item for item in missing}
         for future in as_completed(futures):
             item = futures[future]
             try:
