@@ -39,7 +39,7 @@ $(VENV)/.bench-stamp: $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -c $(VENV)/bench-constraints.txt -e ".[bench]"
 	@touch $@
 
-bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~15 min on 2 cores; ARGS=--quick)
+bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~17 min on 2 cores; ARGS=--quick)
 	$(BIN)/python benches/run.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check

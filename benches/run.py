@@ -11,7 +11,8 @@ Sections (random-init models with real Pythia shapes stand in for real weights; 
   correlation with exact on the same model
 - generation: the previous hand-written greedy loop vs `greedy_generate` (`model.generate` + an entropy logits
   processor) on the same batch: a random-init Pythia-70m shape and the micro suite's final checkpoint on the
-  default natural probes, 3 fresh-process rounds in alternating order; tokens/s, ratio, same ids
+  default natural probes; 3 fresh processes x 4 back-to-back pairs of calls, the order alternating (on a shared
+  machine the two calls of a pair see the same load); tokens/s, ratio per pair, same ids
 - plan: `ckptstudy-plan`'s estimate of each measured job vs its measured time; the machine calibration
   (forward GFLOP/s from the measured bare forward, bandwidth, per-layer overhead) is stored for the plan
 
@@ -69,7 +70,7 @@ def settings(quick: bool) -> dict:
             "capture_lengths": [128],
             "capture_batch": 2,
             "ablation": {"model": "micro", "prompts": 2, "length": 8},
-            "generation": {"models": [{"model": "micro", "prompts": 4, "new_tokens": 8}], "rounds": 1, "repeat": 1},
+            "generation": {"models": [{"model": "micro", "prompts": 4, "new_tokens": 8}], "rounds": 1, "pairs": 1},
             "job_model": "micro",
             "job_overrides": [
                 "experiment=smoke",
@@ -85,8 +86,8 @@ def settings(quick: bool) -> dict:
         "ablation": {"model": "pythia-160m", "prompts": 4, "length": 16},
         "generation": {
             "models": [{"model": "pythia-70m", "prompts": 16, "new_tokens": 64}, {"model": "micro-final"}],
-            "rounds": 3,  # fresh-process pairs per model, in alternating order
-            "repeat": 3,  # timed calls per process (median), after one untimed call
+            "rounds": 3,  # fresh processes per model, alternating which method goes first
+            "pairs": 4,  # back-to-back pairs of timed calls per process, after one untimed call of each
         },
         "job_model": "pythia-70m",
         "job_overrides": JOB_OVERRIDES,
@@ -296,47 +297,52 @@ def _spearman_top(estimate, exact, k: int) -> float:
 
 def generation_section(cfg: dict, threads: int, log) -> dict:
     """The previous hand-written greedy loop vs `greedy_generate` (model.generate + the entropy logits processor)
-    on the same batch: `rounds` pairs of fresh processes per model, the order alternating (loop first, then
-    generate first, ...), each the median of `repeat` calls."""
+    on the same batch: per model, `rounds` fresh processes, each timing `pairs` back-to-back pairs of calls
+    (the order alternating within a process and between processes)."""
     spec = cfg["generation"]
     rows = []
     for params in spec["models"]:
-        runs: dict[str, list[dict]] = {"loop": [], "generate": []}
+        runs = []
         for r in range(spec["rounds"]):
-            for method in ("loop", "generate") if r % 2 == 0 else ("generate", "loop"):
-                result = spawn("generation", {**params, "method": method, "repeat": spec["repeat"]}, threads)
-                log(f"generation {params['model']} {method} (round {r + 1}): {_short(result)}")
-                runs[method].append(result)
+            first = "loop" if r % 2 == 0 else "generate"
+            result = spawn("generation", {**params, "pairs": spec["pairs"], "first": first}, threads)
+            log(f"generation {params['model']} round {r + 1} ({first} first): {_short(result)}")
+            runs.append(result)
         rows.append(_generation_row(params["model"], runs))
-    return {"rounds": spec["rounds"], "repeat": spec["repeat"], "rows": rows}
+    return {"rounds": spec["rounds"], "pairs": spec["pairs"], "rows": rows}
 
 
-def _generation_row(model: str, runs: dict[str, list[dict]]) -> dict:
-    """tokens/s of both methods (median over rounds), generate's speed relative to the loop overall and per
-    round (> 1: generate is faster), and whether every run of both gave the same ids (and how far apart the
-    entropies are)."""
-    errors = [r["error"] for results in runs.values() for r in results if "error" in r]
+def _generation_row(model: str, runs: list[dict]) -> dict:
+    """tokens/s of both methods (median call), generate's speed relative to the loop (> 1: generate is faster)
+    as the median of the pairs' ratios, per round and over all pairs (with their range and how many pairs
+    generate won: the noise), the same from process CPU time, and whether both gave the same ids."""
+    errors = [r["error"] for r in runs if "error" in r]
     if errors:
         return {"model": model, "error": errors[0]}
-    loop, gen = runs["loop"], runs["generate"]
-    first = loop[0]
+    first = runs[0]
     tokens = first["prompts"] * first["new_tokens"]
-    loop_s = statistics.median(r["seconds"] for r in loop)
-    gen_s = statistics.median(r["seconds"] for r in gen)
-    same = [a["ids"] == b["ids"] for a in loop for b in gen]
-    rows = [x == y for x, y in zip(loop[-1]["ids"], gen[-1]["ids"])]
+
+    def ratios(kind: str, run: dict) -> list[float]:
+        return [a / b for a, b in zip(run[kind]["loop"], run[kind]["generate"])]
+
+    pairs = [x for run in runs for x in ratios("wall", run)]
+    walls = {m: [t for run in runs for t in run["wall"][m]] for m in ("loop", "generate")}
+    same = all(run["ids"]["loop"] == run["ids"]["generate"] == first["ids"]["loop"] for run in runs)
+    rows = [x == y for x, y in zip(first["ids"]["loop"], first["ids"]["generate"])]
     return {
         "model": model,
         "probe": f"{first['prompts']} prompts x {first['new_tokens']} tokens, batches of {first['batch_size']}",
-        "loop_tok_per_s": round(tokens / loop_s, 1),
-        "generate_tok_per_s": round(tokens / gen_s, 1),
-        "generate_vs_loop": round(loop_s / gen_s, 3),
-        "generate_vs_loop_by_round": [round(a["seconds"] / b["seconds"], 3) for a, b in zip(loop, gen)],
-        "loop_times": [r["times"] for r in loop],
-        "generate_times": [r["times"] for r in gen],
-        "same_tokens": all(same),
+        "loop_tok_per_s": round(tokens / statistics.median(walls["loop"]), 1),
+        "generate_tok_per_s": round(tokens / statistics.median(walls["generate"]), 1),
+        "generate_vs_loop": round(statistics.median(pairs), 3),
+        "generate_vs_loop_by_round": [round(statistics.median(ratios("wall", run)), 3) for run in runs],
+        "generate_vs_loop_range": [round(min(pairs), 3), round(max(pairs), 3)],
+        "generate_faster_pairs": f"{sum(x > 1 for x in pairs)}/{len(pairs)}",
+        "generate_vs_loop_cpu": round(statistics.median(x for run in runs for x in ratios("cpu", run)), 3),
+        "wall": {m: [run["wall"][m] for run in runs] for m in ("loop", "generate")},
+        "same_tokens": same,
         "rows_identical": f"{sum(rows)}/{len(rows)}",
-        "max_entropy_diff": _max_diff(loop[-1]["entropy"], gen[-1]["entropy"]),
+        "max_entropy_diff": max(_max_diff(run["entropy"]["loop"], run["entropy"]["generate"]) for run in runs),
     }
 
 
@@ -499,18 +505,21 @@ def table(report: dict) -> str:
     gen = report.get("generation")
     if gen and gen.get("rows"):
         lines.append(
-            f"| greedy generation (median of {gen['rounds']} alternating rounds) | probe | previous loop tok/s "
-            "| greedy_generate (model.generate) tok/s | generate / loop | by round | same ids | max entropy diff |"
+            f"| greedy generation ({gen['rounds']} processes x {gen['pairs']} back-to-back pairs) | probe "
+            "| previous loop tok/s | greedy_generate (model.generate) tok/s | generate / loop (median pair) "
+            "| by process | pair range | generate faster | CPU time | same ids | max entropy diff |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for row in gen["rows"]:
             if "error" in row:
-                lines.append(f"| {row['model']} | error: {row['error']} | | | | | | |")
+                lines.append(f"| {row['model']} | error: {row['error']} |" + " |" * 9)
                 continue
             rounds = ", ".join(f"{r:.2f}" for r in row["generate_vs_loop_by_round"])
+            low, high = row["generate_vs_loop_range"]
             lines.append(
                 f"| {row['model']} | {row['probe']} | {row['loop_tok_per_s']} | {row['generate_tok_per_s']} "
-                f"| {row['generate_vs_loop']:.2f}x | {rounds} | {row['same_tokens']} ({row['rows_identical']} rows) "
+                f"| {row['generate_vs_loop']:.2f}x | {rounds} | {low:.2f}-{high:.2f} | {row['generate_faster_pairs']} "
+                f"| {row['generate_vs_loop_cpu']:.2f}x | {row['same_tokens']} ({row['rows_identical']} rows) "
                 f"| {row['max_entropy_diff']:.1g} |"
             )
         lines.append("")

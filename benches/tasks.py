@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -182,14 +183,14 @@ def micro_final_batch():
     return net, natural.tolist(), tokens, tok.pad_token_id or 0, cfg.batch_size
 
 
-def generation(
-    model: str, method: str, prompts: int = 16, new_tokens: int = 64, repeat: int = 3, warmup: int = 1
-) -> dict:
-    """Greedy continuations by one method: loop (the hand-written loop ckptstudy used before,
-    reference_greedy.py) or generate (ckptstudy `greedy_generate`: `model.generate` with the entropy logits
-    processor). `model` is a random-init shape (`prompts` random prompts of 24..32 tokens left-padded in one
-    batch, `new_tokens` each) or "micro-final" (`micro_final_batch`: 64 natural prompts x 96 tokens, batches
-    of 16). Median of `repeat` timed calls after `warmup` untimed ones; ids and entropies of the last."""
+def generation(model: str, prompts: int = 16, new_tokens: int = 64, pairs: int = 4, first: str = "loop") -> dict:
+    """Greedy continuations of one batch by both methods, in pairs in this one process: loop (the hand-written
+    loop ckptstudy used before, reference_greedy.py) and generate (ckptstudy `greedy_generate`: `model.generate`
+    with the entropy logits processor). The two calls of a pair run back to back, so both see the same load on
+    a shared machine; the pair order alternates, starting with `first`, after one untimed call of each.
+    `model` is a random-init shape (`prompts` random prompts of 24..32 tokens left-padded in one batch,
+    `new_tokens` each) or "micro-final" (`micro_final_batch`: 64 natural prompts x 96 tokens, batches of 16).
+    Wall and process CPU time of every timed call; ids and entropies of each method's last call."""
     from reference_greedy import loop_greedy
 
     from ckptstudy.measure.generation import greedy_generate
@@ -202,29 +203,33 @@ def generation(
         gen = torch.Generator().manual_seed(1)
         lists = [torch.randint(2, net.config.vocab_size, (24 + i % 9,), generator=gen).tolist() for i in range(prompts)]
         pad_id, batch_size = 1, prompts
-    if method == "loop":
-
-        def fn():
-            return loop_greedy(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size)
-
-    elif method == "generate":
-
-        def fn():
-            return greedy_generate(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size, desc=None)
-
-    else:
-        raise ValueError(f"unknown generation method {method!r} (loop, generate)")
-    seconds, times, out = timed(fn, repeat=repeat, warmup=warmup)
+    methods = {
+        "loop": lambda: loop_greedy(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size),
+        "generate": lambda: greedy_generate(net, lists, new_tokens, pad_id=pad_id, batch_size=batch_size, desc=None),
+    }
+    if first not in methods:
+        raise ValueError(f"unknown generation method {first!r} (loop, generate)")
+    order = [first, *(m for m in methods if m != first)]
+    out = {name: fn() for name, fn in methods.items()}  # untimed: first-call costs
+    wall: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    for i in range(pairs):
+        for name in order if i % 2 == 0 else order[::-1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out[name] = methods[name]()
+            wall[name].append(round(time.perf_counter() - start, 4))
+            cpu[name].append(round(time.process_time() - start_cpu, 4))  # leaves out time spent descheduled
     return {
         "model": model,
-        "method": method,
+        "first": first,
         "prompts": len(lists),
         "new_tokens": new_tokens,
         "batch_size": batch_size,
-        "seconds": seconds,
-        "times": times,
-        "ids": out.ids.tolist(),
-        "entropy": out.entropy.tolist(),
+        "seconds": statistics.median(wall["loop"] + wall["generate"]),
+        "wall": wall,
+        "cpu": cpu,
+        "ids": {name: g.ids.tolist() for name, g in out.items()},
+        "entropy": {name: g.entropy.tolist() for name, g in out.items()},
     }
 
 
