@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from ckptstudy.config import CONF_DIR, compose_config
 from ckptstudy.job import run_job
 from ckptstudy.model import checkpoints
+from ckptstudy.sweeps import sweep_values
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 COMPOSE_ERRORS = (ConfigCompositionException, ConfigKeyError, ValidationError, HydraException)
 
 
 def swept_steps(cfg) -> list[str]:
-    """The values a multirun sweeps for `step`, parsed the way Hydra's basic sweeper parses them."""
-    override = OverridesParser.create().parse_overrides([f"step={cfg.hydra.sweeper.params.step}"])[0]
-    return [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
+    """The values a multirun sweeps for `step` (the schedule's), each as written, repeats kept."""
+    return sweep_values(str(cfg.hydra.sweeper.params.step))
 
 
 def message(err: pytest.ExceptionInfo) -> str:

@@ -1,5 +1,5 @@
-"""ckptstudy as a user installs it: a non-editable install runs from any directory (configs ship inside
-the package), and `ckptstudy --help` is ckptstudy's own help."""
+"""ckptstudy as a user installs it: a non-editable install runs from any directory (configs and the report's
+templates ship inside the package), and `ckptstudy --help` is ckptstudy's own help."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def test_non_editable_install_composes_from_another_directory(tmp_path):
         check=True,
     )
     assert where.stdout.strip().startswith(str(site))  # the installed copy, not the work tree
+    templates = REPO / "src" / "ckptstudy" / "report" / "templates"
+    shipped = {p.name for p in (site / "ckptstudy" / "report" / "templates").iterdir()}
+    assert shipped == {p.name for p in templates.iterdir()}  # report.html's template, CSS and script ship too
     proc = subprocess.run(
         [sys.executable, "-m", "ckptstudy", "--cfg", "job", "model=pythia-160m", "logger=none"],
         cwd=tmp_path,

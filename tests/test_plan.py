@@ -31,6 +31,14 @@ def test_all_checkpoints_of_pythia_160m():
     assert set(result["families"]) <= set(result["cpu"]["families"])
 
 
+def test_a_step_sweep_on_the_command_line_is_the_plan():
+    # `ckptstudy -m step=...` runs those steps whatever the schedule: so does the plan (it planned all 154 and
+    # refused a comma list before the sweep parser was shared)
+    result = make_plan(["model=pythia-160m", "step=1000,2000"], machine=FIXED)
+    assert result["checkpoints"] == 2 and result["steps"] == [1000, 2000]
+    assert make_plan(["model=pythia-160m", "step=final"], machine=FIXED)["steps"] == [143000]
+
+
 def test_paper_setup_plans_attribution_on_bf16_gpu():
     result = make_plan(["experiment=repetitions_not_alike"], machine=FIXED, gpu="H100-SXM")
     assert result["model"] == "pythia-1.4b" and result["checkpoints"] == 10

@@ -176,12 +176,12 @@ def test_resumed_prefetch_skips_what_is_cached(hub_cache, online, tiny_tokenizer
         (["model=pythia-160m", "schedule=dense"], list(range(1000, 144000, 1000))),
     ],
 )
-def test_schedule_steps_are_the_sweep_steps(overrides, expected):
+def test_prefetch_fetches_the_steps_the_sweep_visits(overrides, expected):
     cfg = prefetch.compose_config(overrides, return_hydra_config=True)
-    steps = prefetch.schedule_steps(cfg)
+    steps = prefetch.swept_steps(cfg)  # the one sweep parser (ckptstudy.sweeps), as plan and the tests use it
     assert steps[: len(expected)] == expected
     assert len(steps) == {"log": 19, "final": 1, "dense": 143}[overrides[1].split("=")[1]]
-    assert prefetch.schedule_steps(cfg, "range(1000,4000,1000)") == [1000, 2000, 3000]
+    assert prefetch.swept_steps(cfg, "range(1000,4000,1000)") == [1000, 2000, 3000]
 
 
 def test_bad_step_and_local_model_are_refused(capsys):

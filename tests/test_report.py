@@ -5,91 +5,26 @@ artifacts. The study is written the way jobs write it (FamilyResult -> record + 
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from ckptstudy import results
-from ckptstudy.metrics import FamilyResult
-from ckptstudy.report.html import render
-from ckptstudy.report.summary import report_main, summarize
-from ckptstudy.stats.bootstrap import Sample
-
-STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-SETTINGS = {"n": 100, "level": 0.9, "seed": 0, "min_prompts": 5}
-MODELS = {"small": 4096, "large": 2048}  # tokens per step
-
-
-def checkpoint_result(step: int, middle: float, rng) -> FamilyResult:
-    """What a family would report at one checkpoint: a rate over 40 prompts that rises around `middle`
-    (per-prompt 0/1 sample) and a per-head score (per-prompt per-head sample, layer x head array)."""
-    p = 1 / (1 + math.exp(-(math.log1p(step) - math.log1p(middle)) * 3))
-    hits = (rng.random(40) < 0.05 + 0.9 * p).astype(float)
-    heads = rng.random((40, 2, 2)) * 0.1
-    heads[:, 1, 0] += p  # one head forms
-    result = FamilyResult()
-    result.set("x/rate", hits.mean(), "")
-    result.set("x/score_max", heads.mean(0).max(), "")
-    result.set("x/count", 40, "")  # not an estimate: no sample
-    result.add_sample("x/rate", Sample("mean", hits, prompts="p"))
-    result.add_sample("x/score_max", Sample("max_of_mean", heads, prompts="q"))
-    result.arrays["x/score"] = heads.mean(0)
-    result.raw["x/generated"] = rng.integers(0, 9, (40, 7))  # 2-D raw data, not a head array
-    if step == 0:
-        result.nan("x/late", "nothing to measure at step 0")
-    else:
-        result.set("x/late", p, "")
-    return result
-
-
-def write_study(root: Path, study: str = "demo") -> Path:
-    rng = np.random.default_rng(0)
-    for model, tokens in MODELS.items():
-        middle = 20 if model == "small" else 100
-        for step in STEPS:
-            path = results.record_path(root, study, model, step)
-            config = {"model": {"name": model, "n_layers": 2, "n_heads": 2, "tokens_per_step": tokens}, "seed": 0}
-            record = {"model": model, "step": step, "study": study, "config": config, "config_hash": "abc"}
-            if model == "large" and step == 64:
-                record.update(status="failed", error={"type": "OSError", "message": "disk on fire", "traceback": "T"})
-                results.write_record(path, record)
-                continue
-            measured = checkpoint_result(step, middle, rng)
-            sha = "same" if (model == "large" and step in (128, 256)) else f"{model}{step}"
-            record.update(
-                status="ok",
-                metrics=measured.scalars,
-                nan_reasons=measured.nan_reasons,
-                weights_sha256=sha,
-                seconds=1.5,
-                finished_at=f"2026-01-01T00:00:{step % 60:02d}",
-                ci=measured.intervals(SimpleNamespace(**SETTINGS))[0],
-            )
-            results.write_record(path, record, {**measured.arrays, **measured.raw})
-    return root / study
+from ckptstudy.cli import report
+from ckptstudy.report.html import browser_hooks_script, render
+from ckptstudy.report.summary import summarize
+from report_study import MODELS, STEPS, study_config, write_study
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     directory = write_study(root)
-    out = summarize(
-        str(root),
-        "demo",
-        None,
-        ["x/rate", "x/score_max"],
-        ["x/rate", "x/score_max", "x/late"],
-        0.5,
-        onset_persist=2,
-        bootstrap=SETTINGS,
-    )
+    out = summarize(study_config(root))
     return {"root": root, "dir": directory, "out": out}
 
 
@@ -148,11 +83,13 @@ def test_report_is_one_self_contained_page_with_every_section(study):
 
 
 def test_head_tables_for_wandb_hold_layer_x_head_arrays_only(study):
-    from ckptstudy.report.summary import head_tables
+    from ckptstudy.report.study import load_study
+    from ckptstudy.report.table import head_tables
 
-    records = results.load_records(study["root"], "demo")
-    tables = head_tables(records, "small")
+    loaded = load_study(study["root"], "demo")
+    tables = head_tables(loaded.records, loaded.arrays, "small")
     assert set(tables) == {"x/score"} and len(tables["x/score"]) == len(STEPS) * 4
+    assert [row[0] for row in tables["x/score"][::4]] == STEPS  # in step order
 
 
 def chromium() -> str | None:
@@ -205,11 +142,9 @@ def test_report_renders_in_a_browser_without_errors_and_every_image_decodes(stud
 def test_a_broken_image_is_caught_by_the_browser_check(study, tmp_path):
     if chromium() is None:
         pytest.skip("no headless browser: install Debian's `chromium` to run this check")
-    from ckptstudy.report.html import TEST_SCRIPT
-
     page = tmp_path / "broken.html"
     page.write_text(
-        f"<html><head>{TEST_SCRIPT}</head><body><img alt=bad src='data:image/png;base64,AAAA'>"
+        f"<html><head>{browser_hooks_script()}</head><body><img alt=bad src='data:image/png;base64,AAAA'>"
         "<script>undefined_function()</script></body></html>"
     )
     dom = run_browser(page, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
@@ -223,7 +158,7 @@ def test_console_script_rebuilds_everything_from_records(tmp_path):
     write_study(tmp_path, "pieces")
     overrides = [f"paths.root={tmp_path}", "study=pieces", "logger=none", "report.bootstrap.n=50"]
     with pytest.raises(SystemExit) as exit_code:
-        report_main(overrides)
+        report(overrides)
     assert exit_code.value.code == 1  # one checkpoint failed
     for name in ("trajectories.csv", "onsets.json", "report.html"):
         assert (tmp_path / "pieces" / name).stat().st_size > 0, name
@@ -236,9 +171,8 @@ def test_trajectory_runs_carry_tags_and_the_report_and_table_as_artifacts(tmp_pa
     from wandb_files import raw_records
 
     write_study(tmp_path, "tracked")
-    logger = SimpleNamespace(backend="wandb", mode="offline", project="ckptstudy-test", entity=None, strict=True)
-    logger.get = lambda key, default=None: getattr(logger, key, default)
-    summarize(str(tmp_path), "tracked", logger, ["x/rate"], ["x/rate"], 0.5, bootstrap=SETTINGS)
+    logger = ["logger=wandb", "logger.mode=offline", "logger.project=ckptstudy-test", "logger.strict=true"]
+    summarize(study_config(tmp_path, "tracked", *logger, "report.summary_metrics=[x/rate]"))
     found = {}
     for run in sorted((tmp_path / "tracked" / "wandb").glob("offline-run-*")):
         (path,) = run.glob("run-*.wandb")
@@ -275,7 +209,7 @@ def test_trajectory_plot_draws_bands_onset_spans_and_a_tokens_axis(study):
 
 
 def test_left_out_intervals_are_listed_with_their_reasons():
-    from ckptstudy.report.html import _nan_interval_rows
+    from ckptstudy.report.sections import left_out_intervals
 
     reasons = {
         ("micro", 8): {
@@ -284,7 +218,10 @@ def test_left_out_intervals_are_listed_with_their_reasons():
         },
         ("micro", 16): {"icl/a": "only 3 prompt(s) contribute (report.bootstrap.min_prompts=5)"},
     }
-    rows = _nan_interval_rows(reasons)
-    assert "2 intervals left out" in rows and "micro@8, micro@16" in rows  # one row: the numbers differ only
-    assert "icl/b" not in rows  # a NaN scalar is listed with its reason under NaN values already
-    assert _nan_interval_rows({}) == ""
+    left_out = left_out_intervals(reasons)
+    assert left_out["total"] == 2 and len(left_out["rows"]) == 1  # one row: the numbers differ only
+    (row,) = left_out["rows"]
+    assert row["metric"] == "icl/a" and row["count"] == 2 and row["where"] == "micro@8, micro@16"
+    assert "#" in row["reason"]  # the reason with its numbers as #
+    # a NaN scalar is listed with its reason under NaN values already
+    assert left_out_intervals({("m", 1): {"icl/b": "the scalar is NaN"}}) == {"total": 0, "rows": []}

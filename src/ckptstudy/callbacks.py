@@ -9,7 +9,7 @@ import sys
 from hydra.experimental.callback import Callback
 
 from ckptstudy.model.suite import ensure_suite
-from ckptstudy.report.summary import summarize_study
+from ckptstudy.report.summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class TrajectoryCallback(Callback):
             log.error("could not build the micro suite: %s", err)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        out = summarize_study(config, since=self.started)
+        out = summarize(config, since=self.started)
         if out["failed"]:
             print(f"{len(out['failed'])} checkpoint(s) failed: {out['failed']}", file=sys.stderr)
             sys.exit(1)

@@ -173,6 +173,18 @@ class Tracker:
             return str(Path(run.dir).parent)
         return None
 
+    def log_trajectories(
+        self,
+        table,
+        onsets: dict[str, dict[str, float]],
+        head_tables: dict[str, dict[str, list[list]]],
+        plot_path: Path | None = None,
+        artifacts: dict[str, Path] | None = None,
+    ) -> None:
+        """`log_trajectory` for every model of the table: `onsets` and `head_tables` are keyed by model."""
+        for model in sorted(table["model"].unique()):
+            self.log_trajectory(model, table, onsets.get(model, {}), head_tables.get(model), plot_path, artifacts)
+
 
 def _artifact_name(name: str) -> str:
     """A W&B artifact name (letters, digits, '-', '_', '.') made from `name`."""

@@ -47,9 +47,9 @@ from huggingface_hub import constants
 from ckptstudy.config import compose_config
 from ckptstudy.measure.generation import greedy_generate
 from ckptstudy.metrics import family_function
-from ckptstudy.model import checkpoints
 from ckptstudy.model.hubcache import launcher_parallelism
 from ckptstudy.model.neox import make_neox
+from ckptstudy.sweeps import swept_steps, take_override
 
 LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
 PYTHIA_VOCAB = 50304
@@ -495,18 +495,6 @@ def model_shape(model_cfg) -> Shape:
     return Shape(model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads, PYTHIA_VOCAB, PYTHIA_CONTEXT)
 
 
-def swept_steps(cfg) -> list[int]:
-    """The steps a multirun of this config visits (Hydra's parse of hydra.sweeper.params.step)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = cfg.hydra.sweeper.params or {}
-    value = params.get("step") if "step" in params else cfg.step
-    override = OverridesParser.create().parse_overrides([f"step={value}"])[0]
-    values = [str(v) for v in override.sweep_iterator()] if override.is_sweep_override() else [override.value()]
-    available = checkpoints.available_steps(cfg.model)
-    return [checkpoints.resolve_step(None if v in ("None", "null") else v, available, cfg.model.name) for v in values]
-
-
 def dtype_bytes(dtype: str, device: str = "cpu") -> int:
     if dtype == "auto":
         return 2 if device.startswith("cuda") else 4
@@ -558,10 +546,11 @@ def make_plan(
 ) -> dict:
     """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
 
-    cfg = compose_config(list(overrides), return_hydra_config=True)
+    step_value, overrides = take_override(list(overrides), "step")  # a step sweep, as `ckptstudy -m` reads it
+    cfg = compose_config(overrides, return_hydra_config=True)
     dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
     shape = model_shape(cfg.model)
-    steps = swept_steps(cfg)
+    steps = swept_steps(cfg, step_value)
     machine = machine or load_machine()
     local = cfg.model.source == "local"
     params = shape.params

@@ -22,24 +22,13 @@ from huggingface_hub import constants
 from huggingface_hub.utils import disable_progress_bars
 from omegaconf import DictConfig
 
-from ckptstudy.cli import sweep_values, take_override
 from ckptstudy.config import compose_config
 from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.hubcache import Revision, cache_state
 from ckptstudy.progress import is_terminal
+from ckptstudy.sweeps import swept_steps, take_override
 
 DEFAULT_WORKERS = 4  # revisions downloaded at once
-
-
-def schedule_steps(cfg: DictConfig, step_value: str | None = None) -> list[int]:
-    """The checkpoint steps a multirun of this config visits: `step_value` (a `step=` sweep) when given,
-    else the schedule's `hydra.sweeper.params.step`; each checked against the model's checkpoints."""
-    if step_value is None:
-        params = cfg.hydra.sweeper.get("params") or {}
-        step_value = str(params.get("step", "final"))
-    available = checkpoints.available_steps(cfg.model)
-    steps = [checkpoints.resolve_step(value, available, cfg.model.name) for value in sweep_values(step_value)]
-    return sorted(set(steps))
 
 
 def revisions_for(cfg: DictConfig, steps: list[int]) -> list[Revision]:
@@ -131,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         items = []
         for choice in choices:
             cfg = compose_config([*([f"model={choice}"] if choice else []), *overrides], return_hydra_config=True)
-            items += revisions_for(cfg, schedule_steps(cfg, step_value))
+            items += revisions_for(cfg, swept_steps(cfg, step_value))
     except (PrefetchError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

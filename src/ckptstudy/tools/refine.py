@@ -49,12 +49,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ckptstudy import fingerprint, results
-from ckptstudy.cli import take_override
 from ckptstudy.config import CONF_DIR, compose_config
 from ckptstudy.model import checkpoints
 from ckptstudy.model.suite import ensure_suite
-from ckptstudy.report.summary import summarize_study
+from ckptstudy.report.summary import summarize
 from ckptstudy.stats import onsets
+from ckptstudy.sweeps import take_override
 
 START = "start"  # fewer than two values: measure the first and the last checkpoint
 REFINE = "refine"  # checkpoints remain inside the bracket: measure `next_steps`
@@ -308,6 +308,52 @@ class Outcome:
     rounds: int
 
 
+@dataclass
+class ModelRefinement:
+    """One model's refinement in progress: its config, checkpoints and onset rule, what was launched and
+    failed, and the latest plan."""
+
+    choice: str | None  # the `model=` choice (None = the config's default model)
+    cfg: DictConfig
+    available: list[int]
+    options: dict  # onset rule (`onset_options`)
+    launched: list[int] = field(default_factory=list)
+    failed: set[int] = field(default_factory=set)
+    rounds: int = 0
+    plan: Plan | None = None
+
+    def outcome(self, metric: str) -> Outcome:
+        name, measured = self.cfg.model.name, len(read_measured(self.cfg, metric).values)
+        return Outcome(name, self.plan, measured, len(self.available), self.launched, sorted(self.failed), self.rounds)
+
+
+def start_refinement(choice: str | None, overrides: list[str], metric: str) -> ModelRefinement:
+    """Compose the model's config and say what is measured already (refusing a metric its records lack)."""
+    cfg = compose_config([*([f"model={choice}"] if choice else []), *overrides])
+    state = ModelRefinement(choice, cfg, checkpoints.available_steps(cfg.model), onset_options(cfg.report))
+    describe_start(cfg, metric, read_measured(cfg, metric), len(state.available))
+    return state
+
+
+def launch_round(state: ModelRefinement, overrides: list[str], metric: str, run) -> None:
+    """Measure the plan's next steps through `ckptstudy --multirun` and note the steps that gave no record."""
+    cfg, steps = state.cfg, state.plan.next_steps
+    state.rounds += 1
+    print(f"[refine] {cfg.model.name} round {state.rounds}: {state.plan.message}", flush=True)
+    if state.rounds == 1:
+        ensure_suite(cfg.model)  # what the multirun callback would do (the launches skip it)
+    command = launch_command(state.choice, steps, overrides)
+    code = run(command)
+    if code != 0:
+        raise RefineError(f"`{' '.join(command)}` exited with code {code}")
+    state.launched.extend(steps)
+    values = read_measured(cfg, metric).values
+    for step in steps:
+        if step not in values:
+            state.failed.add(step)
+            print(f"[refine] {cfg.model.name} step {step}: no usable record ({failure_note(cfg, step)})")
+
+
 def refine(
     overrides: list[str],
     metric: str,
@@ -322,58 +368,17 @@ def refine(
     `run(command) -> exit code` launches (default `run_command`, a subprocess).
     """
     run = run or run_command
-    configs = {choice: compose_config([*([f"model={choice}"] if choice else []), *overrides]) for choice in models}
-    available = {c: checkpoints.available_steps(cfg.model) for c, cfg in configs.items()}
-    options = {c: onset_options(cfg.report) for c, cfg in configs.items()}
-    launched: dict = {c: [] for c in models}
-    failed: dict = {c: set() for c in models}
-    rounds: dict = {c: 0 for c in models}
-    prepared: set = set()
-    described: set = set()
-    plans: dict = {}
+    states = [start_refinement(choice, overrides, metric) for choice in dict.fromkeys(models)]
     while True:
-        todo = {}
-        for choice, cfg in configs.items():
-            measured = read_measured(cfg, metric)
-            if choice not in described:
-                describe_start(cfg, metric, measured, len(available[choice]))
-                described.add(choice)
-            plans[choice] = plan_refinement(
-                measured.values, available[choice], per_round, failed[choice], metric, **options[choice]
-            )
-            if plans[choice].next_steps:
-                todo[choice] = plans[choice].next_steps
+        for state in states:
+            values = read_measured(state.cfg, metric).values
+            state.plan = plan_refinement(values, state.available, per_round, state.failed, metric, **state.options)
+        todo = [state for state in states if state.plan.next_steps]
         if not todo or dry_run:
             break
-        for choice, steps in todo.items():
-            cfg = configs[choice]
-            rounds[choice] += 1
-            print(f"[refine] {cfg.model.name} round {rounds[choice]}: {plans[choice].message}", flush=True)
-            if choice not in prepared:
-                ensure_suite(cfg.model)  # what the multirun callback would do (the launches skip it)
-                prepared.add(choice)
-            command = launch_command(choice, steps, overrides)
-            code = run(command)
-            if code != 0:
-                raise RefineError(f"`{' '.join(command)}` exited with code {code}")
-            launched[choice].extend(steps)
-            values = read_measured(cfg, metric).values
-            for step in steps:
-                if step not in values:
-                    failed[choice].add(step)
-                    print(f"[refine] {cfg.model.name} step {step}: no usable record ({failure_note(cfg, step)})")
-    return [
-        Outcome(
-            configs[c].model.name,
-            plans[c],
-            len(read_measured(configs[c], metric).values),
-            len(available[c]),
-            launched[c],
-            sorted(failed[c]),
-            rounds[c],
-        )
-        for c in models
-    ]
+        for state in todo:
+            launch_round(state, overrides, metric, run)
+    return [state.outcome(metric) for state in states]
 
 
 def describe_start(cfg: DictConfig, metric: str, measured: Measured, n_available: int) -> None:
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     report(outcomes, metric)
     if not args.no_summary and any(out.launched for out in outcomes):
         first = model_value.split(",")[0] if model_value else None
-        summarize_study(compose_config([*([f"model={first}"] if first else []), *overrides]))
+        summarize(compose_config([*([f"model={first}"] if first else []), *overrides]))
     located = all(out.plan.status == NO_CHANGE or out.plan.adjacent for out in outcomes)
     sys.exit(0 if located else 1)
 

@@ -1,0 +1,380 @@
+"""The sections of report.html as plain data for its template (`templates/report.html`): rows of strings,
+figures as PNG data URIs. Nothing here writes HTML; the template escapes every string.
+
+Sections, findings first: claims (none yet: another piece of work will supply verdicts of the papers'
+claims), onsets, the summary metrics' trajectories, then per metric family (folded) its trajectory panels and
+its layer x head arrays over training; then checkpoints, NaN reasons, intervals and how the report was made.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ckptstudy.report.onset_results import Onsets
+from ckptstudy.report.plots import head_snapshots_figure, head_step_figure, png_bytes, trajectory_figure
+from ckptstudy.report.provenance import command_line
+from ckptstudy.report.study import is_head_array
+from ckptstudy.results import RECORD_COLUMNS, step_number
+
+CI_SUFFIXES = ("/ci_low", "/ci_high")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+DPI = 90
+SHOWN_PLACES = 12  # places listed per (metric, reason) row
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows, assembled by `summary.summarize` from the study's records. `claims`:
+    rows with `claim`, `verdict` and `evidence` (shown first when there are any)."""
+
+    study: str
+    directory: Path
+    table: pd.DataFrame  # the trajectories table, with `<key>/ci_low|ci_high` columns
+    records: list[dict]
+    arrays: dict[str, dict[str, np.ndarray]]  # record path -> its arrays (bootstrap samples left out)
+    onsets: Onsets
+    summary_metrics: list[str]
+    bootstrap: dict  # n, level, seed, min_prompts
+    interval_reasons: dict  # (model, step) -> {key: why its interval is NaN}
+    panels_per_family: int
+    bootstrap_seconds: float  # time spent resampling stored samples for this report
+    claims: list = field(default_factory=list)
+    built_by: str = field(default_factory=command_line)
+
+    @property
+    def level(self) -> int:
+        """The interval level in percent."""
+        return round(100 * float(self.bootstrap["level"]))
+
+
+def figure(fig, alt: str) -> dict:
+    """A figure as {alt, uri}: its PNG inlined as a data URI."""
+    return {"alt": alt, "uri": "data:image/png;base64," + base64.b64encode(png_bytes(fig, DPI)).decode()}
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for a table cell: `digits` significant digits, thousands separators from 1e4, NaN for
+    non-finite values; anything else as its text."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(value):
+        return "NaN"
+    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+
+def metric_columns(table) -> list[str]:
+    """Scalar metric columns of the table (not record fields, not interval columns)."""
+    return [c for c in table.columns if c not in RECORD_COLUMNS and "/" in c and not c.endswith(CI_SUFFIXES)]
+
+
+def interval_keys(table) -> set[str]:
+    """Metrics with a finite interval bound somewhere in the table."""
+    return {c[: -len("/ci_low")] for c in table.columns if c.endswith("/ci_low") and table[c].notna().any()}
+
+
+def tokens_per_step(records: list[dict]) -> dict[str, float | None]:
+    """Training tokens per step of each model, from the model config stored in its records."""
+    out: dict[str, float | None] = {}
+    for record in records:
+        value = ((record.get("config") or {}).get("model") or {}).get("tokens_per_step")
+        if out.get(record.get("model")) is None:
+            out[record.get("model")] = float(value) if value else None
+    return out
+
+
+# --- onsets ---------------------------------------------------------------------------------------------------
+
+
+def bracket(steps: list[int], onset: float) -> str:
+    """The two checkpoints an onset lies between (its resolution on the checkpoint grid)."""
+    if not np.isfinite(onset) or not steps:
+        return ""
+    after = [s for s in steps if s >= onset]
+    before = [s for s in steps if s < onset]
+    if not before:
+        return f"at {after[0]}"
+    return f"{before[-1]}–{after[0]}" if after else f"after {before[-1]}"
+
+
+def onset_rule(data: ReportData) -> str:
+    """The onset rule and what its interval means, in words."""
+    o = data.onsets
+    return (
+        f"onset = first checkpoint where the metric crosses baseline (first step) + {o.fraction:g} x its "
+        f"change and stays across for {o.persist} consecutive checkpoint(s); the change is the largest "
+        "level held that long, so one outlying checkpoint neither sets it nor marks the onset; interpolated in "
+        f"log(1 + step). Interval: {data.level}% percentile interval of the onset recomputed on each of "
+        f"{data.bootstrap['n']} bootstrap replicates of the whole trajectory (the same prompt resample at every "
+        "step); 'with onset' = share of replicates that have one. The interval is the uncertainty from the "
+        "choice of prompts only: the onset is also only resolved to the two checkpoints around it."
+    )
+
+
+def onset_rows(data: ReportData, tps: dict) -> list[dict]:
+    """Per (model, metric), models in order, onsets in order of step (no held change last)."""
+    steps = {m: sorted(int(s) for s in part["step"]) for m, part in data.table.groupby("model")}
+
+    def order(item):
+        (model, metric), value = item
+        return (model, 0 if np.isfinite(value) else 1, value if np.isfinite(value) else 0.0, metric)
+
+    rows = []
+    for (model, metric), value in sorted(data.onsets.steps.items(), key=order):
+        ci = data.onsets.intervals.get((model, metric))
+        low, high = (ci or {}).get("ci", [math.nan, math.nan])
+        share = (ci or {}).get("with_onset")
+        tokens = tps.get(model)
+        interval = f"{fmt(low, 4)} – {fmt(high, 4)}" if np.isfinite(low) else ("no interval" if ci is None else "NaN")
+        rows.append(
+            {
+                "metric": metric,
+                "model": model,
+                "onset": fmt(value, 4) if np.isfinite(value) else "no held change",
+                "between": bracket(steps.get(model, []), value),
+                "interval": interval,
+                "share": "" if share is None else f"{100 * share:.0f}%",
+                "tokens": fmt(value * tokens, 4) if tokens and np.isfinite(value) else "",
+            }
+        )
+    return rows
+
+
+# --- trajectories and heads -----------------------------------------------------------------------------------
+
+
+def family_panels(data: ReportData) -> dict[str, tuple[list[str], int]]:
+    """Per family (the part before '/'): the metrics drawn (summary and onset metrics first, then those with
+    intervals, then the rest, at most `panels_per_family`) and how many were left out."""
+    columns = metric_columns(data.table)
+    with_ci = interval_keys(data.table)
+    out = {}
+    for family in sorted({c.split("/")[0] for c in columns}):
+        mine = [c for c in columns if c.split("/")[0] == family and data.table[c].notna().any()]
+        first = [m for m in dict.fromkeys(data.summary_metrics + data.onsets.metrics) if m in mine]
+        ranked = first + [m for m in mine if m in with_ci and m not in first]
+        ranked += [m for m in mine if m not in ranked]
+        out[family] = (ranked[: data.panels_per_family], max(0, len(ranked) - data.panels_per_family))
+    return out
+
+
+def trajectory_figures(data: ReportData, ok, tps: dict, metrics: list[str], name: str) -> dict:
+    """The panels of `metrics` by training step and by tokens seen (models with a known tokens_per_step)."""
+    known = {m: t for m, t in tps.items() if t}
+    o = data.onsets
+    by_step = trajectory_figure(ok, metrics, o.steps, o.intervals, "step")
+    by_tokens = trajectory_figure(ok, metrics, o.steps, o.intervals, "tokens", known)
+    return {
+        "by_step": figure(by_step, f"{name} trajectories by step"),
+        "by_tokens": figure(by_tokens, f"{name} trajectories by tokens seen"),
+    }
+
+
+def summary_section(data: ReportData, ok, tps: dict) -> dict:
+    """The summary metrics (config `report.summary_metrics`) found in the table, drawn together."""
+    metrics = [m for m in data.summary_metrics if m in ok.columns]
+    figures = trajectory_figures(data, ok, tps, metrics, "summary metrics") if metrics else None
+    return {"metrics": metrics, "figures": figures}
+
+
+def family_trajectories(data: ReportData, ok, tps: dict) -> dict[str, dict]:
+    """Per family with a metric to draw: its figures and a note on intervals and metrics left out."""
+    with_ci = interval_keys(ok)
+    out = {}
+    for family, (metrics, left_out) in family_panels(data).items():
+        if not metrics:
+            continue
+        more = f" {left_out} more {family}/ metrics are in trajectories.csv." if left_out else ""
+        without = [m for m in metrics if m not in with_ci]
+        note = f"No interval: {', '.join(without)}." if without else "Every metric drawn has an interval."
+        out[family] = {**trajectory_figures(data, ok, tps, metrics, family), "note": note + more, "count": len(metrics)}
+    return out
+
+
+def onset_reference(key: str, model: str, data: ReportData) -> tuple[str | None, float]:
+    """The onset metric (and its onset) that a per-head array is read against: a metric whose name starts
+    with the array's name (icl/induction -> icl/induction_max), else one starting with its name less a
+    trailing `_effect` (icl/ablation_effect -> icl/ablation_top3_share), else any metric of its family."""
+    found = {m: v for (mod, m), v in data.onsets.steps.items() if mod == model and np.isfinite(v)}
+    stem = key.removesuffix("_effect")
+    metrics = data.onsets.metrics
+    for candidates in (
+        [m for m in metrics if m.startswith(key + "_")],
+        [m for m in metrics if m.startswith(stem + "_")],
+        [m for m in metrics if m.split("/")[0] == key.split("/")[0]],
+    ):
+        for metric in candidates:
+            if metric in found:
+                return metric, found[metric]
+    return None, math.nan
+
+
+def head_arrays(data: ReportData, model: str) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Per layer x head array of a model's ok records: [(step, array)] in step order."""
+    out: dict[str, list] = defaultdict(list)
+    for record in sorted(data.records, key=step_number):
+        if record.get("model") != model or record.get("status") != "ok":
+            continue
+        for key, array in data.arrays.get(record["_path"], {}).items():
+            if is_head_array(record, array):
+                out[key].append((int(record["step"]), array))
+    return dict(out)
+
+
+def head_panel(data: ReportData, model: str, key: str, series: list[tuple[int, np.ndarray]]) -> dict:
+    """One array over training: the head x step heatmap, and the first, onset (or middle) and last checkpoints."""
+    steps = [s for s, _ in series]
+    metric, onset = onset_reference(key, model, data)
+    title = f"{model}: {key} per head" + (f" (onset of {metric})" if metric else "")
+    grid = figure(head_step_figure(steps, [a for _, a in series], title, onset), f"{model} {key} head x step")
+    picks = [("first", 0)]
+    if np.isfinite(onset):
+        index = min(int(np.searchsorted(np.asarray(steps, dtype=float), onset)), len(steps) - 1)
+        picks.append((f"onset (~{onset:.0f})", index))
+    else:
+        picks.append(("middle", len(steps) // 2))
+    picks.append(("last", len(steps) - 1))
+    panels = [(f"{label}: step {steps[i]}", series[i][1]) for label, i in picks]
+    snaps = figure(head_snapshots_figure(panels, f"{model}: {key}"), f"{model} {key} first onset last")
+    return {"model": model, "key": key, "grid": grid, "snaps": snaps}
+
+
+def head_panels(data: ReportData) -> dict[str, list[dict]]:
+    """Per family: its layer x head arrays over training, by model then array name."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for model in sorted({r.get("model") for r in data.records if r.get("status") == "ok"}):
+        for key, series in sorted(head_arrays(data, model).items()):
+            out[key.split("/")[0]].append(head_panel(data, model, key, series))
+    return dict(out)
+
+
+def family_sections(data: ReportData, ok, tps: dict) -> list[dict]:
+    """Per metric family, in name order: its trajectories (or None) and its head arrays."""
+    trajectories = family_trajectories(data, ok, tps)
+    heads = head_panels(data)
+    return [
+        {"name": name, "trajectories": trajectories.get(name), "heads": heads.get(name, [])}
+        for name in sorted(set(trajectories) | set(heads))
+    ]
+
+
+# --- checkpoints, NaN values, intervals ------------------------------------------------------------------------
+
+
+def checkpoint_section(data: ReportData) -> dict:
+    """Counts, failed checkpoints with their errors, identical weights, and every record's time and warnings."""
+    table = data.table
+    failed = table[table["status"] != "ok"]
+    flagged = table[table["identical_weights_as"].astype(str).str.strip() != ""]
+    by_key = {(r.get("model"), step_number(r)): r for r in data.records}
+    failures = []
+    for _, row in failed.iterrows():
+        error = by_key.get((row["model"], int(row["step"])), {}).get("error") or {}
+        message = f"{error.get('type', '?')}: {error.get('message', '')}"
+        trace = error.get("traceback")
+        failures.append({"model": str(row["model"]), "step": row["step"], "error": message, "trace": trace})
+    identical = [
+        {
+            "model": str(row["model"]),
+            "step": row["step"],
+            "same": str(row["identical_weights_as"]),
+            "sha": str(row["weights_sha256"])[:16],
+        }
+        for _, row in flagged.iterrows()
+    ]
+    every = [
+        {
+            "model": str(r.get("model")),
+            "step": r.get("step"),
+            "status": str(r.get("status")),
+            "seconds": fmt(r.get("seconds"), 4),
+            "finished": str(r.get("finished_at", "")),
+            "warnings": "; ".join(map(str, r.get("warnings") or [])),
+        }
+        for r in data.records
+    ]
+    ok = int((table["status"] == "ok").sum())
+    return {"total": len(table), "ok": ok, "failed": failures, "identical": identical, "every": every}
+
+
+def reason_groups(entries) -> dict[tuple[str, str], tuple[str, list[str]]]:
+    """(metric, reason with its numbers as #) -> (the first such reason, where) for (where, metric, reason)
+    entries: the same reason with other numbers in it is one row."""
+    groups: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    for where, key, reason in entries:
+        groups.setdefault((key, NUMBER.sub("#", reason)), (reason, []))[1].append(where)
+    return groups
+
+
+def reason_rows(rows: list[tuple[str, str, list[str]]]) -> list[dict]:
+    """Rows of (metric, reason, where): the count and the first `SHOWN_PLACES` places."""
+    return [
+        {
+            "metric": key,
+            "reason": reason,
+            "count": len(where),
+            "where": ", ".join(where[:SHOWN_PLACES]) + (" …" if len(where) > SHOWN_PLACES else ""),
+        }
+        for key, reason, where in rows
+    ]
+
+
+def nan_section(data: ReportData) -> dict:
+    """NaN values of the records grouped by (metric, reason), family by family, the most frequent first."""
+    groups = reason_groups(
+        (f"{record.get('model')}@{record.get('step')}", key, reason)
+        for record in data.records
+        for key, reason in (record.get("nan_reasons") or {}).items()
+    )
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0].split("/")[0], -len(kv[1][1]), kv[0]))
+    rows = reason_rows([(kind[0], first, where) for kind, (first, where) in ordered])
+    return {"total": sum(len(where) for _, where in groups.values()), "rows": rows}
+
+
+def no_interval_reasons(data: ReportData) -> dict[str, str]:
+    """{key: why it has no interval} from the records (`no_interval`, the families' declarations)."""
+    reasons: dict[str, str] = {}
+    for record in data.records:
+        for key, why in (record.get("no_interval") or {}).items():
+            reasons.setdefault(key, why)
+    return reasons
+
+
+def left_out_intervals(reasons: dict) -> dict:
+    """Where a scalar with a sample got no interval, grouped by (metric, reason with numbers as #); a NaN
+    scalar is left out here (it is listed with its reason under NaN values)."""
+    groups = reason_groups(
+        (f"{model}@{step}", key, why)
+        for (model, step), keys in sorted(reasons.items())
+        for key, why in keys.items()
+        if why != "the scalar is NaN"
+    )
+    rows = reason_rows([(key, pattern, where) for (key, pattern), (_, where) in sorted(groups.items())])
+    return {"total": sum(len(w) for _, w in groups.values()), "rows": rows}
+
+
+def interval_section(data: ReportData) -> dict:
+    """The bootstrap settings, the scalars with an interval, those without and why, and intervals left out."""
+    with_ci = sorted(interval_keys(data.table))
+    declared = no_interval_reasons(data)
+    old = "no per-prompt sample in its records (written before samples existed? force=true recomputes)"
+    without = [
+        {"metric": key, "why": declared.get(key, old)} for key in sorted(set(metric_columns(data.table)) - set(with_ci))
+    ]
+    seconds = f"{data.bootstrap_seconds:.2f}" if np.isfinite(data.bootstrap_seconds) else None
+    return {
+        "settings": data.bootstrap,
+        "seconds": seconds,
+        "with_ci": with_ci,
+        "without": without,
+        "left_out": left_out_intervals(data.interval_reasons),
+    }
