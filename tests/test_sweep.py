@@ -16,7 +16,7 @@ STEPS = [0, 512, 1000, 1600]
 
 
 def suite_path_override(directory: Path) -> str:
-    return f"model.path='{directory}/step{{step}}'"
+    return f"paths.suite='{directory}'"
 
 
 @pytest.fixture(scope="module")
