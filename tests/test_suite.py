@@ -352,12 +352,13 @@ def test_ensure_suite_adopts_a_build_left_under_outputs_by_earlier_versions(tiny
     assert cached.resolve() == (legacy_root / "suite" / "tiny").resolve()
 
 
-def tiny_overrides(directory: Path) -> list[str]:
-    """Overrides that make model=micro the tiny recipe, read from `directory`."""
+def tiny_overrides(directory: Path | None) -> list[str]:
+    """Overrides that make model=micro the tiny recipe, read from `directory` (None: the default directory)."""
     values = asdict(small_spec())
     values["phases"] = json.dumps(values["phases"], separators=(",", ":"))
     values["text_glob"] = f"'{values['text_glob']}'"
-    return [f"paths.suite={directory}", *(f"model.suite.{k}={v}" for k, v in values.items())]
+    where = [f"paths.suite={directory}"] if directory is not None else []
+    return [*where, *(f"model.suite.{k}={v}" for k, v in values.items())]
 
 
 def test_console_script_where_build_and_already_built(tmp_path, capsys):
@@ -373,6 +374,24 @@ def test_console_script_where_build_and_already_built(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli([*tiny_overrides(directory), "--where"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == str(directory)
+
+
+def test_console_script_adopts_into_the_cache_and_never_writes_beside_a_built_suite(
+    tiny_suite, tmp_path, cache_home, capsys
+):
+    shared = shutil.copytree(tiny_suite, tmp_path / "shared" / "tiny")
+    cli([*tiny_overrides(None), "--adopt", str(shared)])
+    cached = cache_home / "ckptstudy" / "suites" / f"tiny-{small_spec().spec_hash()}"
+    assert f"{cached} -> {shared} (adopted, not copied)" in capsys.readouterr().out
+    assert cached.is_symlink() and cached.resolve() == shared
+    # a suite already built where the config points (e.g. $CKPTSTUDY_SUITE_DIR = another clone's build): not a
+    # byte is written beside it, whatever is asked
+    listing = sorted(p.name for p in shared.parent.iterdir())
+    before = tree(shared)
+    cli(tiny_overrides(shared))
+    cli([*tiny_overrides(shared), "--adopt", str(shared)])
+    assert ensure_suite(suite_model(small_spec(), shared), legacy_root=tmp_path) == shared
+    assert sorted(p.name for p in shared.parent.iterdir()) == listing == ["tiny"] and tree(shared) == before
 
 
 def test_console_script_refuses_to_adopt_a_partial_copy(tiny_suite, tmp_path):

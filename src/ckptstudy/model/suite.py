@@ -279,8 +279,10 @@ def adopt_suite(spec: SuiteSpec, source: str | Path, out_dir: str | Path) -> Pat
     problem = build_problem(spec, source)
     if problem:
         raise ValueError(f"cannot adopt {source} as the {spec.name!r} suite: {problem}")
+    if out_dir.resolve() == source or is_built(spec, out_dir):
+        return out_dir  # before the lock: a built suite's directory (maybe another clone's) is never written to
     with _locked(out_dir):
-        if out_dir.resolve() == source or is_built(spec, out_dir):
+        if is_built(spec, out_dir):
             return out_dir
         _check_replaceable(spec, out_dir, force=False)
         _remove_leftovers(out_dir)
@@ -331,14 +333,14 @@ def cli(argv: list[str] | None = None) -> None:
     if args.where:
         print(f"{directory}" + (f"  (not built: {problem})" if problem else ""))
         sys.exit(1 if problem else 0)
+    if problem is None and not args.force:
+        steps = len(spec.checkpoint_steps())
+        print(f"micro suite {spec.name!r} already built at {directory} ({steps} checkpoints)")
+        return
     try:
         if args.adopt:
             adopt_suite(spec, args.adopt, directory)
             print(f"micro suite {spec.name!r}: {directory} -> {Path(args.adopt).resolve()} (adopted, not copied)")
-            return
-        if problem is None and not args.force:
-            steps = len(spec.checkpoint_steps())
-            print(f"micro suite {spec.name!r} already built at {directory} ({steps} checkpoints)")
             return
         if args.force:
             build_suite(spec, directory, force=True)

@@ -19,7 +19,10 @@ from pathlib import Path
 
 SUITE_DIR_ENV = "CKPTSTUDY_SUITE_DIR"  # the directory of the suite to build and read (overrides the cache layout)
 MANIFEST = "suite.json"  # written last by a build: its presence with the recipe's hash marks a finished build
-BUILD_HINT = "build it with `make suite` (or `.venv/bin/ckptstudy-suite`); a job never trains the suite"
+BUILD_HINT = (
+    "build it with `make suite` (or `.venv/bin/ckptstudy-suite <the same overrides>` for another paths.suite or "
+    "recipe); a job never trains the suite"
+)
 
 
 @dataclass
