@@ -5,6 +5,8 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+# the overrides of ARGS that say which suite a run reads (make run ARGS=paths.suite=... builds that one)
+SUITE_ARGS = $(filter model=% model.suite.% model.path=% paths.suite=% paths.root=%,$(ARGS))
 
 .DEFAULT_GOAL := help
 .PHONY: help install run suite test test-fast test-full bench lint format clean
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv (if missing) and install ckptstudy with torch==TORCH_VERSION
 
 suite: $(STAMP) ## build the micro suite once per machine (~5 min) in ~/.cache/ckptstudy/suites/ (ckptstudy-suite --where)
-	$(BIN)/ckptstudy-suite
+	$(BIN)/ckptstudy-suite $(SUITE_ARGS)
 
 run: suite ## default multirun sweep over the micro suite's checkpoints, then the summary, report.html and W&B trajectory runs
 	$(BIN)/ckptstudy --multirun $(ARGS)

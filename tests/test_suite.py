@@ -394,6 +394,15 @@ def test_console_script_adopts_into_the_cache_and_never_writes_beside_a_built_su
     assert sorted(p.name for p in shared.parent.iterdir()) == listing == ["tiny"] and tree(shared) == before
 
 
+def test_console_script_builds_nothing_for_a_hub_model(capsys, monkeypatch):
+    no_training(monkeypatch)
+    cli(["model=pythia-70m"])
+    out = capsys.readouterr().out
+    assert "model=pythia-70m is not a suite model (model.checkpoints=pythia): nothing to build" in out
+    with pytest.raises(SystemExit, match="error: model=pythia-70m is not a suite model"):
+        cli(["model=pythia-70m", "--where"])
+
+
 def test_console_script_refuses_to_adopt_a_partial_copy(tiny_suite, tmp_path):
     partial = shutil.copytree(tiny_suite, tmp_path / "partial")
     shutil.rmtree(partial / "step1")

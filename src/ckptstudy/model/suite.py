@@ -326,7 +326,12 @@ def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = compose_config(args.overrides)
     if cfg.model.checkpoints != "suite":
-        raise SystemExit(f"model={cfg.model.name} is not a suite model (model.checkpoints={cfg.model.checkpoints})")
+        kind = getattr(cfg.model.checkpoints, "value", cfg.model.checkpoints)
+        message = f"model={cfg.model.name} is not a suite model (model.checkpoints={kind})"
+        if args.where or args.adopt or args.force:
+            raise SystemExit(f"error: {message}")
+        print(f"{message}: nothing to build")  # `make run ARGS=model=pythia-160m` builds nothing
+        return
     spec = spec_from_config(cfg.model)
     directory = suite_dir(cfg.model)
     problem = build_problem(spec, directory)
