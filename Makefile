@@ -5,13 +5,16 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+# the overrides of ARGS that say which suite a run reads (make run ARGS=paths.suite=... builds that one)
+SUITE_ARGS = $(filter model=% model.suite.% model.path=% paths.suite=% paths.root=%,$(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run suite test test-full bench lint format clean
+.PHONY: help install run suite test test-fast test-full bench lint format clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: TORCH_VERSION=$(TORCH_VERSION) (pip install torch==TORCH_VERSION first), PYTHON=$(PYTHON), ARGS='<hydra overrides for make run>'"
+	@echo "  environment: CKPTSTUDY_SUITE_DIR=<dir> reads and builds the micro suite there (else ~/.cache/ckptstudy/suites/micro-<recipe hash>)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,16 +25,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv (if missing) and install ckptstudy with torch==TORCH_VERSION
 
-suite: $(STAMP) ## build the embedded micro suite under outputs/suite/micro (skipped when built)
-	$(BIN)/ckptstudy-suite
+suite: $(STAMP) ## build the micro suite once per machine (~5 min) in ~/.cache/ckptstudy/suites/ (ckptstudy-suite --where)
+	$(BIN)/ckptstudy-suite $(SUITE_ARGS)
 
 run: suite ## default multirun sweep over the micro suite's checkpoints, then the summary, report.html and W&B trajectory runs
 	$(BIN)/ckptstudy --multirun $(ARGS)
 
-test: $(STAMP) ## fast test suite (includes one real multirun over micro checkpoints)
+test: suite ## the test suite, after `make suite` (includes one real multirun over micro checkpoints)
 	$(BIN)/python -m pytest
 
-test-full: $(STAMP) ## every test, including `slow` ones (full micro-suite build, long sweeps)
+test-fast: $(STAMP) ## the edit loop (< 2 min): tests that need no suite and no long run (markers suite, long)
+	$(BIN)/python -m pytest -m "not suite and not long and not slow"
+
+test-full: suite ## every test, including `slow` ones (sweeps over every micro checkpoint, other launchers)
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 $(VENV)/.bench-stamp: $(STAMP) pyproject.toml
@@ -50,6 +56,6 @@ format: $(STAMP) ## ruff fix + format
 	$(BIN)/ruff check --fix src tests benches
 	$(BIN)/ruff format src tests benches
 
-clean: ## remove outputs (records, suite, W&B runs) and caches; keeps .venv
+clean: ## remove outputs (records, W&B runs) and caches; keeps .venv and the micro suite (ckptstudy-suite --where)
 	rm -rf outputs/* multirun .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,4 +1,8 @@
-"""Shared fixtures: the real micro suite (built once, cached under outputs/), tiny models, CLI runner."""
+"""Shared fixtures: the real micro suite (built once per machine, in paths.suite), tiny models, CLI runner.
+
+Every test that uses the micro suite (the `micro_suite` fixture, directly or through another fixture) is
+marked `suite` here, so `make test-fast` (`-m "not suite and not slow"`) runs without a suite and nobody has
+to remember the marker."""
 
 from __future__ import annotations
 
@@ -13,14 +17,32 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+SUITE_FIXTURE = "micro_suite"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "suite: needs the built micro suite (set here on every test using micro_suite)")
+    config.addinivalue_line("markers", "long: over ~10 s without the suite (a real multirun...): not in make test-fast")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark `suite` every test whose fixture closure holds the micro suite."""
+    for item in items:
+        if SUITE_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.suite)
+
+
 @pytest.fixture(scope="session")
 def micro_suite() -> Path:
-    """The embedded micro suite's directory; built on first use (a few minutes), then reused."""
+    """The embedded micro suite's directory (`paths.suite`: $CKPTSTUDY_SUITE_DIR, else the user's cache).
+
+    `make test` builds it before pytest starts; a bare pytest run links a finished build left under outputs/suite
+    by an earlier version, or builds it (minutes, once per machine). Tests only read it: those that damage
+    checkpoints copy them first."""
     from ckptstudy.config import compose_config
     from ckptstudy.model.suite import ensure_suite
 
-    cfg = compose_config([f"paths.root={REPO / 'outputs'}"])
-    return ensure_suite(cfg.model)
+    return ensure_suite(compose_config().model, legacy_root=REPO / "outputs")
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +55,8 @@ def final_micro_context(micro_suite):
 
     step = max(int(p.name[4:]) for p in micro_suite.glob("step*"))
     model, tokenizer = load_checkpoint(CheckpointSource("micro", step, "local", str(micro_suite / f"step{step}")))
-    cfg = compose_config([f"paths.root={micro_suite.parents[1]}"])
-    probes = cached_probes(cfg.probes, tokenizer, micro_suite.parents[1] / "cache" / "probes")
+    cfg = compose_config()
+    probes = cached_probes(cfg.probes, tokenizer, REPO / "outputs" / "cache" / "probes")
     return JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=16, seed=0)
 
 

@@ -37,6 +37,7 @@ def fake_hub(tmp_path, tiny_tokenizer):
     return {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+@pytest.mark.long  # a real multirun / two measuring subprocesses: left out of `make test-fast`
 def test_offline_hub_sweep_loads_each_revision_and_flags_identical_weights(tmp_path, fake_hub):
     root = tmp_path / "out"
     proc = run_cli(

@@ -325,6 +325,7 @@ print(json.dumps({"growth_kb": after - before}))
 """
 
 
+@pytest.mark.long  # a real multirun / two measuring subprocesses: left out of `make test-fast`
 def test_memory_does_not_grow_with_depth():
     # one layer's attention here: 8 x 8 x 768 x 768 float32 = 151 MB (x2 as float64 in the reducer);
     # keeping every layer's would add >= 4 x 151 MB for the 4 extra layers

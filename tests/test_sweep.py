@@ -16,7 +16,7 @@ STEPS = [0, 512, 1000, 1600]
 
 
 def suite_path_override(directory: Path) -> str:
-    return f"model.path='{directory}/step{{step}}'"
+    return f"paths.suite='{directory}'"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_corrupt_checkpoint_fails_alone(micro_suite, tmp_path):
     suite = tmp_path / "suite"
     for step in (0, 512, 1600):
         shutil.copytree(micro_suite / f"step{step}", suite / f"step{step}")
-    shutil.copy(micro_suite / "suite.json", suite / "suite.json")  # a finished build: nothing to rebuild
+    shutil.copy(micro_suite / "suite.json", suite / "suite.json")  # a copy of this recipe (jobs never build)
     (suite / "step512" / "model.safetensors").write_bytes(b"not a safetensors file")
     root = tmp_path / "out"
     # the subject is the failure path, not the metrics: a fast preset and one family

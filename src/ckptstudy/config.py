@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ckptstudy.model.checkpoints import available_steps
+from ckptstudy.model.suite_spec import default_suite_dir, spec_from_config
 from ckptstudy.schemas import register_family_schemas
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here
@@ -168,7 +169,8 @@ class CheckpointsConf:
 
 @dataclass
 class PathsConf:
-    root: str = MISSING
+    root: str = MISSING  # results: records, tables, report, W&B runs, probe cache
+    suite: str | None = None  # the micro suite's directory (a suite model's model.path lives under it)
 
 
 @dataclass
@@ -198,12 +200,24 @@ def all_steps(*, _root_: DictConfig) -> str:
     return ",".join(map(str, available_steps(_root_.model)))
 
 
+def suite_directory(*, _root_: DictConfig) -> str | None:
+    """Resolver `${ckptstudy_suite_dir:}` (the default of `paths.suite`): where the configured suite model's
+    suite is built and read, `$CKPTSTUDY_SUITE_DIR` or `<user cache>/ckptstudy/suites/<name>-<recipe hash>`;
+    None for a model that is not a suite."""
+    model = _root_.model
+    if model.checkpoints != "suite":
+        return None
+    return str(default_suite_dir(spec_from_config(model)))
+
+
 def register_configs() -> None:
     """Register the schema (conf/config.yaml lists `config_schema` first) and ckptstudy's resolvers."""
     ConfigStore.instance().store(name="config_schema", node=Config)
     register_family_schemas(CONF_DIR / "metrics")
     if not OmegaConf.has_resolver("ckptstudy_steps"):
         OmegaConf.register_new_resolver("ckptstudy_steps", all_steps)
+    if not OmegaConf.has_resolver("ckptstudy_suite_dir"):
+        OmegaConf.register_new_resolver("ckptstudy_suite_dir", suite_directory)
 
 
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:

@@ -25,7 +25,7 @@ from ckptstudy import fingerprint, results
 from ckptstudy.measure.cycles import check_loop_parameters
 from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
 from ckptstudy.model import checkpoints, hubcache
-from ckptstudy.model.suite import ensure_suite
+from ckptstudy.model.suite_spec import checkpoint_problem
 from ckptstudy.probes import cached_probes, check_probe_config
 from ckptstudy.report.tracking import Tracker, TrackingError
 
@@ -127,9 +127,8 @@ def resolve_source(cfg: DictConfig) -> checkpoints.CheckpointSource:
 def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, record: dict) -> FamilyResult:
     """Check, then load the checkpoint, build its probes, run every family; fills `record` and returns the
     measurements. Non-finite weights, activations, metrics and arrays are flagged in `record["warnings"]`."""
-    ensure_suite(cfg.model)
-    if record.get("checkpoint_fingerprint") is None:  # a suite just built: its files exist now
-        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
+    if cfg.model.checkpoints == "suite" and (problem := checkpoint_problem(cfg.model, source.step)):
+        raise checkpoints.CheckpointError(problem)  # a job never trains the suite (`make suite` does)
     checkpoints.inspect_checkpoint(source)
     tokenizer = checkpoints.load_tokenizer(source)
     probes = cached_probes(cfg.probes, tokenizer, Path(cfg.paths.root) / "cache" / "probes")

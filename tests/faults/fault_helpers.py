@@ -81,12 +81,13 @@ def run(args: list[str], edit=None) -> dict:
     return run_job(cfg)
 
 
-def copy_suite(micro_suite: Path, dest: Path, steps: list[int]) -> Path:
-    """A copy of some micro-suite checkpoints (and its manifest: a finished build) to damage."""
+def copy_suite(micro_suite: Path, dest: Path, steps: list[int], manifest: bool = True) -> Path:
+    """A copy of some micro-suite checkpoints (and, unless `manifest` is false, its manifest) to damage."""
     dest.mkdir(parents=True, exist_ok=True)
     for step in steps:
         shutil.copytree(micro_suite / f"step{step}", dest / f"step{step}")
-    shutil.copy2(micro_suite / "suite.json", dest / "suite.json")
+    if manifest:
+        shutil.copy2(micro_suite / "suite.json", dest / "suite.json")
     return dest
 
 

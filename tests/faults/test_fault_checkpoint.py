@@ -4,6 +4,7 @@ checkpoint files, another config, force)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -56,6 +57,34 @@ def test_missing_config_json_names_the_file(micro_suite, out_root, tmp_path, loa
     record = run(overrides(out_root, suite, "step=2"))
     assert record["status"] == "failed" and loads == []
     assert f"no config.json in {suite / 'step2'}" in record["error"]["message"]
+
+
+def test_suite_copy_with_one_checkpoint_measures_it_and_never_trains_the_rest(micro_suite, out_root, tmp_path, loads):
+    # a job never trains the suite: a missing step fails fast naming its directory and `make suite`
+    from ckptstudy.model import suite as suite_module
+
+    def no_training(*args):
+        raise AssertionError("a job trained the suite")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(suite_module, "_train", no_training)
+        patch.setattr(suite_module, "train_tokenizer", no_training)
+        suite = copy_suite(micro_suite, tmp_path / "suite", [2], manifest=False)
+        before = tree_digest(suite)
+        assert run(overrides(out_root, suite, "step=2"))["status"] == "ok"
+        missing = run(overrides(out_root, suite, "step=4"))
+        assert missing["status"] == "failed" and missing["error"]["type"] == "CheckpointError"
+        message = missing["error"]["message"]
+        assert f"no checkpoint directory {suite / 'step4'}" in message and "`make suite`" in message, message
+        assert tree_digest(suite) == before and sorted(p.name for p in suite.parent.iterdir()) == ["out", "suite"]
+        # a finished build missing that step says so; a build of another recipe is refused even where a step exists
+        shutil.copy2(micro_suite / "suite.json", suite / "suite.json")
+        assert "the build there lacks this step" in run(overrides(out_root, suite, "step=4"))["error"]["message"]
+        other = {**json.loads((suite / "suite.json").read_text()), "spec_hash": "0" * 16}
+        (suite / "suite.json").write_text(json.dumps(other))
+        refused = run(overrides(out_root, suite, "step=2", "force=true"))
+        assert refused["status"] == "failed" and "holds a build of another recipe" in refused["error"]["message"]
+    assert len(loads) == 1  # only step 2's first, successful job loaded weights
 
 
 def test_revision_missing_from_the_cache_fails_and_is_measured_once_cached(micro_suite, out_root, offline_hub):

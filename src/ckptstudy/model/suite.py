@@ -6,6 +6,11 @@ architecture choices (`ckptstudy.model.neox`), its own byte-level BPE tokenizer,
 deterministically on the Python standard library's sources (`ckptstudy.model.corpus`).
 The recipe, its checkpoint steps and its directory are `ckptstudy.model.suite_spec`.
 
+Only `make suite` / `ckptstudy-suite` (and `ckptstudy-refine`, before it launches jobs) build a suite, never
+a job. A build trains into a hidden staging directory beside its target, writes the manifest last and
+renames the staging directory into place, so a killed build never leaves a directory that looks built;
+builders of one directory take turns on a file lock, and the second finds the first one's build.
+
 The data follows a curriculum so the suite shows the phenomena the tool measures:
 ordinary text first (natural repetition appears early), then mostly sequences made of
 a repeated random-token span (a strong copying signal that produces induction heads
@@ -17,14 +22,20 @@ directory per step, each loadable with `from_pretrained`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import platform
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
@@ -32,14 +43,22 @@ from transformers.utils import logging as hf_logging
 from ckptstudy.config import compose_config
 from ckptstudy.model.corpus import load_corpus
 from ckptstudy.model.neox import make_neox
-from ckptstudy.model.suite_spec import SuiteSpec, spec_from_config, suite_dir
+from ckptstudy.model.suite_spec import (
+    MANIFEST,
+    SUITE_DIR_ENV,
+    SuiteSpec,
+    build_problem,
+    is_built,
+    read_manifest,
+    spec_from_config,
+    suite_dir,
+)
 from ckptstudy.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|padding|>"
-MANIFEST = "suite.json"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -97,40 +116,108 @@ class BatchSampler:
 
 
 def save_checkpoint(model, tokenizer, directory: Path) -> None:
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
-def read_manifest(out_dir: Path) -> dict | None:
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+class SuiteExistsError(RuntimeError):
+    """The target directory holds something that is not a build of this recipe: never replaced silently."""
 
 
-def is_built(spec: SuiteSpec, out_dir: Path) -> bool:
-    """True when `out_dir` holds a finished build of exactly this spec."""
-    manifest = read_manifest(out_dir)
-    return bool(manifest) and manifest.get("spec_hash") == spec.spec_hash()
+def _sibling(directory: Path, kind: str) -> Path:
+    """A hidden path beside `directory` (same filesystem: a rename into place is atomic)."""
+    return directory.parent / f".{directory.name}.{kind}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold the lock of `directory` (a file beside it), saying so when another process holds it."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory.parent / f".{directory.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another process is building or adopting %s: waiting for it (lock %s)", directory, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _check_replaceable(spec: SuiteSpec, directory: Path, force: bool) -> None:
+    """Refuse to replace a directory that holds another recipe's build or files that are not a build, unless
+    `force` (an unfinished build of this recipe, an empty directory or a dangling link is replaced)."""
+    if force or not directory.exists():  # a dangling link does not exist either
+        return
+    manifest = read_manifest(directory)
+    if manifest is not None and manifest.get("spec_hash") == spec.spec_hash():
+        return
+    if manifest is None and directory.is_dir() and not any(directory.iterdir()):
+        return
+    raise SuiteExistsError(
+        f"not building the {spec.name!r} suite into {directory}: {build_problem(spec, directory)}. Point "
+        f"paths.suite (or {SUITE_DIR_ENV}) at another directory (the default, under the user's cache, is keyed "
+        "by the recipe), or pass --force to replace it"
+    )
+
+
+def _move_into_place(staging: Path, directory: Path) -> None:
+    """Replace `directory` by `staging`. A link is removed, never what it points to."""
+    old = None
+    if directory.is_symlink() or directory.is_file():
+        directory.unlink()
+    elif directory.exists():
+        old = _sibling(directory, "old")
+        directory.rename(old)
+    staging.rename(directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Staging and replaced directories of killed builds (called holding the lock: nobody else is building)."""
+    for kind in ("building", "old", "link"):
+        for path in directory.parent.glob(f".{directory.name}.{kind}-*"):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False) -> Path:
     """Train the suite and save its checkpoints under `out_dir/step<N>/`; reuse a finished build.
 
-    The manifest (`suite.json`) is written last, so an interrupted build is redone.
-    Deterministic: the global torch RNG is seeded once here, before the corpus, the tokenizer and the
-    model are made in that order (the model's initial weights depend on it); batches use their own generator.
+    Atomic and locked: training goes to a staging directory beside `out_dir` that is renamed into place once
+    its manifest is written; a second builder waits on the lock and then finds the build done. A directory
+    that holds another recipe's build or files that are not a build is refused (SuiteExistsError) unless
+    `force`. Deterministic: the global torch RNG is seeded once, before the corpus, the tokenizer and the model
+    are made in that order (the model's initial weights depend on it); batches use their own generator.
     """
     out_dir = Path(out_dir)
     if is_built(spec, out_dir) and not force:
         return out_dir
+    with _locked(out_dir):
+        if is_built(spec, out_dir) and not force:
+            log.info("micro suite %r was built at %s by another builder meanwhile", spec.name, out_dir)
+            return out_dir
+        _check_replaceable(spec, out_dir, force)
+        _remove_leftovers(out_dir)
+        staging = _sibling(out_dir, "building")
+        try:
+            _train(spec, staging)
+            _move_into_place(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _train(spec: SuiteSpec, out_dir: Path) -> None:
+    """Train the suite into `out_dir` (a fresh directory); the manifest is written last."""
     start = time.time()
     hf_logging.disable_progress_bar()  # one bar per saved checkpoint would drown the build's own bar in a log
     torch.manual_seed(spec.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True)
 
     texts = load_corpus(spec.text_glob, spec.max_chars)
     tokenizer = train_tokenizer(texts, spec.vocab_size)
@@ -174,38 +261,98 @@ def build_suite(spec: SuiteSpec, out_dir: str | Path, force: bool = False) -> Pa
         "steps": spec.checkpoint_steps(),
         "train_tokens": int(stream.numel()),
         "build_seconds": round(time.time() - start, 1),
+        # the recipe does not hold these, yet the weights depend on them (NOTES.md): recorded, not keyed
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def adopt_suite(spec: SuiteSpec, source: str | Path, out_dir: str | Path) -> Path:
+    """Make `out_dir` a link to `source`, a finished build of `spec` made elsewhere (e.g. another clone's
+    `outputs/suite/micro`), instead of training it again. Nothing is copied or written into `source`.
+
+    Raises ValueError when `source` is not a finished build of `spec`, SuiteExistsError when `out_dir` holds
+    something else than an empty directory, a dangling link or an unfinished build of this recipe."""
+    source, out_dir = Path(source).resolve(), Path(out_dir)
+    problem = build_problem(spec, source)
+    if problem:
+        raise ValueError(f"cannot adopt {source} as the {spec.name!r} suite: {problem}")
+    if out_dir.resolve() == source or is_built(spec, out_dir):
+        return out_dir  # before the lock: a built suite's directory (maybe another clone's) is never written to
+    with _locked(out_dir):
+        if is_built(spec, out_dir):
+            return out_dir
+        _check_replaceable(spec, out_dir, force=False)
+        _remove_leftovers(out_dir)
+        link = _sibling(out_dir, "link")
+        link.symlink_to(source, target_is_directory=True)
+        if out_dir.is_dir() and not out_dir.is_symlink():
+            shutil.rmtree(out_dir)  # an empty directory or an unfinished build of this recipe
+        os.replace(link, out_dir)
     return out_dir
 
 
-def ensure_suite(model_cfg) -> Path | None:
-    """Build the model's micro suite if it is a suite model and not built yet; its directory."""
+def ensure_suite(model_cfg, legacy_root: str | Path | None = None) -> Path | None:
+    """Make a suite model's suite available at its directory (`paths.suite`); its directory (None for a model
+    that is not a suite). A finished build there is used as it is; else a finished build of the same recipe
+    at the location of earlier versions, `<legacy_root>/suite/<name>`, is adopted (linked); else it is built
+    (minutes). For `make suite` and the tools that prepare a sweep, never for a job."""
     if model_cfg.checkpoints != "suite":
         return None
     spec = spec_from_config(model_cfg)
     directory = suite_dir(model_cfg)
-    if not is_built(spec, directory):
-        log.info("micro suite %r not built yet: building it under %s", spec.name, directory)
-        build_suite(spec, directory)
-    return directory
+    if is_built(spec, directory):
+        return directory
+    legacy = Path(legacy_root) / "suite" / spec.name if legacy_root is not None else None
+    if legacy is not None and is_built(spec, legacy) and legacy.resolve() != directory.resolve():
+        log.info("micro suite %r: adopting the finished build at %s (linked from %s)", spec.name, legacy, directory)
+        return adopt_suite(spec, legacy, directory)
+    log.info("micro suite %r not built at %s: building it (about 5 minutes on 2 cores)", spec.name, directory)
+    return build_suite(spec, directory)
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """`ckptstudy-suite [model=micro] [paths.root=outputs] [--force]`: build a suite model's checkpoints."""
+    """`ckptstudy-suite [overrides] [--where | --adopt DIR | --force]`: build a suite model's checkpoints in
+    its directory (`paths.suite`: $CKPTSTUDY_SUITE_DIR, else the user's cache keyed by the recipe hash)."""
     parser = argparse.ArgumentParser(description=cli.__doc__)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=micro paths.root=outputs")
-    parser.add_argument("--force", action="store_true", help="rebuild even if a build of this spec exists")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=micro paths.suite=/data/micro")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--force", action="store_true", help="rebuild even if a build of this recipe exists")
+    action.add_argument("--where", action="store_true", help="print the directory; exit 1 when it is not built")
+    action.add_argument("--adopt", metavar="DIR", help="link a finished build of this recipe made elsewhere")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = compose_config(args.overrides)
     if cfg.model.checkpoints != "suite":
-        raise SystemExit(f"model={cfg.model.name} is not a suite model (model.checkpoints={cfg.model.checkpoints})")
+        kind = getattr(cfg.model.checkpoints, "value", cfg.model.checkpoints)
+        message = f"model={cfg.model.name} is not a suite model (model.checkpoints={kind})"
+        if args.where or args.adopt or args.force:
+            raise SystemExit(f"error: {message}")
+        print(f"{message}: nothing to build")  # `make run ARGS=model=pythia-160m` builds nothing
+        return
     spec = spec_from_config(cfg.model)
     directory = suite_dir(cfg.model)
-    if is_built(spec, directory) and not args.force:
-        print(f"micro suite {spec.name!r} already built at {directory} ({len(spec.checkpoint_steps())} checkpoints)")
+    problem = build_problem(spec, directory)
+    if args.where:
+        print(f"{directory}" + (f"  (not built: {problem})" if problem else ""))
+        sys.exit(1 if problem else 0)
+    if problem is None and not args.force:
+        steps = len(spec.checkpoint_steps())
+        print(f"micro suite {spec.name!r} already built at {directory} ({steps} checkpoints)")
         return
-    build_suite(spec, directory, force=args.force)
-    manifest = read_manifest(directory)
-    print(f"built micro suite {spec.name!r} at {directory} in {manifest['build_seconds']} s: steps {manifest['steps']}")
+    try:
+        if args.adopt:
+            adopt_suite(spec, args.adopt, directory)
+            print(f"micro suite {spec.name!r}: {directory} -> {Path(args.adopt).resolve()} (adopted, not copied)")
+            return
+        if args.force:
+            build_suite(spec, directory, force=True)
+        else:
+            ensure_suite(cfg.model, legacy_root=cfg.paths.root)
+    except (SuiteExistsError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    manifest = read_manifest(directory) or {}
+    how = f"-> {directory.resolve()} (adopted)" if directory.is_symlink() else f"in {manifest['build_seconds']} s"
+    print(f"micro suite {spec.name!r} ready at {directory} {how}: steps {manifest.get('steps')}")
