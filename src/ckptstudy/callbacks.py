@@ -1,4 +1,5 @@
-"""Hydra callback of a multirun: build the micro suite before the jobs, summarize the study after them."""
+"""Hydra callback of a multirun: validate the config and build the micro suite before the jobs, summarize the
+study after them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from hydra.experimental.callback import Callback
 
+from ckptstudy.config import validate_sweep
 from ckptstudy.model.suite import ensure_suite
 from ckptstudy.report.summary import summarize_study
 
@@ -15,13 +17,20 @@ log = logging.getLogger(__name__)
 
 
 class TrajectoryCallback(Callback):
-    """Builds the suite before a sweep and the trajectories after it (exit code 1 when a job failed)."""
+    """Refuses a bad config (exit code 2) and builds the suite before a sweep, and the trajectories after it
+    (exit code 1 when a job failed)."""
 
     def __init__(self) -> None:
         self.started: str | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        try:  # a bad value, swept or not, refuses the whole sweep before any job launches
+            # (Hydra only warns about an exception in a callback)
+            validate_sweep(config)
+        except ValueError as err:
+            print(f"error: {err}\n(no job of this sweep was launched)", file=sys.stderr)
+            sys.exit(2)
         try:
             ensure_suite(config.model)
         except Exception as err:  # each job then fails with its own record naming the cause
