@@ -30,6 +30,8 @@ class FamilyResult:
     Also: `heads` (per-head arrays [layer, head, ...], drawn as heatmaps), `raw` (other arrays saved with the
     record, e.g. generated ids), `histograms` (W&B histograms), `bars` ({chart: {label: value}} bar charts).
     `part` keeps a sample that only serves another one (e.g. one side of a difference) without reporting it.
+    A composite sample (`of=` other keys) is evaluated where its parts are: results of a family's steps are
+    merged with `update`, and the job merges the families.
     """
 
     def __init__(self) -> None:

@@ -239,10 +239,10 @@ def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tup
 
 # ------------------------------------------------------------------------------------ experiments
 def pattern_scores(ctx, top_k: int) -> FamilyResult:
-    """Per-head induction / duplicate / previous-token scores on `random_repeat` (their maxima, the top-k mean
-    of induction) and the repeated-half NLL gain, from one fused pass that keeps prompts apart."""
+    """`pattern_result` of one fused pass over `random_repeat` that keeps prompts apart (no attention weights
+    materialised: they come from the fused kernel's logsumexp, `capture.capture_stats`)."""
     r, ids = ctx.probes.repeat_length, ctx.probes.random_repeat
-    cap = capture_stats(  # weights from the fused kernel's logsumexp; none materialised (capture.py)
+    cap = capture_stats(
         ctx.model,
         ids,
         StatsRequest(diagonals=repeat_pattern_positions(r), per_row=True),  # induction, duplicate, prev_token
@@ -250,20 +250,24 @@ def pattern_scores(ctx, top_k: int) -> FamilyResult:
         batch_size=ctx.batch_size,
     )
     counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
-    # per prompt: each pattern's mean over its queries [n, layer, 3, head]
     rows = torch.stack([layer["diagonal"] for layer in cap.attn], dim=1).double() / counts[None, None, :, None]
+    return pattern_result(rows, cap.logits.double(), r, top_k)
+
+
+def pattern_result(rows: torch.Tensor, nll_rows: torch.Tensor, repeat_length: int, top_k: int) -> FamilyResult:
+    """Per-head induction / duplicate / previous-token scores (their maxima, the top-k mean of induction, and
+    the per-head arrays) from each prompt's mean pattern weight rows [n, layer, 3, head], and the
+    repeated-half NLL gain from each prompt's next-token NLL [n, seq - 1]; a non-finite one is an error."""
     patterns = {name: rows[:, :, i].numpy() for i, name in enumerate(("induction", "duplicate", "prev_token"))}
-    samples = {
+    gains = np.array([repeat_nll_gain(row, repeat_length) for row in nll_rows])
+    result = FamilyResult()
+    for key, sample in {
         "icl/induction_max": Sample("max_of_mean", patterns["induction"], prompts="random_repeat"),
         f"icl/induction_top{top_k}_mean": Sample("top_mean", patterns["induction"], prompts="random_repeat", k=top_k),
         "icl/prev_token_max": Sample("max_of_mean", patterns["prev_token"], prompts="random_repeat"),
         "icl/duplicate_max": Sample("max_of_mean", patterns["duplicate"], prompts="random_repeat"),
-        "icl/repeat_nll_gain": Sample(
-            "mean", np.array([repeat_nll_gain(row, r) for row in cap.logits.double()]), prompts="random_repeat"
-        ),
-    }
-    result = FamilyResult()
-    for key, sample in samples.items():
+        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
+    }.items():
         result.stat(key, sample, None)
     if not all(math.isfinite(v) for v in result.scalars.values()):
         raise FloatingPointError(f"non-finite ICL scalars: {result.scalars}")
@@ -273,11 +277,11 @@ def pattern_scores(ctx, top_k: int) -> FamilyResult:
 
 
 def loss_score(ctx, late_position: int, early_position: int, window: int) -> FamilyResult:
-    """The ICL score on `long_text` (clipped to the context), per window from one pass that keeps rows apart;
-    NaN with the probe's reason when `long_text` is empty (no document was long enough)."""
-    result = FamilyResult()
+    """`loss_result` of one pass over `long_text` (clipped to the context) that keeps rows apart; NaN with the
+    probe's reason when `long_text` is empty (no document was long enough)."""
     long_text = ctx.probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
     if long_text.shape[0] == 0:
+        result = FamilyResult()
         result.nan("icl/icl_score", ctx.probes.empty_reason("long_text"))
         return result
     long = capture_stats(
@@ -287,7 +291,13 @@ def loss_score(ctx, late_position: int, early_position: int, window: int) -> Fam
         logits_fn=next_token_nll,
         batch_size=max(1, ctx.batch_size // 4),
     )
-    scores = np.array([icl_score(row, late_position, early_position, window) for row in long.logits.double()])
+    return loss_result(long.logits.double(), late_position, early_position, window)
+
+
+def loss_result(nll_rows: torch.Tensor, late_position: int, early_position: int, window: int) -> FamilyResult:
+    """icl/icl_score: the mean over windows of each window's `icl_score` (nll_rows [n, seq - 1])."""
+    scores = np.array([icl_score(row, late_position, early_position, window) for row in nll_rows])
+    result = FamilyResult()
     result.stat("icl/icl_score", Sample("mean", scores, prompts="long_text"), None)
     if not math.isfinite(result.scalars["icl/icl_score"]):
         raise FloatingPointError(f"non-finite icl/icl_score: {result.scalars['icl/icl_score']}")
@@ -295,9 +305,7 @@ def loss_score(ctx, late_position: int, early_position: int, window: int) -> Fam
 
 
 def icl_repeat_rate(ctx, cycles: int) -> FamilyResult:
-    """Share of `icl_repeat` prompts whose greedy continuation of `cycles` passages (clipped to the context)
-    copies every token (icl/icl_repeat_rate), and the share of continuation tokens that are copies
-    (icl/icl_copy_accuracy), from per-prompt values."""
+    """`copy_result` of the greedy continuations of `icl_repeat` by `cycles` passages (clipped to the context)."""
     prompts, length = ctx.probes.icl_repeat, ctx.probes.icl_length
     room = ctx.room_after(prompts, 1, "icl_repeat")
     gen = greedy_generate(
@@ -308,7 +316,13 @@ def icl_repeat_rate(ctx, cycles: int) -> FamilyResult:
         batch_size=ctx.batch_size,
         desc="icl continuation",
     )
-    copied, accuracy = copy_rows(gen.ids, prompts[:, :length])
+    return copy_result(gen.ids, prompts[:, :length])
+
+
+def copy_result(continuations: torch.Tensor, passages: torch.Tensor) -> FamilyResult:
+    """icl/icl_repeat_rate, the share of prompts whose continuation copies every token, and
+    icl/icl_copy_accuracy, the share of continuation tokens that are copies (`copy_rows`)."""
+    copied, accuracy = copy_rows(continuations, passages)
     result = FamilyResult()
     result.stat("icl/icl_repeat_rate", Sample("mean", copied, prompts="icl_repeat"), "no icl_repeat prompt")
     result.stat("icl/icl_copy_accuracy", Sample("mean", accuracy, prompts="icl_repeat"), "no icl_repeat prompt")
@@ -316,20 +330,12 @@ def icl_repeat_rate(ctx, cycles: int) -> FamilyResult:
 
 
 def icl_loop_effects(ctx, settings: EffectSettings, validate_k: int) -> FamilyResult:
-    """Per-head effects on the copies of `icl_repeat` (queries from cycle 2 on), their concentration and rank
-    correlation with the induction score (rows = `icl_repeat` prompts); in attribution mode with `validate_k`
-    > 0 also the rank correlation of the estimate with exact ablation on 2 * validate_k heads."""
+    """`icl_effect_result` of the per-head effects on the copies of `icl_repeat` (queries from cycle 2 on); in
+    attribution mode with `validate_k` > 0 also the rank correlation of the estimate with exact ablation on
+    2 * validate_k heads."""
     targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
     rows = settings.effects(ctx.model, targets)
-    result = concentration("icl/ablation", rows, "icl_repeat", settings.top_k, settings.min_effect_total)
-    result.heads["icl/ablation_effect"] = columns(result.samples["icl/ablation_total"]).astype(np.float32)
-    total = statistic("icl/ablation_total", result.samples)
-    same = "ablation effects or induction scores are the same for every head"
-    # the ablation side's threshold applies to the comparison (bootstrap: a side's threshold)
-    agreement = Sample("compare", of=("icl/ablation_total", "icl/induction_max"), function="spearman")
-    result.stat(
-        "icl/ablation_vs_induction_spearman", agreement, below_threshold(total, settings.min_effect_total) or same
-    )
+    result = icl_effect_result(rows, settings)
     if settings.mode == "attribution" and validate_k > 0:
         rho = validate_attribution(
             ctx.model, targets, rows.pooled, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
@@ -344,12 +350,36 @@ def icl_loop_effects(ctx, settings: EffectSettings, validate_k: int) -> FamilyRe
     return result
 
 
+def icl_effect_result(rows: EffectRows, settings: EffectSettings) -> FamilyResult:
+    """The concentration of the ICL effect rows (`icl_repeat` prompts), the pooled effect as a per-head array,
+    and the effects' rank correlation with the induction score (the ablation side's threshold applies)."""
+    result = concentration("icl/ablation", rows, "icl_repeat", settings.top_k, settings.min_effect_total)
+    result.heads["icl/ablation_effect"] = columns(result.samples["icl/ablation_total"]).astype(np.float32)
+    total = statistic("icl/ablation_total", result.samples)
+    same = "ablation effects or induction scores are the same for every head"
+    agreement = Sample("compare", of=("icl/ablation_total", "icl/induction_max"), function="spearman")
+    result.stat(
+        "icl/ablation_vs_induction_spearman", agreement, below_threshold(total, settings.min_effect_total) or same
+    )
+    return result
+
+
 def natural_loop_effects(ctx, settings: EffectSettings, icl: FamilyResult) -> FamilyResult:
-    """Per-head effects on the natural loops (`ctx.natural_loops()`, queries from the first copy on), their
-    concentration (same threshold as the ICL side) and how they compare with the ICL effects of `icl`: overlap
-    of the top-k head sets beside its chance level for the model's head count, and cosine (rows = natural
-    prompts, zero for a prompt that does not loop)."""
+    """`natural_effect_result` of the per-head effects on the natural loops (`ctx.natural_loops()`, queries
+    from the first copy of the cycle on)."""
     loops = ctx.natural_loops()
+    targets = natural_loop_targets(loops)
+    measured = None if targets is None else settings.effects(ctx.model, targets)
+    return natural_effect_result(loops, measured, icl, settings)
+
+
+def natural_effect_result(
+    loops: NaturalLoops, measured: EffectRows | None, icl: FamilyResult, settings: EffectSettings
+) -> FamilyResult:
+    """The concentration of the natural-loop effect rows (`measured`, one per looping prompt, None when no
+    query was left to measure; spread over the natural prompts, zero for one that does not loop), same
+    threshold as the ICL side, and how they compare with the ICL effects of `icl`: overlap of the top-k head
+    sets beside its chance level for the model's head count, and cosine."""
     icl_total = icl.samples["icl/ablation_total"]
     result = FamilyResult()
     looping = int(loops.looping.sum())
@@ -357,26 +387,26 @@ def natural_loop_effects(ctx, settings: EffectSettings, icl: FamilyResult) -> Fa
     heads = icl_total.values.shape[1:]
     chance = jaccard_chance(int(np.prod(heads)), settings.top_k)
     result.value("icl/icl_natural_topk_jaccard_chance", chance, "a constant of the model's head count and top_k")
-    targets = natural_loop_targets(loops)
-    measured = None if targets is None else settings.effects(ctx.model, targets)
     missing = None
-    if targets is None:
+    if measured is None:
         missing = "no prompt's continuation loops at this checkpoint"
         if looping:
             missing = f"the {looping} natural loop(s) leave no query inside a copy of their cycle"
-    rows = natural_effect_rows(loops, measured, heads)
     prefix, k = "icl/natural_ablation", settings.top_k
-    result.update(concentration(prefix, rows, "natural", k, settings.min_effect_total, missing))
-    if targets is not None:
+    result.update(
+        concentration(
+            prefix, natural_effect_rows(loops, measured, heads), "natural", k, settings.min_effect_total, missing
+        )
+    )
+    if measured is not None:
         result.heads["icl/natural_effect"] = columns(result.samples[f"{prefix}_total"]).astype(np.float32)
     sides = ("icl/ablation_total", f"{prefix}_total")
     why = missing or comparison_reason(
         statistic(sides[0], {sides[0]: icl_total}), statistic(sides[1], result.samples), settings.min_effect_total
     )
     result.stat(f"icl/icl_natural_top{k}_jaccard", Sample("compare", of=sides, function="jaccard", k=k), why)
-    result.stat(
-        "icl/icl_natural_cosine", Sample("compare", of=sides, function="cosine"), why or "an effect vector is zero"
-    )
+    cosine = Sample("compare", of=sides, function="cosine")
+    result.stat("icl/icl_natural_cosine", cosine, why or "an effect vector is zero")
     return result
 
 
