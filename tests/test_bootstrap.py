@@ -320,3 +320,30 @@ def test_rates_get_wilson_intervals_that_do_not_collapse_at_zero():
     percentile = interval(replicates(half, 2000, 0)["a/rate"], 0.95)
     assert wilson["a/rate"] == pytest.approx(list(percentile), abs=0.03)  # the two agree away from the edges
     assert not bootstrap.is_rate(Sample("mean", [0.0, 0.5, 1.0]))  # a mean of shares is not a binomial rate
+
+
+def test_columns_are_the_per_head_statistic_before_the_reduction():
+    weights = np.arange(1.0, 9.0)
+    per_head = HEADS.sum(0) / weights.sum()
+    np.testing.assert_allclose(
+        bootstrap.columns(Sample("ratio_of_sums", HEADS, weights=weights, reduce="max")), per_head
+    )
+    np.testing.assert_allclose(bootstrap.columns(Sample("max_of_mean", HEADS)), HEADS.mean(0))
+    vector = Sample("vector", EFFECTS, weights=TARGETS, function="neff")
+    np.testing.assert_allclose(bootstrap.columns(vector), EFFECTS.sum(0) / TARGETS.sum())
+    assert bootstrap.columns(Sample("max_of_mean", HEADS)).max() == pytest.approx(
+        statistic("k", {"k": Sample("max_of_mean", HEADS)})
+    )
+    with pytest.raises(ValueError, match="a mean sample without values has no per-column statistic"):
+        bootstrap.columns(Sample("mean", of=("x",)))
+
+
+def test_statistic_evaluates_only_what_its_key_rests_on():
+    samples = {
+        "a": Sample("mean", [1.0, 3.0], prompts="p"),
+        "b": Sample("mean", [2.0, 2.0], prompts="p"),
+        "r": Sample("ratio", of=("a", "b")),
+        "slow": Sample("compare", of=("missing", "a"), function="cosine"),  # would fail if evaluated
+    }
+    assert statistic("r", samples) == 1.0
+    assert math.isnan(statistic("nothing", samples))

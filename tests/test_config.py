@@ -150,6 +150,9 @@ def test_micro_model_shape_comes_from_its_recipe():
         ("loops.min_period=0", "loops: min_period must be >= 1, got 0"),
         ("loops.new_tokens=2", "loops.new_tokens=2 is not valid: it must be >= 4"),
         ("probes.natural.n=0", "probes.natural.n=0 is not valid: it must be >= 1"),
+        # the micro model's context (from its yaml) is 128 tokens
+        ("probes.natural.length=126", "probes.natural prompts (126 tokens) leave 2 of the model's 128-token context"),
+        ("probes.icl_repeat.length=32", "probes.icl_repeat prompts (128 tokens) leave 0 of the model's 128-token"),
     ],
 )
 def test_bad_values_are_refused_at_composition_naming_them(override, named):

@@ -241,6 +241,8 @@ def validate(cfg: DictConfig) -> None:
         )
     check_probe_config(cfg.probes)
     shape = model_shape(cfg.model)
+    if shape is not None:
+        check_room_to_generate(cfg.probes, shape.context)
     for name, family_cfg in cfg.metrics.items():
         check_family(name, OmegaConf.to_container(family_cfg, resolve=True), shape)
 
@@ -259,6 +261,22 @@ def validate_sweep(cfg: DictConfig) -> None:
             with open_dict(swept):
                 OmegaConf.update(swept, key, value, merge=False)
             validate(swept)
+
+
+def check_room_to_generate(probes, context: int) -> None:
+    """Refuse prompts that leave no room in the model's `context` (from its yaml) to generate after them: the
+    natural prompts need MIN_NEW_TOKENS, icl_repeat (passage x copies) one token. A job refuses the same against
+    the loaded model (`JobContext.room_after`); this refuses it before any weights load."""
+    needs = {
+        "natural": (probes.natural.length, MIN_NEW_TOKENS),
+        "icl_repeat": (probes.icl_repeat.length * probes.icl_repeat.copies, 1),
+    }
+    for probe, (tokens, minimum) in needs.items():
+        if context - tokens < minimum:
+            raise ConfigValueError(
+                f"probes.{probe} prompts ({tokens} tokens) leave {context - tokens} of the model's {context}-token "
+                f"context to generate in (need {minimum}); shorten probes.{probe}"
+            )
 
 
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
