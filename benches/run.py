@@ -372,7 +372,7 @@ def calibration(threads: int, capture: dict | None, log) -> dict:
 def _forward_flops(model: str, length: int, batch: int) -> float:
     from common import SHAPES
 
-    from ckptstudy.tools.plan import Pass, Shape, pass_flops
+    from ckptstudy.measure.cost import Pass, Shape, pass_flops
 
     layers, d, heads, vocab = SHAPES[model]
     shape = Shape(layers, d, heads, vocab, 2048)

@@ -42,9 +42,9 @@ def capture_request(batch: int, length: int, seed: int = 0):
 
 
 def _nll(logits, ids):
-    from ckptstudy.metrics.icl_heads import token_nll
+    from ckptstudy.metrics.icl_heads import next_token_nll
 
-    return token_nll(logits, ids).sum(0)
+    return next_token_nll(logits, ids)
 
 
 def _summary(per_layer: list[dict]) -> dict:
@@ -60,6 +60,7 @@ def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, w
     method="eager": eager weights reduced inside per-layer hooks, today's path before the fused one)."""
     from ckptstudy.measure.attention_stats import reference_statistics
     from ckptstudy.measure.capture import capture_stats
+    from ckptstudy.reference import eager_capture_stats
 
     torch.set_grad_enabled(False)
     net = build_model(model, attn="sdpa" if method in ("bare", "bare_body") else "eager")
@@ -90,17 +91,10 @@ def capture(model: str, length: int, batch: int, method: str, repeat: int = 3, w
             return [reference_statistics(cache[name], request, torch.float32) for name in names]
 
     elif method in ("fused", "fused_nll", "eager_hooks"):
+        stats = eager_capture_stats if method == "eager_hooks" else capture_stats
 
         def run():
-            cap = capture_stats(
-                net,
-                ids,
-                request,
-                logits_fn=_nll if method == "fused_nll" else None,
-                batch_size=batch,
-                method="eager" if method == "eager_hooks" else "fused",
-            )
-            return cap.attn
+            return stats(net, ids, request, logits_fn=_nll if method == "fused_nll" else None, batch_size=batch).attn
 
     else:
         raise ValueError(f"unknown capture method {method!r}")
@@ -132,7 +126,8 @@ def ablation(model: str, method: str, prompts: int, length: int, repeat: int = 1
     """Per-head zero-ablation effects by one method: exact (ckptstudy batched, reuses the clean residual),
     naive (ckptstudy's reference loop, one HF forward per head), attribution (1 forward + 1 backward),
     tl_loop (TransformerLens: one run_with_hooks per head zeroing its hook_z)."""
-    from ckptstudy.measure.ablation import attribution_effects, exact_effects, naive_effects
+    from ckptstudy.measure.ablation import attribution_effects, exact_effects
+    from ckptstudy.reference import naive_effects
 
     net = build_model(model)
     targets = ablation_targets(net.config.vocab_size, prompts, length)
@@ -254,7 +249,7 @@ def job(model: str, engine: str, overrides: list[str], attn: str = "eager") -> d
     them) or tl (tl_job.py). Model build and probes are not timed (the same for both)."""
     from omegaconf import OmegaConf
 
-    from ckptstudy.metrics import family_function
+    from ckptstudy.params import check_family
 
     torch.manual_seed(0)
     cfg, ctx = job_context(model, overrides, attn)
@@ -267,7 +262,7 @@ def job(model: str, engine: str, overrides: list[str], attn: str = "eager") -> d
         ctx.natural_loops()
         seconds["natural_generation"] = time.perf_counter() - t
         for name, params in metrics.items():
-            fn, params = family_function(name, params)
+            fn, params = check_family(name, params)
             t = time.perf_counter()
             result = fn(ctx, **params)
             seconds[name] = time.perf_counter() - t

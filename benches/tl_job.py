@@ -11,19 +11,20 @@ Model-facing work is TransformerLens's:
 - per-head ablation: one `run_with_hooks` per head that zeroes that head's `hook_z` (the standard
   activation-patching loop), full logits each time.
 The analysis after that (cycle detection, enrichment, concentration statistics...) reuses ckptstudy's pure
-functions, so a difference between the two jobs can only come from the model-facing work.
+functions (each family's `*_result` from per-prompt rows) and its reference reductions of materialised weights
+(`ckptstudy.reference`), so a difference between the two jobs can only come from the model-facing work.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
-from ckptstudy.measure.ablation import Targets, token_scores
+from ckptstudy import reference
+from ckptstudy.measure.ablation import EffectRows, Targets, token_scores
 from ckptstudy.measure.generation import Generation, NaturalLoops, entropy_of_logits
-from ckptstudy.measure.token_classes import CLASS_INDEX, CLASSES, low_information_ids, vocabulary_classes
+from ckptstudy.measure.token_classes import CLASS_INDEX, CLASSES
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.metrics import icl_heads as icl
 from ckptstudy.metrics import low_info as li
@@ -48,14 +49,18 @@ def natural_loops(bridge, ctx) -> NaturalLoops:
     return NaturalLoops(prompts, gen, period, copies, onset, ctx.loops)
 
 
-def head_effects(bridge, targets: Targets, score: str = "logprob") -> torch.Tensor:
-    """Zero-ablation effect of every head: one run_with_hooks per head."""
+def row_sums(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row sums [n] (float64) of per-target scores given in the order of mask.nonzero()."""
+    return torch.zeros(mask.shape[0], dtype=torch.float64).index_add_(0, mask.nonzero()[:, 0], scores.double())
+
+
+def head_effect_rows(bridge, targets: Targets, score: str = "logprob") -> EffectRows:
+    """Zero-ablation effect of every head per prompt: one run_with_hooks per head."""
     cfg = bridge.cfg
     ids, mask, expected = targets.ids, targets.mask, targets.expected
     with torch.no_grad():
-        clean = token_scores(bridge(ids)[mask], expected, score).double().sum()
-    n = int(mask.sum())
-    effects = torch.zeros(cfg.n_layers, cfg.n_heads)
+        clean = row_sums(token_scores(bridge(ids)[mask], expected, score), mask)
+    sums = torch.zeros(ids.shape[0], cfg.n_layers, cfg.n_heads, dtype=torch.float64)
     for layer in range(cfg.n_layers):
         for head in range(cfg.n_heads):
 
@@ -65,8 +70,13 @@ def head_effects(bridge, targets: Targets, score: str = "logprob") -> torch.Tens
 
             with torch.no_grad():
                 logits = bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)])
-            effects[layer, head] = float(clean - token_scores(logits[mask], expected, score).double().sum()) / n
-    return effects
+            sums[:, layer, head] = clean - row_sums(token_scores(logits[mask], expected, score), mask)
+    return EffectRows(sums, mask.sum(1).double())
+
+
+def head_effects(bridge, targets: Targets, score: str = "logprob") -> torch.Tensor:
+    """Zero-ablation effect of every head pooled over the targets: [n_layers, n_heads]."""
+    return head_effect_rows(bridge, targets, score).pooled
 
 
 def patterns(bridge, ids: torch.Tensor):
@@ -76,56 +86,56 @@ def patterns(bridge, ids: torch.Tensor):
     return logits, [cache[f"blocks.{i}.{PATTERN}"] for i in range(bridge.cfg.n_layers)]
 
 
+def nll_rows(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each row's next-token NLL from full logits [n, s, vocab]: [n, s - 1] (float64)."""
+    return torch.stack([icl.next_token_nll(logits[r : r + 1], ids[r : r + 1]) for r in range(len(ids))]).double()
+
+
 def icl_family(bridge, ctx, loops: NaturalLoops, params: dict) -> FamilyResult:
     probes = ctx.probes
     r, ids = probes.repeat_length, probes.random_repeat
     logits, pats = patterns(bridge, ids)
-    per_layer = torch.stack([icl.head_pattern_sums(p.float(), r) for p in pats])
-    per_layer = per_layer / (torch.tensor([r, r, 2 * r], dtype=torch.float) * ids.shape[0])[None, :, None]
-    induction, duplicate, prev = per_layer[:, 0], per_layer[:, 1], per_layer[:, 2]
-    nll = icl.token_nll(logits, ids).sum(0) / ids.shape[0]
-    k = params["top_k"]
-    result = FamilyResult(
-        scalars={
-            "icl/induction_max": float(induction.max()),
-            f"icl/induction_top{k}_mean": icl.top_k_mean(induction, k),
-            "icl/prev_token_max": float(prev.max()),
-            "icl/duplicate_max": float(duplicate.max()),
-            "icl/repeat_nll_gain": icl.repeat_nll_gain(nll, r),
-        }
-    )
+    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)[None, :, None]
+    rows = torch.stack(
+        [
+            torch.stack([reference.head_pattern_sums(p[i : i + 1].double(), r) for p in pats]) / counts
+            for i in range(len(ids))
+        ]
+    )  # [n, layer, 3, head]: each prompt's mean pattern weights
+    result = icl.pattern_result(rows, nll_rows(logits, ids), r, params["top_k"])
     long_text = probes.long_text[:, : ctx.context_length]
     with torch.no_grad():
-        long_nll = icl.token_nll(bridge(long_text), long_text).sum(0) / long_text.shape[0]
-    score = icl.icl_score(long_nll, params["late_position"], params["early_position"], params["window"])
-    result.set("icl/icl_score", score, "")
+        long_logits = bridge(long_text)
+    result.update(
+        icl.loss_result(
+            nll_rows(long_logits, long_text), params["late_position"], params["early_position"], params["window"]
+        )
+    )
     prompts, length = probes.icl_repeat, probes.icl_length
     room = ctx.context_length - prompts.shape[1]
     gen = generate(bridge, prompts, min(params["rate_cycles"] * length, room))
-    rate, accuracy = icl.copy_rate(gen.ids, prompts[:, :length])
-    result.set("icl/icl_repeat_rate", rate, "")
-    result.set("icl/icl_copy_accuracy", accuracy, "")
+    result.update(icl.copy_result(gen.ids, prompts[:, :length]))
     if params["mode"] == "off":
         return result
+    settings = icl.EffectSettings("exact", "zero", params["score"], 0, params["top_k"], params["min_effect_total"])
     targets = icl.icl_targets(probes.icl_repeat[:, : ctx.context_length], length)
-    effects = head_effects(bridge, targets, params["score"])
-    result.update(icl.specialization_scalars(effects, induction, k, params["min_effect_total"]))
-    result.set("icl/natural_loop_prompts", int(loops.looping.sum()), "")
+    effects = icl.icl_effect_result(head_effect_rows(bridge, targets, params["score"]), settings)
+    result.update(effects)
     natural_targets = icl.natural_loop_targets(loops)
-    natural = head_effects(bridge, natural_targets, params["score"]) if natural_targets is not None else None
-    missing = "no natural loop or no query inside a copy"
-    result.update(icl.comparison_scalars(effects, natural, k, params["min_effect_total"], missing))
+    natural = None if natural_targets is None else head_effect_rows(bridge, natural_targets, params["score"])
+    result.update(icl.natural_effect_result(loops, natural, effects, settings))
     return result
 
 
 def repetition_family(loops: NaturalLoops, params: dict) -> FamilyResult:
     result, _ = rep.loop_summary(loops, params["max_cycles"])
-    result.set("rep/generated_tokens", loops.generation.ids.shape[1], "")
+    result.value("rep/generated_tokens", loops.generation.ids.shape[1], "the continuation length")
     return result
 
 
 def context_statistics(bridge, ids, query_weight, key_classes, low_info) -> dict[str, torch.Tensor]:
-    """lowinfo/'s statistics of one context from one run_with_cache (the family's own pure reductions)."""
+    """lowinfo/'s per-prompt statistics of one context (`low_info.context_statistics`' format) from one
+    run_with_cache, by the reference reductions of the materialised patterns, one prompt at a time."""
     classes = key_classes[ids]
     onehot = torch.nn.functional.one_hot(classes, len(CLASSES)).double()
     onehot = torch.cat([onehot, low_info[ids].double()[..., None]], dim=-1)
@@ -133,37 +143,24 @@ def context_statistics(bridge, ids, query_weight, key_classes, low_info) -> dict
     kind = kind * (query_weight > 0)
     weight = query_weight.double()
     _, pats = patterns(bridge, ids)
-    sums = []
-    for attn in pats:
-        attn = attn.double()
-        sums.append(
-            {
-                "mass": li.class_mass(attn, onehot, weight),
-                "mass_nosink": li.class_mass(attn, onehot, weight, sink=False),
-                "entropy": li.entropy_sums(attn, kind),
-                "entropy_nosink": li.entropy_sums(attn, kind, sink=False),
-            }
-        )
     out = {}
     for suffix, sink in (("", True), ("_nosink", False)):
-        expected = li.uniform_mass(onehot, weight, sink)
-        mass = torch.stack([layer[f"mass{suffix}"] for layer in sums])
-        out[f"enrich{suffix}"] = torch.where(expected > 0, mass / expected.clamp(min=1e-30), math.nan)
-        out[f"expected{suffix}"] = expected
-        counts = li.entropy_counts(kind, sink)
-        out[f"entropy_rows{suffix}"] = counts
-        entropy = torch.stack([layer[f"entropy{suffix}"] for layer in sums])
-        out[f"entropy{suffix}"] = entropy / counts[None, None, :, None].clamp(min=1)
-        out[f"entropy{suffix}"][:, :, counts == 0] = math.nan
+        mass, entropy = [], []
+        for i in range(len(ids)):
+            one = slice(i, i + 1)
+            mass.append(
+                torch.stack([reference.class_mass(a[one].double(), onehot[one], weight[one], sink) for a in pats])
+            )
+            entropy.append(torch.stack([reference.entropy_sums(a[one].double(), kind[one], sink) for a in pats]))
+        out[f"mass{suffix}"] = torch.stack(mass)
+        out[f"expected{suffix}"] = li.uniform_mass_rows(onehot, weight, sink)
+        out[f"entropy{suffix}"] = torch.stack(entropy)
+        out[f"rows{suffix}"] = li.entropy_count_rows(kind, sink)
     return out
 
 
 def low_info_family(bridge, ctx, params: dict) -> FamilyResult:
-    key_classes = vocabulary_classes(ctx.tokenizer)
-    vocab = max(len(ctx.tokenizer), int(bridge.cfg.d_vocab))
-    key_classes = torch.cat([key_classes, torch.full((vocab - len(key_classes),), CLASS_INDEX["OTHER"])])
-    corpus = torch.cat([ctx.probes.long_text.flatten(), ctx.probes.natural.flatten()])
-    low_info = low_information_ids(corpus, vocab, params["quantile"])
+    key_classes, low_info = li.key_classes_of(ctx, params["quantile"])  # ctx.model is the bridge's model
     result = FamilyResult()
     inputs = li.context_inputs(ctx, params["text_skip"])
     for context in li.CONTEXTS:
@@ -173,9 +170,9 @@ def low_info_family(bridge, ctx, params: dict) -> FamilyResult:
             continue
         ids, weight = inputs[context]
         stats = context_statistics(bridge, ids, weight, key_classes, low_info)
-        result.update(li.context_scalars(context, stats))
-    result.update(li.newline_ratios(result.scalars, result.nan_reasons))
-    result.set("lowinfo/low_info_vocab_share", low_info.double().mean(), "")
+        result.update(li.context_result(context, stats, ctx.natural_loops() if context == "natural" else None))
+    result.update(li.newline_ratios(result))
+    result.value("lowinfo/low_info_vocab_share", low_info.double().mean(), li.VOCABULARY)
     return result
 
 

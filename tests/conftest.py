@@ -57,7 +57,7 @@ def final_micro_context(micro_suite):
     model, tokenizer = load_checkpoint(CheckpointSource("micro", step, "local", str(micro_suite / f"step{step}")))
     cfg = compose_config()
     probes = cached_probes(cfg.probes, tokenizer, REPO / "outputs" / "cache" / "probes")
-    return JobContext(model=model, tokenizer=tokenizer, probes=probes, batch_size=16, seed=0)
+    return JobContext.from_config(cfg, model, tokenizer, probes)
 
 
 def run_cli(args: list[str], root: Path, env: dict | None = None, module: str = "ckptstudy"):

@@ -28,17 +28,15 @@ def checkpoint_result(step: int, middle: float, rng) -> FamilyResult:
     heads = rng.random((40, 2, 2)) * 0.1
     heads[:, 1, 0] += p  # one head forms
     result = FamilyResult()
-    result.set("x/rate", hits.mean(), "")
-    result.set("x/score_max", heads.mean(0).max(), "")
-    result.set("x/count", 40, "")  # not an estimate: no sample
-    result.add_sample("x/rate", Sample("mean", hits, prompts="p"))
-    result.add_sample("x/score_max", Sample("max_of_mean", heads, prompts="q"))
-    result.arrays["x/score"] = heads.mean(0)
+    result.stat("x/rate", Sample("mean", hits, prompts="p"), None)
+    result.stat("x/score_max", Sample("max_of_mean", heads, prompts="q"), None)
+    result.value("x/count", 40, "a count, not an estimate")
+    result.heads["x/score"] = heads.mean(0)
     result.raw["x/generated"] = rng.integers(0, 9, (40, 7))  # 2-D raw data, not a head array
     if step == 0:
         result.nan("x/late", "nothing to measure at step 0")
     else:
-        result.set("x/late", p, "")
+        result.value("x/late", p, "a constant of the test")
     return result
 
 
@@ -65,7 +63,7 @@ def write_study(root: Path, study: str = "demo") -> Path:
                 finished_at=f"2026-01-01T00:00:{step % 60:02d}",
                 ci=measured.intervals(SimpleNamespace(**SETTINGS))[0],
             )
-            results.write_record(path, record, {**measured.arrays, **measured.raw})
+            results.write_record(path, record, measured.saved_arrays())
     return root / study
 
 

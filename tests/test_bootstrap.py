@@ -124,12 +124,13 @@ def test_an_interval_needs_most_replicates_defined():
 
 
 def test_samples_are_saved_with_the_record_and_read_back(tmp_path):
-    result = FamilyResult(scalars={"a/ratio": 0.5, "a/max": float(HEADS.mean(0).max())})
-    result.add_sample("a/max", Sample("max_of_mean", HEADS, prompts="random_repeat"))
-    result.add_sample("a/num", Sample("ratio_of_sums", HEADS, prompts="natural", weights=np.ones(8)))
-    result.add_sample("a/ratio", Sample("ratio", of=("a/num", "a/max")))
+    result = FamilyResult()
+    result.stat("a/max", Sample("max_of_mean", HEADS, prompts="random_repeat"), None)
+    result.part("a/num", Sample("ratio_of_sums", HEADS, prompts="natural", weights=np.ones(8)))
+    result.stat("a/ratio", Sample("ratio", of=("a/num", "a/max")), None)
+    assert result.scalars["a/max"] == pytest.approx(HEADS.mean(0).max(), rel=1e-12) and "a/num" not in result.scalars
     path = tmp_path / "step1.json"
-    results.write_record(path, {"step": 1}, {**result.arrays, **result.raw})
+    results.write_record(path, {"step": 1}, result.saved_arrays())
     loaded = decode(results.read_arrays(path))
     assert set(loaded) == {"a/max", "a/num", "a/ratio"}
     assert loaded["a/ratio"].of == ("a/num", "a/max") and loaded["a/num"].prompts == "natural"
@@ -140,10 +141,11 @@ def test_samples_are_saved_with_the_record_and_read_back(tmp_path):
     assert set(encode("a/max", result.samples["a/max"])) == {"bootstrap/a/max/spec", "bootstrap/a/max/values"}
 
 
-def test_record_intervals_cover_the_scalars_with_samples():
-    result = FamilyResult(scalars={"a/rate": 0.5, "a/other": 1.0})
-    result.add_sample("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"))
-    result.add_sample("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # no scalar: no interval
+def test_record_intervals_cover_the_reported_statistics():
+    result = FamilyResult()
+    result.stat("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"), None)
+    result.value("a/other", 1.0, "a constant")
+    result.part("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # not reported: no interval
     ci, reasons = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
     assert set(ci) == {"a/rate"} and reasons == {}
     low, high = ci["a/rate"]
@@ -154,13 +156,12 @@ def checked(samples: dict, scalars: dict, min_prompts: int = 5):
     return bootstrap.checked_intervals(samples, replicates(samples, 200, 0), scalars, 0.95, min_prompts)
 
 
-def test_an_interval_needs_its_sample_to_give_the_reported_value():
-    samples = {"a/rate": Sample("mean", [0.0, 1.0] * 20, prompts="p")}
-    ci, reasons = checked(samples, {"a/rate": 0.9})  # e.g. a newer npz beside an older record
-    assert all(math.isnan(x) for x in ci["a/rate"])
-    assert "gives 0.5, not the reported 0.9" in reasons["a/rate"]
-    ci, reasons = checked(samples, {"a/rate": math.nan})
-    assert reasons == {"a/rate": "the scalar is NaN"}
+def test_an_interval_is_that_of_the_stored_sample_and_none_when_its_statistic_is_nan():
+    samples = {"a/rate": Sample("mean", [0.0, 1.0] * 20, prompts="p"), "a/none": Sample("nanmean", [math.nan] * 9)}
+    # an old record whose stored value is not its sample's statistic: the interval is the sample's
+    ci, reasons = checked(samples, {"a/rate": 0.9, "a/none": math.nan})
+    assert ci["a/rate"][0] < 0.5 < ci["a/rate"][1] and reasons == {"a/none": "the statistic is NaN"}
+    assert set(checked(samples, {"a/rate": 0.5})[0]) == {"a/rate"}  # only the reported keys
 
 
 def test_no_interval_from_a_handful_of_prompts():
@@ -223,19 +224,24 @@ def test_ratio_of_sums_reduces_columns_by_mean_or_max():
 
 
 @pytest.mark.parametrize(
-    ("function", "k", "reference"),
+    ("vector", "function", "k", "expected"),
     [
-        ("positive_total", None, lambda v: float(v.clamp(min=0).sum())),
-        ("top_share", 1, lambda v: specialization.top_share(v, 1)),
-        ("top_share", 3, lambda v: specialization.top_share(v, 3)),
-        ("neff", None, specialization.effective_heads),
-        ("gini", None, specialization.gini),
+        ([[0.0, 0.0], [2.0, -1.0]], "positive_total", None, 2.0),
+        ([[0.0, 0.0], [2.0, -1.0]], "top_share", 1, 1.0),  # one head carries everything ...
+        ([[0.0, 0.0], [2.0, -1.0]], "neff", None, 1.0),
+        ([[0.0, 0.0], [2.0, -1.0]], "gini", None, 0.75),  # ... (n - 1) / n
+        ([[1.0, 1.0], [1.0, 1.0]], "top_share", 3, 0.75),  # every head the same
+        ([[1.0, 1.0], [1.0, 1.0]], "neff", None, 4.0),
+        ([[1.0, 1.0], [1.0, 1.0]], "gini", None, 0.0),
+        ([[-1.0, -1.0], [-1.0, -1.0]], "neff", None, math.nan),  # nothing helps: no distribution to measure
     ],
 )
-def test_vector_functions_are_the_specialization_functions_of_the_pooled_vector(function, k, reference):
-    pooled = torch.from_numpy(EFFECTS.sum(0) / TARGETS.sum())  # the effect vector pooled over targets
-    sample = Sample("vector", EFFECTS, weights=TARGETS, function=function, k=k)
-    assert statistic("k", {"k": sample}) == pytest.approx(reference(pooled), rel=1e-10)
+def test_vector_statistics_are_the_concentration_of_the_pooled_vector(vector, function, k, expected):
+    # two prompts with 1 and 3 targets whose effect sums pool to `vector` (per target)
+    pooled = np.asarray(vector)
+    sample = Sample("vector", np.stack([pooled, 3 * pooled]), weights=np.array([1.0, 3.0]), function=function, k=k)
+    assert statistic("k", {"k": sample}) == pytest.approx(expected, nan_ok=True)
+    assert specialization.concentration_of(torch.tensor(vector), function, k) == pytest.approx(expected, nan_ok=True)
 
 
 def test_a_vector_below_its_threshold_has_no_concentration_but_keeps_its_total():
@@ -265,11 +271,11 @@ def test_borrowed_values_are_stored_once_and_resample_with_their_source(tmp_path
     np.testing.assert_allclose(reps["a/diff"], reps["a/max"] - reps["a/mean"])
     assert (reps["a/diff"] >= 0).all()
     assert set(encode("a/mean", samples["a/mean"])) == {"bootstrap/a/mean/spec"}
-    result = FamilyResult(scalars={k: statistic(k, samples) for k in samples})
+    result = FamilyResult()
     for key, sample in samples.items():
-        result.add_sample(key, sample)
+        result.stat(key, sample, None)
     path = tmp_path / "step2.json"
-    results.write_record(path, {"step": 2}, result.raw)
+    results.write_record(path, {"step": 2}, result.saved_arrays())
     loaded = decode(results.read_arrays(path))
     for key in samples:
         assert statistic(key, loaded) == statistic(key, samples)
@@ -314,3 +320,30 @@ def test_rates_get_wilson_intervals_that_do_not_collapse_at_zero():
     percentile = interval(replicates(half, 2000, 0)["a/rate"], 0.95)
     assert wilson["a/rate"] == pytest.approx(list(percentile), abs=0.03)  # the two agree away from the edges
     assert not bootstrap.is_rate(Sample("mean", [0.0, 0.5, 1.0]))  # a mean of shares is not a binomial rate
+
+
+def test_columns_are_the_per_head_statistic_before_the_reduction():
+    weights = np.arange(1.0, 9.0)
+    per_head = HEADS.sum(0) / weights.sum()
+    np.testing.assert_allclose(
+        bootstrap.columns(Sample("ratio_of_sums", HEADS, weights=weights, reduce="max")), per_head
+    )
+    np.testing.assert_allclose(bootstrap.columns(Sample("max_of_mean", HEADS)), HEADS.mean(0))
+    vector = Sample("vector", EFFECTS, weights=TARGETS, function="neff")
+    np.testing.assert_allclose(bootstrap.columns(vector), EFFECTS.sum(0) / TARGETS.sum())
+    assert bootstrap.columns(Sample("max_of_mean", HEADS)).max() == pytest.approx(
+        statistic("k", {"k": Sample("max_of_mean", HEADS)})
+    )
+    with pytest.raises(ValueError, match="a mean sample without values has no per-column statistic"):
+        bootstrap.columns(Sample("mean", of=("x",)))
+
+
+def test_statistic_evaluates_only_what_its_key_rests_on():
+    samples = {
+        "a": Sample("mean", [1.0, 3.0], prompts="p"),
+        "b": Sample("mean", [2.0, 2.0], prompts="p"),
+        "r": Sample("ratio", of=("a", "b")),
+        "slow": Sample("compare", of=("missing", "a"), function="cosine"),  # would fail if evaluated
+    }
+    assert statistic("r", samples) == 1.0
+    assert math.isnan(statistic("nothing", samples))

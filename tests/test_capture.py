@@ -21,10 +21,9 @@ from ckptstudy.measure.capture import (
     capture,
     capture_stats,
     model_parts,
-    stats_method,
 )
-from ckptstudy.metrics.icl_heads import head_pattern_sums, repeat_pattern_positions
-from ckptstudy.metrics.low_info import class_mass, entropy_sums
+from ckptstudy.metrics.icl_heads import repeat_pattern_positions
+from ckptstudy.reference import class_mass, eager_capture_stats, entropy_sums, head_pattern_sums
 from conftest import tiny_neox
 
 KEYS = ("diagonal", "mass", "mass_nosink", "entropy", "entropy_nosink")
@@ -68,7 +67,7 @@ def test_pure_statistics_equal_materialised_weights_in_float64(sink):
         torch.testing.assert_close(fused[key], reference[key], atol=1e-9, rtol=1e-9, msg=key)
 
 
-def test_reference_equals_the_families_own_reductions():
+def test_reference_statistics_equal_the_reference_oracles():
     gen = torch.Generator().manual_seed(2)
     attn = materialised(torch.randn(2, 3, 30, 8, generator=gen), torch.randn(2, 3, 30, 8, generator=gen), 0.5).double()
     request = random_request(2, 30, repeat=14)
@@ -96,26 +95,13 @@ def test_fused_capture_equals_eager_capture_on_a_random_model(dtype):
     ids = torch.randint(0, 300, (n, s), generator=torch.Generator().manual_seed(5))
     request = random_request(n, s, repeat=20)
     fused = capture_stats(model, ids, request, batch_size=2)
-    eager = capture_stats(model, ids, request, batch_size=3, method="eager")
+    eager = eager_capture_stats(model, ids, request, batch_size=3)
     rows = request.query_weight.shape[0] * s
     for layer in range(3):
         for key in KEYS:  # eager softmax runs in float32 even for a float64 model: 1e-4 on per-row means
             torch.testing.assert_close(
                 fused.attn[layer][key] / rows, eager.attn[layer][key] / rows, atol=1e-4 / s, rtol=1e-4, msg=key
             )
-
-
-def test_stats_method_switches_the_default_path():
-    model = tiny_neox(seed=6)
-    ids = torch.randint(0, 500, (2, 20))
-    request = random_request(2, 20)
-    with stats_method("eager"):
-        eager = capture_stats(model, ids, request)
-    fused = capture_stats(model, ids, request)
-    assert not torch.equal(eager.attn[0]["mass"], fused.attn[0]["mass"])  # different arithmetic, same values
-    torch.testing.assert_close(eager.attn[0]["mass"], fused.attn[0]["mass"], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="method='wrong' is not valid"), stats_method("wrong"):
-        pass
 
 
 def test_fused_capture_leaves_the_model_output_unchanged():
@@ -204,14 +190,15 @@ def test_non_neox_models_are_refused_by_name():
 
 @pytest.mark.parametrize("method", ["fused", "eager"])
 def test_per_row_statistics_are_each_rows_own_and_sum_to_the_totals(method):
+    stats = capture_stats if method == "fused" else eager_capture_stats
     model = tiny_neox(vocab_size=300, layers=2, d_model=32, heads=4, seed=13).double()
     n, s = 5, 23
     ids = torch.randint(0, 300, (n, s), generator=torch.Generator().manual_seed(14))
     request = random_request(n, s, repeat=10)
     per_row_request = StatsRequest(**{**request.__dict__, "per_row": True})
     nll = lambda logits, chunk: logits[:, :-1].log_softmax(-1).gather(-1, chunk[:, 1:, None])[..., 0].sum(0)  # noqa: E731
-    rows = capture_stats(model, ids, per_row_request, logits_fn=nll, batch_size=2, method=method)
-    total = capture_stats(model, ids, request, logits_fn=nll, batch_size=3, method=method)
+    rows = stats(model, ids, per_row_request, logits_fn=nll, batch_size=2)
+    total = stats(model, ids, request, logits_fn=nll, batch_size=3)
     assert rows.logits.shape == (n, s - 1)
     torch.testing.assert_close(rows.logits.sum(0), total.logits)
     for layer in range(2):
@@ -219,7 +206,7 @@ def test_per_row_statistics_are_each_rows_own_and_sum_to_the_totals(method):
             assert rows.attn[layer][key].shape[0] == n, key
             torch.testing.assert_close(rows.attn[layer][key].sum(0), total.attn[layer][key], msg=key)
     # row 3 on its own gives row 3's statistics: rows are not mixed across chunks
-    alone = capture_stats(model, ids[3:4], request.rows(3, 4, "cpu"), logits_fn=nll, batch_size=1, method=method)
+    alone = stats(model, ids[3:4], request.rows(3, 4, "cpu"), logits_fn=nll, batch_size=1)
     torch.testing.assert_close(rows.logits[3], alone.logits)
     for key in KEYS:
         torch.testing.assert_close(rows.attn[1][key][3], alone.attn[1][key], msg=key)

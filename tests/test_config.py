@@ -12,7 +12,7 @@ from ckptstudy.model import checkpoints
 from ckptstudy.sweeps import sweep_values
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-COMPOSE_ERRORS = (ConfigCompositionException, ConfigKeyError, ValidationError, HydraException)
+COMPOSE_ERRORS = (ConfigCompositionException, ConfigKeyError, ValidationError, HydraException, ValueError)
 
 
 def swept_steps(cfg) -> list[str]:
@@ -142,22 +142,29 @@ def test_micro_model_shape_comes_from_its_recipe():
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("metrics.icl_heads.late_postion=400", "late_postion"),  # a typo in a family parameter
-        ("metrics.icl_heads.top_k=three", "top_k"),  # a wrong type
-        ("metrics.repetition.max_cycles=2.5", "max_cycles"),
+        ("metrics.icl_heads.late_postion=400", "late_postion"),  # a typo in a family parameter (Hydra)
+        ("+metrics.icl_heads.late_postion=400", "late_postion"),  # forced in: the family's own check
+        ("metrics.icl_heads.top_k=three", "metrics.icl_heads.top_k='three' is not valid; valid: an integer >= 1"),
+        ("metrics.repetition.max_cycles=2.5", "metrics.repetition.max_cycles=2.5 is not valid"),
+        ("loops.min_period=0", "loops: min_period must be >= 1, got 0"),
+        ("loops.new_tokens=2", "loops.new_tokens=2 is not valid: it must be >= 4"),
+        ("probes.natural.n=0", "probes.natural.n=0 is not valid: it must be >= 1"),
+        # the micro model's context (from its yaml) is 128 tokens
+        ("probes.natural.length=126", "probes.natural prompts (126 tokens) leave 2 of the model's 128-token context"),
+        ("probes.icl_repeat.length=32", "probes.icl_repeat prompts (128 tokens) leave 0 of the model's 128-token"),
     ],
 )
-def test_bad_family_parameter_is_refused_at_composition(override, named):
+def test_bad_values_are_refused_at_composition_naming_them(override, named):
     with pytest.raises(COMPOSE_ERRORS) as err:
         compose_config([override])
     assert named in message(err)
 
 
-def test_a_forced_unknown_family_parameter_is_refused_before_measuring():
-    # `+key=value` bypasses the schema on purpose (Hydra adds the key); the job still refuses it by name
-    from ckptstudy.metrics import MetricConfigError, family_function
+@pytest.mark.parametrize("swept", ["-1", "3,-1"])
+def test_a_multirun_refuses_a_bad_value_before_any_job_launches(tmp_path, swept):
+    from conftest import run_cli
 
-    cfg = compose_config(["+metrics.icl_heads.late_postion=400"])
-    with pytest.raises(MetricConfigError) as err:
-        family_function("icl_heads", dict(cfg.metrics.icl_heads))
-    assert "late_postion" in str(err.value) and "late_position" in str(err.value)
+    proc = run_cli(["-m", "step=0,1", "logger=none", f"metrics.low_info.text_skip={swept}"], tmp_path)
+    assert proc.returncode == 2
+    assert "metrics.low_info.text_skip=-1 is not valid; valid: an integer >= 0" in proc.stderr
+    assert not (tmp_path / "default").exists()  # no job ran, no record was written

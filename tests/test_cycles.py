@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptstudy.measure.cycles import DEFINITIONS, Cycle, LoopRule, trailing_cycle, trailing_cycles
+from configured import loop_rule
 
 
 def paper_reference(seq: list[int], min_period=2, max_period=500, min_copies=2):
@@ -94,14 +95,15 @@ def test_bad_parameters_are_refused_by_name(kwargs, message):
     with pytest.raises(ValueError, match=message):
         trailing_cycle([1], **kwargs)  # refused even when the row is too short to loop
     with pytest.raises(ValueError, match=message):
-        LoopRule(**kwargs).detect(torch.tensor([[1, 2, 1, 2]]))
+        rule = {"definition": "suffix", "min_period": 2, "max_period": 500, "min_copies": 2, **kwargs}
+        LoopRule(**rule).detect(torch.tensor([[1, 2, 1, 2]]))
 
 
 def test_loop_rule_detects_with_its_definition():
     seq = [100, 101, 102] + [5, 6, 7, 8, 1, 2, 1, 2] * 3
     ids = torch.tensor([seq])
     for definition in DEFINITIONS:
-        period, copies, onset = LoopRule(definition=definition).detect(ids)
+        period, copies, onset = loop_rule(definition=definition).detect(ids)
         assert Cycle(int(period[0]), int(copies[0]), int(onset[0])) == REFERENCES[definition](seq)
 
 
@@ -150,7 +152,7 @@ def test_paper_min_copies_and_max_period():
 def test_suffix_is_the_default():
     seq = [100, 101, 102] + [5, 6, 7, 8, 1, 2, 1, 2] * 3
     assert trailing_cycle(seq) == trailing_cycle(seq, definition="suffix") == Cycle(8, 3, 3)
-    assert LoopRule().definition == "suffix"
+    assert loop_rule().definition == "suffix"  # the configured rule (conf/config.yaml `loops`)
 
 
 def test_suffix_onset_does_not_depend_on_where_generation_stopped():

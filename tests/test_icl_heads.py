@@ -12,14 +12,18 @@ from ckptstudy.measure.attention_stats import StatsRequest
 from ckptstudy.measure.capture import capture, capture_stats, model_parts
 from ckptstudy.metrics import icl_heads
 from ckptstudy.metrics.icl_heads import (
-    head_pattern_sums,
+    copy_rows,
     icl_score,
-    pattern_and_loss_scores,
+    loss_score,
+    next_token_nll,
+    pattern_scores,
     repeat_nll_gain,
     repeat_pattern_positions,
-    token_nll,
 )
+from ckptstudy.params import check_family
+from ckptstudy.reference import head_pattern_sums
 from ckptstudy.stats.bootstrap import statistic
+from configured import family_params
 from conftest import tiny_neox
 
 R = 5
@@ -109,8 +113,8 @@ def test_hooks_match_output_attentions():
 def test_token_nll_and_loss_scores():
     logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
     ids = torch.tensor([[0, 1, 1]])
-    nll = token_nll(logits, ids)
-    torch.testing.assert_close(nll, -torch.log(torch.tensor([[0.5, 0.1]])))
+    nll = next_token_nll(logits, ids)  # one row: the NLL of tokens 1 and 2
+    torch.testing.assert_close(nll, -torch.log(torch.tensor([0.5, 0.1])))
     by_pos = torch.tensor([5.0, 4.0, 4.0, 3.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # R = 4: tokens 2..4 vs 6..8
     assert repeat_nll_gain(by_pos, 4) == pytest.approx((4 + 4 + 3) / 3 - 1.0)
     assert icl_score(torch.arange(10.0), late=8, early=2, window=1) == pytest.approx(6.0)
@@ -120,9 +124,9 @@ def test_token_nll_and_loss_scores():
 @pytest.mark.parametrize(
     ("param", "value", "valid"),
     [
-        ("mode", "exakt", "exact, attribution, off"),
-        ("ablation", "none", "zero, mean"),
-        ("score", "prob", "logprob, contrast"),
+        ("mode", "exakt", "one of exact, attribution, off"),
+        ("ablation", "none", "one of zero, mean"),
+        ("score", "prob", "one of logprob, contrast"),
         ("top_k", 0, "an integer >= 1"),
         ("window", 0, "an integer >= 1"),
         ("rate_cycles", 0, "an integer >= 1"),
@@ -133,15 +137,11 @@ def test_token_nll_and_loss_scores():
         ("min_effect_total", -0.1, "a number >= 0"),
     ],
 )
-def test_every_parameter_is_checked_before_any_work(param, value, valid):
-    from ckptstudy.metrics.icl_heads import measure
-
-    class NoCheckpoint:  # any use of the checkpoint (a forward pass, a probe) would fail differently
-        def __getattr__(self, name):
-            raise AssertionError(f"measure used ctx.{name} before checking its parameters")
-
-    with pytest.raises(ValueError, match=rf"^metrics\.icl_heads\.{param}={value!r} is not valid; valid: {valid}"):
-        measure(NoCheckpoint(), **{param: value})
+def test_every_parameter_is_checked_against_its_declared_range(param, value, valid):
+    # config.validate runs this on the composed config (tests/test_families.py: at composition, every family)
+    values = {"_target_": "ckptstudy.metrics.icl_heads.measure", **family_params("icl_heads", **{param: value})}
+    with pytest.raises(ValueError, match=rf"^metrics\.icl_heads\.{param}={value!r} is not valid; valid: {valid}$"):
+        check_family("icl_heads", values)
 
 
 def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
@@ -154,15 +154,14 @@ def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
         empty_reason=lambda probe: "no single document has 64 tokens: long_text is empty",
     )
     ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
-    result = pattern_and_loss_scores(ctx, 500, 50, 9, 3)
+    result = pattern_scores(ctx, 3)
+    result.update(loss_score(ctx, 500, 50, 9))
     assert math.isnan(result.scalars["icl/icl_score"])
     assert result.nan_reasons["icl/icl_score"] == "no single document has 64 tokens: long_text is empty"
     assert math.isfinite(result.scalars["icl/induction_max"]) and result.unexplained_nans() == []
 
 
-def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
-    from ckptstudy.metrics.icl_heads import copy_rate, copy_rows
-
+def test_statistics_of_the_per_prompt_rows_equal_the_summed_passes():
     r = 6
     gen = torch.Generator().manual_seed(0)
     ids = torch.cat([torch.zeros(5, 1, dtype=torch.long), torch.randint(2, 500, (5, r), generator=gen).repeat(1, 2)], 1)
@@ -170,30 +169,40 @@ def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
         repeat_length=r, random_repeat=ids, long_text=torch.randint(2, 500, (3, 40), generator=gen)
     )
     ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
-    result = pattern_and_loss_scores(ctx, 30, 5, 3, 3)
+    result = pattern_scores(ctx, 3)
+    result.update(loss_score(ctx, 30, 5, 3))
     keys = {"icl/induction_max", "icl/induction_top3_mean", "icl/prev_token_max", "icl/duplicate_max"}
-    assert set(result.samples) == keys | {"icl/repeat_nll_gain", "icl/icl_score"}
-    for key in result.samples:
-        # the scalars are statistics of the same per-row results the samples hold
-        assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-12, abs=1e-12), key
+    assert set(result.samples) == set(result.scalars) == keys | {"icl/repeat_nll_gain", "icl/icl_score"}
     assert result.samples["icl/induction_max"].values.shape == (5, 2, 4)  # per prompt, layer, head
-    # ... and equal the old summed passes (float32 sums over rows) to float32 rounding
-    nll = lambda logits, chunk: token_nll(logits, chunk).sum(0)  # noqa: E731
-    summed = capture_stats(ctx.model, ids, StatsRequest(diagonals=repeat_pattern_positions(r)), logits_fn=nll)
+    # the statistics of the per-prompt rows equal the pooled computation of a pass that sums over rows (float32)
+    summed = capture_stats(
+        ctx.model, ids, StatsRequest(diagonals=repeat_pattern_positions(r)), logits_fn=next_token_nll
+    )
     counts = torch.tensor([r, r, 2 * r]) * ids.shape[0]
     scores = torch.stack([layer["diagonal"] for layer in summed.attn]) / counts[None, :, None]
     assert result.scalars["icl/induction_max"] == pytest.approx(float(scores[:, 0].max()), rel=1e-5)
     assert result.scalars["icl/prev_token_max"] == pytest.approx(float(scores[:, 2].max()), rel=1e-5)
+    assert result.scalars["icl/induction_top3_mean"] == pytest.approx(
+        float(scores[:, 0].flatten().topk(3).values.mean()), rel=1e-5
+    )
+    torch.testing.assert_close(
+        torch.from_numpy(result.heads["icl/induction"]), scores[:, 0].float(), rtol=1e-5, atol=1e-7
+    )
     gain = repeat_nll_gain(summed.logits / ids.shape[0], r)
     assert result.scalars["icl/repeat_nll_gain"] == pytest.approx(gain, rel=1e-5, abs=1e-5)
-    long = capture_stats(ctx.model, probes.long_text, StatsRequest(), logits_fn=nll)
+    long = capture_stats(ctx.model, probes.long_text, StatsRequest(), logits_fn=next_token_nll)
     old_score = icl_score(long.logits / probes.long_text.shape[0], 30, 5, 3)
     assert result.scalars["icl/icl_score"] == pytest.approx(old_score, rel=1e-5, abs=1e-5)
+
+
+def test_copy_rows_on_known_continuations():
     continuations = torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4], [1, 2, 3, 9]])
     passages = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3]])
     copied, accuracy = copy_rows(continuations, passages)
-    assert (copied.mean(), accuracy.mean()) == pytest.approx(copy_rate(continuations, passages))
     assert copied.tolist() == [1, 0, 0] and accuracy.tolist() == pytest.approx([1, 0.75, 0.75])
+    # a model that never copies: no row and no token is a copy
+    copied, accuracy = copy_rows(passages + 100, passages)
+    assert copied.tolist() == [0, 0, 0] and accuracy.tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize(("mode", "params"), [("exact", {}), ("attribution", {"validate_k": 2})])
@@ -201,15 +210,12 @@ def test_every_statistic_over_prompts_has_a_sample_that_gives_it_on_the_micro_ch
     final_micro_context, mode, params
 ):
     ctx = final_micro_context
-    result = icl_heads.measure(ctx, mode=mode, **params)
+    result = icl_heads.measure(ctx, **family_params("icl_heads", mode=mode, **params))
     declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
     declared |= {"icl/attribution_spearman"} if params else set()
-    without = result.without_interval(icl_heads.NO_INTERVAL)
-    assert set(without) == declared and not any(why.startswith("undeclared") for why in without.values())
+    assert set(result.no_interval) == declared and all(len(why) > 10 for why in result.no_interval.values())
     assert set(result.samples) == set(result.scalars) - declared
-    for key in result.samples:
-        value, reported = statistic(key, result.samples), result.scalars[key]
-        assert (math.isnan(value) and math.isnan(reported)) or value == pytest.approx(reported, rel=1e-9), key
+    assert result.unexplained_nans() == []
     # the top-k head sets of the bootstrap's vectors are the reported ones (ties broken alike)
     jaccard = "icl/icl_natural_top3_jaccard"
     assert math.isfinite(result.scalars[jaccard]) and statistic(jaccard, result.samples) == result.scalars[jaccard]

@@ -18,35 +18,30 @@ from ckptstudy.measure.ablation import (
     attribution_effects,
     exact_effect_rows,
     exact_effects,
-    naive_effects,
 )
-from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult, icl_heads
-from ckptstudy.metrics.icl_heads import (
-    concentration,
-    copy_rate,
-    effect_samples,
-    icl_targets,
-    natural_loop_targets,
-    specialization_scalars,
-    validate_attribution,
-)
+from ckptstudy.metrics.icl_heads import concentration, icl_targets, natural_loop_targets, validate_attribution
 from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
-from ckptstudy.stats.bootstrap import Sample, intervals, replicates, statistic
-from ckptstudy.stats.specialization import (
-    cosine,
-    effective_heads,
-    gini,
-    jaccard,
-    jaccard_chance,
-    spearman,
-    top_heads,
-    top_share,
-)
+from ckptstudy.reference import naive_effects
+from ckptstudy.stats.bootstrap import Sample, intervals, replicates
+from ckptstudy.stats.specialization import concentration_of, cosine, jaccard, jaccard_chance, spearman, top_heads
+from configured import family_params, loop_rule
 from conftest import tiny_neox
 
 LENGTH, COPIES = 12, 4
+
+
+def top_share(effects, k: int) -> float:
+    return concentration_of(effects, "top_share", k)
+
+
+def effective_heads(effects) -> float:
+    return concentration_of(effects, "neff")
+
+
+def gini(effects) -> float:
+    return concentration_of(effects, "gini")
 
 
 def icl_batch(vocab: int, n: int = 8, seed: int = 0) -> Targets:
@@ -210,21 +205,19 @@ def _validated(estimate: torch.Tensor, k: int, seed: int) -> list[int]:
 
 def test_concentration_of_a_negligible_effect_is_not_reported():
     tiny = torch.tensor([[0.001, 0.0], [0.0, 0.0]])
-    result = specialization_scalars(tiny, torch.rand(2, 2), 3, min_total=0.01)
+    rows = EffectRows(tiny.double()[None] * 4, torch.tensor([4.0]))  # one prompt, four targets
+    result = concentration("icl/ablation", rows, "icl_repeat", 3, min_total=0.01)
     assert math.isnan(result.scalars["icl/ablation_neff"])
     assert result.scalars["icl/ablation_total"] == pytest.approx(0.001)
     assert "min_effect_total 0.01" in result.nan_reasons["icl/ablation_top1_share"]
-    assert "min_effect_total" in result.nan_reasons["icl/ablation_vs_induction_spearman"]
     assert result.unexplained_nans() == []
-    assert specialization_scalars(tiny, torch.rand(2, 2), 3).scalars["icl/ablation_top1_share"] == 1
+    assert concentration("icl/ablation", rows, "icl_repeat", 3, min_total=0.0).scalars["icl/ablation_top1_share"] == 1
 
 
-def test_targets_and_copy_rate():
+def test_targets():
     targets = icl_targets(torch.arange(12).view(1, 12), 3)
     assert targets.mask[0].nonzero().squeeze(-1).tolist() == list(range(3, 11))
     assert targets.expected.tolist() == list(range(4, 12))
-    passages = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    assert copy_rate(torch.tensor([[1, 2, 3, 1], [4, 5, 0, 4]]), passages) == (0.5, 7 / 8)
     prompts = torch.tensor([[9, 9], [8, 8]])
     nat = natural_loop_targets(loops_of(prompts, [[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 1, 2, 3, 4, 5]]))
     # one looping row, cycle (3, 4) from generation index 2; its first copy starts at generation index 4 =
@@ -252,7 +245,7 @@ INDUCTION = torch.tensor([[0.9, 0.5, 0.1, 0.0], [0.3, 0.2, 0.0, 0.0]])
 
 def loops_of(prompts: torch.Tensor, generated: list[list[int]]) -> NaturalLoops:
     ids = torch.tensor(generated)
-    rule = LoopRule()
+    rule = loop_rule()
     period, copies, onset = rule.detect(ids)
     return NaturalLoops(prompts, Generation(ids, torch.zeros(ids.shape)), period, copies, onset, rule)
 
@@ -263,14 +256,11 @@ def rows_of(effects: torch.Tensor, targets: Targets) -> EffectRows:
     return EffectRows(effects.double()[None] * counts[:, None, None], counts)
 
 
-def assert_statistics_are_reported(result: FamilyResult) -> None:
-    """Every sample's full-sample statistic is the reported scalar (NaN where it is NaN), and every scalar
-    without a sample has a declared reason."""
-    assert set(result.samples) <= set(result.scalars)
-    for key in result.samples:
-        value, reported = statistic(key, result.samples), result.scalars[key]
-        assert (math.isnan(value) and math.isnan(reported)) or value == pytest.approx(reported, abs=1e-12), key
-    assert not [k for k, why in result.without_interval(icl_heads.NO_INTERVAL).items() if why.startswith("undeclared")]
+def assert_every_scalar_is_a_statistic_or_says_why_not(result: FamilyResult) -> None:
+    """Every scalar but the declared values is a statistic of a sample, and every NaN has its reason."""
+    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
+    assert set(result.scalars) - set(result.samples) == declared == set(result.no_interval)
+    assert result.unexplained_nans() == []
 
 
 LOOPING = loops_of(torch.tensor([[40, 41], [42, 43]]), [[1, 2, 3, 4, 3, 4, 3, 4], [5, 6, 7, 8, 9, 10, 11, 12]])
@@ -296,7 +286,7 @@ def fake_passes(monkeypatch):
     (ICL loops first, then natural loops) and records the targets it was asked for."""
     calls = []
 
-    def install(*vectors):
+    def install(*vectors, induction=INDUCTION):
         queue = list(vectors)
 
         def head_effects(model, targets, mode, ablation, score, max_rows):
@@ -304,15 +294,20 @@ def fake_passes(monkeypatch):
             return rows_of(queue.pop(0), targets)
 
         monkeypatch.setattr(icl_heads, "head_effects", head_effects)
-        patterns = FamilyResult(
-            scalars={"icl/induction_max": float(INDUCTION.max())}, arrays={"icl/induction": INDUCTION.numpy()}
-        )
-        patterns.add_sample(
-            "icl/induction_max", Sample("max_of_mean", INDUCTION[None].numpy(), prompts="random_repeat")
-        )
-        monkeypatch.setattr(icl_heads, "pattern_and_loss_scores", lambda ctx, *args: patterns)
-        copied = (np.array([1.0, 0.0]), np.array([1.0, 0.5]))
-        monkeypatch.setattr(icl_heads, "icl_repeat_rate", lambda ctx, cycles: (0.5, 0.75, copied))
+
+        def patterns(ctx, top_k):
+            out = FamilyResult()
+            out.stat("icl/induction_max", Sample("max_of_mean", induction[None].numpy(), prompts="random_repeat"), None)
+            return out
+
+        def copies(ctx, cycles):
+            out = FamilyResult()
+            out.stat("icl/icl_repeat_rate", Sample("mean", np.array([1.0, 0.0]), prompts="icl_repeat"), None)
+            return out
+
+        monkeypatch.setattr(icl_heads, "pattern_scores", patterns)
+        monkeypatch.setattr(icl_heads, "loss_score", lambda ctx, *args: FamilyResult())
+        monkeypatch.setattr(icl_heads, "icl_repeat_rate", copies)
         return calls
 
     return install
@@ -320,7 +315,7 @@ def fake_passes(monkeypatch):
 
 def test_natural_loop_noise_is_held_to_the_same_threshold(fake_passes):
     fake_passes(ICL_EFFECTS, NOISE)
-    result = icl_heads.measure(FakeCheckpoint(LOOPING), top_k=5, min_effect_total=0.01)
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads", top_k=5, min_effect_total=0.01))
     s = result.scalars
     assert s["icl/ablation_neff"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in (0.5, 0.3, 0.2))))
     # uniform noise has N_eff = 8 "by construction": not reported, and nothing is compared with it
@@ -330,13 +325,13 @@ def test_natural_loop_noise_is_held_to_the_same_threshold(fake_passes):
     assert s["icl/natural_ablation_total"] == pytest.approx(0.008)
     assert "natural side" in result.nan_reasons["icl/icl_natural_cosine"]
     assert result.unexplained_nans() == []
-    assert_statistics_are_reported(result)
+    assert_every_scalar_is_a_statistic_or_says_why_not(result)
 
 
 def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passes):
     natural = torch.tensor([[0.0, 0.4, 0.0, 0.1], [0.3, 0.0, 0.0, 0.2]])
     fake_passes(ICL_EFFECTS, natural)
-    result = icl_heads.measure(FakeCheckpoint(LOOPING), top_k=2)
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads", top_k=2))
     s = result.scalars
     # ICL top 2 = heads {0, 1}; natural top 2 = heads {1, 4}: one shared of three
     assert s["icl/icl_natural_top2_jaccard"] == pytest.approx(1 / 3)
@@ -347,7 +342,7 @@ def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passe
     assert s["icl/natural_ablation_neff"] == pytest.approx(math.exp(-sum(p * math.log(p) for p in shares)))
     assert s["icl/natural_ablation_total"] == pytest.approx(1.0) and s["icl/natural_loop_prompts"] == 1
     assert "icl/icl_natural_top5_jaccard" not in s and result.unexplained_nans() == []
-    assert_statistics_are_reported(result)
+    assert_every_scalar_is_a_statistic_or_says_why_not(result)
     # natural rows are indexed by natural prompt: the second does not loop (zero effect, zero targets)
     natural = result.samples["icl/natural_ablation_total"]
     assert natural.prompts == "natural" and natural.values.shape == (2, 2, 4) and natural.weights.tolist() == [3, 0]
@@ -356,7 +351,7 @@ def test_comparison_uses_the_configured_top_k_beside_its_chance_level(fake_passe
 
 def test_natural_targets_start_at_the_first_copy_like_the_icl_ones(fake_passes):
     calls = fake_passes(ICL_EFFECTS, ICL_EFFECTS)
-    icl_heads.measure(FakeCheckpoint(LOOPING))
+    icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads"))
     icl, natural = calls
     assert icl.mask[0].nonzero().flatten().tolist() == list(range(12, 35))  # icl_repeat: from passage 2 on
     # prompt (40, 41) + generation 1 2 3 4 3 4 3 4: the loop (3, 4) starts at sequence index 4 and its first
@@ -367,7 +362,9 @@ def test_natural_targets_start_at_the_first_copy_like_the_icl_ones(fake_passes):
 
 def test_no_natural_loop_and_no_icl_effect_give_nan_with_reasons(fake_passes):
     fake_passes(NOISE)
-    result = icl_heads.measure(FakeCheckpoint(NOT_LOOPING), top_k=3, min_effect_total=0.01)
+    result = icl_heads.measure(
+        FakeCheckpoint(NOT_LOOPING), **family_params("icl_heads", top_k=3, min_effect_total=0.01)
+    )
     s = result.scalars
     for key in ("icl/ablation_top1_share", "icl/ablation_top3_share", "icl/ablation_neff", "icl/ablation_gini"):
         assert math.isnan(s[key]) and "min_effect_total" in result.nan_reasons[key], key
@@ -376,35 +373,37 @@ def test_no_natural_loop_and_no_icl_effect_give_nan_with_reasons(fake_passes):
         assert math.isnan(s[key]) and "no prompt's continuation loops" in result.nan_reasons[key], key
     assert s["icl/natural_loop_prompts"] == 0 and s["icl/icl_natural_topk_jaccard_chance"] > 0
     assert result.unexplained_nans() == []
-    assert_statistics_are_reported(result)
+    assert_every_scalar_is_a_statistic_or_says_why_not(result)
 
 
 def test_without_a_threshold_no_positive_effect_is_still_nan_in_the_samples(fake_passes):
     fake_passes(-ICL_EFFECTS, ICL_EFFECTS)  # no head helps copying: no distribution over heads, nothing to compare
-    result = icl_heads.measure(FakeCheckpoint(LOOPING), min_effect_total=0.0)
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads", min_effect_total=0.0))
     for key in ("icl/ablation_neff", "icl/ablation_vs_induction_spearman", "icl/icl_natural_cosine"):
         assert math.isnan(result.scalars[key]) and "no head has a positive" in result.nan_reasons[key], key
     assert result.scalars["icl/ablation_total"] == 0 and math.isfinite(result.scalars["icl/natural_ablation_neff"])
-    assert_statistics_are_reported(result)
+    assert_every_scalar_is_a_statistic_or_says_why_not(result)
 
 
-def test_constant_induction_scores_give_a_reasoned_nan_correlation():
-    result = specialization_scalars(ICL_EFFECTS, torch.full((2, 4), 0.25), 3, min_total=0.01)
+def test_constant_induction_scores_give_a_reasoned_nan_correlation(fake_passes):
+    fake_passes(ICL_EFFECTS, ICL_EFFECTS, induction=torch.full((2, 4), 0.25))
+    result = icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads"))
     assert math.isnan(result.scalars["icl/ablation_vs_induction_spearman"])
     assert "same for every head" in result.nan_reasons["icl/ablation_vs_induction_spearman"]
     assert result.unexplained_nans() == []
+    fake_passes(ICL_EFFECTS, ICL_EFFECTS)  # the opposite: induction ranks the heads as the effects do
+    rho = icl_heads.measure(FakeCheckpoint(LOOPING), **family_params("icl_heads")).scalars
+    assert rho["icl/ablation_vs_induction_spearman"] > 0.8
 
 
 # --- bootstrap intervals of the concentration react to how the effect is spread over prompts ---
 
 
 def concentration_intervals(sums: np.ndarray, targets: np.ndarray) -> tuple[FamilyResult, dict]:
-    samples = effect_samples("icl/ablation", sums, targets, "icl_repeat", 3, 0.01)
-    pooled = EffectRows(torch.from_numpy(sums), torch.from_numpy(targets)).pooled64
-    reported = concentration(pooled, 3, 0.01, "icl/ablation")
-    for key in samples:
-        assert statistic(key, samples) == pytest.approx(reported.scalars[key], abs=1e-12), key
-    return reported, intervals(replicates(samples, 1000, seed=0), 0.9)
+    reported = concentration(
+        "icl/ablation", EffectRows(torch.from_numpy(sums), torch.from_numpy(targets)), "p", 3, 0.01
+    )
+    return reported, intervals(replicates(reported.samples, 1000, seed=0), 0.9)
 
 
 def test_intervals_are_zero_width_for_identical_prompts_and_wide_when_one_prompt_carries_the_effect():

@@ -9,22 +9,18 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.measure.token_classes import CLASS_INDEX, classify, low_information_ids, vocabulary_classes
-from ckptstudy.metrics import low_info
-from ckptstudy.metrics.low_info import (
-    KEY_CLASSES,
-    class_mass,
-    context_inputs,
-    context_statistics,
-    entropy_counts,
-    entropy_sums,
-    uniform_mass,
-)
+from ckptstudy.metrics import FamilyResult, low_info
+from ckptstudy.metrics.low_info import KEY_CLASSES, context_inputs, context_result, context_statistics
+from ckptstudy.params import check_family
+from ckptstudy.reference import class_mass, entropy_counts, entropy_sums, uniform_mass
+from ckptstudy.stats.bootstrap import Sample
+from configured import family_params, loop_rule
 from conftest import tiny_neox
 
 
@@ -142,6 +138,7 @@ def test_hooks_match_output_attentions(tiny_tokenizer):
     key_classes = vocabulary_classes(tiny_tokenizer)
     low_info = low_information_ids(ids.flatten(), len(tiny_tokenizer), 0.3)
     stats = context_statistics(model, ids, weight, key_classes, low_info, batch_size=2)
+    enrichment = torch.from_numpy(context_result("text", stats, None).heads["lowinfo/enrich_text"]).double()
     with torch.no_grad():
         attentions = model(input_ids=ids, output_attentions=True).attentions
     onehot = torch.nn.functional.one_hot(key_classes[ids], 8).double()
@@ -149,8 +146,8 @@ def test_hooks_match_output_attentions(tiny_tokenizer):
     for layer, attn in enumerate(attentions):
         expected = class_mass(attn.double(), onehot, weight) / uniform_mass(onehot, weight)
         # the fused path sums in another order than eager attention: float32 rounding, not a difference
-        torch.testing.assert_close(stats["enrich"][layer], expected, equal_nan=True, atol=1e-6, rtol=1e-6)
-    assert stats["enrich"].shape == (2, 4, len(KEY_CLASSES))
+        torch.testing.assert_close(enrichment[layer], expected, equal_nan=True, atol=1e-6, rtol=1e-6)
+    assert enrichment.shape == (2, 4, len(KEY_CLASSES)) and stats["mass"].shape == (3, 2, 4, len(KEY_CLASSES))
 
 
 def uniform_attention_model(vocab_size: int = 512):
@@ -168,7 +165,7 @@ def uniform_attention_model(vocab_size: int = 512):
 
 def loops_of(prompts: list[list[int]], generated: list[list[int]]) -> NaturalLoops:
     ids = torch.tensor(generated)
-    rule = LoopRule()
+    rule = loop_rule()
     period, copies, onset = rule.detect(ids)
     return NaturalLoops(torch.tensor(prompts), Generation(ids, torch.zeros(ids.shape)), period, copies, onset, rule)
 
@@ -207,7 +204,8 @@ def test_natural_queries_start_at_the_first_copy_like_the_icl_ones():
     low = torch.zeros(512, dtype=torch.bool)
     low[3] = True
     stats = context_statistics(uniform_attention_model(), ids, weight, key_classes, low, batch_size=1)
-    entropy = stats["entropy"]  # [layer, head, kind (low-info, content), (nats, normalised)]
+    # [layer, head, kind (low-info, content), (nats, normalised)]: summed over rows / rows counted
+    entropy = stats["entropy"].sum(0) / stats["rows"].sum(0)[None, None, :, None]
     torch.testing.assert_close(
         entropy[..., 0, 0], torch.full((2, 4), (math.log(7) + math.log(9)) / 2, dtype=torch.double)
     )
@@ -215,7 +213,7 @@ def test_natural_queries_start_at_the_first_copy_like_the_icl_ones():
         entropy[..., 1, 0], torch.full((2, 4), (math.log(8) + math.log(10)) / 2, dtype=torch.double)
     )
     # without key 0, query q sees q keys
-    nosink = stats["entropy_nosink"][..., 0, 0]
+    nosink = (stats["entropy_nosink"].sum(0) / stats["rows_nosink"].sum(0)[None, None, :, None])[..., 0, 0]
     torch.testing.assert_close(nosink, torch.full((2, 4), (math.log(6) + math.log(8)) / 2, dtype=torch.double))
     assert weight[0].nonzero().flatten().tolist() == [6, 7, 8, 9]
 
@@ -225,7 +223,7 @@ def test_a_context_without_a_query_kind_or_key_class_gives_nan_with_reasons():
     ids, weight = context_inputs(FakeCheckpoint(loops), text_skip=5)["natural"]
     key_classes = torch.full((512,), CLASS_INDEX["OTHER"])  # no newline, no content word
     stats = context_statistics(tiny_neox(), ids, weight, key_classes, torch.zeros(512, dtype=torch.bool), 1)
-    result = low_info.context_scalars("natural", stats)
+    result = context_result("natural", stats, loops)
     for key in (
         "lowinfo/entropy_lowinfo_natural",
         "lowinfo/entropy_content_natural_norm",
@@ -238,23 +236,21 @@ def test_a_context_without_a_query_kind_or_key_class_gives_nan_with_reasons():
     assert "no content-word query" in result.nan_reasons["lowinfo/entropy_content_natural_nosink"]
     assert "no NEWLINE key" in result.nan_reasons["lowinfo/enrich_newline_natural_nosink_max"]
     assert result.unexplained_nans() == []
-    ratios = low_info.newline_ratios(
-        {**result.scalars, "lowinfo/enrich_newline_icl": 0.0, "lowinfo/enrich_newline_icl_nosink": 2.0},
-        result.nan_reasons,
-    )
+    ratios = low_info.newline_ratios(with_icl_newline(result, 0.0, 2.0))
     assert "no NEWLINE key" in ratios.nan_reasons["lowinfo/enrich_newline_natural_over_icl_nosink"]
-    ratios = low_info.newline_ratios(
-        {
-            "lowinfo/enrich_newline_natural": 3.0,
-            "lowinfo/enrich_newline_icl": 0.0,
-            "lowinfo/enrich_newline_natural_nosink": 3.0,
-            "lowinfo/enrich_newline_icl_nosink": 2.0,
-        },
-        {},
-    )
-    assert math.isnan(ratios.scalars["lowinfo/enrich_newline_natural_over_icl"])
-    assert "ICL newline enrichment is 0" in ratios.nan_reasons["lowinfo/enrich_newline_natural_over_icl"]
-    assert ratios.scalars["lowinfo/enrich_newline_natural_over_icl_nosink"] == 1.5
+    both = with_icl_newline(with_icl_newline(FamilyResult(), 3.0, 3.0, key="natural"), 0.0, 2.0)
+    both.update(low_info.newline_ratios(both))  # a ratio of two samples is evaluated where both are
+    assert math.isnan(both.scalars["lowinfo/enrich_newline_natural_over_icl"])
+    assert "ICL newline enrichment is 0" in both.nan_reasons["lowinfo/enrich_newline_natural_over_icl"]
+    assert both.scalars["lowinfo/enrich_newline_natural_over_icl_nosink"] == 1.5
+
+
+def with_icl_newline(result: FamilyResult, value: float, nosink: float, key: str = "icl") -> FamilyResult:
+    """`result` plus newline enrichments of the `key` context (with and without the sink) that are the
+    statistics of constant per-prompt samples."""
+    for suffix, v in (("", value), ("_nosink", nosink)):
+        result.stat(f"lowinfo/enrich_newline_{key}{suffix}", Sample("mean", np.full(4, v), prompts=key), None)
+    return result
 
 
 def test_no_natural_loop_gives_nan_with_reasons(tiny_tokenizer):
@@ -283,7 +279,7 @@ def test_empty_long_text_gives_text_nan_with_the_probes_reason(tiny_tokenizer):
     vocab = len(tiny_tokenizer)
     loops = loops_of([[40, 41]], [[1, 2, 3, 4, 3, 4, 3, 4]])
     ctx = FakeCheckpoint(loops, tiny_neox(vocab_size=vocab), tiny_tokenizer, long_text=torch.zeros(0, 64).long())
-    result = low_info.measure(ctx, text_skip=8)
+    result = low_info.measure(ctx, quantile=0.2, text_skip=8)
     for key in ("lowinfo/enrich_newline_text_nosink", "lowinfo/entropy_content_text"):
         assert math.isnan(result.scalars[key]) and "probes.long_text" in result.nan_reasons[key], key
     assert result.unexplained_nans() == []
@@ -297,13 +293,10 @@ def test_empty_long_text_gives_text_nan_with_the_probes_reason(tiny_tokenizer):
         ("text_skip", -1, "an integer >= 0"),
     ],
 )
-def test_parameters_are_checked_before_any_work(param, value, valid):
-    class NoCheckpoint:
-        def __getattr__(self, name):
-            raise AssertionError(f"measure used ctx.{name} before checking its parameters")
-
+def test_parameters_are_checked_against_their_declared_ranges(param, value, valid):
+    values = {"_target_": "ckptstudy.metrics.low_info.measure", **family_params("low_info", **{param: value})}
     with pytest.raises(ValueError, match=rf"^metrics\.low_info\.{param}={value!r} is not valid; valid: {valid}"):
-        low_info.measure(NoCheckpoint(), **{param: value})
+        check_family("low_info", values)
 
 
 MEMORY_PROBE = r"""
@@ -358,26 +351,20 @@ def measure_on_constructed_loops(tiny_tokenizer, model=None):
     return low_info.measure(ctx, quantile=0.2, text_skip=8)
 
 
-def test_every_scalar_has_a_sample_whose_full_sample_statistic_is_the_reported_value(tiny_tokenizer):
-    from ckptstudy.stats.bootstrap import statistic
-
+def test_every_scalar_but_the_vocabulary_share_is_a_statistic_over_prompts(tiny_tokenizer):
     result = measure_on_constructed_loops(tiny_tokenizer)
-    without = result.without_interval(low_info.NO_INTERVAL)
-    assert without == {"lowinfo/low_info_vocab_share": low_info.NO_INTERVAL["lowinfo/low_info_vocab_share"]}
-    assert set(result.samples) == set(result.scalars) - set(without)
-    for key in result.samples:
-        value = result.scalars[key]
-        if math.isnan(value):  # NaN with its reason (e.g. no query of a kind): the sample says NaN too
-            assert math.isnan(statistic(key, result.samples)) and key in result.nan_reasons, key
-            continue
-        # the fused pass attends in float32: equal to its rounding
-        assert statistic(key, result.samples) == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert result.no_interval == {"lowinfo/low_info_vocab_share": low_info.VOCABULARY}
+    assert set(result.samples) == set(result.scalars) - set(result.no_interval)
+    assert result.unexplained_nans() == []
     assert math.isfinite(result.scalars["lowinfo/enrich_newline_natural_over_icl_nosink"])
     natural = result.samples["lowinfo/enrich_newline_natural_nosink"]
     assert natural.prompts == "natural" and natural.values.shape == (3,)  # one value per natural prompt
     assert natural.weights[1] == 0 and not natural.values[1].any()  # the prompt that does not loop
     per_head = result.samples["lowinfo/enrich_newline_icl_max"]
     assert per_head.prompts == "icl_repeat" and per_head.values.shape == (3, 2, 4)  # [prompt, layer, head]
+    # the head maximum is the maximum of the per-head array the record keeps (same per-prompt rows)
+    newline = result.heads["lowinfo/enrich_icl"][..., KEY_CLASSES.index("NEWLINE")]
+    assert result.scalars["lowinfo/enrich_newline_icl_max"] == pytest.approx(float(newline.max()), rel=1e-6)
 
 
 def test_no_attention_preference_gives_intervals_that_sit_on_one(tiny_tokenizer):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ckptstudy.measure.capture import capture
+from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.residual import layer_inputs, run_layers, tap_residual
-from ckptstudy.metrics import JobContext, perturb
 from ckptstudy.metrics.perturb import (
     PROFILE_OFFSETS,
     control_probe,
@@ -29,7 +29,9 @@ from ckptstudy.metrics.perturb import (
     target_response,
     unit_directions,
 )
+from ckptstudy.params import check_family
 from ckptstudy.stats.bootstrap import statistic
+from configured import family_params, job_context
 from conftest import tiny_neox
 
 V, D, HEADS, R = 64, 256, 2, 20
@@ -181,13 +183,13 @@ def repeat_probe(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.cat([torch.zeros(n, 1, dtype=torch.long), half, half], dim=1)
 
 
-def toy_context(model) -> JobContext:
+def toy_context(model):
     probes = SimpleNamespace(
         long_text=torch.randint(1, V, (4, 48), generator=torch.Generator().manual_seed(1)),
         random_repeat=repeat_probe(),
         repeat_length=R,
     )
-    return JobContext(model=model, tokenizer=None, probes=probes, batch_size=4, seed=0)
+    return job_context(model, None, probes, batch_size=4, seed=0)
 
 
 def test_the_hand_set_circuit_is_a_previous_token_then_induction_circuit():
@@ -204,7 +206,7 @@ def test_the_hand_set_circuit_is_a_previous_token_then_induction_circuit():
 
 
 def test_induction_ratio_is_large_at_the_induction_layer_and_peaks_before_the_second_occurrence():
-    result = measure(toy_context(induction_circuit()), position=8)
+    result = measure(toy_context(induction_circuit()), **family_params("perturb", position=8))
     assert not result.unexplained_nans()
     assert result.scalars["perturb/induction_layer"] == 1
     assert result.scalars["perturb/induction_ratio_l1"] > 20
@@ -218,7 +220,7 @@ def test_induction_ratio_is_large_at_the_induction_layer_and_peaks_before_the_se
 
 
 def test_without_the_previous_token_head_there_is_no_induction_signature():
-    result = measure(toy_context(induction_circuit(prev_token=False)), position=8)
+    result = measure(toy_context(induction_circuit(prev_token=False)), **family_params("perturb", position=8))
     assert result.scalars["perturb/induction_ratio_l1"] == pytest.approx(1.0, abs=0.1)
     assert result.scalars["perturb/induction_control_l1"] == pytest.approx(1.0, abs=0.1)
     # layer 0 writes nothing: its response and every statistic over it are NaN, each with its reason
@@ -229,18 +231,22 @@ def test_without_the_previous_token_head_there_is_no_induction_signature():
 
 def test_a_positional_head_at_distance_r_minus_1_fakes_the_ratio_but_not_the_control():
     """Layer 0 attends R - 1 tokens back (position only): j + R - 1 reads j without any copying."""
-    result = measure(toy_context(induction_circuit(offset=R - 1, induction=False)), position=8)
+    result = measure(
+        toy_context(induction_circuit(offset=R - 1, induction=False)), **family_params("perturb", position=8)
+    )
     assert not result.unexplained_nans()
     assert result.scalars["perturb/induction_ratio_l0"] > 5  # the other-second-copy baseline is fooled
     assert result.scalars["perturb/induction_control_l0"] == pytest.approx(1.0, abs=0.05)  # the control is not
 
 
 def test_reported_induction_values_are_the_statistics_of_their_full_samples():
-    result = measure(toy_context(induction_circuit()), position=8, induction_draws=2, max_rows=40)
+    result = measure(
+        toy_context(induction_circuit()), **family_params("perturb", position=8, induction_draws=2, max_rows=40)
+    )
     keys = [f"perturb/induction_{kind}_{m}" for kind in ("ratio", "control") for m in ("l0", "l1", "max")]
-    without = result.without_interval(perturb.NO_INTERVAL)
+    without = result.no_interval
     assert set(result.samples) == set(keys) == set(result.scalars) - set(without)
-    assert not any(why.startswith("undeclared") for why in without.values()), without
+    assert all(len(why) > 10 for why in without.values()), without
     for key in keys:
         sample = result.samples[key]
         assert sample.statistic == "ratio_of_sums" and sample.n == 4 and sample.prompts == "random_repeat"
@@ -250,7 +256,7 @@ def test_reported_induction_values_are_the_statistics_of_their_full_samples():
 
 
 def test_uniform_attention_gives_ratio_one_and_a_linear_response_at_small_eps():
-    result = measure(toy_context(zero_qk_model()), position=8)
+    result = measure(toy_context(zero_qk_model()), **family_params("perturb", position=8))
     assert not result.unexplained_nans()
     for layer in (0, 1):
         assert result.scalars[f"perturb/induction_ratio_l{layer}"] == pytest.approx(1.0, abs=0.15)
@@ -287,13 +293,15 @@ def test_control_probe_keeps_the_prefix_and_repeats_nothing():
     ("param", "value"), [("eps_min", 0.0), ("n_eps", 2), ("layer", 5), ("draws", 0), ("tolerance", -1.0)]
 )
 def test_invalid_parameters_are_refused_by_name(param, value):
+    shape = Shape(n_layers=2, d_model=32, n_heads=4, vocab=V, context=512)  # the toy models' shape
     with pytest.raises(ValueError, match=f"metrics.perturb.{param}={value}"):
-        measure(toy_context(zero_qk_model()), **{param: value})
+        target = {"_target_": "ckptstudy.metrics.perturb.measure"}
+        check_family("perturb", {**target, **family_params("perturb", **{param: value})}, shape)
 
 
 # ------------------------------------------------------------------------------------ end to end
 def test_measure_on_the_final_micro_checkpoint(final_micro_context):
-    result = measure(final_micro_context)
+    result = measure(final_micro_context, **family_params("perturb"))
     assert not result.unexplained_nans()
     assert result.scalars["perturb/slope_small_eps"] == pytest.approx(1.0, abs=0.05)
     keys = ("perturb/slope_l0", "perturb/slope_l1", "perturb/induction_ratio_max", "perturb/induction_control_l1")

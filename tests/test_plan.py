@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from ckptstudy.measure.cost import Pass, Shape, pass_flops
 from ckptstudy.tools import plan
-from ckptstudy.tools.plan import Machine, Pass, Shape, make_plan, pass_flops
+from ckptstudy.tools.plan import Machine, make_plan
 
 FIXED = Machine("fixed", gflops=100.0, bandwidth_gbs=10.0, layer_overhead_ms=0.2, source="test")
 

@@ -7,24 +7,17 @@ import math
 import pytest
 import torch
 
-from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import Generation, NaturalLoops
-from ckptstudy.metrics.repetition import (
-    analyze_generations,
-    cycle_entropies,
-    cycle_entropy_table,
-    loop_summary,
-    measure,
-    slope,
-    within_row_slopes,
-)
+from ckptstudy.metrics.repetition import analyze_generations, cycle_entropy_table, loop_summary, measure
+from ckptstudy.metrics.repetition import within_row_slopes as slopes
+from configured import job_context, loop_rule
 from conftest import tiny_neox
 
 
 def natural_loops_of(ids: list[list[int]], entropy: torch.Tensor, definition: str = "suffix") -> NaturalLoops:
     """NaturalLoops of hand-written continuations (no prompt), as ctx.natural_loops() would return them."""
     ids = torch.tensor(ids)
-    rule = LoopRule(definition)
+    rule = loop_rule(definition=definition)
     period, copies, onset = rule.detect(ids)
     return NaturalLoops(ids[:, :0], Generation(ids, entropy), period, copies, onset, rule)
 
@@ -37,7 +30,7 @@ def test_analysis_of_known_loops(definition):
     loop_at_2 = [9, 9] + [5, 6, 7] * 6  # period 3 from index 2, 6 cycles
     ids = torch.tensor([no_loop, loop_at_8, loop_at_2])
     entropy = torch.arange(G, dtype=torch.float).repeat(3, 1)  # entropy at index t is t
-    scalars, loops = analyze_generations(ids, entropy, max_cycles=4, definition=definition)
+    scalars, loops = analyze_generations(ids, entropy, loop_rule(definition=definition), max_cycles=4)
     assert scalars["rep/natural_rate"] == pytest.approx(2 / 3)
     assert loops["rep/onset"].tolist() == [-1, 8, 2] and loops["rep/period"].tolist() == [0, 4, 3]
     assert scalars["rep/onset_mean"] == 5 and scalars["rep/period_median"] == 3  # lower median of (3, 4)
@@ -57,7 +50,7 @@ def test_cycle_entropy_curve_does_not_change_its_set_of_loops_with_the_cycle():
     long = list(range(30, 40)) * 2
     entropy = torch.tensor([[0.1] * 20, [2.0] * 20])
     for definition in ("suffix", "paper"):
-        scalars, loops = analyze_generations(torch.tensor([short, long]), entropy, max_cycles=5, definition=definition)
+        scalars, loops = analyze_generations(torch.tensor([short, long]), entropy, loop_rule(definition=definition), 5)
         assert loops["rep/period"].tolist() == [2, 10] and loops["rep/copies"].tolist() == [10, 2]
         assert [scalars[f"rep/cycle_entropy_{k}"] for k in range(1, 6)] == pytest.approx([0.1] * 5)
         assert scalars["rep/cycle_entropy_rows"] == 1
@@ -69,20 +62,22 @@ def test_cycle_entropy_slope_is_the_mean_within_loop_slope():
     # row 1: 3, 2, 1, 0 (slope -1), row 2: 1, 1, 1, 1 (slope 0) -> mean slope -0.5, curve 2, 1.5, 1, 0.5
     ids = torch.tensor([[1, 2] * 4, [3, 4] * 4])
     entropy = torch.tensor([[3.0, 9, 2, 9, 1, 9, 0, 9], [1.0, 9, 1, 9, 1, 9, 1, 9]])
-    scalars, _ = analyze_generations(ids, entropy, max_cycles=4)
+    scalars, _ = analyze_generations(ids, entropy, loop_rule(), max_cycles=4)
     assert [scalars[f"rep/cycle_entropy_{k}"] for k in (1, 2, 3, 4)] == [2, 1.5, 1, 0.5]
     assert scalars["rep/cycle_entropy_slope"] == pytest.approx(-0.5) and scalars["rep/cycle_entropy_rows"] == 2
     table = cycle_entropy_table(entropy, torch.tensor([2, 2]), torch.tensor([0, 0]), torch.tensor([4, 4]), 4)
-    assert within_row_slopes(table).tolist() == pytest.approx([-1, 0])
+    assert slopes(table).tolist() == pytest.approx([-1, 0])
 
 
-def test_cycle_entropy_falls_when_the_model_grows_surer():
-    entropy = torch.tensor([[3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 0.5, 0.5]])
-    means = cycle_entropies(entropy, torch.tensor([2]), torch.tensor([0]), torch.tensor([4]), 4)
-    assert means.tolist() == [3.0, 2.0, 1.0, 0.5]
-    assert slope(means) < 0
-    assert slope(torch.tensor([1.0, 3.0, 5.0])) == pytest.approx(2.0)
-    assert math.isnan(slope(torch.tensor([1.0, math.nan])))
+@pytest.mark.parametrize(
+    ("entropy", "sign"), [([3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 0.5, 0.5], -1), ([0.5, 9, 1, 9, 2, 9, 3, 9], 1)]
+)
+def test_cycle_entropy_falls_when_the_model_grows_surer_and_rises_when_it_does_not(entropy, sign):
+    # one period-2 loop with 4 cycles; the entropy at the cycle starts (indices 0, 2, 4, 6) falls, or rises
+    scalars, _ = analyze_generations(torch.tensor([[1, 2] * 4]), torch.tensor([entropy]), loop_rule(), 4)
+    curve = [scalars[f"rep/cycle_entropy_{k}"] for k in (1, 2, 3, 4)]
+    assert curve == entropy[::2] and sign * scalars["rep/cycle_entropy_slope"] > 0
+    assert slopes(torch.tensor([[1.0, 3.0, 5.0]])).tolist() == pytest.approx([2.0])
 
 
 @pytest.mark.parametrize("definition", ["suffix", "paper"])
@@ -93,7 +88,7 @@ def test_single_token_collapse_is_counted_apart(definition):
         [100, 101] + [5, 5, 6] * 6,  # period 3, a repeated token inside the cycle but two distinct tokens
         list(range(200, 208)) + [1, 2, 3, 4] * 3,  # period 4
     ]
-    scalars, loops = analyze_generations(torch.tensor(rows), torch.zeros(4, 20), definition=definition)
+    scalars, loops = analyze_generations(torch.tensor(rows), torch.zeros(4, 20), loop_rule(definition=definition), 5)
     assert loops["rep/period"].tolist() == [0, 2, 3, 4] and loops["rep/onset"].tolist() == [-1, 2, 2, 8]
     assert loops["rep/degenerate"].tolist() == [False, True, False, False]
     assert scalars["rep/natural_rate"] == 0.75
@@ -110,7 +105,7 @@ class FakeContext:
 
 def test_no_loop_gives_nan_with_reasons_not_errors():
     ctx = FakeContext(natural_loops_of(torch.arange(40).view(2, 20).tolist(), torch.zeros(2, 20)))
-    result = measure(ctx, max_cycles=3)
+    result = measure(ctx, max_cycles=3, save_generations=False)
     assert result.scalars["rep/natural_rate"] == 0 and result.scalars["rep/loop_fraction"] == 0
     assert result.scalars["rep/degenerate_rate"] == 0 and result.scalars["rep/cycle_entropy_rows"] == 0
     for key in ("rep/onset_median", "rep/period_median", "rep/cycle_entropy_1", "rep/cycle_entropy_slope"):
@@ -128,21 +123,28 @@ def test_too_few_cycles_and_one_cycle_give_nan_with_reasons():
     result, _ = loop_summary(natural, 5)
     assert result.scalars["rep/cycle_entropy_rows"] == 0 and math.isnan(result.scalars["rep/cycle_entropy_3"])
     assert "max_cycles=5" in result.nan_reasons["rep/cycle_entropy_3"] and result.unexplained_nans() == []
-    with pytest.raises(ValueError, match=r"metrics\.repetition\.max_cycles=0 .*valid: an integer >= 1"):
-        measure(FakeContext(natural), max_cycles=0)
+
+
+def test_bad_parameters_are_refused_at_composition_naming_them():
+    from ckptstudy.config import compose_config
+    from ckptstudy.params import MetricConfigError
+
+    for override, valid in (("max_cycles=0", "an integer >= 1"), ("save_generations=maybe", "true or false")):
+        with pytest.raises(
+            MetricConfigError, match=rf"^metrics\.repetition\.{override.split('=')[0]}=.* valid: {valid}"
+        ):
+            compose_config([f"metrics.repetition.{override}"])
 
 
 def test_prompts_that_fill_the_context_are_refused_by_name():
-    from ckptstudy.metrics import JobContext
-
-    ctx = JobContext(model=tiny_neox(), tokenizer=None, probes=None)  # context of 512 tokens
+    ctx = job_context(tiny_neox(), None, None)  # context of 512 tokens
     assert ctx.room_after(torch.zeros(2, 500), 4, "natural") == 12
     with pytest.raises(ValueError, match=r"probes\.natural prompts \(510 tokens\) leave 2 .*need 4"):
         ctx.room_after(torch.zeros(2, 510), 4, "natural")
 
 
-def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
-    from ckptstudy.stats.bootstrap import statistic
+def test_every_statistic_is_a_statistic_over_the_natural_prompts():
+    from ckptstudy.stats.bootstrap import replicates
 
     rows = [
         list(range(100, 120)),  # no loop
@@ -154,13 +156,12 @@ def test_bootstrap_samples_give_the_reported_values_on_the_full_sample():
     entropy = torch.rand(5, 20, generator=torch.Generator().manual_seed(0))
     result, _ = loop_summary(natural_loops_of(rows, entropy), 3)
     assert len(result.samples) == 13  # 9 loop statistics, 3 cycle entropies, the slope
-    from ckptstudy.metrics import repetition
-
-    without = result.without_interval(repetition.NO_INTERVAL)
-    assert set(without) == {"rep/cycle_entropy_rows"} and not without["rep/cycle_entropy_rows"].startswith("undeclared")
-    for key in result.samples:
-        value = result.scalars[key]
-        assert statistic(key, result.samples) == pytest.approx(value, rel=1e-12, nan_ok=True), key
-    assert result.samples["rep/onset_median"].statistic == "median_low"  # torch.median's lower middle
+    assert set(result.scalars) - set(result.samples) == {"rep/cycle_entropy_rows"} == set(result.no_interval)
     assert {s.prompts for s in result.samples.values()} == {"natural"}
-    assert "bootstrap/rep/natural_rate/values" in result.raw  # saved with the record
+    assert result.samples["rep/onset_median"].statistic == "median_low"  # torch.median's lower middle
+    # the values are those of the rows (onsets 2, 2, 8, 5 of the 4 looping rows; periods 2, 3, 4, 3)
+    assert result.scalars["rep/onset_mean"] == pytest.approx(17 / 4) and result.scalars["rep/onset_median"] == 2
+    assert result.scalars["rep/period_median"] == 3 and result.scalars["rep/natural_rate"] == pytest.approx(0.8)
+    reps = replicates(result.samples, 50, 0)
+    assert reps["rep/natural_rate"].std() > 0 and set(reps) == set(result.samples)  # prompts are resampled
+    assert "bootstrap/rep/natural_rate/values" in result.saved_arrays()  # saved with the record

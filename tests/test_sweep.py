@@ -120,6 +120,7 @@ def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
 
     import torch
 
+    from ckptstudy.measure.cycles import LoopRule
     from ckptstudy.metrics.repetition import analyze_generations
     from ckptstudy.results import read_arrays
 
@@ -136,15 +137,8 @@ def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
         entropy = torch.from_numpy(arrays["rep/generated_entropy"])
         assert ids.shape[1] == generated
         rule = record["config"]["loops"]
-        again, _ = analyze_generations(
-            ids,
-            entropy,
-            rule["min_period"],
-            rule["max_period"],
-            rule["min_copies"],
-            record["config"]["metrics"]["repetition"]["max_cycles"],
-            rule["definition"],
-        )
+        rule = LoopRule(rule["definition"], rule["min_period"], rule["max_period"], rule["min_copies"])
+        again, _ = analyze_generations(ids, entropy, rule, record["config"]["metrics"]["repetition"]["max_cycles"])
         for key, value in again.items():
             assert (math.isnan(value) and math.isnan(metrics[key])) or value == pytest.approx(metrics[key]), key
 

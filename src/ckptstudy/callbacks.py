@@ -1,4 +1,5 @@
-"""Hydra callback of a multirun: check the micro suite before the jobs, summarize the study after them."""
+"""Hydra callback of a multirun: validate the config and check the micro suite before the jobs, summarize the
+study after them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 from hydra.experimental.callback import Callback
 
+from ckptstudy.config import validate_sweep
 from ckptstudy.model.suite_spec import BUILD_HINT, build_problem, spec_from_config, suite_dir
 from ckptstudy.report.summary import summarize
 
@@ -15,11 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class TrajectoryCallback(Callback):
-    """Says before a sweep when its suite is not built, builds the trajectories after it (exit code 1 when a job
-    failed).
+    """Refuses a bad config (exit code 2) and says when the suite is not built before a sweep; builds the
+    trajectories after it (exit code 1 when a job failed).
 
-    It does not build the suite: a multirun start has not checked the jobs' inputs yet, and a build takes
-    minutes (on a cluster, on the submitting node), so it happens only when asked (`make suite`, `make run`).
+    It does not build the suite: a build takes minutes (on a cluster, on the submitting node), so it happens
+    only when asked (`make suite`, `make run`).
     """
 
     def __init__(self) -> None:
@@ -27,6 +29,12 @@ class TrajectoryCallback(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        try:  # a bad value, swept or not, refuses the whole sweep before any job launches
+            # (Hydra only warns about an exception in a callback)
+            validate_sweep(config)
+        except ValueError as err:
+            print(f"error: {err}\n(no job of this sweep was launched)", file=sys.stderr)
+            sys.exit(2)
         try:
             problem = suite_problem(config.model)
         except Exception as err:  # each job then fails with its own record naming the cause

@@ -1,5 +1,11 @@
-"""Structured-config schema: Hydra refuses unknown keys, wrong types and unknown choices against these
-dataclasses when the config is composed, before any job starts.
+"""The config: its structured schema, and `validate`, which refuses bad values right after composition.
+
+Hydra refuses unknown keys, wrong types and unknown choices against the dataclasses below when the config is
+composed. `validate(cfg)` then checks what a schema cannot say: the loop rule, the probe sizes and every metric
+family's parameters against the ranges declared in its `measure` signature (`ckptstudy.params`), each refusal
+naming the key, its value and what is valid. It runs in every entry point before anything is resolved or
+loaded: `compose_config` (CLI helpers, tests), each Hydra job (`job.run_job`) and the start of a multirun
+(`callbacks.TrajectoryCallback`: a bad value refuses the whole sweep before any job launches).
 
 Values live in the yaml files under conf/ (one source each); the dataclasses hold types, choices (Enums,
 whose error lists the valid values) and, for a model, Pythia's conventions as defaults."""
@@ -13,13 +19,21 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from ckptstudy.measure.cost import Shape
+from ckptstudy.measure.cycles import check_loop_parameters
+from ckptstudy.model import hubcache
 from ckptstudy.model.checkpoints import available_steps
+from ckptstudy.model.neox import PYTHIA_CONTEXT
 from ckptstudy.model.suite_spec import default_suite_dir, spec_from_config
-from ckptstudy.schemas import register_family_schemas
+from ckptstudy.params import check_family
+from ckptstudy.probes import check_probe_config
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here
+PYTHIA_VOCAB = 50304  # Pythia's (padded) vocabulary; its context is model.neox.PYTHIA_CONTEXT
+MIN_NEW_TOKENS = 4  # loops.new_tokens: the shortest generation that can hold 2 copies of a period-2 cycle
 
 
 class Source(str, Enum):
@@ -213,15 +227,90 @@ def suite_directory(*, _root_: DictConfig) -> str | None:
 def register_configs() -> None:
     """Register the schema (conf/config.yaml lists `config_schema` first) and ckptstudy's resolvers."""
     ConfigStore.instance().store(name="config_schema", node=Config)
-    register_family_schemas(CONF_DIR / "metrics")
     if not OmegaConf.has_resolver("ckptstudy_steps"):
         OmegaConf.register_new_resolver("ckptstudy_steps", all_steps)
     if not OmegaConf.has_resolver("ckptstudy_suite_dir"):
         OmegaConf.register_new_resolver("ckptstudy_suite_dir", suite_directory)
 
 
+class ConfigValueError(ValueError):
+    """A composed config holds a value that is not valid (the message names the key and what is valid)."""
+
+
+def model_shape(model_cfg) -> Shape | None:
+    """The model's shape from its yaml: a suite's recipe, else n_layers / d_model / n_heads with Pythia's
+    vocabulary and context; None when the yaml does not state the dimensions."""
+    if model_cfg.checkpoints == "suite":
+        suite = model_cfg.suite
+        return Shape(suite.n_layers, suite.d_model, suite.n_heads, suite.vocab_size, suite.max_position_embeddings)
+    if any(model_cfg.get(k) is None for k in ("n_layers", "d_model", "n_heads")):
+        return None
+    return Shape(model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads, PYTHIA_VOCAB, PYTHIA_CONTEXT)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse a bad value before anything is resolved or loaded, naming the key, the value and what is valid:
+    the loop rule (`loops.*`), the probe sizes (`probes.*`), the `checkpoints` block and every family's
+    parameters (`metrics.*`: unknown, missing, type, range, choice, the family's `check`)."""
+    loops = cfg.loops
+    try:
+        definition = getattr(loops.definition, "value", loops.definition)
+        check_loop_parameters(definition, loops.min_period, loops.max_period, loops.min_copies)
+    except ValueError as err:
+        raise ConfigValueError(f"loops: {err}") from None
+    if loops.new_tokens is None or loops.new_tokens < MIN_NEW_TOKENS:
+        raise ConfigValueError(
+            f"loops.new_tokens={loops.new_tokens} is not valid: it must be >= {MIN_NEW_TOKENS} "
+            "(tokens generated per natural prompt)"
+        )
+    check_probe_config(cfg.probes)
+    try:
+        hubcache.check_config(cfg.checkpoints)
+    except ValueError as err:
+        raise ConfigValueError(str(err)) from None
+    shape = model_shape(cfg.model)
+    if shape is not None:
+        check_room_to_generate(cfg.probes, shape.context)
+    for name, family_cfg in cfg.metrics.items():
+        check_family(name, OmegaConf.to_container(family_cfg, resolve=True), shape)
+
+
+def validate_sweep(cfg: DictConfig) -> None:
+    """`validate` the config of a multirun, and again with each value a sweep override gives a config key
+    (`metrics.icl_heads.top_k=1,3,0` is refused for its 0 before any job launches). Needs `cfg.hydra`."""
+    validate(cfg)
+    overrides = OverridesParser.create().parse_overrides(list(cfg.hydra.overrides.task))
+    for override in overrides:
+        key = override.key_or_group
+        if not override.is_sweep_override() or key == "step" or OmegaConf.select(cfg, key) is None:
+            continue
+        for value in override.sweep_iterator():
+            swept = cfg.copy()
+            with open_dict(swept):
+                OmegaConf.update(swept, key, value, merge=False)
+            validate(swept)
+
+
+def check_room_to_generate(probes, context: int) -> None:
+    """Refuse prompts that leave no room in the model's `context` (from its yaml) to generate after them: the
+    natural prompts need MIN_NEW_TOKENS, icl_repeat (passage x copies) one token. A job refuses the same against
+    the loaded model (`JobContext.room_after`); this refuses it before any weights load."""
+    needs = {
+        "natural": (probes.natural.length, MIN_NEW_TOKENS),
+        "icl_repeat": (probes.icl_repeat.length * probes.icl_repeat.copies, 1),
+    }
+    for probe, (tokens, minimum) in needs.items():
+        if context - tokens < minimum:
+            raise ConfigValueError(
+                f"probes.{probe} prompts ({tokens} tokens) leave {context - tokens} of the model's {context}-token "
+                f"context to generate in (need {minimum}); shorten probes.{probe}"
+            )
+
+
 def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
-    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests)."""
+    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests), and `validate` it."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+        cfg = compose(config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+    validate(cfg)
+    return cfg

@@ -3,7 +3,7 @@
 Failures never escape `run_job`: a bad config value, a missing, corrupt or unsafe checkpoint, an
 unwritable results directory, a failing metric family or (with `logger.strict`) a W&B failure becomes
 a failure record naming the cause, so a sweep goes on and loses nothing. The order is cheap checks
-first: inputs (loops, probe sizes, metric parameters), the step, the reuse decision, the results
+first: inputs (`config.validate`: loops, probe sizes, metric parameters), the step, the reuse decision, the results
 directory, then the checkpoint's config.json and weight files, the tokenizer and the probes, and only
 then the weights.
 """
@@ -11,7 +11,6 @@ then the weights.
 from __future__ import annotations
 
 import datetime
-import inspect
 import logging
 import math
 import time
@@ -22,16 +21,15 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import fingerprint, results
-from ckptstudy.measure.cycles import check_loop_parameters
-from ckptstudy.metrics import FamilyResult, JobContext, MetricConfigError, family_function
+from ckptstudy.config import validate
+from ckptstudy.metrics import FamilyResult, JobContext
 from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.suite_spec import checkpoint_problem
-from ckptstudy.probes import cached_probes, check_probe_config
+from ckptstudy.params import check_family
+from ckptstudy.probes import cached_probes
 from ckptstudy.report.tracking import Tracker, TrackingError
 
 log = logging.getLogger("ckptstudy")
-
-MIN_NEW_TOKENS = 4  # loops.new_tokens: the shortest generation that can hold 2 copies of a period-2 cycle
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -42,8 +40,8 @@ def run_job(cfg: DictConfig) -> dict:
     measured = FamilyResult()
     disk = hubcache.JobDisk()  # checkpoints.evict / prefetch_ahead: inactive until the source is known
     try:
+        validate(cfg)  # loops, probe sizes, every family's parameters: before anything is resolved
         record.update(fingerprint.identity(cfg))
-        check_inputs(cfg)
         source = resolve_source(cfg)
         record.update(step=source.step, revision=source.describe())
         record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
@@ -71,50 +69,6 @@ def run_job(cfg: DictConfig) -> dict:
     record = finish(cfg, record, measured, started)
     disk.finish(written="unwritten" not in record)
     return record
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """Refuse bad input before anything loads, naming the value and its valid range: the loop rule,
-    the probe sizes and every family's parameters."""
-    loops = cfg.loops
-    try:
-        definition = getattr(loops.definition, "value", loops.definition)
-        check_loop_parameters(definition, loops.min_period, loops.max_period, loops.min_copies)
-    except ValueError as err:
-        raise ValueError(f"loops: {err}") from None
-    if loops.new_tokens is None or loops.new_tokens < MIN_NEW_TOKENS:
-        raise ValueError(
-            f"loops.new_tokens={loops.new_tokens} is not valid: it must be >= {MIN_NEW_TOKENS} "
-            "(tokens generated per natural prompt)"
-        )
-    check_probe_config(cfg.probes)
-    check_metric_parameters(cfg.metrics)
-    hubcache.check_config(cfg.checkpoints)
-
-
-class _ParametersAccepted(BaseException):
-    """Raised by `_ParameterCheck` at a family's first use of its context: its parameters passed."""
-
-
-class _ParameterCheck:
-    """A stand-in context for `check_metric_parameters`: any use of it ends the call."""
-
-    def __getattr__(self, name):
-        raise _ParametersAccepted(name)
-
-
-def check_metric_parameters(metrics_cfg) -> None:
-    """Run each family's own parameter checks (the start of its `measure`, before it touches the context)
-    without a model: a value out of range is refused before any weights load."""
-    for name, family_cfg in metrics_cfg.items():
-        fn, params = family_function(name, OmegaConf.to_container(family_cfg, resolve=True))
-        try:
-            fn(_ParameterCheck(), **params)
-        except _ParametersAccepted:
-            continue
-        except Exception as err:
-            message = str(err) if f"metrics.{name}" in str(err) else f"metrics.{name}: {err}"
-            raise MetricConfigError(message) from err
 
 
 def resolve_source(cfg: DictConfig) -> checkpoints.CheckpointSource:
@@ -162,19 +116,29 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         record["nonfinite"] = {"weights": bad_weights, "activations": bad_activations}
     record.update(
         status="failed" if errors else "ok",
-        metrics=measured.scalars,
-        nan_reasons=measured.nan_reasons,
-        no_interval=measured.no_interval,
+        **record_fields(measured, cfg.report.bootstrap),
         probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
     )
-    # bootstrap intervals over prompts beside the metrics, and why an interval is NaN
-    record["ci"], record["ci_reasons"] = measured.intervals(cfg.report.bootstrap)
     if errors:
         message = "; ".join(f"metrics.{k}: {v}" for k, v in errors.items())
         record["error"] = {"type": "MetricError", "message": message}
     if not warnings:
         del record["warnings"]
     return measured
+
+
+def record_fields(measured: FamilyResult, bootstrap_settings) -> dict:
+    """The record's fields from what the families measured: `metrics` (every scalar), `nan_reasons`,
+    `no_interval` (why a value has no interval), and the bootstrap intervals of the statistics (`ci`) with why
+    an interval is NaN (`ci_reasons`). The samples go to the npz (`FamilyResult.saved_arrays`)."""
+    ci, ci_reasons = measured.intervals(bootstrap_settings)
+    return {
+        "metrics": measured.scalars,
+        "nan_reasons": measured.nan_reasons,
+        "no_interval": dict(measured.no_interval),
+        "ci": ci,
+        "ci_reasons": ci_reasons,
+    }
 
 
 def nonfinite_warnings(measured: FamilyResult, suspect: bool) -> list[str]:
@@ -186,7 +150,7 @@ def nonfinite_warnings(measured: FamilyResult, suspect: bool) -> list[str]:
         if not math.isfinite(value) and (suspect or unexplained):
             out.append(f"metric {key} is non-finite ({value})")
     if suspect:
-        for key, array in {**measured.arrays, **measured.raw}.items():
+        for key, array in {**measured.heads, **measured.raw}.items():
             array = np.asarray(array)
             if array.dtype.kind in "fc":
                 count = int((~np.isfinite(array)).sum())
@@ -202,7 +166,7 @@ def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[s
     """
     total, errors = FamilyResult(), {}
     for name, family_cfg in metrics_cfg.items():
-        fn, params = family_function(name, OmegaConf.to_container(family_cfg, resolve=True))
+        fn, params = check_family(name, OmegaConf.to_container(family_cfg, resolve=True))
         try:
             result = fn(ctx, **params)
         except Exception as err:
@@ -211,13 +175,7 @@ def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[s
             continue
         for key in result.unexplained_nans():
             log.warning("metrics.%s gave %s = %s without a reason", name, key, result.scalars[key])
-            result.nan_reasons[key] = f"unexplained: metrics.{name} gave no reason"
-        result.no_interval = result.without_interval(getattr(inspect.getmodule(fn), "NO_INTERVAL", {}))
-        undeclared = sorted(k for k, why in result.no_interval.items() if why.startswith("undeclared"))
-        if undeclared:
-            log.warning(
-                "metrics.%s gave %d scalar(s) without an interval or a reason: %s", name, len(undeclared), undeclared
-            )
+            result.explain(key, f"unexplained: metrics.{name} gave no reason")
         total.update(result)
     return total, errors
 
@@ -240,7 +198,7 @@ def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float
                 record["identical_weights_as"] = _identical_steps(cfg, record, others)
                 if record.get("tensor_hashes"):
                     record["integrity"] = _equal_tensors(cfg, record, others)
-            record = results.write_record(path, record, {**measured.arrays, **measured.raw})
+            record = results.write_record(path, record, measured.saved_arrays())
     except OSError as err:
         log.error("%s step %s: cannot write its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
         if record.get("status") == "ok":

@@ -9,9 +9,12 @@ from collections import namedtuple
 
 import fault_helpers
 import pytest
+import yaml
 from fault_helpers import copy_suite, local_model, overrides, read, run
+from omegaconf import OmegaConf
 
 from ckptstudy import results
+from ckptstudy.config import compose_config
 
 loads, out_root = fault_helpers.loads, fault_helpers.out_root  # fixtures
 
@@ -41,12 +44,22 @@ def refused(record: dict, loads: list, *parts: str) -> str:
     ],
 )
 def test_out_of_range_parameters_are_refused_before_loading(micro_suite, out_root, loads, override, parts):
-    refused(run(overrides(out_root, micro_suite, "step=1", override)), loads, *parts)
+    # when the config is composed ...
+    with pytest.raises(ValueError) as err:
+        compose_config(overrides(out_root, micro_suite, "step=1", override))
+    assert all(part in str(err.value) for part in parts), str(err.value)
+    # ... and by the job, when the value reaches it after composition (as from a launcher): a failure record
+    key, value = override.split("=")
+    refused(run(overrides(out_root, micro_suite, "step=1"), edit=lambda cfg: set_value(cfg, key, value)), loads, *parts)
+
+
+def set_value(cfg, key: str, value: str) -> None:
+    OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
 
 
 def test_metric_parameter_of_any_family_is_checked_before_loading(micro_suite, out_root, loads):
-    args = overrides(out_root, micro_suite, "step=1", "metrics.low_info.quantile=1.5", metrics="[repetition,low_info]")
-    refused(run(args), loads, "quantile", "1.5")
+    args = overrides(out_root, micro_suite, "step=1", metrics="[repetition,low_info]")
+    refused(run(args, edit=lambda cfg: set_value(cfg, "metrics.low_info.quantile", "1.5")), loads, "quantile", "1.5")
 
 
 @pytest.mark.parametrize("content", ["", "   \n\n  \t", "short text."])

@@ -90,10 +90,10 @@ def test_nonfinite_warnings_cover_arrays_of_a_suspect_checkpoint():
     from ckptstudy.metrics import FamilyResult
 
     result = FamilyResult()
-    result.set("x/fine", 1.0, "")
+    result.value("x/fine", 1.0, "a constant")
     result.nan("x/explained", "no loop")
-    result.scalars["x/unexplained"] = math.inf
-    result.arrays["x/heads"] = np.array([[1.0, math.nan], [math.inf, 2.0]])
+    result.value("x/unexplained", math.inf, "a constant")  # no nan_reason: unexplained
+    result.heads["x/heads"] = np.array([[1.0, math.nan], [math.inf, 2.0]])
     assert nonfinite_warnings(result, suspect=False) == ["metric x/unexplained is non-finite (inf)"]
     assert nonfinite_warnings(result, suspect=True) == [
         "metric x/explained is non-finite (nan)",

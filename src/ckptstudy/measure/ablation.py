@@ -1,5 +1,6 @@
-"""Per-head ablation effects on predicting expected tokens: exact (batched, reusing the clean residual),
-naive (one full forward per head, the reference), and attribution patching (one forward + backward).
+"""Per-head ablation effects on predicting expected tokens: exact (batched, reusing the clean residual) and
+attribution patching (one forward + backward); `ckptstudy.reference.naive_effects` is the reference (one full
+forward per head).
 
 The quantity is the pooled mean, over target positions, of a score of the expected next token:
 `logprob` = log p(expected) or `contrast` = log p(expected) - log p(best other token). A head's effect
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ckptstudy.measure.capture import hooks, layer_output, model_parts
+from ckptstudy.measure.readout import log_probs, pick, unembed
 
 SCORES = ("logprob", "contrast")
 ABLATIONS = ("zero", "mean")
@@ -42,18 +44,14 @@ class Targets:
 
 def token_scores(logits: torch.Tensor, expected: torch.Tensor, score: str) -> torch.Tensor:
     """Per-position score of the expected token from logits [T, vocab]: [T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(-1, expected[:, None]).squeeze(-1)
+    logp = log_probs(logits)
+    chosen = pick(logp, expected)
     if score == "logprob":
         return chosen
     if score == "contrast":
         others = logp.scatter(-1, expected[:, None], float("-inf"))
         return chosen - others.max(-1).values
     raise ValueError(f"score={score!r} is not valid; choose one of {', '.join(SCORES)}")
-
-
-def _unembed(model, hidden: torch.Tensor) -> torch.Tensor:
-    return model.get_output_embeddings()(model.gpt_neox.final_layer_norm(hidden))
 
 
 @dataclass
@@ -130,7 +128,7 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
 
 
 @contextmanager
-def _ablate_heads(out_proj, head_of_row: torch.Tensor, head_dim: int, replacement: torch.Tensor):
+def ablate_heads(out_proj, head_of_row: torch.Tensor, head_dim: int, replacement: torch.Tensor):
     """Pre-hook on a layer's output projection: row r gets head `head_of_row[r]` replaced (-1 = none)."""
     n_heads = replacement.numel() // head_dim
     keep = torch.ones(len(head_of_row), n_heads, device=replacement.device)
@@ -183,12 +181,12 @@ def exact_effect_rows(
             head_of_row, prompt = chunk[:, 0].to(device), chunk[:, 1].to(device)
             hidden = clean.resid[layer][prompt]
             kwargs = _index_kwargs(clean.layer_kwargs, prompt, n)
-            with _ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
+            with ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
                 hidden = layer_output(parts.layers[layer](hidden, **kwargs))
             for later in parts.layers[layer + 1 :]:
                 hidden = layer_output(later(hidden, **kwargs))
             row_mask = mask[prompt]
-            logits = _unembed(model, hidden[row_mask])
+            logits = unembed(model, hidden[row_mask])
             want = expected[prompt][row_mask[:, :-1]]
             scores = token_scores(logits, want, score).double()
             owner = (head_of_row * n + prompt)[:, None].expand_as(row_mask)[row_mask]
@@ -215,25 +213,6 @@ def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:
         return value
 
     return {k: pick(v) for k, v in layer_kwargs.items()}
-
-
-@torch.no_grad()
-def naive_effects(model, targets: Targets, ablation: str = "zero", score: str = "logprob") -> torch.Tensor:
-    """Reference: one full forward per head with that head ablated: [n_layers, n_heads]."""
-    parts = model_parts(model)
-    device = next(model.parameters()).device
-    clean = clean_run(model, targets, score)
-    ids, mask, expected = targets.ids.to(device), targets.mask.to(device), targets.expected.to(device)
-    effects = torch.zeros(parts.n_layers, parts.n_heads)
-    for layer in range(parts.n_layers):
-        replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else clean.head_means[layer]
-        for h in range(parts.n_heads):
-            head_of_row = torch.full((ids.shape[0],), h, device=device)
-            with _ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
-                logits = model(input_ids=ids).logits
-            total = token_scores(logits[mask], expected, score).double().sum()
-            effects[layer, h] = (clean.score_sum - float(total)) / clean.n_targets
-    return effects
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
 """Forward passes that reduce each layer's attention on the fly.
 
 Two paths, both summing reductions over batch chunks (callers divide by their own counts):
-- `capture_stats` (the default for the `icl/` and `lowinfo/` families): the statistics of a `StatsRequest`
-  (diagonal weights, class mass, row entropy, with and without the sink) come out of a registered attention
-  function (`ckptstudy.measure.attention_stats`) that keeps the fused SDPA kernel for the output and never
-  materialises the [batch, head, query, key] weights. `method="eager"` computes the same dictionary from
-  eager weights inside per-layer hooks (the reference).
+- `capture_stats` (the `icl/` and `lowinfo/` families): the statistics of a `StatsRequest` (diagonal weights,
+  class mass, row entropy, with and without the sink) come out of a registered attention function
+  (`ckptstudy.measure.attention_stats`) that keeps the fused SDPA kernel for the output and never
+  materialises the [batch, head, query, key] weights. `ckptstudy.reference.eager_capture_stats` computes the
+  same dictionary from eager weights inside per-layer hooks (the reference, for tests and benches).
 - `capture`: eager attention weights of one layer are handed to a reducer inside that layer's hook and
   dropped; only the reduction is kept, so memory does not grow with the number of layers (any reduction).
 
@@ -15,7 +15,6 @@ model may be loaded with any implementation.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,27 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from ckptstudy.measure import attention_stats
-from ckptstudy.measure.attention_stats import StatsCollector, StatsRequest, reference_statistics
+from ckptstudy.measure.attention_stats import StatsCollector, StatsRequest
 
 # (layer, attn[b,h,q,k], chunk) -> a tensor or a dict of tensors; chunk = {"ids": [b,s], **row_data rows}
 AttnReducer = Callable[[int, torch.Tensor, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits[b,s,v], ids[b,s])
-
-METHODS = ("fused", "eager")
-_METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("ckptstudy_capture_method", default="fused")
-
-
-@contextmanager
-def stats_method(method: str) -> Iterator[None]:
-    """Inside the block, `capture_stats` calls without an explicit method use `method` ("fused", the default,
-    or "eager", the reference): runs a whole family on the reference path without touching its code."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
-    token = _METHOD.set(method)
-    try:
-        yield
-    finally:
-        _METHOD.reset(token)
 
 
 class UnsupportedModelError(TypeError):
@@ -117,7 +100,7 @@ def _to_cpu(value):
     return value.detach().cpu()
 
 
-def _add(total, value):
+def running_sum(total, value):
     """Running sum of reductions (tensors or dicts of tensors)."""
     if total is None:
         return value
@@ -126,7 +109,7 @@ def _add(total, value):
     return total + value
 
 
-def _concat(total, value):
+def running_concat(total, value):
     """Per-row reductions of successive chunks, in row order (tensors or dicts of tensors)."""
     if total is None:
         return value
@@ -165,7 +148,7 @@ def capture(
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            attn_sums[layer] = _add(attn_sums[layer], _to_cpu(attn_fn(layer, output[1].float(), current)))
+            attn_sums[layer] = running_sum(attn_sums[layer], _to_cpu(attn_fn(layer, output[1].float(), current)))
 
         return hook
 
@@ -183,11 +166,6 @@ def capture(
                 logits_sum = reduced if logits_sum is None else logits_sum + reduced
             del logits
     return Captured(attn=attn_sums if attn_fn else None, logits=logits_sum, n_rows=ids.shape[0])
-
-
-def _each_row(logits_fn: LogitsReducer) -> LogitsReducer:
-    """`logits_fn` applied to each row of a chunk on its own, stacked [b, ...] (one chunk per capture call)."""
-    return lambda logits, ids: torch.stack([logits_fn(logits[r : r + 1], ids[r : r + 1]) for r in range(len(ids))])
 
 
 def _reduce_logits(
@@ -211,20 +189,13 @@ def capture_stats(
     request: StatsRequest,
     logits_fn: LogitsReducer | None = None,
     batch_size: int = 16,
-    method: str | None = None,
 ) -> Captured:
     """Run `ids` [n, seq] through the model; per layer, the sums over rows of every statistic `request` asks
     for (`attention_stats.StatsRequest`: `diagonal`, `mass`, `mass_nosink`, `entropy`, `entropy_nosink`);
     with `logits_fn`, its sum over rows (logits unembedded one row at a time; without it the unembedding is
     skipped). With `request.per_row` nothing is summed over rows: every statistic and the logits reduction
     come per row, stacked [n, ...] in the order of `ids` (what the bootstrap resamples; the sums are their
-    sums). method = "fused" (no attention weights materialised) or "eager" (the reference: eager
-    weights reduced inside per-layer hooks); None = the `stats_method` in force ("fused" by default)."""
-    method = method or _METHOD.get()
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not valid; choose one of {', '.join(METHODS)}")
-    if method == "eager":
-        return _eager_stats(model, ids, request, logits_fn, batch_size)
+    sums). No attention weights are materialised."""
     parts = model_parts(model)
     device = next(model.parameters()).device
     collector = StatsCollector(parts.n_layers)
@@ -240,28 +211,6 @@ def capture_stats(
                 StatsCollector.deactivate(token)
             if logits_fn is not None:
                 reduced = _reduce_logits(model, hidden, chunk, logits_fn, request.per_row)
-                logits_sum = (_concat if request.per_row else _add)(logits_sum, reduced)
+                logits_sum = (running_concat if request.per_row else running_sum)(logits_sum, reduced)
             del hidden
     return Captured(attn=collector.sums, logits=logits_sum, n_rows=ids.shape[0])
-
-
-def _eager_stats(model, ids, request: StatsRequest, logits_fn, batch_size: int) -> Captured:
-    """`capture_stats(method="eager")`: the request's rows ride along as row data of `capture`."""
-    parts = model_parts(model)
-    sums: list = [None] * parts.n_layers
-    logits_sum = None
-    combine = _concat if request.per_row else _add
-    for start in range(0, ids.shape[0], batch_size):
-        chunk_ids = ids[start : start + batch_size]
-        rows = request.rows(start, start + batch_size, next(model.parameters()).device)
-        cap = capture(
-            model,
-            chunk_ids,
-            attn_fn=lambda _layer, attn, _chunk, rows=rows: reference_statistics(attn, rows),
-            logits_fn=_each_row(logits_fn) if request.per_row and logits_fn is not None else logits_fn,
-            batch_size=batch_size,
-        )
-        sums = [combine(total, value) for total, value in zip(sums, cap.attn)]
-        if cap.logits is not None:
-            logits_sum = combine(logits_sum, cap.logits)
-    return Captured(attn=sums, logits=logits_sum, n_rows=ids.shape[0])

@@ -39,10 +39,10 @@ DEFINITIONS = ("suffix", "paper")
 class LoopRule:
     """One definition of a loop, shared by every family that detects loops (config key `loops`)."""
 
-    definition: str = "suffix"  # suffix (longest periodic suffix) | paper (Mahaut & Franzon's public code)
-    min_period: int = 2
-    max_period: int = 500
-    min_copies: int = 2
+    definition: str  # suffix (longest periodic suffix) | paper (Mahaut & Franzon's public code)
+    min_period: int
+    max_period: int
+    min_copies: int
 
     def detect(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(period, copies, onset) of every row of `ids` [batch, n] under this rule."""

@@ -182,7 +182,7 @@ class NaturalLoops:
 
 
 def natural_loops(
-    model, prompts: torch.Tensor, new_tokens: int, rule: LoopRule, pad_id: int = 0, batch_size: int = 16
+    model, prompts: torch.Tensor, new_tokens: int, rule: LoopRule, pad_id: int, batch_size: int
 ) -> NaturalLoops:
     """Greedy continuations of `prompts` [n, P] by `new_tokens` tokens, and their loops under `rule`."""
     gen = greedy_generate(model, prompts, new_tokens, pad_id=pad_id, batch_size=batch_size, desc="natural generation")

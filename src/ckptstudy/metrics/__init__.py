@@ -1,114 +1,137 @@
-"""Metric families. Each module holds pure tensor functions plus one `measure(ctx, **params)` entry
-named by `_target_` in conf/metrics/<family>.yaml; `run_family` checks the parameters and calls it."""
+"""Metric families. Each module holds pure tensor functions plus one `measure(ctx, *, **params)` entry named by
+`_target_` in conf/metrics/<family>.yaml (parameters annotated with their ranges, `ckptstudy.params`; values
+only in the yaml), and `passes(sizes, shape, **params)` describing its forward passes (`ckptstudy.measure.cost`).
+A family returns a `FamilyResult`; README "How to add a metric family" has the template."""
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import NaturalLoops, natural_loops
-from ckptstudy.stats.bootstrap import Sample, encode, record_intervals
+from ckptstudy.stats.bootstrap import Sample, encode, full_statistics, record_intervals
+
+UNEXPLAINED = "unexplained: the family gave no reason"
 
 
-@dataclass
 class FamilyResult:
     """What one family measured at one checkpoint, every key named `family/name`.
 
-    scalars: flat numbers (trajectories.csv columns); arrays: per-head arrays (layer x head [x ...]),
-    saved with the record and drawn as heatmaps; raw: other arrays saved with the record (e.g.
-    generated ids) for re-analysis; histograms: value samples logged as W&B histograms; bars: small
-    {label: value} charts logged as W&B bar charts; samples: the per-prompt values a scalar is a statistic
-    of (`ckptstudy.stats.bootstrap.Sample`), for its bootstrap interval; `add_sample` also puts them in `raw`,
-    so they are saved with the record and intervals can be recomputed without the model.
+    Scalars come in two kinds, and `scalars` (the trajectories.csv columns) holds both, in the order given:
+    - statistics over prompts (`stat`): a `Sample` of per-prompt values; the scalar IS its statistic on the
+      full sample (`bootstrap.full_statistics`), with a bootstrap interval from the same sample;
+    - other values (`value`): counts, layer indices, constants, fits over too few prompts, each with the reason
+      it has no interval (`no_interval`); `nan` = NaN, nothing measured, with its reason.
+    A NaN scalar carries the reason given with it (`nan_reasons`); one given none is "unexplained" (a defect).
+
+    Also: `heads` (per-head arrays [layer, head, ...], drawn as heatmaps), `raw` (other arrays saved with the
+    record, e.g. generated ids), `histograms` (W&B histograms), `bars` ({chart: {label: value}} bar charts).
+    `part` keeps a sample that only serves another one (e.g. one side of a difference) without reporting it.
+    A composite sample (`of=` other keys) is evaluated where its parts are: results of a family's steps are
+    merged with `update`, and the job merges the families.
     """
 
-    scalars: dict[str, float] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    raw: dict[str, np.ndarray] = field(default_factory=dict)
-    histograms: dict[str, np.ndarray] = field(default_factory=dict)
-    bars: dict[str, dict[str, float]] = field(default_factory=dict)  # bar charts: {chart: {label: value}}
-    nan_reasons: dict[str, str] = field(default_factory=dict)  # why a scalar is not a finite number
-    samples: dict[str, Sample] = field(default_factory=dict)  # scalar key -> its per-prompt sample
-    no_interval: dict[str, str] = field(default_factory=dict)  # scalar key -> why it has no interval
+    def __init__(self) -> None:
+        self.samples: dict[str, Sample] = {}  # scalar key (or part) -> its per-prompt sample
+        self.values: dict[str, float] = {}  # scalars that are not statistics over prompts
+        self.no_interval: dict[str, str] = {}  # value key -> why it has no bootstrap interval
+        self.heads: dict[str, np.ndarray] = {}
+        self.raw: dict[str, np.ndarray] = {}
+        self.histograms: dict[str, np.ndarray] = {}
+        self.bars: dict[str, dict[str, float]] = {}
+        self._reasons: dict[str, str | None] = {}  # key -> the reason to record if it is NaN
+        self._order: dict[str, None] = {}  # reported keys in the order given
+        self._parts: set[str] = set()
+        self._scalars: dict[str, float] | None = None
 
-    def update(self, other: FamilyResult) -> None:
-        for name in ("scalars", "arrays", "raw", "histograms", "bars", "nan_reasons", "samples", "no_interval"):
-            getattr(self, name).update(getattr(other, name))
-
-    def add_sample(self, key: str, sample: Sample) -> None:
-        """Keep the per-prompt sample of scalar `key` (statistic of it = the scalar) for its bootstrap
-        interval; its arrays go into `raw` (saved with the record)."""
+    def stat(self, key: str, sample: Sample, nan_reason: str | None) -> None:
+        """Report `key` as the full-sample statistic of `sample`; `nan_reason` is recorded if it is NaN (None:
+        it cannot be NaN, so a NaN is flagged unexplained)."""
+        self._forget(key)
         self.samples[key] = sample
-        stale = [name for name in self.raw if name.startswith(f"bootstrap/{key}/")]  # a sample added again
-        for name in stale:
-            del self.raw[name]
-        self.raw.update(encode(key, sample))
+        self._keep(key, nan_reason)
 
-    def intervals(self, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
-        """Bootstrap intervals {key: [low, high]} of the scalars that have a sample, and why the NaN ones are
-        NaN (`bootstrap.checked_intervals`); `settings` = config `report.bootstrap`."""
-        return record_intervals(self, settings)
+    def part(self, key: str, sample: Sample) -> None:
+        """Keep `sample` (saved with the record) for other samples to name (`of=`), without reporting it."""
+        self.samples[key] = sample
+        self._parts.add(key)
+        self._scalars = None
 
-    def set(self, key: str, value: float, reason_if_nan: str) -> None:
-        """Store a scalar; when it is not finite, store why (`reason_if_nan`) beside it."""
-        self.scalars[key] = float(value)
-        if not math.isfinite(self.scalars[key]):
-            self.nan_reasons[key] = reason_if_nan
-        else:
-            self.nan_reasons.pop(key, None)
+    def value(self, key: str, value: float, no_interval: str, nan_reason: str | None = None) -> None:
+        """Report `key` = `value`, which is not a statistic over prompts: `no_interval` says what it is instead
+        (a count of ..., a layer index, ...); `nan_reason` is recorded if it is NaN."""
+        self._forget(key)
+        self.values[key] = float(value)
+        self.no_interval[key] = no_interval
+        self._keep(key, nan_reason)
 
     def nan(self, key: str, reason: str) -> None:
-        """Store NaN for `key` with its reason."""
-        self.scalars[key] = math.nan
-        self.nan_reasons[key] = reason
+        """Report `key` as NaN with its reason: nothing was measured, so there is nothing to resample."""
+        self.value(key, math.nan, "NaN at this checkpoint, nothing to resample (its reason is in nan_reasons)", reason)
 
-    def without_interval(self, declared: dict[str, str]) -> dict[str, str]:
-        """{key: why it has no bootstrap interval} for every scalar without a sample: the reason of the first
-        pattern of `declared` (a family's `NO_INTERVAL`: regular expression -> reason, matched in full) that
-        matches the key; for a NaN without a sample, that it is NaN (its reason is in `nan_reasons`); else
-        "undeclared: ..." (a defect of the family: a statistic over prompts without an interval, or a key
-        missing from its declaration)."""
-        out = {}
-        for key, value in self.scalars.items():
-            if key in self.samples:
-                continue
-            reason = next((why for pattern, why in declared.items() if re.fullmatch(pattern, key)), None)
-            if reason is None and not math.isfinite(value):
-                reason = "NaN at this checkpoint, nothing to resample (its reason is in nan_reasons)"
-            out[key] = reason or "undeclared: no per-prompt sample and no reason in the family's NO_INTERVAL"
-        return out
+    def _forget(self, key: str) -> None:
+        self.samples.pop(key, None)
+        self.values.pop(key, None)
+        self.no_interval.pop(key, None)
+        self._parts.discard(key)
+
+    def _keep(self, key: str, nan_reason: str | None) -> None:
+        self._reasons[key] = nan_reason or None
+        self._order[key] = None
+        self._scalars = None
+
+    @property
+    def scalars(self) -> dict[str, float]:
+        """{key: value}: the full-sample statistic of each reported sample and each value, in the order given
+        (computed once until the next change)."""
+        if self._scalars is None:
+            reported = {k: s for k, s in self.samples.items() if k not in self._parts}
+            stats = full_statistics(self.samples) if reported else {}
+            self._scalars = {k: stats.get(k, math.nan) if k in reported else self.values[k] for k in self._order}
+        return self._scalars
+
+    @property
+    def nan_reasons(self) -> dict[str, str]:
+        """{key: why it is not a finite number} for every non-finite scalar (UNEXPLAINED when none was given)."""
+        return {k: self._reasons.get(k) or UNEXPLAINED for k, v in self.scalars.items() if not math.isfinite(v)}
 
     def unexplained_nans(self) -> list[str]:
         """Scalars that are not finite and carry no reason (a defect of the family that made them)."""
-        return sorted(k for k, v in self.scalars.items() if not math.isfinite(v) and k not in self.nan_reasons)
+        return sorted(k for k, v in self.scalars.items() if not math.isfinite(v) and not self._reasons.get(k))
 
+    def explain(self, key: str, reason: str) -> None:
+        """Give `key` a reason after the fact (the job marks a family's unexplained NaNs)."""
+        self._reasons[key] = reason
 
-class MetricConfigError(ValueError):
-    """A metric family's config names an unknown parameter or target."""
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """`heads` under its old name (report/tracking.py reads it)."""
+        return self.heads
 
+    def update(self, other: FamilyResult) -> None:
+        """Add everything `other` holds (its keys win)."""
+        for key in other._order:
+            self._forget(key)
+        for name in ("samples", "values", "no_interval", "heads", "raw", "histograms", "bars", "_reasons", "_order"):
+            getattr(self, name).update(getattr(other, name))
+        self._parts |= other._parts
+        self._scalars = None
 
-def family_function(name: str, family_cfg: dict):
-    """The `measure` function a family config names, after checking its parameters against it."""
-    from hydra.utils import get_method
+    def saved_arrays(self) -> dict[str, np.ndarray]:
+        """Every array the record's npz holds: the per-head arrays, the raw data and the samples
+        (`bootstrap/<key>/...`, so intervals are recomputed from the record alone)."""
+        out = {**self.heads, **self.raw}
+        for key, sample in self.samples.items():
+            out.update(encode(key, sample))
+        return out
 
-    params = {k: v for k, v in family_cfg.items() if k != "_target_"}
-    target = family_cfg.get("_target_")
-    if not target:
-        raise MetricConfigError(f"metrics.{name} has no _target_ (the measure function to call)")
-    try:
-        fn = get_method(target)
-    except Exception as err:
-        raise MetricConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {err}") from err
-    valid = [p for p in inspect.signature(fn).parameters if p != "ctx"]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise MetricConfigError(f"metrics.{name}: unknown parameter(s) {unknown}; valid parameters: {', '.join(valid)}")
-    return fn, params
+    def intervals(self, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Bootstrap intervals {key: [low, high]} of the reported statistics, and why the NaN ones are NaN
+        (`bootstrap.checked_intervals`); `settings` = config `report.bootstrap`."""
+        return record_intervals(self.samples, self.scalars, settings)
 
 
 @dataclass
@@ -122,10 +145,10 @@ class JobContext:
     model: object
     tokenizer: object
     probes: object
-    batch_size: int = 16
-    seed: int = 0
-    loops: LoopRule = field(default_factory=LoopRule)  # the one definition of a natural loop (config `loops`)
-    natural_new_tokens: int = 1000  # length of the natural greedy continuations (config `loops.new_tokens`)
+    batch_size: int  # prompts per forward pass (config `batch_size`)
+    seed: int  # config `seed`
+    loops: LoopRule  # the one definition of a natural loop (config `loops`)
+    natural_new_tokens: int  # length of the natural greedy continuations (config `loops.new_tokens`)
     shared: dict = field(default_factory=dict)
 
     @classmethod

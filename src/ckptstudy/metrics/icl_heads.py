@@ -23,20 +23,20 @@ pattern maxima and top-k mean and the repeated-half NLL gain (per-prompt per-hea
 ablation effect vectors and their concentration (per-prompt effect sums and target counts,
 `ablation.EffectRows`: `icl_repeat` rows, and one row per `natural` prompt, zero where it does not loop, so
 they resample with the rep/ family's natural prompts); the effect-vs-induction correlation and the ICL-vs-natural
-comparisons (`compare` samples of two of those). `NO_INTERVAL` says why the other scalars have none.
+comparisons (`compare` samples of two of those). Every such scalar IS its sample's statistic; the few other
+scalars (a count, a constant, a check of the estimator) say why they have no interval where they are reported.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from ckptstudy.measure.ablation import (
-    ABLATIONS,
-    SCORES,
     EffectRows,
     Targets,
     attribution_effect_rows,
@@ -45,41 +45,20 @@ from ckptstudy.measure.ablation import (
 )
 from ckptstudy.measure.attention_stats import StatsRequest
 from ckptstudy.measure.capture import capture_stats
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation
 from ckptstudy.measure.generation import NaturalLoops, greedy_generate
+from ckptstudy.measure.readout import token_logprobs
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.stats.bootstrap import Sample
-from ckptstudy.stats.specialization import (
-    cosine,
-    effective_heads,
-    gini,
-    jaccard,
-    jaccard_chance,
-    spearman,
-    top_heads,
-    top_share,
-)
+from ckptstudy.params import Choice, Range
+from ckptstudy.stats.bootstrap import Sample, columns, statistic
+from ckptstudy.stats.specialization import jaccard_chance, spearman
 
 # 2: natural targets from the first copy; one threshold for both sides; top_k overlap + chance
 # 3: bootstrap samples for every statistic over prompts (ablation concentration, comparisons)
 DEFINITION_VERSION = 3
-MODES = ("exact", "attribution", "off")
-NO_INTERVAL = {  # scalar key (regular expression, matched in full) -> why it has no bootstrap interval
-    "icl/natural_loop_prompts": "a count of the natural prompts that loop (how many rows the natural ablation "
-    "used), not an estimate; its rate over prompts has an interval as rep/natural_rate",
-    "icl/icl_natural_topk_jaccard_chance": "a constant of the model's head count and top_k: no data in it",
-    "icl/attribution_spearman": "a check of the attribution estimator against exact ablation on 2 * validate_k "
-    "heads chosen from the estimate, not a statistic over prompts",
-}
 
 
-def diagonal_attention_sum(attn: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Sum over batch and the given (query, key) pairs of attention, per head.
-
-    attn: [batch, head, q, k]; queries, keys: [Q] -> [head]
-    """
-    return attn[:, :, queries, keys].sum(dim=(0, 2))
-
-
+# --------------------------------------------------------------------------------------- definitions
 def repeat_pattern_positions(repeat_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(query, key) positions of the induction, duplicate and previous-token patterns."""
     r = repeat_length
@@ -92,16 +71,10 @@ def repeat_pattern_positions(repeat_length: int) -> dict[str, tuple[torch.Tensor
     }
 
 
-def head_pattern_sums(attn: torch.Tensor, repeat_length: int) -> torch.Tensor:
-    """Summed induction / duplicate / previous-token attention of one layer: [3, head]."""
-    pos = repeat_pattern_positions(repeat_length)
-    return torch.stack([diagonal_attention_sum(attn, q, k) for q, k in pos.values()])
-
-
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token negative log-likelihood: nll[b, t] = -log p(ids[b, t+1] | ids[b, :t+1]); [b, s-1]."""
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logprobs.gather(-1, ids[:, 1:, None]).squeeze(-1)
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per row, the NLL of each next token summed over the rows of `ids` [b, s] (capture_stats hands one row
+    at a time): [s - 1]."""
+    return -token_logprobs(logits, ids).sum(0)
 
 
 def repeat_nll_gain(nll_by_position: torch.Tensor, repeat_length: int) -> float:
@@ -131,11 +104,6 @@ def icl_score(nll_by_position: torch.Tensor, late: int, early: int, window: int)
     return float(around(late - 1) - around(early - 1))
 
 
-def top_k_mean(scores: torch.Tensor, k: int) -> float:
-    flat = scores.flatten()
-    return float(flat.topk(min(k, flat.numel())).values.mean())
-
-
 def icl_targets(icl_ids: torch.Tensor, passage_length: int) -> Targets:
     """Targets on `icl_repeat`: every query in cycles >= 2 predicts the copy of the next token."""
     mask = torch.zeros_like(icl_ids, dtype=torch.bool)
@@ -159,41 +127,48 @@ def natural_loop_targets(loops: NaturalLoops) -> Targets | None:
 
 def copy_rows(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt: (1 when its continuation repeats the passage exactly as far as it goes, else 0; share of
-    its continuation tokens that are the copy). `copy_rate` is their mean over prompts."""
+    its continuation tokens that are the copy)."""
     expected = passages.repeat(1, continuations.shape[1] // passages.shape[1] + 1)[:, : continuations.shape[1]]
     match = continuations == expected
     return match.all(dim=1).double().numpy(), match.double().mean(dim=1).numpy()
 
 
-def copy_rate(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[float, float]:
-    """(share of rows whose continuation repeats the passage exactly as far as it goes, share of
-    continuation tokens that are the copy)."""
-    expected = passages.repeat(1, continuations.shape[1] // passages.shape[1] + 1)[:, : continuations.shape[1]]
-    match = continuations == expected
-    return float(match.all(dim=1).float().mean()), float(match.float().mean())
+# ------------------------------------------------------------------------------ per-head effects
+@dataclass(frozen=True)
+class EffectSettings:
+    """How per-head effects are measured and summarised (the `mode`, `ablation`, `score`, `max_rows`,
+    `top_k` and `min_effect_total` parameters)."""
+
+    mode: str
+    ablation: str
+    score: str
+    max_rows: int
+    top_k: int
+    min_effect_total: float
+
+    def effects(self, model, targets: Targets) -> EffectRows:
+        return head_effects(model, targets, self.mode, self.ablation, self.score, self.max_rows)
 
 
 def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> EffectRows:
     """Per-prompt per-head effects (`ablation.EffectRows`, rows = the rows of `targets`)."""
     if mode == "exact":
         return exact_effect_rows(model, targets, ablation, score, max_rows=max_rows)
-    if mode == "attribution":
-        return attribution_effect_rows(model, targets, ablation, score, max_rows=max_rows)
-    raise ValueError(f"metrics.icl_heads.mode={mode!r} is not valid; valid: {', '.join(MODES)}")
+    return attribution_effect_rows(model, targets, ablation, score, max_rows=max_rows)
 
 
 def effect_threshold(min_total: float) -> float:
     """The `threshold` of an effect sample: `min_total`, or the least positive float when it is 0 (the
-    reported statistics need a positive total as well: total >= that float <=> total > 0)."""
+    statistics need a positive total as well: total >= that float <=> total > 0)."""
     return float(min_total) if min_total > 0 else math.ulp(0.0)
 
 
 def effect_samples(
     prefix: str, sums: np.ndarray, targets: np.ndarray, prompts: str, top_k: int, min_total: float
 ) -> dict[str, Sample]:
-    """Bootstrap samples of `concentration(..., prefix)`: the positive total of the pooled per-prompt effect
-    sums [n, layers, heads] over target counts [n] (prompt set `prompts`), and its top-1/top-k shares, N_eff
-    and Gini (borrowing its rows), NaN below `min_total` as reported."""
+    """Samples of an effect vector's concentration: `{prefix}_total`, the positive total of the pooled
+    per-prompt effect sums [n, layers, heads] over target counts [n] (prompt set `prompts`), and its
+    `_top1_share`, `_top{k}_share`, `_neff` and `_gini` (borrowing its rows), NaN below `min_total`."""
     threshold = effect_threshold(min_total)
     total = f"{prefix}_total"
     out = {
@@ -209,7 +184,7 @@ def effect_samples(
     return out
 
 
-def _below_threshold(total: float, min_total: float) -> str | None:
+def below_threshold(total: float, min_total: float) -> str | None:
     """Why a total positive effect is too small to describe a circuit, or None when it is not."""
     if total < min_total:
         return (
@@ -221,72 +196,19 @@ def _below_threshold(total: float, min_total: float) -> str | None:
     return None
 
 
-def concentration(effects: torch.Tensor, top_k: int, min_total: float, prefix: str) -> FamilyResult:
-    """`{prefix}_top1_share`, `_top{k}_share`, `_neff`, `_gini` and `_total` of an effect vector; all but
-    the total are NaN (with the reason) when the total positive effect is below `min_total`."""
-    out = FamilyResult()
-    total = float(effects.clamp(min=0).sum())
-    out.set(f"{prefix}_total", total, "the effect vector is not finite")
-    why = _below_threshold(total, min_total)
-    if why is not None:
-        for name in ("top1_share", f"top{top_k}_share", "neff", "gini"):
-            out.nan(f"{prefix}_{name}", why)
-        return out
-    out.set(f"{prefix}_top1_share", top_share(effects, 1), "the effect vector is not finite")
-    out.set(f"{prefix}_top{top_k}_share", top_share(effects, top_k), "the effect vector is not finite")
-    out.set(f"{prefix}_neff", effective_heads(effects), "the effect vector is not finite")
-    out.set(f"{prefix}_gini", gini(effects), "the effect vector is not finite")
-    return out
-
-
-def specialization_scalars(
-    effects: torch.Tensor, induction: torch.Tensor, top_k: int, min_total: float = 0.0
+def concentration(
+    prefix: str, rows: EffectRows, prompts: str, top_k: int, min_total: float, missing: str | None = None
 ) -> FamilyResult:
-    """Concentration of the ICL effect vector (`icl/ablation_*`) and its rank correlation with the
-    induction score; all but the total are NaN (with the reason) below `min_total`."""
-    out = concentration(effects, top_k, min_total, "icl/ablation")
-    key = "icl/ablation_vs_induction_spearman"
-    why = _below_threshold(out.scalars["icl/ablation_total"], min_total)
-    if why is not None:
-        out.nan(key, why)
-    else:
-        out.set(key, spearman(effects, induction), "ablation effects or induction scores are the same for every head")
-    return out
-
-
-def comparison_scalars(
-    icl_effects: torch.Tensor,
-    natural_effects: torch.Tensor | None,
-    top_k: int,
-    min_total: float,
-    missing: str = "no prompt's continuation loops at this checkpoint",
-) -> FamilyResult:
-    """Concentration of the natural-loop effect vector (`icl/natural_ablation_*`, same threshold as the ICL
-    side) and how it compares with the ICL one: overlap of the top-k head sets (`icl/icl_natural_top{k}_jaccard`,
-    beside its chance level for the model's head count) and cosine. A comparison is NaN (with the reason)
-    when either side's total positive effect is below `min_total`: noise has no head set to compare.
-    `natural_effects` None = no natural loop to measure (`missing` says why)."""
+    """`{prefix}_total`, `_top1_share`, `_top{k}_share`, `_neff`, `_gini` of per-prompt effect rows (statistics
+    of `effect_samples`) and the pooled effect vector as the per-head array `{prefix}_effect`; the shares are
+    NaN (with the reason) below `min_total`; `missing` = why nothing could be measured (every key NaN)."""
     out = FamilyResult()
-    heads = icl_effects.numel()
-    out.set("icl/icl_natural_topk_jaccard_chance", jaccard_chance(heads, top_k), "")
-    jaccard_key, cosine_key = f"icl/icl_natural_top{top_k}_jaccard", "icl/icl_natural_cosine"
-    if natural_effects is None:
-        for name in ("total", "top1_share", f"top{top_k}_share", "neff", "gini"):
-            out.nan(f"icl/natural_ablation_{name}", missing)
-        out.nan(jaccard_key, missing)
-        out.nan(cosine_key, missing)
-        return out
-    out.update(concentration(natural_effects, top_k, min_total, "icl/natural_ablation"))
-    icl_why = _below_threshold(float(icl_effects.clamp(min=0).sum()), min_total)
-    natural_why = _below_threshold(out.scalars["icl/natural_ablation_total"], min_total)
-    if icl_why is not None or natural_why is not None:
-        sides = (("ICL side", icl_why), ("natural side", natural_why))
-        why = "; ".join(f"{side}: {reason}" for side, reason in sides if reason is not None)
-        out.nan(jaccard_key, why)
-        out.nan(cosine_key, why)
-        return out
-    out.set(jaccard_key, jaccard(top_heads(icl_effects, top_k), top_heads(natural_effects, top_k)), "")
-    out.set(cosine_key, cosine(icl_effects, natural_effects), "an effect vector is zero")
+    samples = effect_samples(prefix, rows.sums.numpy(), rows.targets.numpy(), prompts, top_k, min_total)
+    total = f"{prefix}_total"
+    not_finite = "the effect vector is not finite"
+    why = missing or below_threshold(statistic(total, samples), min_total) or not_finite
+    for key, sample in samples.items():
+        out.stat(key, sample, missing or not_finite if key == total else why)
     return out
 
 
@@ -305,114 +227,7 @@ def validate_attribution(
     return spearman(estimate.flatten()[picked], exact.flatten()[picked])
 
 
-def check_parameters(params: dict) -> None:
-    """Refuse a bad `metrics.icl_heads.*` value before any work, naming it and what is valid."""
-    choices = {"mode": MODES, "ablation": ABLATIONS, "score": SCORES}
-    for name, valid in choices.items():
-        if params[name] not in valid:
-            raise ValueError(f"metrics.icl_heads.{name}={params[name]!r} is not valid; valid: {', '.join(valid)}")
-    minimum = {
-        "late_position": 0,
-        "early_position": 0,
-        "window": 1,
-        "top_k": 1,
-        "validate_k": 0,
-        "rate_cycles": 1,
-        "max_rows": 1,
-    }
-    for name, low in minimum.items():
-        value = params[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"metrics.icl_heads.{name}={value!r} is not valid; valid: an integer >= {low}")
-    value = params["min_effect_total"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"metrics.icl_heads.min_effect_total={value!r} is not valid; valid: a number >= 0 (nats)")
-
-
-@dataclass(frozen=True)
-class EffectSettings:
-    """How per-head effects are measured and summarised (the `mode`, `ablation`, `score`, `max_rows`,
-    `top_k` and `min_effect_total` parameters)."""
-
-    mode: str
-    ablation: str
-    score: str
-    max_rows: int
-    top_k: int
-    min_effect_total: float
-
-    def effects(self, model, targets: Targets) -> EffectRows:
-        return head_effects(model, targets, self.mode, self.ablation, self.score, self.max_rows)
-
-
-def measure(
-    ctx,
-    late_position: int = 500,
-    early_position: int = 50,
-    window: int = 9,
-    top_k: int = 3,
-    mode: str = "exact",
-    ablation: str = "zero",
-    score: str = "logprob",
-    validate_k: int = 0,
-    rate_cycles: int = 2,
-    max_rows: int = 64,
-    min_effect_total: float = 0.01,
-) -> FamilyResult:
-    """Head pattern scores, loss scores and the ICL repetition rate; with `mode` exact/attribution also the
-    per-head ablation effects on copied (ICL) and natural loops and their specialization (`mode=off` skips
-    the ablations). Every parameter is checked before any work."""
-    check_parameters({k: v for k, v in locals().items() if k != "ctx"})
-    result = pattern_and_loss_scores(ctx, late_position, early_position, window, top_k)
-    rate, accuracy, *rows = icl_repeat_rate(ctx, rate_cycles)
-    result.set("icl/icl_repeat_rate", rate, "no icl_repeat prompt")
-    result.set("icl/icl_copy_accuracy", accuracy, "no icl_repeat prompt")
-    if rows:
-        copied, per_prompt = rows[0]
-        result.add_sample("icl/icl_repeat_rate", Sample("mean", copied, prompts="icl_repeat"))
-        result.add_sample("icl/icl_copy_accuracy", Sample("mean", per_prompt, prompts="icl_repeat"))
-    if mode == "off":
-        return result
-    settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
-    # the per-head induction score as its sample has it (float64 mean over prompts), for the compare sample
-    induction = torch.from_numpy(result.samples["icl/induction_max"].values).mean(0)
-    icl, icl_effects = icl_loop_effects(ctx, settings, induction, validate_k)
-    result.update(icl)
-    result.update(natural_loop_effects(ctx, settings, icl_effects))
-    return result
-
-
-def icl_loop_effects(
-    ctx, settings: EffectSettings, induction: torch.Tensor, validate_k: int
-) -> tuple[FamilyResult, torch.Tensor]:
-    """Per-head effects on the copies of `icl_repeat` (queries from cycle 2 on), their concentration and
-    rank correlation with the induction score, with their bootstrap samples (rows = `icl_repeat` prompts);
-    in attribution mode with `validate_k` > 0 also the rank correlation of the estimate with exact ablation
-    on 2 * validate_k heads. Also returns the pooled effect vector (float64)."""
-    targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
-    rows = settings.effects(ctx.model, targets)
-    effects = rows.pooled64
-    result = specialization_scalars(effects, induction, settings.top_k, settings.min_effect_total)
-    result.arrays["icl/ablation_effect"] = effects.float().numpy()
-    samples = effect_samples(
-        "icl/ablation", rows.sums.numpy(), rows.targets.numpy(), "icl_repeat", settings.top_k, settings.min_effect_total
-    )
-    # the ablation side's threshold applies to the comparison (bootstrap: a side's threshold)
-    samples["icl/ablation_vs_induction_spearman"] = Sample(
-        "compare", of=("icl/ablation_total", "icl/induction_max"), function="spearman"
-    )
-    for key, sample in samples.items():
-        result.add_sample(key, sample)
-    if settings.mode == "attribution" and validate_k > 0:
-        estimate = rows.pooled
-        rho = validate_attribution(
-            ctx.model, targets, estimate, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
-        )
-        result.set("icl/attribution_spearman", rho, "estimated or exact effects are the same for every validated head")
-    return result, effects
-
-
-def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tuple[int, int]) -> EffectRows:
+def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tuple[int, ...]) -> EffectRows:
     """Per-prompt effects indexed by natural prompt (`NaturalLoops.per_prompt`): the looping prompts' rows
     (`rows`, in the order of `loops.sequences()`) and zero sums and zero targets for the others (for all
     when `rows` is None: nothing to measure)."""
@@ -422,46 +237,76 @@ def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tup
     return EffectRows(loops.per_prompt(rows.sums), loops.per_prompt(rows.targets))
 
 
-def natural_loop_effects(ctx, settings: EffectSettings, icl_effects: torch.Tensor) -> FamilyResult:
-    """Per-head effects on the natural loops (`ctx.natural_loops()`, queries from the first copy on), their
-    concentration (same threshold as the ICL side) and comparison with the ICL effects `icl_effects`, with
-    their bootstrap samples (one row per natural prompt)."""
-    loops = ctx.natural_loops()
+# ------------------------------------------------------------------------------------ experiments
+def pattern_scores(ctx, top_k: int) -> FamilyResult:
+    """`pattern_result` of one fused pass over `random_repeat` that keeps prompts apart (no attention weights
+    materialised: they come from the fused kernel's logsumexp, `capture.capture_stats`)."""
+    r, ids = ctx.probes.repeat_length, ctx.probes.random_repeat
+    cap = capture_stats(
+        ctx.model,
+        ids,
+        StatsRequest(diagonals=repeat_pattern_positions(r), per_row=True),  # induction, duplicate, prev_token
+        logits_fn=next_token_nll,  # per row: [n, seq - 1]
+        batch_size=ctx.batch_size,
+    )
+    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
+    rows = torch.stack([layer["diagonal"] for layer in cap.attn], dim=1).double() / counts[None, None, :, None]
+    return pattern_result(rows, cap.logits.double(), r, top_k)
+
+
+def pattern_result(rows: torch.Tensor, nll_rows: torch.Tensor, repeat_length: int, top_k: int) -> FamilyResult:
+    """Per-head induction / duplicate / previous-token scores (their maxima, the top-k mean of induction, and
+    the per-head arrays) from each prompt's mean pattern weight rows [n, layer, 3, head], and the
+    repeated-half NLL gain from each prompt's next-token NLL [n, seq - 1]; a non-finite one is an error."""
+    patterns = {name: rows[:, :, i].numpy() for i, name in enumerate(("induction", "duplicate", "prev_token"))}
+    gains = np.array([repeat_nll_gain(row, repeat_length) for row in nll_rows])
     result = FamilyResult()
-    looping = int(loops.looping.sum())
-    result.set("icl/natural_loop_prompts", looping, "")
-    targets = natural_loop_targets(loops)
-    natural = None
-    rows = natural_effect_rows(
-        loops, None if targets is None else settings.effects(ctx.model, targets), tuple(icl_effects.shape)
-    )
-    if targets is not None:
-        natural = rows.pooled64
-        result.arrays["icl/natural_effect"] = natural.float().numpy()
-    missing = (
-        "no prompt's continuation loops at this checkpoint"
-        if looping == 0
-        else f"the {looping} natural loop(s) leave no query inside a copy of their cycle"
-    )
-    result.update(comparison_scalars(icl_effects, natural, settings.top_k, settings.min_effect_total, missing))
-    prefix, top_k = "icl/natural_ablation", settings.top_k
-    samples = effect_samples(
-        prefix, rows.sums.numpy(), rows.targets.numpy(), "natural", top_k, settings.min_effect_total
-    )
-    sides = ("icl/ablation_total", f"{prefix}_total")
-    samples[f"icl/icl_natural_top{top_k}_jaccard"] = Sample("compare", of=sides, function="jaccard", k=top_k)
-    samples["icl/icl_natural_cosine"] = Sample("compare", of=sides, function="cosine")
-    for key, sample in samples.items():
-        result.add_sample(key, sample)
+    for key, sample in {
+        "icl/induction_max": Sample("max_of_mean", patterns["induction"], prompts="random_repeat"),
+        f"icl/induction_top{top_k}_mean": Sample("top_mean", patterns["induction"], prompts="random_repeat", k=top_k),
+        "icl/prev_token_max": Sample("max_of_mean", patterns["prev_token"], prompts="random_repeat"),
+        "icl/duplicate_max": Sample("max_of_mean", patterns["duplicate"], prompts="random_repeat"),
+        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
+    }.items():
+        result.stat(key, sample, None)
+    if not all(math.isfinite(v) for v in result.scalars.values()):
+        raise FloatingPointError(f"non-finite ICL scalars: {result.scalars}")
+    for name in ("induction", "prev_token", "duplicate"):
+        result.heads[f"icl/{name}"] = columns(Sample("max_of_mean", patterns[name])).astype(np.float32)
     return result
 
 
-def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float, tuple[np.ndarray, np.ndarray]]:
-    """Share of `icl_repeat` prompts whose greedy continuation of `cycles` passages (clipped to the
-    context) copies every token, the share of continuation tokens that are copies, and both per prompt
-    (`copy_rows`, the bootstrap samples)."""
-    prompts = ctx.probes.icl_repeat
-    length = ctx.probes.icl_length
+def loss_score(ctx, late_position: int, early_position: int, window: int) -> FamilyResult:
+    """`loss_result` of one pass over `long_text` (clipped to the context) that keeps rows apart; NaN with the
+    probe's reason when `long_text` is empty (no document was long enough)."""
+    long_text = ctx.probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
+    if long_text.shape[0] == 0:
+        result = FamilyResult()
+        result.nan("icl/icl_score", ctx.probes.empty_reason("long_text"))
+        return result
+    long = capture_stats(
+        ctx.model,
+        long_text,
+        StatsRequest(per_row=True),  # logits only, per row: [n, seq - 1]
+        logits_fn=next_token_nll,
+        batch_size=max(1, ctx.batch_size // 4),
+    )
+    return loss_result(long.logits.double(), late_position, early_position, window)
+
+
+def loss_result(nll_rows: torch.Tensor, late_position: int, early_position: int, window: int) -> FamilyResult:
+    """icl/icl_score: the mean over windows of each window's `icl_score` (nll_rows [n, seq - 1])."""
+    scores = np.array([icl_score(row, late_position, early_position, window) for row in nll_rows])
+    result = FamilyResult()
+    result.stat("icl/icl_score", Sample("mean", scores, prompts="long_text"), None)
+    if not math.isfinite(result.scalars["icl/icl_score"]):
+        raise FloatingPointError(f"non-finite icl/icl_score: {result.scalars['icl/icl_score']}")
+    return result
+
+
+def icl_repeat_rate(ctx, cycles: int) -> FamilyResult:
+    """`copy_result` of the greedy continuations of `icl_repeat` by `cycles` passages (clipped to the context)."""
+    prompts, length = ctx.probes.icl_repeat, ctx.probes.icl_length
     room = ctx.room_after(prompts, 1, "icl_repeat")
     gen = greedy_generate(
         ctx.model,
@@ -471,70 +316,222 @@ def icl_repeat_rate(ctx, cycles: int) -> tuple[float, float, tuple[np.ndarray, n
         batch_size=ctx.batch_size,
         desc="icl continuation",
     )
-    rate, accuracy = copy_rate(gen.ids, prompts[:, :length])
-    return rate, accuracy, copy_rows(gen.ids, prompts[:, :length])
+    return copy_result(gen.ids, prompts[:, :length])
 
 
-def pattern_and_loss_scores(ctx, late_position: int, early_position: int, window: int, top_k: int) -> FamilyResult:
-    """Per-head pattern scores on `random_repeat`, repeated-half NLL gain, ICL score on `long_text` (NaN with
-    the probe's reason when `long_text` is empty: no document was long enough), with their bootstrap samples:
-    both passes keep prompts apart (`per_row`), the scalars are statistics of the rows."""
-    probes = ctx.probes
-    r = probes.repeat_length
-    ids = probes.random_repeat
-    cap = capture_stats(  # weights from the fused kernel's logsumexp; none materialised (capture.py)
-        ctx.model,
-        ids,
-        StatsRequest(diagonals=repeat_pattern_positions(r), per_row=True),  # induction, duplicate, prev_token
-        logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),  # per row: [n, seq - 1]
-        batch_size=ctx.batch_size,
-    )
-    counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
-    # per prompt: each pattern's mean over its queries [n, layer, 3, head]; the scores are their means
-    rows = torch.stack([layer["diagonal"] for layer in cap.attn], dim=1).double() / counts[None, None, :, None]
-    induction_rows, duplicate_rows, prev_rows = (rows[:, :, i] for i in range(3))
-    induction, duplicate, prev = induction_rows.mean(0), duplicate_rows.mean(0), prev_rows.mean(0)
-    nll_rows = cap.logits.double()  # [n, seq - 1]
-
-    scalars = {
-        "icl/induction_max": float(induction.max()),
-        f"icl/induction_top{top_k}_mean": top_k_mean(induction, top_k),
-        "icl/prev_token_max": float(prev.max()),
-        "icl/duplicate_max": float(duplicate.max()),
-        "icl/repeat_nll_gain": repeat_nll_gain(nll_rows.mean(0), r),
-    }
-    if not all(math.isfinite(v) for v in scalars.values()):
-        raise FloatingPointError(f"non-finite ICL scalars: {scalars}")
-    result = FamilyResult(scalars=scalars)
-    gains = np.array([repeat_nll_gain(row, r) for row in nll_rows])
-    samples = {
-        "icl/induction_max": Sample("max_of_mean", induction_rows.numpy(), prompts="random_repeat"),
-        f"icl/induction_top{top_k}_mean": Sample("top_mean", induction_rows.numpy(), prompts="random_repeat", k=top_k),
-        "icl/prev_token_max": Sample("max_of_mean", prev_rows.numpy(), prompts="random_repeat"),
-        "icl/duplicate_max": Sample("max_of_mean", duplicate_rows.numpy(), prompts="random_repeat"),
-        "icl/repeat_nll_gain": Sample("mean", gains, prompts="random_repeat"),
-    }
-    long_text = probes.long_text[:, : ctx.context_length]  # positions past the context are meaningless
-    if long_text.shape[0] == 0:
-        result.nan("icl/icl_score", probes.empty_reason("long_text"))
-        samples["icl/icl_score"] = Sample("mean", np.zeros(0), prompts="long_text")  # no prompt: NaN as reported
-    else:
-        long = capture_stats(
-            ctx.model,
-            long_text,
-            StatsRequest(per_row=True),  # logits only, per row: [n, seq - 1]
-            logits_fn=lambda logits, chunk: token_nll(logits, chunk).sum(0),
-            batch_size=max(1, ctx.batch_size // 4),
-        )
-        long_rows = long.logits.double()
-        score = icl_score(long_rows.mean(0), late_position, early_position, window)
-        if not math.isfinite(score):
-            raise FloatingPointError(f"non-finite icl/icl_score: {score}")
-        result.set("icl/icl_score", score, "")
-        scores = np.array([icl_score(row, late_position, early_position, window) for row in long_rows])
-        samples["icl/icl_score"] = Sample("mean", scores, prompts="long_text")
-    for key, sample in samples.items():
-        result.add_sample(key, sample)
-    arrays = {"icl/induction": induction, "icl/prev_token": prev, "icl/duplicate": duplicate}
-    result.arrays.update({k: v.float().numpy() for k, v in arrays.items()})
+def copy_result(continuations: torch.Tensor, passages: torch.Tensor) -> FamilyResult:
+    """icl/icl_repeat_rate, the share of prompts whose continuation copies every token, and
+    icl/icl_copy_accuracy, the share of continuation tokens that are copies (`copy_rows`)."""
+    copied, accuracy = copy_rows(continuations, passages)
+    result = FamilyResult()
+    result.stat("icl/icl_repeat_rate", Sample("mean", copied, prompts="icl_repeat"), "no icl_repeat prompt")
+    result.stat("icl/icl_copy_accuracy", Sample("mean", accuracy, prompts="icl_repeat"), "no icl_repeat prompt")
     return result
+
+
+def icl_loop_effects(ctx, settings: EffectSettings, validate_k: int) -> FamilyResult:
+    """`icl_effect_result` of the per-head effects on the copies of `icl_repeat` (queries from cycle 2 on); in
+    attribution mode with `validate_k` > 0 also the rank correlation of the estimate with exact ablation on
+    2 * validate_k heads."""
+    targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
+    rows = settings.effects(ctx.model, targets)
+    result = icl_effect_result(rows, settings)
+    if settings.mode == "attribution" and validate_k > 0:
+        rho = validate_attribution(
+            ctx.model, targets, rows.pooled, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
+        )
+        check = "a check of the attribution estimator against exact ablation on 2 * validate_k heads chosen from the "
+        result.value(
+            "icl/attribution_spearman",
+            rho,
+            check + "estimate, not a statistic over prompts",
+            "estimated or exact effects are the same for every validated head",
+        )
+    return result
+
+
+def icl_effect_result(rows: EffectRows, settings: EffectSettings) -> FamilyResult:
+    """The concentration of the ICL effect rows (`icl_repeat` prompts), the pooled effect as a per-head array,
+    and the effects' rank correlation with the induction score (the ablation side's threshold applies)."""
+    result = concentration("icl/ablation", rows, "icl_repeat", settings.top_k, settings.min_effect_total)
+    result.heads["icl/ablation_effect"] = columns(result.samples["icl/ablation_total"]).astype(np.float32)
+    total = statistic("icl/ablation_total", result.samples)
+    same = "ablation effects or induction scores are the same for every head"
+    agreement = Sample("compare", of=("icl/ablation_total", "icl/induction_max"), function="spearman")
+    result.stat(
+        "icl/ablation_vs_induction_spearman", agreement, below_threshold(total, settings.min_effect_total) or same
+    )
+    return result
+
+
+def natural_loop_effects(ctx, settings: EffectSettings, icl: FamilyResult) -> FamilyResult:
+    """`natural_effect_result` of the per-head effects on the natural loops (`ctx.natural_loops()`, queries
+    from the first copy of the cycle on)."""
+    loops = ctx.natural_loops()
+    targets = natural_loop_targets(loops)
+    measured = None if targets is None else settings.effects(ctx.model, targets)
+    return natural_effect_result(loops, measured, icl, settings)
+
+
+def natural_effect_result(
+    loops: NaturalLoops, measured: EffectRows | None, icl: FamilyResult, settings: EffectSettings
+) -> FamilyResult:
+    """The concentration of the natural-loop effect rows (`measured`, one per looping prompt, None when no
+    query was left to measure; spread over the natural prompts, zero for one that does not loop), same
+    threshold as the ICL side, and how they compare with the ICL effects of `icl`: overlap of the top-k head
+    sets beside its chance level for the model's head count, and cosine."""
+    icl_total = icl.samples["icl/ablation_total"]
+    result = FamilyResult()
+    looping = int(loops.looping.sum())
+    result.value("icl/natural_loop_prompts", looping, NATURAL_COUNT)
+    heads = icl_total.values.shape[1:]
+    chance = jaccard_chance(int(np.prod(heads)), settings.top_k)
+    result.value("icl/icl_natural_topk_jaccard_chance", chance, "a constant of the model's head count and top_k")
+    missing = None
+    if measured is None:
+        missing = "no prompt's continuation loops at this checkpoint"
+        if looping:
+            missing = f"the {looping} natural loop(s) leave no query inside a copy of their cycle"
+    prefix, k = "icl/natural_ablation", settings.top_k
+    result.update(
+        concentration(
+            prefix, natural_effect_rows(loops, measured, heads), "natural", k, settings.min_effect_total, missing
+        )
+    )
+    if measured is not None:
+        result.heads["icl/natural_effect"] = columns(result.samples[f"{prefix}_total"]).astype(np.float32)
+    sides = ("icl/ablation_total", f"{prefix}_total")
+    why = missing or comparison_reason(
+        statistic(sides[0], {sides[0]: icl_total}), statistic(sides[1], result.samples), settings.min_effect_total
+    )
+    result.stat(f"icl/icl_natural_top{k}_jaccard", Sample("compare", of=sides, function="jaccard", k=k), why)
+    cosine = Sample("compare", of=sides, function="cosine")
+    result.stat("icl/icl_natural_cosine", cosine, why or "an effect vector is zero")
+    return result
+
+
+NATURAL_COUNT = (
+    "a count of the natural prompts that loop (how many rows the natural ablation used), not an estimate; "
+    "its rate over prompts has an interval as rep/natural_rate"
+)
+
+
+def comparison_reason(icl_total: float, natural_total: float, min_total: float) -> str | None:
+    """Why the ICL and natural head sets cannot be compared (a side below `min_total`), or None."""
+    sides = (
+        ("ICL side", below_threshold(icl_total, min_total)),
+        ("natural side", below_threshold(natural_total, min_total)),
+    )
+    return "; ".join(f"{side}: {reason}" for side, reason in sides if reason is not None) or None
+
+
+def measure(
+    ctx,
+    *,
+    late_position: Annotated[int, Range(min=0)],
+    early_position: Annotated[int, Range(min=0)],
+    window: Annotated[int, Range(min=1)],
+    top_k: Annotated[int, Range(min=1)],
+    mode: Annotated[str, Choice("exact", "attribution", "off")],
+    ablation: Annotated[str, Choice("zero", "mean")],
+    score: Annotated[str, Choice("logprob", "contrast")],
+    validate_k: Annotated[int, Range(min=0)],
+    rate_cycles: Annotated[int, Range(min=1)],
+    max_rows: Annotated[int, Range(min=1)],
+    min_effect_total: Annotated[float, Range(min=0)],
+) -> FamilyResult:
+    """Head pattern scores, loss scores and the ICL repetition rate; with `mode` exact/attribution also the
+    per-head ablation effects on copied (ICL) and natural loops and their specialization (`mode=off` skips
+    the ablations)."""
+    result = pattern_scores(ctx, top_k)
+    result.update(loss_score(ctx, late_position, early_position, window))
+    result.update(icl_repeat_rate(ctx, rate_cycles))
+    if mode == "off":
+        return result
+    settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
+    icl = icl_loop_effects(ctx, settings, validate_k)
+    result.update(icl)
+    result.update(natural_loop_effects(ctx, settings, icl))
+    return result
+
+
+# ----------------------------------------------------------------------------------------- passes
+def exact_ablation_passes(
+    what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int, heads: int | None = None
+) -> list[Pass]:
+    """Exact ablation: a clean pass, then per layer its heads' variants through the remaining layers."""
+    L, H = shape.n_layers, shape.n_heads
+    out = [Pass(f"{what}: clean pass", rows, seq, rows, L, unembed=targets, keep_layers=L)]
+    if heads is None:  # every head
+        variants = H * rows
+        layers = (L + 1) / 2  # average layers run after the ablated one (it included)
+        out.append(Pass(f"{what}: {H * L} ablated heads", variants * L, seq, max_rows, layers, unembed=targets))
+    else:
+        out.append(Pass(f"{what}: {heads} ablated heads", heads * rows, seq, max_rows, (L + 1) / 2, unembed=targets))
+    return out
+
+
+def attribution_pass(what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int) -> Pass:
+    """Attribution patching: forward + backward over `max_rows` rows at a time."""
+    return Pass(
+        f"{what} attribution (fwd + bwd)",
+        rows,
+        seq,
+        min(rows, max_rows),
+        shape.n_layers,
+        unembed=targets,
+        backward=True,
+    )
+
+
+def passes(
+    sizes: ProbeSizes, shape: Shape, *, rate_cycles: int, mode: str, max_rows: int, validate_k: int, **_params
+) -> list[Pass]:
+    """The pattern and loss passes, the ICL continuation and, unless `mode=off`, the ablations on ICL and
+    natural loops (the natural ones read the shared natural continuations)."""
+    L = shape.n_layers
+    out = [
+        Pass(
+            "head patterns + NLL on random_repeat",
+            sizes.rr_n,
+            sizes.rr_len,
+            sizes.batch,
+            L,
+            unembed=sizes.rr_len,
+            attention="fused",
+        ),
+        Pass(
+            "NLL on long_text",
+            sizes.lt_n,
+            sizes.lt_len,
+            max(1, sizes.batch // 4),
+            L,
+            unembed=sizes.lt_len,
+            attention="fused",
+        ),
+        Pass(
+            "icl_repeat continuation",
+            sizes.icl_n,
+            sizes.icl_seq,
+            sizes.batch,
+            L,
+            decode=min(rate_cycles * sizes.icl_len, shape.context - sizes.icl_seq),
+        ),
+    ]
+    if mode == "off":
+        return out
+    icl_targets = max(0, sizes.icl_seq - sizes.icl_len - 1)
+    nat_seq, nat_targets = sizes.nat_len + sizes.gen, sizes.gen // 2
+    out.append(natural_generation(sizes, shape))
+    if mode == "exact":
+        out += exact_ablation_passes("ICL-loop ablation", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows)
+        out += exact_ablation_passes("natural-loop ablation", sizes.looping, nat_seq, nat_targets, shape, max_rows)
+        return out
+    out.append(attribution_pass("ICL-loop", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows))
+    out.append(attribution_pass("natural-loop", sizes.looping, nat_seq, nat_targets, shape, max_rows))
+    if validate_k:
+        check = exact_ablation_passes(
+            "attribution check", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows, 2 * validate_k
+        )
+        out += check
+    return out

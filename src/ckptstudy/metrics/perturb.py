@@ -40,34 +40,30 @@ induction whatever the positional pattern.
 Bootstrap samples (`ckptstudy.stats.bootstrap`) over the `random_repeat` prompts, per layer:
 induction_ratio_l{m} and induction_control_l{m} are ratios of sums over prompts (ratio_of_sums:
 per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row);
-their maxima over layers are the maxima of those per-layer ratios of sums (`reduce="max"`). `NO_INTERVAL`
-says why the others have none.
+their maxima over layers are the maxima of those per-layer ratios of sums (`reduce="max"`). The other scalars
+say why they have none where they are reported (`FamilyResult.value`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from ckptstudy.measure.capture import model_parts
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape
 from ckptstudy.measure.residual import layer_inputs, run_layers
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.stats.bootstrap import Sample
+from ckptstudy.params import Range
+from ckptstudy.stats.bootstrap import Sample, columns
 
 DEFINITION_VERSION = 2  # 2: bootstrap samples for the maxima over layers
 _FEW_PROMPTS = (
     "a fit over eps of the response averaged over n_prompts long_text windows (2 by default) and the random "
     "directions: too few prompts to resample"
 )
-NO_INTERVAL = {
-    r"perturb/slope_(l\d+|small_eps)": _FEW_PROMPTS,
-    r"perturb/slope_spread_l\d+": _FEW_PROMPTS,
-    r"perturb/scale_invariance": _FEW_PROMPTS,
-    r"perturb/linear_range_max_eps": _FEW_PROMPTS + "; and a grid point, not a statistic",
-    r"perturb/induction_layer": "a layer index (the argmax of the per-layer ratios), not a statistic over prompts",
-}
 PROFILE_OFFSETS = (-2, -1, 0, 1, 2)
 
 
@@ -273,37 +269,34 @@ def _check(name: str, value, ok: bool, valid: str) -> None:
         raise ValueError(f"metrics.perturb.{name}={value} is not valid; {valid}")
 
 
+def check(*, layer: int, eps_min: float, eps_max: float, shape: Shape | None, **_params) -> None:
+    """Refuse eps_max <= eps_min, and a perturbed layer the model (its yaml's n_layers) does not have."""
+    _check("eps_max", eps_max, eps_min < eps_max, f"must be > eps_min={eps_min}")
+    if shape is not None:
+        valid = f"the perturbed residual point must be in 0..{shape.n_layers - 1}"
+        _check("layer", layer, layer < shape.n_layers, valid)
+
+
 def measure(
     ctx,
-    layer: int = 0,
-    eps_min: float = 1e-4,
-    eps_max: float = 1e-1,
-    n_eps: int = 7,
-    draws: int = 4,
-    position: int = 16,
-    n_prompts: int = 2,
-    tolerance: float = 0.1,
-    induction_eps: float = 0.01,
-    induction_prompts: int = 8,
-    induction_positions: int = 12,
-    induction_draws: int = 1,
-    max_rows: int = 128,
+    *,
+    layer: Annotated[int, Range(min=0)],
+    eps_min: Annotated[float, Range(min=0, min_open=True)],
+    eps_max: Annotated[float, Range(min=0, min_open=True)],
+    n_eps: Annotated[int, Range(min=3)],
+    draws: Annotated[int, Range(min=1)],
+    position: Annotated[int, Range(min=0)],
+    n_prompts: Annotated[int, Range(min=1)],
+    tolerance: Annotated[float, Range(min=0, min_open=True)],
+    induction_eps: Annotated[float, Range(min=0, min_open=True)],
+    induction_prompts: Annotated[int, Range(min=1)],
+    induction_positions: Annotated[int, Range(min=1)],
+    induction_draws: Annotated[int, Range(min=1)],
+    max_rows: Annotated[int, Range(min=1)],
 ) -> FamilyResult:
     """Response slopes over eps on `long_text` and the induction signature on `random_repeat` (module docstring)."""
     n_layers = model_parts(ctx.model).n_layers
     _check("layer", layer, 0 <= layer < n_layers, f"the perturbed residual point must be in 0..{n_layers - 1}")
-    _check("eps_min", eps_min, eps_min > 0, "must be > 0")
-    _check("eps_max", eps_max, eps_min < eps_max, f"must be > eps_min={eps_min}")
-    _check("n_eps", n_eps, n_eps >= 3, "need >= 3 strengths (local slopes and their spread)")
-    _check("draws", draws, draws >= 1, "must be >= 1")
-    _check("position", position, position >= 0, "must be >= 0 (clipped to the probe length - 2)")
-    _check("n_prompts", n_prompts, n_prompts >= 1, "must be >= 1")
-    _check("tolerance", tolerance, tolerance > 0, "must be > 0")
-    _check("induction_eps", induction_eps, induction_eps > 0, "must be > 0")
-    _check("induction_prompts", induction_prompts, induction_prompts >= 1, "must be >= 1")
-    _check("induction_positions", induction_positions, induction_positions >= 1, "must be >= 1")
-    _check("induction_draws", induction_draws, induction_draws >= 1, "must be >= 1")
-    _check("max_rows", max_rows, max_rows >= 1, "must be >= 1")
     text = ctx.probes.long_text[:n_prompts, : ctx.context_length]
     if text.shape[1] < 3:
         raise ValueError(f"probes.long_text has {text.shape[1]} tokens; metrics.perturb needs >= 3")
@@ -323,13 +316,14 @@ def measure(
     silent = "the perturbation does not reach later positions at some strength (response 0)"
     for m in range(layer, n_layers):
         row = m - layer
-        result.set(f"perturb/slope_l{m}", float(slopes[row]), silent)
-        result.set(f"perturb/slope_spread_l{m}", float(local[row].std(correction=0)), silent)
-    result.set("perturb/slope_small_eps", float(local[:, 0].mean()), silent)
-    result.set("perturb/scale_invariance", scale_invariance(local), silent)
+        result.value(f"perturb/slope_l{m}", float(slopes[row]), _FEW_PROMPTS, silent)
+        result.value(f"perturb/slope_spread_l{m}", float(local[row].std(correction=0)), _FEW_PROMPTS, silent)
+    result.value("perturb/slope_small_eps", float(local[:, 0].mean()), _FEW_PROMPTS, silent)
+    result.value("perturb/scale_invariance", scale_invariance(local), _FEW_PROMPTS, silent)
     linear = linear_range_max_eps(eps, local, tolerance)
     off = f"the local slope is off 1 by more than tolerance={tolerance} already between the two smallest eps"
-    result.set("perturb/linear_range_max_eps", linear, silent if not torch.isfinite(local).all() else off)
+    grid = _FEW_PROMPTS + "; and a grid point, not a statistic"
+    result.value("perturb/linear_range_max_eps", linear, grid, silent if not torch.isfinite(local).all() else off)
     result.raw.update(
         {"perturb/eps": eps.numpy(), "perturb/response": curve.numpy(), "perturb/local_slopes": local.numpy()}
     )
@@ -342,16 +336,8 @@ def measure(
         out = group_responses(ctx.model, hidden, kwargs, layer, positions, eps_ind, dirs_ind, max_rows)
         signature[name] = out.view(out.shape[0], len(positions), induction_draws, *out.shape[2:])  # [n,J,D,L,s]
     resp = signature["repeat"]
-    ratios = induction_ratio(resp, positions, r)
-    on_control_mean = target_response(signature["control"], positions, r)
-    control = torch.where(  # no response on the control: undefined (NaN), as the ratio of sums says
-        on_control_mean > 0, target_response(resp, positions, r) / on_control_mean.clamp(min=1e-300), math.nan
-    )
     quiet = "no response at the other second-copy positions in this layer"
     unreached = "no response at j + R - 1 on the control probe in this layer"
-    for m in range(layer, n_layers):
-        result.set(f"perturb/induction_ratio_l{m}", float(ratios[m - layer]), quiet)
-        result.set(f"perturb/induction_control_l{m}", float(control[m - layer]), unreached)
     t_rows, o_rows = induction_rows(resp, positions, r)
     on_repeat, on_control = target_rows(resp, positions, r), target_rows(signature["control"], positions, r)
     for m in range(layer, n_layers):
@@ -359,32 +345,40 @@ def measure(
         ratio_parts = Sample(
             "ratio_of_sums", t_rows[:, c].numpy(), prompts="random_repeat", weights=o_rows[:, c].numpy()
         )
-        result.add_sample(f"perturb/induction_ratio_l{m}", ratio_parts)
+        result.stat(f"perturb/induction_ratio_l{m}", ratio_parts, quiet)
         control_parts = Sample(
             "ratio_of_sums", on_repeat[:, c].numpy(), prompts="random_repeat", weights=on_control[:, c].numpy()
         )
-        result.add_sample(f"perturb/induction_control_l{m}", control_parts)
-    for key, (numerator, denominator) in {
-        "perturb/induction_ratio_max": (t_rows, o_rows),
-        "perturb/induction_control_max": (on_repeat, on_control),
-    }.items():  # per-column denominators [n, layers]: the max over layers of the per-layer ratios of sums
-        sample = Sample(
-            "ratio_of_sums", numerator.numpy(), prompts="random_repeat", weights=denominator.numpy(), reduce="max"
-        )
-        result.add_sample(key, sample)
-    finite = torch.isfinite(ratios)
-    if finite.any():
-        best = int(torch.where(finite, ratios, -torch.inf).argmax())
-        result.set("perturb/induction_ratio_max", float(ratios[best]), quiet)
-        result.set("perturb/induction_layer", float(layer + best), quiet)
-    else:
-        result.nan("perturb/induction_ratio_max", f"{quiet} (every layer)")
-        result.nan("perturb/induction_layer", f"{quiet} (every layer)")
-    finite = torch.isfinite(control)
-    if finite.any():
-        result.set("perturb/induction_control_max", float(control[finite].max()), unreached)
-    else:
-        result.nan("perturb/induction_control_max", f"{unreached} (every layer)")
+        result.stat(f"perturb/induction_control_l{m}", control_parts, unreached)
+    # per-column denominators [n, layers]: the max over layers of the per-layer ratios of sums
+    ratio_max = Sample("ratio_of_sums", t_rows.numpy(), prompts="random_repeat", weights=o_rows.numpy(), reduce="max")
+    result.stat("perturb/induction_ratio_max", ratio_max, f"{quiet} (every layer)")
+    ratios = columns(ratio_max)  # the per-layer ratios of sums
+    finite = np.isfinite(ratios)
+    argmax = "a layer index (the argmax of the per-layer ratios), not a statistic over prompts"
+    best = layer + int(np.where(finite, ratios, -np.inf).argmax()) if finite.any() else math.nan
+    result.value("perturb/induction_layer", best, argmax, f"{quiet} (every layer)")
+    control_max = Sample(
+        "ratio_of_sums", on_repeat.numpy(), prompts="random_repeat", weights=on_control.numpy(), reduce="max"
+    )
+    result.stat("perturb/induction_control_max", control_max, f"{unreached} (every layer)")
     result.raw["perturb/induction_profile"] = induction_profile(resp, positions, r).numpy()
     result.raw["perturb/induction_positions"] = np.asarray(positions)
     return result
+
+
+def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
+    """The clean residual and perturbed copies of long_text, and the induction signature (probe + control)."""
+    L, layer = shape.n_layers, params["layer"]
+    n = min(params["n_prompts"], sizes.lt_n)
+    group = 1 + params["n_eps"] * params["draws"]
+    ind_n = min(params["induction_prompts"], sizes.rr_n)
+    ind_group = 1 + params["induction_positions"] * params["induction_draws"]
+    per_call = lambda g: max(1, params["max_rows"] // g) * g  # noqa: E731 - whole groups per call
+    return [
+        Pass("clean residual of long_text", n, sizes.lt_len, sizes.batch, max(layer, 1)),
+        Pass("perturbed copies of long_text", n * group, sizes.lt_len, per_call(group), L - layer),
+        Pass(
+            "induction signature (probe + control)", 2 * ind_n * ind_group, sizes.rr_len, per_call(ind_group), L - layer
+        ),
+    ]

@@ -19,59 +19,28 @@ generation where the loop starts) and its number of full cycles from the onset o
   outlast long, uncertain ones, even when no single loop's entropy changes.
 Every NaN carries its reason (FamilyResult.nan_reasons).
 
-Bootstrap samples (`loop_samples`, resampling the natural prompts): the rates, rep/loop_fraction, the onset
-mean / median / p10 / p90, rep/period_median, rep/cycle_entropy_k and rep/cycle_entropy_slope. Not
-resampled: rep/cycle_entropy_rows and rep/generated_tokens (counts, not estimates).
+Every scalar but two is a statistic over the natural prompts (its per-prompt sample resamples with the other
+families' natural prompts): the rates, rep/loop_fraction, the onset mean / median / p10 / p90,
+rep/period_median, rep/cycle_entropy_k and rep/cycle_entropy_slope. rep/cycle_entropy_rows and
+rep/generated_tokens are counts, not estimates.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 2  # 2: degenerate-loop rates; cycle entropies over one fixed set of loops, within-loop slope
-NO_INTERVAL = {
-    r"rep/cycle_entropy_rows": "a count of the loops the cycle entropies rest on",
-    r"rep/generated_tokens": "the continuation length (a setting clipped to the context)",
-}
-
 ONSET_KEYS = ("rep/onset_mean", "rep/onset_median", "rep/onset_p10", "rep/onset_p90", "rep/period_median")
-
-
-def loop_statistics(period: torch.Tensor, onset: torch.Tensor, length: int, degenerate: torch.Tensor) -> FamilyResult:
-    """Loop rates (all, degenerate, non-degenerate), onset quantiles, period median and in-loop token share."""
-    out = FamilyResult()
-    looping = period > 0
-    n = period.numel()
-    if n == 0:
-        for key in ("rep/natural_rate", "rep/degenerate_rate", "rep/natural_rate_nondegenerate", "rep/loop_fraction"):
-            out.nan(key, "no natural prompt to continue")
-        for key in ONSET_KEYS:
-            out.nan(key, "no natural prompt to continue")
-        return out
-    out.set("rep/natural_rate", looping.double().mean(), "")
-    out.set("rep/degenerate_rate", (looping & degenerate).double().mean(), "")
-    out.set("rep/natural_rate_nondegenerate", (looping & ~degenerate).double().mean(), "")
-    onsets = onset[looping].double()
-    if onsets.numel():
-        out.set("rep/onset_mean", onsets.mean(), "")
-        out.set("rep/onset_median", onsets.median(), "")
-        out.set("rep/onset_p10", torch.quantile(onsets, 0.1), "")
-        out.set("rep/onset_p90", torch.quantile(onsets, 0.9), "")
-        out.set("rep/period_median", period[looping].double().median(), "")
-    else:
-        for key in ONSET_KEYS:
-            out.nan(key, f"no prompt's continuation loops at this checkpoint (0 of {n})")
-    in_loop = torch.where(looping, length - onset, torch.zeros_like(onset)).sum()
-    out.set("rep/loop_fraction", float(in_loop) / (n * length), "")
-    return out
 
 
 def cycle_entropy_table(
@@ -85,17 +54,6 @@ def cycle_entropy_table(
     return entropy[rows].gather(1, index).double()
 
 
-def cycle_entropies(
-    entropy: torch.Tensor, period: torch.Tensor, onset: torch.Tensor, copies: torch.Tensor, max_cycles: int
-) -> torch.Tensor:
-    """Mean entropy at the first token of cycle k = 1..max_cycles over the loops with >= max_cycles
-    cycles: [max_cycles] (all NaN when there is none)."""
-    table = cycle_entropy_table(entropy, period, onset, copies, max_cycles)
-    if table.shape[0] == 0:
-        return torch.full((max_cycles,), math.nan, dtype=torch.double)
-    return table.mean(0)
-
-
 def within_row_slopes(table: torch.Tensor) -> torch.Tensor:
     """Least-squares slope of each row of `table` [rows, K] against 1..K: [rows] (needs K >= 2)."""
     x = torch.arange(1, table.shape[1] + 1, dtype=torch.double)
@@ -104,149 +62,110 @@ def within_row_slopes(table: torch.Tensor) -> torch.Tensor:
     return ((y - y.mean(1, keepdim=True)) * x).sum(1) / (x * x).sum()
 
 
-def slope(values: torch.Tensor) -> float:
-    """Least-squares slope of values against 1..n, over the finite ones (NaN if fewer than 2)."""
-    y = values.double()
-    x = torch.arange(1, len(y) + 1, dtype=torch.double)
-    ok = torch.isfinite(y)
-    if ok.sum() < 2:
-        return math.nan
-    x, y = x[ok], y[ok]
-    x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum())
+def natural(statistic: str, values, q: float | None = None) -> Sample:
+    """A sample over the natural prompts (one value per prompt, float64)."""
+    return Sample(statistic, np.asarray(values, dtype=np.float64), prompts="natural", q=q)
 
 
-def cycle_entropy_statistics(
-    entropy: torch.Tensor, period: torch.Tensor, onset: torch.Tensor, copies: torch.Tensor, max_cycles: int
-) -> FamilyResult:
-    """rep/cycle_entropy_1..K, rep/cycle_entropy_rows and rep/cycle_entropy_slope (see the module docstring)."""
+def loop_statistics(loops: NaturalLoops) -> FamilyResult:
+    """The loop rates (all, degenerate, non-degenerate), rep/loop_fraction, the onset mean / median / p10 / p90
+    and rep/period_median, each a statistic of per-prompt values (NaN onset and period for a prompt that does
+    not loop)."""
     out = FamilyResult()
-    table = cycle_entropy_table(entropy, period, onset, copies, max_cycles)
-    rows = table.shape[0]
-    out.set("rep/cycle_entropy_rows", rows, "")
+    rates = ("rep/natural_rate", "rep/degenerate_rate", "rep/natural_rate_nondegenerate")
+    n = len(loops.period)
+    if n == 0:
+        for key in (*rates, *ONSET_KEYS, "rep/loop_fraction"):
+            out.nan(key, "no natural prompt to continue")
+        return out
+    looping, degenerate = loops.looping.numpy(), loops.degenerate.numpy().astype(bool)
+    length = loops.generation.ids.shape[1]
+    onsets = np.where(looping, loops.onset.numpy().astype(np.float64), np.nan)
+    periods = np.where(looping, loops.period.numpy().astype(np.float64), np.nan)
+    in_loop = np.where(looping, (length - loops.onset.numpy()).astype(np.float64), 0.0) / length
+    for key, values in zip(rates, (looping, looping & degenerate, looping & ~degenerate)):
+        out.stat(key, natural("mean", values), None)
+    none = f"no prompt's continuation loops at this checkpoint ({int(looping.sum())} of {n})"
+    out.stat("rep/onset_mean", natural("nanmean", onsets), none)
+    out.stat("rep/onset_median", natural("median_low", onsets), none)  # torch.median's lower middle
+    out.stat("rep/onset_p10", natural("quantile", onsets, 0.1), none)
+    out.stat("rep/onset_p90", natural("quantile", onsets, 0.9), none)
+    out.stat("rep/period_median", natural("median_low", periods), none)
+    out.stat("rep/loop_fraction", natural("mean", in_loop), None)
+    return out
+
+
+def cycle_entropy_statistics(loops: NaturalLoops, max_cycles: int) -> FamilyResult:
+    """rep/cycle_entropy_1..K and rep/cycle_entropy_slope over the loops with >= max_cycles full cycles (NaN
+    rows for the other prompts), and rep/cycle_entropy_rows, how many loops that is (see the module docstring)."""
+    out = FamilyResult()
+    period, onset, copies = loops.period, loops.onset, loops.copies
+    table = cycle_entropy_table(loops.generation.entropy, period, onset, copies, max_cycles)
+    out.value("rep/cycle_entropy_rows", table.shape[0], "a count of the loops the cycle entropies rest on")
+    n = len(period)
+    if n == 0:
+        for k in range(max_cycles):
+            out.nan(f"rep/cycle_entropy_{k + 1}", "no natural prompt to continue")
+        out.nan("rep/cycle_entropy_slope", "no natural prompt to continue")
+        return out
+    rows = ((period > 0) & (copies >= max_cycles)).numpy()
+    per_prompt = np.full((n, max_cycles), np.nan)
+    per_prompt[rows] = table.numpy()
     looping = int((period > 0).sum())
-    none = f"no loop has max_cycles={max_cycles} full cycles ({looping} of {period.numel()} prompts loop)"
-    means = table.mean(0) if rows else torch.full((max_cycles,), math.nan, dtype=torch.double)
+    none = f"no loop has max_cycles={max_cycles} full cycles ({looping} of {n} prompts loop)"
     for k in range(max_cycles):
-        out.set(f"rep/cycle_entropy_{k + 1}", means[k], none)
+        out.stat(f"rep/cycle_entropy_{k + 1}", natural("nanmean", per_prompt[:, k]), none)
     if max_cycles < 2:
         out.nan("rep/cycle_entropy_slope", f"max_cycles={max_cycles}: a slope over cycles needs at least 2")
     else:
-        out.set("rep/cycle_entropy_slope", within_row_slopes(table).mean() if rows else math.nan, none)
-    return out
-
-
-def loop_samples(
-    period: torch.Tensor,
-    onset: torch.Tensor,
-    length: int,
-    degenerate: torch.Tensor,
-    entropy: torch.Tensor,
-    copies: torch.Tensor,
-    max_cycles: int,
-) -> dict[str, Sample]:
-    """Per-prompt values of every scalar of `loop_statistics` and `cycle_entropy_statistics` that is a
-    statistic over the natural prompts (NaN where a prompt does not count: no loop, too few cycles)."""
-    looping = (period > 0).numpy()
-    degenerate = degenerate.numpy().astype(bool)
-    n = len(looping)
-    if n == 0:
-        return {}
-    onsets = np.where(looping, onset.numpy().astype(np.float64), np.nan)
-    periods = np.where(looping, period.numpy().astype(np.float64), np.nan)
-    in_loop = np.where(looping, (length - onset.numpy()).astype(np.float64), 0.0) / length
-
-    def sample(statistic: str, values, q: float | None = None) -> Sample:
-        return Sample(statistic, np.asarray(values, dtype=np.float64), prompts="natural", q=q)
-
-    out = {
-        "rep/natural_rate": sample("mean", looping),
-        "rep/degenerate_rate": sample("mean", looping & degenerate),
-        "rep/natural_rate_nondegenerate": sample("mean", looping & ~degenerate),
-        "rep/loop_fraction": sample("mean", in_loop),
-        "rep/onset_mean": sample("nanmean", onsets),
-        "rep/onset_median": sample("median_low", onsets),
-        "rep/onset_p10": sample("quantile", onsets, 0.1),
-        "rep/onset_p90": sample("quantile", onsets, 0.9),
-        "rep/period_median": sample("median_low", periods),
-    }
-    rows = ((period > 0) & (copies >= max_cycles)).numpy()
-    table = np.full((n, max_cycles), np.nan)
-    table[rows] = cycle_entropy_table(entropy, period, onset, copies, max_cycles).numpy()
-    for k in range(max_cycles):
-        out[f"rep/cycle_entropy_{k + 1}"] = sample("nanmean", table[:, k])
-    if max_cycles >= 2:
         slopes = np.full(n, np.nan)
-        slopes[rows] = within_row_slopes(torch.from_numpy(table[rows])).numpy()
-        out["rep/cycle_entropy_slope"] = sample("nanmean", slopes)
+        slopes[rows] = within_row_slopes(table).numpy()
+        out.stat("rep/cycle_entropy_slope", natural("nanmean", slopes), none)
     return out
 
 
-def loop_summary(natural: NaturalLoops, max_cycles: int) -> tuple[FamilyResult, dict[str, np.ndarray]]:
-    """Scalars (with the reason of every NaN) and per-prompt loop data of natural continuations whose
+def loop_summary(loops: NaturalLoops, max_cycles: int) -> tuple[FamilyResult, dict[str, np.ndarray]]:
+    """Statistics (with the reason of every NaN) and per-prompt loop data of natural continuations whose
     loops are detected already."""
-    ids, entropy = natural.generation.ids, natural.generation.entropy
-    period, copies, onset = natural.period, natural.copies, natural.onset
-    degenerate = natural.degenerate
-    result = loop_statistics(period, onset, ids.shape[1], degenerate)
-    result.update(cycle_entropy_statistics(entropy, period, onset, copies, max_cycles))
-    for key, sample in loop_samples(period, onset, ids.shape[1], degenerate, entropy, copies, max_cycles).items():
-        result.add_sample(key, sample)
-    loops = {
-        "rep/period": period.numpy(),
-        "rep/onset": onset.numpy(),
-        "rep/copies": copies.numpy(),
-        "rep/degenerate": degenerate.numpy(),
+    result = loop_statistics(loops)
+    result.update(cycle_entropy_statistics(loops, max_cycles))
+    data = {
+        "rep/period": loops.period.numpy(),
+        "rep/onset": loops.onset.numpy(),
+        "rep/copies": loops.copies.numpy(),
+        "rep/degenerate": loops.degenerate.numpy(),
     }
-    return result, loops
-
-
-def analyze_loops(
-    ids: torch.Tensor,
-    entropy: torch.Tensor,
-    min_period: int = 2,
-    max_period: int = 500,
-    min_copies: int = 2,
-    max_cycles: int = 5,
-    definition: str = "suffix",
-) -> tuple[FamilyResult, dict[str, np.ndarray]]:
-    """Detect the loops of generated ids [n, G] (entropies [n, G]) and summarise them (`loop_summary`)."""
-    rule = LoopRule(definition, min_period, max_period, min_copies)
-    period, copies, onset = rule.detect(ids)
-    natural = NaturalLoops(ids[:, :0], Generation(ids, entropy), period, copies, onset, rule)
-    return loop_summary(natural, max_cycles)
+    return result, data
 
 
 def analyze_generations(
-    ids: torch.Tensor,
-    entropy: torch.Tensor,
-    min_period: int = 2,
-    max_period: int = 500,
-    min_copies: int = 2,
-    max_cycles: int = 5,
-    definition: str = "suffix",
+    ids: torch.Tensor, entropy: torch.Tensor, rule: LoopRule, max_cycles: int
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """`analyze_loops` as (scalars, per-prompt loop data), for re-analysis of saved generations."""
-    result, loops = analyze_loops(ids, entropy, min_period, max_period, min_copies, max_cycles, definition)
-    return result.scalars, loops
+    """The loops of generated ids [n, G] (entropies [n, G]) under `rule`, summarised (`loop_summary`) as
+    (scalars, per-prompt loop data): re-analysis of saved generations."""
+    period, copies, onset = rule.detect(ids)
+    loops = NaturalLoops(ids[:, :0], Generation(ids, entropy), period, copies, onset, rule)
+    result, data = loop_summary(loops, max_cycles)
+    return result.scalars, data
 
 
-def measure(ctx, max_cycles: int = 5, save_generations: bool = True) -> FamilyResult:
+def measure(ctx, *, max_cycles: Annotated[int, Range(min=1)], save_generations: bool) -> FamilyResult:
     """Analyse the loops of the job's shared natural generations (`ctx.natural_loops()`, config `loops`)."""
-    if isinstance(max_cycles, bool) or not isinstance(max_cycles, int) or max_cycles < 1:
-        raise ValueError(f"metrics.repetition.max_cycles={max_cycles!r} is not valid; valid: an integer >= 1")
-    if not isinstance(save_generations, bool):
-        raise ValueError(f"metrics.repetition.save_generations={save_generations!r} is not valid; valid: true, false")
-    natural = ctx.natural_loops()
-    gen = natural.generation
-    result, loops = loop_summary(natural, max_cycles)
-    result.set("rep/generated_tokens", gen.ids.shape[1], "")
-    result.raw.update(loops)
+    loops = ctx.natural_loops()
+    gen = loops.generation
+    result, data = loop_summary(loops, max_cycles)
+    result.value("rep/generated_tokens", gen.ids.shape[1], "the continuation length (a setting clipped to the context)")
+    result.raw.update(data)
     if save_generations:
         result.raw["rep/generated_ids"] = gen.ids.numpy().astype(np.int32)
         result.raw["rep/generated_entropy"] = gen.entropy.numpy().astype(np.float32)
-    looping = loops["rep/period"] > 0
+    looping = data["rep/period"] > 0
     result.histograms.update(
-        {"rep/onset_hist": loops["rep/onset"][looping], "rep/period_hist": loops["rep/period"][looping]}
+        {"rep/onset_hist": data["rep/onset"][looping], "rep/period_hist": data["rep/period"][looping]}
     )
     return result
+
+
+def passes(sizes: ProbeSizes, shape: Shape, **_params) -> list[Pass]:
+    """Only the shared natural continuations: the loops are read from them."""
+    return [natural_generation(sizes, shape)]

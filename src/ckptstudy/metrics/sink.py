@@ -39,31 +39,27 @@ layer]) and converge_share (mean of 0/1 per token) on the repeated tokens ("sink
 repeat_divergence_rate (mean over tokens of each token's share of diverging Ks; "sink_divergence");
 repeat_norm_ratio (mean over tokens at the layer the full sample picks: an interval given that layer);
 patch_cos_drop (the difference of repeat_cos_max and the same max with the patch, over the same tokens).
-`NO_INTERVAL` says why the others have none.
+The other scalars say why they have none where they are reported (`FamilyResult.value`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
 
 from ckptstudy.measure.capture import capture, model_parts
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape
 from ckptstudy.measure.generation import greedy_generate
+from ckptstudy.measure.readout import token_logprobs
 from ckptstudy.measure.residual import clamp_mlp, tap_mlp, tap_residual
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.stats.bootstrap import Sample
+from ckptstudy.params import Each, Range
+from ckptstudy.stats.bootstrap import Sample, columns
 
 DEFINITION_VERSION = 2  # 2: bootstrap samples for repeat_norm_ratio and patch_cos_drop
-NO_INTERVAL = {
-    r"sink/converge_layer": "a layer index (the first layer over a threshold), not a statistic over prompts",
-    r"sink/n_sink_neurons": "a count of neurons over a z threshold",
-    r"sink/neuron_z_max": "a maximum over every MLP neuron of z-scores whose moments pool every position of every "
-    "window; per-window moments are not kept",
-    r"sink/repeat_divergence_k50": "an interpolated crossing of the per-K divergence share (often undefined on a "
-    "resample); sink/repeat_divergence_rate has the interval",
-}
 
 
 # ---------------------------------------------------------------------------------------------- sink
@@ -186,17 +182,6 @@ def patch_plan(top: torch.Tensor, mean_other: torch.Tensor) -> dict[int, tuple[t
     return plan
 
 
-def token_logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each next token of ids [b, s] under logits [b, s, vocab]: [b, s - 1, 1]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, ids[:, 1:, None])
-
-
-def token_nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL (nats) of ids [b, s] under logits [b, s, vocab]: scalar tensor."""
-    return -token_logp(logits, ids).sum()
-
-
 # ------------------------------------------------------------------------------------- forwards
 def text_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = None) -> dict[str, torch.Tensor]:
     """One hooked pass over natural text: sink mass [layers, heads] (mean), first-norm ratio [layers]
@@ -221,8 +206,8 @@ def text_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = Non
         return first_position_mass(attn)
 
     def on_logits(logits, chunk):
-        logp = token_logp(logits, chunk)
-        nll_rows.append(-logp.double().sum(dim=(1, 2)).cpu())
+        logp = token_logprobs(logits, chunk)
+        nll_rows.append(-logp.double().sum(dim=1).cpu())
         return -logp.sum()
 
     def on_mlp(layer, act):
@@ -274,34 +259,34 @@ def _check(name: str, value, ok: bool, valid: str) -> None:
         raise ValueError(f"metrics.sink.{name}={value} is not valid; {valid}")
 
 
+def check(*, new_tokens: int, shape: Shape | None, **_params) -> None:
+    """Refuse `new_tokens` that leave no room in the model's context (from its yaml) for BOS + a repeat."""
+    if shape is not None and new_tokens > shape.context - 3:
+        raise ValueError(
+            f"metrics.sink.new_tokens={new_tokens} is not valid; must be in 1..{shape.context - 3} "
+            f"(the model's {shape.context}-token context minus BOS minus 2)"
+        )
+
+
 def measure(
     ctx,
-    repeat_k: int = 256,
-    n_tokens: int = 32,
-    vocab_top: int = 256,
-    converge_cos: float = 0.9,
-    divergence_k: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048),
-    divergence_tokens: int = 16,
-    new_tokens: int = 32,
-    divergence_batch: int = 80,
-    neuron_z: float = 6.0,
-    max_neurons: int = 16,
-    text_rows: int = 8,
+    *,
+    repeat_k: Annotated[int, Range(min=2)],
+    n_tokens: Annotated[int, Range(min=1)],
+    vocab_top: Annotated[int, Range(min=1)],
+    converge_cos: Annotated[float, Range(min=-1, max=1)],
+    divergence_k: Annotated[list[int], Each(Range(min=1), min_items=1)],
+    divergence_tokens: Annotated[int, Range(min=0)],
+    new_tokens: Annotated[int, Range(min=1)],
+    divergence_batch: Annotated[int, Range(min=1)],
+    neuron_z: Annotated[float, Range(min=0, min_open=True)],
+    max_neurons: Annotated[int, Range(min=1)],
+    text_rows: Annotated[int, Range(min=1)],
 ) -> FamilyResult:
     """Sink scores, repeated-token convergence and divergence, sink neurons and their patch."""
     room = ctx.context_length - 1  # BOS first
-    _check("repeat_k", repeat_k, repeat_k >= 2, "must be >= 2 (clipped to the context minus BOS)")
-    _check("n_tokens", n_tokens, n_tokens >= 1, "must be >= 1")
-    _check("vocab_top", vocab_top, vocab_top >= 1, "must be >= 1")
-    _check("converge_cos", converge_cos, -1 <= converge_cos <= 1, "must be in [-1, 1]")
     divergence_k = [int(k) for k in divergence_k]
-    _check("divergence_k", divergence_k, bool(divergence_k) and min(divergence_k) >= 1, "a non-empty list of K >= 1")
-    _check("divergence_tokens", divergence_tokens, divergence_tokens >= 0, "must be >= 0 (0 = skip)")
     _check("new_tokens", new_tokens, 1 <= new_tokens < room, f"must be in 1..{room - 1} (context minus BOS minus 1)")
-    _check("divergence_batch", divergence_batch, divergence_batch >= 1, "must be >= 1")
-    _check("neuron_z", neuron_z, neuron_z > 0, "must be > 0")
-    _check("max_neurons", max_neurons, max_neurons >= 1, "must be >= 1")
-    _check("text_rows", text_rows, text_rows >= 1, "must be >= 1")
     text = ctx.probes.long_text[:text_rows, : ctx.context_length]
     if text.shape[1] < 3:
         raise ValueError(f"probes.long_text has {text.shape[1]} tokens; metrics.sink needs >= 3")
@@ -311,17 +296,18 @@ def measure(
 
     # attention sink, first-position norm and MLP statistics on natural text (one pass)
     clean = text_pass(ctx.model, text, ctx.batch_size)
-    mass = clean["mass"]
-    result.arrays["sink/score"] = mass.float().numpy()
-    result.set("sink/score_max", float(mass.max()), "no attention")
-    result.set("sink/score_mean", float(mass.mean()), "no attention")
-    result.raw["sink/first_norm_ratio"] = clean["ratio"].numpy()
-    result.set("sink/first_norm_ratio_max", float(clean["ratio"].max()), "zero hidden states")
     rows = clean["mass_rows"].numpy()  # [n, layer, head]
-    result.add_sample("sink/score_max", Sample("max_of_mean", rows, prompts="long_text"))
-    result.add_sample("sink/score_mean", Sample("mean", rows.reshape(len(rows), -1).mean(1), prompts="long_text"))
+    score = Sample("max_of_mean", rows, prompts="long_text")
+    result.heads["sink/score"] = columns(score).astype(np.float32)
+    result.stat("sink/score_max", score, "no attention")
+    result.stat(
+        "sink/score_mean", Sample("mean", rows.reshape(len(rows), -1).mean(1), prompts="long_text"), "no attention"
+    )
+    result.raw["sink/first_norm_ratio"] = clean["ratio"].numpy()
     ratio_rows = clean["ratio_rows"].numpy()  # [n, layer]
-    result.add_sample("sink/first_norm_ratio_max", Sample("max_of_mean", ratio_rows, prompts="long_text"))
+    result.stat(
+        "sink/first_norm_ratio_max", Sample("max_of_mean", ratio_rows, prompts="long_text"), "zero hidden states"
+    )
 
     # repeated-token convergence
     vocab = int(ctx.model.config.vocab_size)
@@ -334,18 +320,16 @@ def measure(
     summary = convergence_summary(cos, converge_cos)
     alone, _ = first_last_states(ctx.model, tokens[:, None], ctx.batch_size)
     cos_self, _ = convergence(alone, last)
-    result.set("sink/repeat_cos_max", summary["cos_max"], "zero hidden states")
-    result.set("sink/repeat_norm_ratio", float(norm.mean(0)[summary["argmax"]]), "zero hidden states")
-    result.set("sink/converge_layer", summary["layer"], "")
-    result.set("sink/converge_share", summary["share"], "")
-    result.set("sink/repeat_cos_self_max", float(cos_self.mean(0).max()), "zero hidden states")
     # one row per repeated token [tokens, layers]
-    result.add_sample("sink/repeat_cos_max", Sample("max_of_mean", cos.numpy(), prompts="sink_repeat"))
-    reached = (cos.max(dim=1).values >= converge_cos).double().numpy()
-    result.add_sample("sink/converge_share", Sample("mean", reached, prompts="sink_repeat"))
-    result.add_sample("sink/repeat_cos_self_max", Sample("max_of_mean", cos_self.numpy(), prompts="sink_repeat"))
+    result.stat("sink/repeat_cos_max", Sample("max_of_mean", cos.numpy(), prompts="sink_repeat"), "zero hidden states")
     norm_rows = norm[:, summary["argmax"]].numpy()  # at the layer of repeat_cos_max on the full sample
-    result.add_sample("sink/repeat_norm_ratio", Sample("mean", norm_rows, prompts="sink_repeat"))
+    result.stat("sink/repeat_norm_ratio", Sample("mean", norm_rows, prompts="sink_repeat"), "zero hidden states")
+    layer_index = "a layer index (the first layer over a threshold), not a statistic over prompts"
+    result.value("sink/converge_layer", summary["layer"], layer_index)
+    reached = (cos.max(dim=1).values >= converge_cos).double().numpy()
+    result.stat("sink/converge_share", Sample("mean", reached, prompts="sink_repeat"), None)
+    self_sample = Sample("max_of_mean", cos_self.numpy(), prompts="sink_repeat")
+    result.stat("sink/repeat_cos_self_max", self_sample, "zero hidden states")
     result.raw.update(
         {
             "sink/repeat_tokens": tokens.numpy(),
@@ -358,24 +342,24 @@ def measure(
     # sink neurons and the patch
     z, mean_other = first_position_z(clean["moments"])
     top, count = outlier_neurons(z, neuron_z, max_neurons)
-    result.scalars["sink/n_sink_neurons"] = float(count)
-    result.set("sink/neuron_z_max", float(z.abs().max()), "no MLP activation")
+    result.value("sink/n_sink_neurons", count, "a count of neurons over a z threshold")
+    pooled_z = (
+        "a maximum over every MLP neuron of z-scores whose moments pool every position of every window; "
+        "per-window moments are not kept"
+    )
+    result.value("sink/neuron_z_max", float(z.abs().max()), pooled_z, "no MLP activation")
     result.raw["sink/sink_neurons"] = top.numpy()  # rows (layer, index, z), largest |z| first
     if count:
         plan = patch_plan(top, mean_other)
         patched = convergence(*first_last_states(ctx.model, single, ctx.batch_size, plan))[0]
         result.raw["sink/patch_repeat_cos"] = patched.mean(0).numpy()
-        drop = summary["cos_max"] - convergence_summary(patched, converge_cos)["cos_max"]
-        result.set("sink/patch_cos_drop", drop, "zero hidden states")
         # the same tokens with and without the patch: one prompt set, paired draws
-        result.add_sample("sink/patch_repeat_cos_max", Sample("max_of_mean", patched.numpy(), prompts="sink_repeat"))
-        result.add_sample(
-            "sink/patch_cos_drop", Sample("difference", of=("sink/repeat_cos_max", "sink/patch_repeat_cos_max"))
-        )
+        result.part("sink/patch_repeat_cos_max", Sample("max_of_mean", patched.numpy(), prompts="sink_repeat"))
+        drop = Sample("difference", of=("sink/repeat_cos_max", "sink/patch_repeat_cos_max"))
+        result.stat("sink/patch_cos_drop", drop, "zero hidden states")
         patched_text = text_pass(ctx.model, text, ctx.batch_size, plan)
-        result.set("sink/patch_loss_delta", float(patched_text["nll"] - clean["nll"]), "non-finite loss")
         delta_rows = (patched_text["nll_rows"] - clean["nll_rows"]).numpy()
-        result.add_sample("sink/patch_loss_delta", Sample("mean", delta_rows, prompts="long_text"))
+        result.stat("sink/patch_loss_delta", Sample("mean", delta_rows, prompts="long_text"), "non-finite loss")
     else:
         why = f"no MLP neuron has |z| >= neuron_z={neuron_z} at position 0 (max |z| {float(z.abs().max()):.2f})"
         result.nan("sink/patch_cos_drop", why)
@@ -399,11 +383,51 @@ def measure(
     )
     flags = diverged(gen.ids, div_tokens.repeat(len(ks))).view(len(ks), len(div_tokens)).double()
     share = flags.mean(1)
-    result.set("sink/repeat_divergence_rate", float(flags.mean()), "")
     # resampled by token (each token is probed at every K): per token, the share of Ks that diverge
-    result.add_sample("sink/repeat_divergence_rate", Sample("mean", flags.mean(0).numpy(), prompts="sink_divergence"))
+    rate = Sample("mean", flags.mean(0).numpy(), prompts="sink_divergence")
+    result.stat("sink/repeat_divergence_rate", rate, None)
     k50, reason = k_at_half(ks, share)
-    result.set("sink/repeat_divergence_k50", k50, reason)
+    crossing = (
+        "an interpolated crossing of the per-K divergence share (often undefined on a resample); "
+        "sink/repeat_divergence_rate has the interval"
+    )
+    result.value("sink/repeat_divergence_k50", k50, crossing, reason)
     result.raw["sink/divergence_k"] = np.asarray(ks)
     result.raw["sink/divergence_by_k"] = share.numpy()
     return result
+
+
+def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
+    """The text passes (clean and patched), the convergence passes and the divergence generation."""
+    L, room = shape.n_layers, shape.context - 1
+    text_rows = min(params["text_rows"], sizes.lt_n)
+    k = min(params["repeat_k"], room)
+    out = [
+        Pass(
+            "sink mass + neuron moments on long_text (x2 with the patch)",
+            2 * text_rows,
+            sizes.lt_len,
+            sizes.batch,
+            L,
+            unembed=sizes.lt_len,
+        ),
+        Pass(
+            "BOS + token x K convergence (x2 with the patch)",
+            2 * params["n_tokens"],
+            1 + k,
+            sizes.batch,
+            L,
+            unembed=1 + k,
+        ),
+        Pass("single tokens", params["n_tokens"], 1, sizes.batch, L, unembed=1),
+    ]
+    new = params["new_tokens"]
+    ks = divergence_ks(params["divergence_k"], room - new)
+    rows = [kk + 1 for kk in ks for _ in range(params["divergence_tokens"])]  # grouped by K
+    batch = params["divergence_batch"]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        out.append(
+            Pass(f"divergence generation, K <= {chunk[-1] - 1} (padded)", len(chunk), chunk[-1], batch, L, decode=new)
+        )
+    return out

@@ -20,8 +20,8 @@ Statistics (`Sample.statistic`):
   head-mean masses [n] give the same head mean; a mean attention entropy: summed entropy over rows counted);
 - `vector` (`function`, `k`, `threshold`): a function of the per-head vector v = sum of `values` [n, heads]
   over prompts / sum of `weights` [n] (the mean over prompts without weights): `positive_total` =
-  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `ckptstudy.stats.specialization`'s concentration of v, NaN where
-  the positive total is below `threshold` (an ablation effect vector pooled over target positions);
+  sum(max(v, 0)); `top_share` (k), `neff`, `gini` = `ckptstudy.stats.specialization.concentration` of v, NaN
+  where the positive total is below `threshold` (an ablation effect vector pooled over target positions);
 - `ratio` / `difference`: the statistic of sample `of[0]` over / minus that of sample `of[1]`, two keys of
   the same checkpoint, often on independent prompt sets (each is resampled as its own prompt set);
 - `compare` (`function`: `cosine`, `jaccard` of the top-`k` head sets, `spearman`): two per-head vectors,
@@ -70,7 +70,7 @@ STATISTICS = (
     "compare",
 )
 COMPOSITES = ("ratio", "difference", "compare")  # statistics of two other samples' replicates
-VECTOR_FUNCTIONS = ("positive_total", "top_share", "neff", "gini")
+VECTOR_FUNCTIONS = specialization.CONCENTRATIONS
 COMPARE_FUNCTIONS = ("cosine", "jaccard", "spearman")
 REDUCES = ("mean", "max")
 PREFIX = "bootstrap/"
@@ -168,30 +168,6 @@ def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
 
 
-def vector_function(vectors: np.ndarray, function: str, k: int | None = None, threshold: float | None = None):
-    """`function` of each row of vectors [R, heads] (see `ckptstudy.stats.specialization`): positive total, top-k
-    share, effective number or Gini of the clipped, normalised vector; NaN where the positive total is not
-    positive or below `threshold`, or the row is not finite."""
-    clipped = np.clip(vectors, 0.0, None)
-    total = clipped.sum(1)
-    if function == "positive_total":
-        return total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = clipped / total[:, None]
-        if function == "top_share":
-            out = -np.sort(-p, axis=1)[:, : min(k, p.shape[1])].sum(1)
-        elif function == "neff":
-            out = np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1))
-        elif function == "gini":
-            n = p.shape[1]
-            index = np.arange(1, n + 1)
-            out = ((2 * index - n - 1) * np.sort(clipped, axis=1)).sum(1) / (n * total)
-        else:
-            raise ValueError(f"unknown vector function {function!r}; valid: {', '.join(VECTOR_FUNCTIONS)}")
-    undefined = ~np.isfinite(total) | (total <= 0) | (total < (threshold or 0.0))
-    return np.where(undefined, np.nan, out)
-
-
 def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
     """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
     top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`, one replicate at a time)."""
@@ -228,7 +204,7 @@ def _linear(sample: Sample, counts: np.ndarray) -> np.ndarray:
     if sample.statistic == "ratio_of_sums":
         return _reduce_columns(_per_column(sample, counts), sample.reduce)
     if sample.statistic == "vector":
-        return vector_function(_per_column(sample, counts), sample.function, sample.k, sample.threshold)
+        return specialization.concentration(_per_column(sample, counts), sample.function, sample.k, sample.threshold)
     raise ValueError(sample.statistic)
 
 
@@ -304,7 +280,8 @@ def _replicate_all(samples: dict[str, Sample], draw: Draw, size: int) -> dict[st
             value = compare_function(*vectors, sample.function, sample.k)
             for side, vector in zip(sides, vectors):
                 if side.threshold is not None:  # a side below its threshold has no head set to compare
-                    value = np.where(vector_function(vector, "positive_total") >= side.threshold, value, np.nan)
+                    total = specialization.concentration(vector, "positive_total")
+                    value = np.where(total >= side.threshold, value, np.nan)
             out[key] = value
     return out
 
@@ -319,8 +296,31 @@ def full_statistics(samples: dict[str, Sample]) -> dict[str, float]:
 
 
 def statistic(key: str, samples: dict[str, Sample]) -> float:
-    """The statistic of `samples[key]` on its full sample (every prompt once): the reported value."""
-    return full_statistics(samples).get(key, math.nan)
+    """The statistic of `samples[key]` on its full sample (every prompt once): the reported value. Only `key`
+    and the samples it rests on (parts of a composite, the sample it borrows values from) are evaluated."""
+    return full_statistics({k: samples[k] for k in _closure(key, samples)}).get(key, math.nan)
+
+
+def _closure(key: str, samples: dict[str, Sample]) -> list[str]:
+    """`key` and every sample it rests on, recursively (those present in `samples`)."""
+    out, todo = [], [key]
+    while todo:
+        name = todo.pop()
+        if name in samples and name not in out:
+            out.append(name)
+            todo += list(samples[name].of or ())
+    return out
+
+
+def columns(sample: Sample) -> np.ndarray:
+    """The per-column (per-head) statistic of a sample with values, before its reduction over columns, on the
+    full sample: the mean over prompts (`max_of_mean`, `top_mean`, an unweighted `vector`) or the sum over
+    prompts over the sum of weights (`ratio_of_sums`, a weighted `vector`), NaN where the weights sum to 0;
+    shaped like one prompt's values (e.g. [layer, head]). A family's per-head array is this, not a second
+    computation of it."""
+    if sample.statistic not in ("max_of_mean", "top_mean", "ratio_of_sums", "vector") or sample.values is None:
+        raise ValueError(f"a {sample.statistic} sample without values has no per-column statistic")
+    return _per_column(sample, np.ones((1, sample.n)))[0].reshape(sample.values.shape[1:])
 
 
 def contributing(key: str, samples: dict[str, Sample]) -> int:
@@ -410,31 +410,24 @@ def wilson_interval(successes: float, n: int, level: float) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def agrees(stat: float, value: float) -> bool:
-    """The full-sample statistic is the reported value (float32 passes and float64 rows differ ~1e-7)."""
-    return math.isclose(stat, value, rel_tol=1e-5, abs_tol=1e-6)
-
-
 def checked_intervals(
-    samples: dict[str, Sample], reps: dict[str, np.ndarray], scalars: dict[str, float], level: float, min_prompts: int
+    samples: dict[str, Sample], reps: dict[str, np.ndarray], reported, level: float, min_prompts: int
 ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """{key: [low, high]} for every scalar with replicates, and {key: why} for those left NaN: the scalar is
-    NaN; its sample does not give the reported value (a stale or mismatched sample: warned); fewer than
-    `min_prompts` prompts contribute (every resample repeats the few there are); the statistic is undefined
-    in more than 1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional).
-    A rate (a mean of 0/1 values per prompt) gets the Wilson interval instead of the percentile one."""
+    """{key: [low, high]} for every key of `reported` (a record's scalars, or their names) with replicates, and
+    {key: why} for those left NaN: the statistic of the full sample is NaN; fewer than `min_prompts` prompts
+    contribute (every resample repeats the few there are); the statistic is undefined in more than
+    1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional). A rate (a mean
+    of 0/1 values per prompt) gets the Wilson interval instead of the percentile one. The interval is always
+    that of the stored sample (a record's value is its sample's statistic by construction)."""
     full = full_statistics(samples)
     plain = resolved(samples)
     out, reasons = {}, {}
     for key, values in reps.items():
-        if key not in scalars:
+        if key not in reported:
             continue
-        value, stat, why = float(scalars[key]), full.get(key, math.nan), None
-        if not math.isfinite(value):
-            why = "the scalar is NaN"
-        elif not agrees(stat, value):
-            why = f"its stored sample gives {stat:.6g}, not the reported {value:.6g} (stale or mismatched sample)"
-            log.warning("bootstrap: %s: %s", key, why)
+        why = None
+        if not math.isfinite(full.get(key, math.nan)):
+            why = "the statistic is NaN"
         elif (count := _contributing(key, plain)) < min_prompts:
             why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
         elif key in plain and is_rate(plain[key]):
@@ -450,14 +443,13 @@ def checked_intervals(
     return out, reasons
 
 
-def record_intervals(measured, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """The `ci` and `ci_reasons` dicts of a record (`checked_intervals`) for the scalars of `measured` (a
-    FamilyResult) that have a sample, with `settings` = config `report.bootstrap` (n, level, seed,
-    min_prompts). Logs what it cost."""
+def record_intervals(samples: dict[str, Sample], reported, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The `ci` and `ci_reasons` dicts of a record (`checked_intervals`) for the `reported` keys that have a
+    sample, with `settings` = config `report.bootstrap` (n, level, seed, min_prompts). Logs what it cost."""
     started = time.perf_counter()
-    reps = replicates(measured.samples, int(settings.n), int(settings.seed))  # parts of composites included
+    reps = replicates(samples, int(settings.n), int(settings.seed))  # parts of composites included
     min_prompts = int(getattr(settings, "min_prompts", MIN_PROMPTS))
-    out = checked_intervals(measured.samples, reps, measured.scalars, float(settings.level), min_prompts)
+    out = checked_intervals(samples, reps, reported, float(settings.level), min_prompts)
     seconds = time.perf_counter() - started
     log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out[0]), settings.n, seconds)
     return out

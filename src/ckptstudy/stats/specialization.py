@@ -1,45 +1,52 @@
 """How concentrated a per-head effect vector is, and how two head sets compare.
 
-An effect vector e (one value per head, any shape) is clipped at 0 and normalised, p = e+ / sum(e+).
+An effect vector e (one value per head, any shape) is clipped at 0 and normalised, p = e+ / sum(e+). The
+concentration formulas exist here only, vectorised over rows (`concentration`): the bootstrap evaluates them on
+every resample, and a family's reported value is their bootstrap statistic on the full sample.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-
-def shares(effects: torch.Tensor) -> torch.Tensor:
-    """p = max(e, 0) / sum(max(e, 0)), flattened; all-NaN when no head has a positive effect."""
-    clipped = effects.flatten().double().clamp(min=0)
-    total = clipped.sum()
-    return clipped / total if total > 0 else torch.full_like(clipped, math.nan)
+CONCENTRATIONS = ("positive_total", "top_share", "neff", "gini")
 
 
-def top_share(effects: torch.Tensor, k: int) -> float:
-    """Share of the total positive effect held by the k strongest heads."""
-    p = shares(effects)
-    return float(p.topk(min(k, p.numel())).values.sum())
+def concentration(
+    vectors: np.ndarray, function: str, k: int | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """`function` of each row of effect vectors [R, heads] (float64): `positive_total` = sum(e+); on the shares
+    p = e+ / sum(e+): `top_share` = share held by the k strongest heads, `neff` = exp(entropy of p) (1 when one
+    head carries everything, n when all carry the same), `gini` = Gini coefficient of e+ (0 = equal, (n-1)/n =
+    one head has it all). The shares' statistics are NaN where the positive total is not finite, not positive,
+    or below `threshold` (noise has no distribution over heads): [R]."""
+    clipped = np.clip(vectors, 0.0, None)
+    total = clipped.sum(1)
+    if function == "positive_total":
+        return total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = clipped / total[:, None]
+        if function == "top_share":
+            out = -np.sort(-p, axis=1)[:, : min(k, p.shape[1])].sum(1)
+        elif function == "neff":
+            out = np.exp(-np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1))
+        elif function == "gini":
+            n = p.shape[1]
+            index = np.arange(1, n + 1)
+            out = ((2 * index - n - 1) * np.sort(clipped, axis=1)).sum(1) / (n * total)
+        else:
+            raise ValueError(f"unknown concentration {function!r}; valid: {', '.join(CONCENTRATIONS)}")
+    undefined = ~np.isfinite(total) | (total <= 0) | (total < (threshold or 0.0))
+    return np.where(undefined, np.nan, out)
 
 
-def effective_heads(effects: torch.Tensor) -> float:
-    """exp(entropy of p): 1 when one head carries everything, n when all carry the same."""
-    p = shares(effects)
-    if torch.isnan(p).any():
-        return math.nan
-    nz = p[p > 0]
-    return float(torch.exp(-(nz * nz.log()).sum()))
-
-
-def gini(effects: torch.Tensor) -> float:
-    """Gini coefficient of the clipped effects: 0 = equal, (n-1)/n = one head has it all."""
-    x = effects.flatten().double().clamp(min=0).sort().values
-    n, total = x.numel(), x.sum()
-    if total <= 0:
-        return math.nan
-    index = torch.arange(1, n + 1, dtype=torch.double)
-    return float(((2 * index - n - 1) * x).sum() / (n * total))
+def concentration_of(effects, function: str, k: int | None = None) -> float:
+    """`concentration` of one effect vector (a tensor or an array of any shape, flattened)."""
+    flat = np.asarray(effects, dtype=np.float64).reshape(1, -1)
+    return float(concentration(flat, function, k)[0])
 
 
 def ranks(values: torch.Tensor) -> torch.Tensor:

@@ -6,15 +6,15 @@ From the composed config (the same overrides `ckptstudy -m` takes) it lists the 
 the bytes to download (parameter count from model.n_layers / d_model / n_heads and the vocabulary; hub
 checkpoints are float16 files), the peak disk of those revisions in the HF cache with and without
 `checkpoints.evict` (with it: at most 1 + `checkpoints.prefetch_ahead` revisions per parallel job of the
-launcher), and per job and per enabled metric family: the forward passes the family's
-code runs at the configured probe sizes (probes.*, loops.new_tokens, the family's parameters), their FLOPs,
-their peak activation memory, and the wall time on this machine and on a named GPU class.
+launcher), and per job and per enabled metric family: the forward passes the family
+describes next to its `measure` (`passes(sizes, shape, **params)` at the configured probe sizes and the
+family's parameters; a pass several families share, the natural continuations, is counted once), their
+FLOPs, their peak activation memory, and the wall time on this machine and on a named GPU class. A family
+that describes no passes is planned at 0 and named in a warning.
 
 The cost model (every number is an estimate; assumptions are printed with the plan):
-- a forward over s tokens: 24 d^2 FLOPs per token and layer (Pythia: QKV + output 4 d^2, MLP 8 d^2, x2),
-  causal attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d, and
-  moves the [heads, s, s] weights through memory about 6 times), 2 d V per unembedded position, x3 with a
-  backward pass;
+- FLOPs and peak memory of a pass: `ckptstudy.measure.cost` (eager attention also moves the [heads, s, s]
+  weights through memory about 6 times);
 - greedy decoding: a prefill, then per step max(FLOPs / rate, weights and KV-cache bytes / bandwidth) plus a
   per-layer call overhead (Python and kernel launches);
 - this machine: the float32 matmul rate, memory bandwidth and per-layer overhead measured at plan time
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import platform
 import shutil
@@ -43,19 +42,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from huggingface_hub import constants
+from omegaconf import OmegaConf
 
-from ckptstudy.config import compose_config
+from ckptstudy.config import compose_config, model_shape
+from ckptstudy.measure.cost import LOADED_ATTENTION, Pass, Shape, pass_flops, pass_peak_bytes, probe_sizes
 from ckptstudy.measure.generation import greedy_generate
-from ckptstudy.metrics import family_function
 from ckptstudy.model.hubcache import launcher_parallelism
 from ckptstudy.model.neox import make_neox
+from ckptstudy.params import check_family
 from ckptstudy.sweeps import swept_steps, take_override
 
-LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
-PYTHIA_VOCAB = 50304
-PYTHIA_CONTEXT = 2048
 HUB_BYTES_PER_PARAM = 2  # Pythia hub checkpoints are float16 safetensors / bin files
-STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fused pass's extra value width
 CALIBRATION = Path("outputs") / "bench" / "calibration.json"
 
 # published peaks (dense, no sparsity): (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s, memory GB/s, memory GB)
@@ -73,26 +70,6 @@ FORWARD_EFFICIENCY = 0.7  # achieved forward rate / float32 matmul rate on CPU w
 
 
 @dataclass
-class Shape:
-    """A GPT-NeoX model in Pythia's choices (parallel residual, untied embeddings, MLP 4 d)."""
-
-    n_layers: int
-    d_model: int
-    n_heads: int
-    vocab: int
-    context: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def params(self) -> int:
-        d = self.d_model
-        return 2 * self.vocab * d + self.n_layers * (12 * d * d + 13 * d) + 2 * d
-
-
-@dataclass
 class Machine:
     """What the time estimate assumes about the hardware."""
 
@@ -102,43 +79,6 @@ class Machine:
     layer_overhead_ms: float  # per layer and forward call (Python, kernel launches)
     source: str  # how the numbers were obtained
     call_overhead_ms: float = 0.0  # per forward call beyond its layers (masks, cache, rotary, outputs)
-
-
-@dataclass
-class Pass:
-    """Forward passes one family runs: `rows` sequences of `seq` tokens, `batch` rows per call, `layers`
-    layers each, `unembed` unembedded positions per row; `decode` > 0 = greedy steps after a prefill of `seq`
-    tokens (prompts of `rows` rows padded to `seq`)."""
-
-    what: str
-    rows: int
-    seq: int
-    batch: int
-    layers: float
-    unembed: int = 0
-    attention: str = LOADED_ATTENTION  # eager | sdpa | fused
-    backward: bool = False
-    decode: int = 0
-    keep_layers: int = 0  # layers of residuals kept alive across calls (exact ablation)
-
-    @property
-    def calls(self) -> int:
-        return max(1, math.ceil(self.rows / max(1, self.batch))) if self.rows else 0
-
-
-def pass_flops(p: Pass, shape: Shape) -> float:
-    d, s = shape.d_model, p.seq
-    attn = {"sdpa": 2.0, "eager": 4.0, "fused": 2.0 + 2.0 * (shape.head_dim + STATS_CLASSES) / shape.head_dim}
-    prefill = p.rows * (
-        s * p.layers * 24 * d * d + p.layers * attn[p.attention] * s * s * d + p.unembed * 2 * d * shape.vocab
-    )
-    if p.backward:
-        prefill *= 3
-    decode = 0.0
-    for step in range(p.decode):
-        keys = s + step + 1
-        decode += p.rows * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
-    return prefill + decode
 
 
 def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> float:
@@ -162,229 +102,6 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
             seconds += max(flops / rate, (weights + cache) / bandwidth)
             seconds += (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
     return seconds
-
-
-def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
-    """Largest transient memory of one call of the pass (weights not included)."""
-    d, s, b = shape.d_model, p.seq, min(p.batch, max(p.rows, 1))
-    layer_acts = b * s * d * 20 * dtype_bytes  # qkv, rotary copies, attention output, MLP 4d x2, residuals
-    if p.attention == "eager":
-        attention = b * shape.n_heads * s * s * dtype_bytes * 3  # scores, masked scores, softmax
-    elif p.attention == "fused":
-        attention = b * shape.n_heads * s * (shape.head_dim + STATS_CLASSES) * 8 * 3
-    else:
-        attention = 0
-    if p.attention == "fused":  # capture_stats unembeds one row at a time
-        logits = min(p.unembed, s) * shape.vocab * 4 * 2
-    else:
-        logits = b * min(p.unembed, s) * shape.vocab * 4 * 2  # logits + log_softmax, float32
-    if p.backward:
-        layer_acts *= shape.n_layers
-        attention *= shape.n_layers
-    if p.decode:
-        cache = 2 * shape.n_layers * b * (s + p.decode) * d * dtype_bytes
-        logits = max(logits, b * s * shape.vocab * 4)  # the prefill's logits over every prompt position
-        return layer_acts + attention + logits + cache
-    kept = p.keep_layers * p.rows * s * d * dtype_bytes
-    return layer_acts + attention + logits + kept
-
-
-# ---------------------------------------------------------------- the families' passes
-
-
-def _params(cfg, family: str) -> dict:
-    """A family's parameters: its yaml over its measure function's defaults."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(cfg.metrics[family], resolve=True)
-    fn, given = family_function(family, values)
-    defaults = {
-        k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **given}
-
-
-@dataclass
-class Probes:
-    """The probe sizes a job uses (configured sizes, clipped to the context like the families do)."""
-
-    rr_n: int
-    rr_len: int  # 1 + 2R
-    repeat: int
-    nat_n: int
-    nat_len: int
-    gen: int  # natural continuation length
-    icl_n: int
-    icl_len: int  # passage length
-    icl_seq: int  # passage x copies (clipped)
-    lt_n: int
-    lt_len: int
-    batch: int
-    loop_share: float
-
-    @property
-    def looping(self) -> int:
-        return round(self.nat_n * self.loop_share)
-
-
-def probe_sizes(cfg, context: int, loop_share: float) -> Probes:
-    p = cfg.probes
-    nat_len = p.natural.length
-    return Probes(
-        rr_n=p.random_repeat.n,
-        rr_len=1 + 2 * p.random_repeat.length,
-        repeat=p.random_repeat.length,
-        nat_n=p.natural.n,
-        nat_len=nat_len,
-        gen=max(0, min(cfg.loops.new_tokens, context - nat_len)),
-        icl_n=p.icl_repeat.n,
-        icl_len=p.icl_repeat.length,
-        icl_seq=min(p.icl_repeat.length * p.icl_repeat.copies, context),
-        lt_n=p.long_text.n,
-        lt_len=min(p.long_text.length, context),
-        batch=cfg.batch_size,
-        loop_share=loop_share,
-    )
-
-
-def natural_generation(pr: Probes, shape: Shape) -> list[Pass]:
-    return [Pass("natural greedy continuations", pr.nat_n, pr.nat_len, pr.batch, shape.n_layers, decode=pr.gen)]
-
-
-def _exact(what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int, heads: int | None = None) -> list:
-    """Exact ablation: a clean pass, then per layer its heads' variants through the remaining layers."""
-    L, H = shape.n_layers, shape.n_heads
-    out = [Pass(f"{what}: clean pass", rows, seq, rows, L, unembed=targets, keep_layers=L)]
-    if heads is None:  # every head
-        variants = H * rows
-        layers = (L + 1) / 2  # average layers run after the ablated one (it included)
-        out.append(Pass(f"{what}: {H * L} ablated heads", variants * L, seq, max_rows, layers, unembed=targets))
-    else:
-        out.append(Pass(f"{what}: {heads} ablated heads", heads * rows, seq, max_rows, (L + 1) / 2, unembed=targets))
-    return out
-
-
-def icl_heads_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
-    L = shape.n_layers
-    out = [
-        Pass(
-            "head patterns + NLL on random_repeat",
-            pr.rr_n,
-            pr.rr_len,
-            pr.batch,
-            L,
-            unembed=pr.rr_len,
-            attention="fused",
-        ),
-        Pass("NLL on long_text", pr.lt_n, pr.lt_len, max(1, pr.batch // 4), L, unembed=pr.lt_len, attention="fused"),
-    ]
-    room = shape.context - pr.icl_seq
-    out.append(
-        Pass(
-            "icl_repeat continuation",
-            pr.icl_n,
-            pr.icl_seq,
-            pr.batch,
-            L,
-            decode=min(params["rate_cycles"] * pr.icl_len, room),
-        )
-    )
-    mode = params["mode"]
-    icl_targets = max(0, pr.icl_seq - pr.icl_len - 1)
-    nat_seq, nat_targets = pr.nat_len + pr.gen, pr.gen // 2
-    max_rows = params["max_rows"]
-    if mode == "exact":
-        out += _exact("ICL-loop ablation", pr.icl_n, pr.icl_seq, icl_targets, shape, max_rows)
-        out += _exact("natural-loop ablation", pr.looping, nat_seq, nat_targets, shape, max_rows)
-    elif mode == "attribution":
-        out.append(
-            Pass(
-                "ICL-loop attribution (fwd + bwd)",
-                pr.icl_n,
-                pr.icl_seq,
-                min(pr.icl_n, max_rows),
-                L,
-                unembed=icl_targets,
-                backward=True,
-            )
-        )
-        out.append(
-            Pass(
-                "natural-loop attribution (fwd + bwd)",
-                pr.looping,
-                nat_seq,
-                min(pr.looping, max_rows),
-                L,
-                unembed=nat_targets,
-                backward=True,
-            )
-        )
-        k = params.get("validate_k", 0)
-        if k:
-            out += _exact("attribution check", pr.icl_n, pr.icl_seq, icl_targets, shape, max_rows, heads=2 * k)
-    return out
-
-
-def low_info_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
-    L = shape.n_layers
-    return [
-        Pass("class mass + entropy, natural loops", pr.looping, pr.nat_len + pr.gen, pr.batch, L, attention="fused"),
-        Pass("class mass + entropy, icl_repeat", pr.icl_n, pr.icl_seq, pr.batch, L, attention="fused"),
-        Pass("class mass + entropy, long_text", pr.lt_n, pr.lt_len, pr.batch, L, attention="fused"),
-    ]
-
-
-def sink_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
-    L, room = shape.n_layers, shape.context - 1
-    text_rows = min(params["text_rows"], pr.lt_n)
-    k = min(params["repeat_k"], room)
-    out = [
-        Pass(
-            "sink mass + neuron moments on long_text (x2 with the patch)",
-            2 * text_rows,
-            pr.lt_len,
-            pr.batch,
-            L,
-            unembed=pr.lt_len,
-        ),
-        Pass(
-            "BOS + token x K convergence (x2 with the patch)", 2 * params["n_tokens"], 1 + k, pr.batch, L, unembed=1 + k
-        ),
-        Pass("single tokens", params["n_tokens"], 1, pr.batch, L, unembed=1),
-    ]
-    new = params["new_tokens"]
-    ks = sorted({min(int(x), room - new) for x in params["divergence_k"]})
-    rows = [kk + 1 for kk in ks for _ in range(params["divergence_tokens"])]  # grouped by K
-    batch = params["divergence_batch"]
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        out.append(
-            Pass(f"divergence generation, K <= {chunk[-1] - 1} (padded)", len(chunk), chunk[-1], batch, L, decode=new)
-        )
-    return out
-
-
-def perturb_passes(pr: Probes, shape: Shape, params: dict) -> list[Pass]:
-    L, layer = shape.n_layers, params["layer"]
-    n = min(params["n_prompts"], pr.lt_n)
-    group = 1 + params["n_eps"] * params["draws"]
-    ind_n = min(params["induction_prompts"], pr.rr_n)
-    ind_group = 1 + params["induction_positions"] * params["induction_draws"]
-    per_call = lambda g: max(1, params["max_rows"] // g) * g  # noqa: E731 - whole groups per call
-    return [
-        Pass("clean residual of long_text", n, pr.lt_len, pr.batch, max(layer, 1)),
-        Pass("perturbed copies of long_text", n * group, pr.lt_len, per_call(group), L - layer),
-        Pass("induction signature (probe + control)", 2 * ind_n * ind_group, pr.rr_len, per_call(ind_group), L - layer),
-    ]
-
-
-FAMILIES = {
-    "icl_heads": icl_heads_passes,
-    "repetition": lambda pr, shape, params: [],  # reads the shared natural continuations only
-    "low_info": low_info_passes,
-    "sink": sink_passes,
-    "perturb": perturb_passes,
-}
 
 
 # ---------------------------------------------------------------- machine calibration
@@ -485,14 +202,13 @@ def gpu_machine(name: str, dtype: str) -> Machine:
 # ---------------------------------------------------------------- the plan
 
 
-def model_shape(model_cfg) -> Shape:
-    if model_cfg.checkpoints == "suite":
-        suite = model_cfg.suite
-        return Shape(suite.n_layers, suite.d_model, suite.n_heads, suite.vocab_size, suite.max_position_embeddings)
-    missing = [k for k in ("n_layers", "d_model", "n_heads") if model_cfg.get(k) is None]
-    if missing:
+def planned_shape(model_cfg) -> Shape:
+    """The model's shape from its yaml (`config.model_shape`), refused when the yaml does not state it."""
+    shape = model_shape(model_cfg)
+    if shape is None:
+        missing = [k for k in ("n_layers", "d_model", "n_heads") if model_cfg.get(k) is None]
         raise ValueError(f"model {model_cfg.name!r} has no {', '.join(missing)} in its yaml: cannot plan its cost")
-    return Shape(model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads, PYTHIA_VOCAB, PYTHIA_CONTEXT)
+    return shape
 
 
 def dtype_bytes(dtype: str, device: str = "cpu") -> int:
@@ -501,19 +217,26 @@ def dtype_bytes(dtype: str, device: str = "cpu") -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 
-def job_passes(cfg, shape: Shape, loop_share: float) -> dict[str, list[Pass]]:
-    """Every pass of one job, by family (plus the shared natural continuations)."""
-    pr = probe_sizes(cfg, shape.context, loop_share)
-    out: dict[str, list[Pass]] = {}
-    families = list(cfg.metrics)
-    if any(f in families for f in ("icl_heads", "repetition", "low_info")):
-        out["natural generation (shared)"] = natural_generation(pr, shape)
-    for family in families:
-        if family not in FAMILIES:
-            out[family] = []
-            continue
-        out[family] = FAMILIES[family](pr, shape, _params(cfg, family))
-    return out
+def job_passes(cfg, shape: Shape, loop_share: float) -> tuple[dict[str, list[Pass]], list[str]]:
+    """Every pass of one job by family, as each family describes them (`passes` next to its `measure`); a
+    pass several families share is counted once, under "<shared> (shared)", first. Also the enabled families
+    that describe no passes (planned at 0)."""
+    sizes = probe_sizes(cfg, shape.context, loop_share)
+    shared: dict[str, list[Pass]] = {}
+    own: dict[str, list[Pass]] = {}
+    undescribed = []
+    for family, family_cfg in cfg.metrics.items():
+        fn, params = check_family(family, OmegaConf.to_container(family_cfg, resolve=True), shape)
+        describe = getattr(inspect.getmodule(fn), "passes", None)
+        if describe is None:
+            undescribed.append(family)
+        own[family] = []
+        for p in describe(sizes, shape, **params) if describe else []:
+            if p.shared is None:
+                own[family].append(p)
+            elif all(q.what != p.what for q in shared.setdefault(f"{p.shared} (shared)", [])):
+                shared[f"{p.shared} (shared)"].append(p)
+    return {**shared, **own}, undescribed
 
 
 def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbytes: int) -> dict[str, dict]:
@@ -549,12 +272,12 @@ def make_plan(
     step_value, overrides = take_override(list(overrides), "step")  # a step sweep, as `ckptstudy -m` reads it
     cfg = compose_config(overrides, return_hydra_config=True)
     dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
-    shape = model_shape(cfg.model)
+    shape = planned_shape(cfg.model)
     steps = swept_steps(cfg, step_value)
     machine = machine or load_machine()
     local = cfg.model.source == "local"
     params = shape.params
-    passes = job_passes(cfg, shape, loop_share)
+    passes, undescribed = job_passes(cfg, shape, loop_share)
     cpu_bytes = dtype_bytes(dtype, "cpu")
     gpu_bytes = dtype_bytes(dtype, "cuda")
     cpu = estimate(passes, shape, machine, cpu_bytes)
@@ -590,6 +313,10 @@ def make_plan(
             "job_seconds": job_gpu,
             "sweep_seconds": job_gpu * len(steps),
         },
+        "warnings": [
+            f"metrics.{family} describes no passes (no `passes` next to its measure): planned at 0 FLOP"
+            for family in undescribed
+        ],
         "assumptions": {
             "loop_share": loop_share,
             "loaded_attention": LOADED_ATTENTION,
@@ -725,6 +452,7 @@ def render(plan: dict) -> str:
         f"assumed: {a['loop_share']:.0%} of natural prompts loop; checkpoints loaded with {a['loaded_attention']} "
         "attention; download and load time not included"
     )
+    lines += [f"warning: {warning}" for warning in plan.get("warnings", [])]
     passes = [(f, p) for f, c in cpu["families"].items() for p in c["passes"]]
     if passes:
         f, p = max(passes, key=lambda fp: fp[1]["peak_bytes"])
