@@ -166,9 +166,9 @@ def test_without_bos_a_rotary_model_cannot_tell_repeated_positions_apart():
     """Why the repeat rows start with BOS: GPT-NeoX has no absolute positions, so a one-token sequence gives
     the same hidden state at every position (cos 1 by construction, at any training step)."""
     model = tiny_neox()
-    cos, _ = repeat_pass(model, torch.tensor([[17] * 20, [42] * 20]), None, batch_size=2)
+    cos, _ = repeat_pass(model, torch.tensor([[17] * 20, [42] * 20]), batch_size=2)
     assert cos.min() > 1 - 1e-5
-    cos, _ = repeat_pass(model, torch.tensor([[0] + [17] * 20, [0] + [42] * 20]), None, batch_size=2)
+    cos, _ = repeat_pass(model, torch.tensor([[0] + [17] * 20, [0] + [42] * 20]), batch_size=2)
     assert cos[:, :, -1].max() < 0.99
 
 
@@ -176,7 +176,7 @@ def test_divergence_is_the_first_generated_token_at_each_repetition_length():
     """repeat_pass's flag at position k is the argmax after BOS + k copies: the same as generating one token."""
     model = planted_sink()
     ids = torch.tensor([[0] + [5] * 12])
-    _, flags = repeat_pass(model, ids, torch.tensor([5]), batch_size=1)
+    _, flags = repeat_pass(model, ids, batch_size=1, divergence=True)
     for k in (3, 10):
         with torch.no_grad():
             first = int(model(input_ids=ids[:, : k + 1]).logits[0, -1].argmax())

@@ -78,6 +78,8 @@ _CHECK = (
 # response where an induction head writes than on the control; random init gives 1.00)
 MIN_EFFECT = {"perturb/induction_excess_max": 1.5, "perturb/induction_ratio_max_excess": 1.5}
 PROFILE_OFFSETS = (-2, -1, 0, 1, 2)
+Positive = Annotated[float, Range(min=0, min_open=True)]  # a parameter > 0
+Count = Annotated[int, Range(min=1)]  # a parameter >= 1
 
 
 def eps_grid(eps_min: float, eps_max: float, n: int) -> torch.Tensor:
@@ -276,18 +278,18 @@ def measure(
     ctx,
     *,
     layer: Annotated[int, Range(min=0)],
-    eps_min: Annotated[float, Range(min=0, min_open=True)],
-    eps_max: Annotated[float, Range(min=0, min_open=True)],
+    eps_min: Positive,
+    eps_max: Positive,
     n_eps: Annotated[int, Range(min=3)],
-    draws: Annotated[int, Range(min=1)],
+    draws: Count,
     position: Annotated[int, Range(min=0)],
-    n_prompts: Annotated[int, Range(min=1)],
-    tolerance: Annotated[float, Range(min=0, min_open=True)],
-    induction_eps: Annotated[float, Range(min=0, min_open=True)],
-    induction_prompts: Annotated[int, Range(min=1)],
-    induction_positions: Annotated[int, Range(min=1)],
-    induction_draws: Annotated[int, Range(min=1)],
-    max_rows: Annotated[int, Range(min=1)],
+    n_prompts: Count,
+    tolerance: Positive,
+    induction_eps: Positive,
+    induction_prompts: Count,
+    induction_positions: Count,
+    induction_draws: Count,
+    max_rows: Count,
 ) -> FamilyResult:
     """The method checks (response slopes over eps on `long_text`) and the induction signature on
     `random_repeat` against its control probe (module docstring)."""

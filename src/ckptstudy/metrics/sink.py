@@ -135,6 +135,22 @@ def write_share(delta: torch.Tensor, projection: torch.Tensor, state: torch.Tens
     return delta * projection / norm_sq[..., None]
 
 
+class LayerOutputs:
+    """A tap callback keeping `reduce(tensor)` of every chunk per layer: for `tap_residual` (offset 1: point l + 1
+    is layer l's output, point 0 is skipped) or `tap_mlp` (offset 0); `stacked()` = the chunks concatenated in row
+    order, layers on axis 1: [n, L, ...]."""
+
+    def __init__(self, n_layers: int, reduce, offset: int = 1) -> None:
+        self.reduce, self.offset, self.kept = reduce, offset, [[] for _ in range(n_layers)]
+
+    def __call__(self, index: int, tensor: torch.Tensor) -> None:
+        if index >= self.offset:
+            self.kept[index - self.offset].append(self.reduce(tensor).cpu())
+
+    def stacked(self) -> torch.Tensor:
+        return torch.stack([torch.cat(chunks) for chunks in self.kept], dim=1)
+
+
 @dataclass
 class TextRows:
     """Per-window reductions of one text pass (n windows, L layers, H heads)."""
@@ -155,38 +171,24 @@ def text_pass(model, ids: torch.Tensor, batch_size: int, with_loss: bool) -> Tex
     """One hooked pass over text windows ids [n, s] (s >= 3): attention on keys 0 and 1 (fused statistics),
     residual norms and first states, MLP neuron statistics, and (with_loss) each window's mean NLL."""
     n_layers = model_parts(model).n_layers
-    kept: dict[str, list[list]] = {k: [[] for _ in range(n_layers)] for k in ("ratio", "states", "neurons")}
-
-    def on_resid(point, hidden):
-        if point > 0:
-            kept["ratio"][point - 1].append(first_norm_ratio(hidden).cpu())
-            kept["states"][point - 1].append(hidden[:, :2].double().cpu())
-
-    def on_mlp(layer, act):
-        kept["neurons"][layer].append(neuron_rows(act).cpu())
-
-    with tap_residual(model, on_resid), tap_mlp(model, on_mlp):
+    ratio = LayerOutputs(n_layers, first_norm_ratio)
+    states = LayerOutputs(n_layers, lambda hidden: hidden[:, :2].double())
+    neurons = LayerOutputs(n_layers, neuron_rows, offset=0)
+    with tap_residual(model, lambda point, h: (ratio(point, h), states(point, h))), tap_mlp(model, neurons):
         cap = capture_stats(
             model, ids, key_mass_request(ids.shape[1]), _row_nll if with_loss else None, batch_size=batch_size
         )
-    rows = {k: torch.stack([torch.cat(per_chunk) for per_chunk in v], dim=1) for k, v in kept.items()}
     mass = torch.stack([cap.attn[layer]["diagonal"] for layer in range(n_layers)], dim=1) / (ids.shape[1] - 1)
-    return TextRows(mass, rows["ratio"], rows["states"], rows["neurons"], cap.logits)
+    return TextRows(mass, ratio.stacked(), states.stacked(), neurons.stacked(), cap.logits)
 
 
 @torch.no_grad()
 def first_norm_rows(model, ids: torch.Tensor, batch_size: int, plan: dict) -> torch.Tensor:
     """`first_norm_ratio` per window and layer output with the MLP clamp `plan` on at every position: [n, L]."""
-    n_layers = model_parts(model).n_layers
-    kept: list[list] = [[] for _ in range(n_layers)]
-
-    def on_resid(point, hidden):
-        if point > 0:
-            kept[point - 1].append(first_norm_ratio(hidden).cpu())
-
-    with clamp_mlp(model, plan, from_position=0), tap_residual(model, on_resid):
+    ratio = LayerOutputs(model_parts(model).n_layers, first_norm_ratio)
+    with clamp_mlp(model, plan, from_position=0), tap_residual(model, ratio):
         capture_stats(model, ids, StatsRequest(per_row=True), batch_size=batch_size)
-    return torch.stack([torch.cat(chunks) for chunks in kept], dim=1)
+    return ratio.stacked()
 
 
 def typical_plan(typical: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -324,25 +326,19 @@ def convergence(first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def repeat_pass(model, ids: torch.Tensor, tokens: torch.Tensor | None, batch_size: int, plan: dict | None = None):
-    """cos(h_k, h_0) at every position k and layer output [n, L, s]; with `tokens` [n] also whether the argmax
-    at each position k (the first token generated after ids[:, :k + 1]) is not the row's token [n, s]."""
-    n_layers = model_parts(model).n_layers
-    cos: list[list] = [[] for _ in range(n_layers)]
-
-    def on_resid(point, hidden):
-        if point > 0:
-            cos[point - 1].append(convergence(hidden[:, :1], hidden).cpu())
+def repeat_pass(model, ids: torch.Tensor, batch_size: int, plan: dict | None = None, divergence: bool = False):
+    """cos(h_k, h_0) at every position k and layer output [n, L, s]; with `divergence` also whether the argmax at
+    each position k (the first token generated after ids[:, :k + 1]) is not the row's (last) token [n, s], else
+    None. With `plan` the MLP clamp is on (positions >= 1)."""
+    cos = LayerOutputs(model_parts(model).n_layers, lambda hidden: convergence(hidden[:, :1], hidden))
 
     def diverges(logits, row_ids):
         token = row_ids[0, -1]  # the repeated token is the row's last one
         return (logits[0].argmax(-1) != token).double()
 
-    with clamp_mlp(model, plan or {}), tap_residual(model, on_resid):
-        cap = capture_stats(
-            model, ids, StatsRequest(per_row=True), diverges if tokens is not None else None, batch_size
-        )
-    return torch.stack([torch.cat(c) for c in cos], dim=1), cap.logits
+    with clamp_mlp(model, plan or {}), tap_residual(model, cos):
+        cap = capture_stats(model, ids, StatsRequest(per_row=True), diverges if divergence else None, batch_size)
+    return cos.stacked(), cap.logits
 
 
 def divergence_k50(share: torch.Tensor, level: float = 0.5) -> tuple[float, str]:
@@ -448,8 +444,8 @@ def measure(
     pool = frequent_tokens(corpus, int(model.config.vocab_size), special, vocab_top)
     k = min(repeat_k, ctx.context_length - 1)
     tokens, repeat, control = repeat_rows(pool, n_tokens, k, bos, ctx.seed)
-    clean = repeat_pass(model, repeat, tokens, batch)
-    cos = {"repeat": clean[0], "control": repeat_pass(model, control, None, batch)[0]}
+    clean = repeat_pass(model, repeat, batch, divergence=True)
+    cos = {"repeat": clean[0], "control": repeat_pass(model, control, batch)[0]}
     report_repeat(result, cos, clean[1], converge_cos, short_k)
     result.raw["sink/repeat_tokens"] = tokens.numpy()
 
@@ -460,7 +456,7 @@ def measure(
         return result
     chosen = random_neurons(neurons, stats.typical.shape[1], ctx.seed)
     plans = {"patch": clamp_plan(neurons, stats.typical), "random": clamp_plan(chosen, stats.typical)}
-    runs = {name: repeat_pass(model, repeat, tokens, batch, plan) for name, plan in plans.items()}
+    runs = {name: repeat_pass(model, repeat, batch, plan, divergence=True) for name, plan in plans.items()}
     nll = {name: text_loss(model, plain, batch, plan) for name, plan in plans.items()}
     report_patch(result, runs, clean, {"clean": rows[""].nll, **nll})
     return result
@@ -474,30 +470,15 @@ def text_loss(model, ids: torch.Tensor, batch_size: int, plan: dict) -> torch.Te
 
 
 def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
-    """Text with and without BOS (fused), the first-position null, the repeat and control passes, and the
-    patch (sink and random sets: repeat rows and text loss; skipped when no neuron passes)."""
+    """Text with and without BOS (fused statistics), the same with the MLPs held typical (the first-norm null), the
+    repeat rows (clean, patched, random set) and their control rows, and the patch's text loss (sink and random
+    sets; both patch passes are skipped when no neuron passes)."""
     L, n, s = shape.n_layers, min(params["text_rows"], sizes.lt_n), sizes.lt_len
-    k = min(params["repeat_k"], shape.context - 1)
-    m = params["n_tokens"]
+    k, m = min(params["repeat_k"], shape.context - 1), params["n_tokens"]
     return [
-        Pass(
-            "text with and without BOS: attention on keys 0 and 1, norms, neurons",
-            2 * n,
-            s,
-            sizes.batch,
-            L,
-            unembed=s,
-            attention="fused",
-        ),
-        Pass("first position with the MLPs held typical", 2 * n, 1, sizes.batch, L, attention="sdpa"),
-        Pass(
-            "BOS + token x K and its control (+ 2 patched repeat passes)",
-            4 * m,
-            1 + k,
-            sizes.batch,
-            L,
-            unembed=1 + k,
-            attention="sdpa",
-        ),
-        Pass("text loss with the patch and with the random set", 2 * n, s, sizes.batch, L, unembed=s, attention="sdpa"),
+        Pass("text with and without BOS: keys 0 and 1, norms, neurons", 2 * n, s, sizes.batch, L, s, "fused"),
+        Pass("text with and without BOS, MLPs held typical (first-norm null)", 2 * n, s, sizes.batch, L, 0, "sdpa"),
+        Pass("BOS + token x K: clean, patched, random set", 3 * m, 1 + k, sizes.batch, L, 1 + k, "sdpa"),
+        Pass("BOS + unrepeated tokens + token (control rows)", m, 1 + k, sizes.batch, L, 0, "sdpa"),
+        Pass("text loss with the patch and with the random set", 2 * n, s, sizes.batch, L, s, "sdpa"),
     ]
