@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ckptstudy.measure.capture import capture
+from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.residual import clamp_mlp, mlp_write_projection, tap_mlp
 from ckptstudy.metrics.sink import (
     MIN_EFFECT,
@@ -290,7 +291,11 @@ def test_invalid_parameters_are_refused_by_name(param, value):
         check_family("sink", {"_target_": "ckptstudy.metrics.sink.measure", **family_params("sink", **{param: value})})
 
 
-def test_the_short_repetition_must_be_shorter_than_the_scored_one():
+def test_the_short_repetition_must_be_shorter_than_the_scored_one_and_fit_the_context():
+    shape = Shape(n_layers=2, d_model=128, n_heads=4, vocab=2048, context=128)
+    target = {"_target_": "ckptstudy.metrics.sink.measure"}
+    with pytest.raises(ValueError, match=r"metrics\.sink\.short_k=127 is not valid; must be < 127"):
+        check_family("sink", {**target, **family_params("sink", repeat_k=256, short_k=127)}, shape)
     with pytest.raises(ValueError, match=r"metrics\.sink\.short_k=8 is not valid; must be < repeat_k=8"):
         check_family(
             "sink", {"_target_": "ckptstudy.metrics.sink.measure", **family_params("sink", repeat_k=8, short_k=8)}

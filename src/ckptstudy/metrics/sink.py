@@ -405,10 +405,16 @@ PATCH_KEYS = [
 
 
 # ------------------------------------------------------------------------------------------ measure
-def check(*, repeat_k: int, short_k: int, **_params) -> None:
-    """The null's short repetition must be shorter than the scored one."""
+def check(*, repeat_k: int, short_k: int, shape: Shape | None, **_params) -> None:
+    """The null's short repetition must be shorter than the scored one (repeat_k clipped to the model's context
+    minus BOS, when its yaml states the context)."""
     if short_k >= repeat_k:
         raise ValueError(f"metrics.sink.short_k={short_k} is not valid; must be < repeat_k={repeat_k}")
+    if shape is not None and short_k >= shape.context - 1:
+        raise ValueError(
+            f"metrics.sink.short_k={short_k} is not valid; must be < {shape.context - 1} (the model's "
+            f"{shape.context}-token context minus BOS: the longest repetition scored)"
+        )
 
 
 def measure(
