@@ -114,10 +114,10 @@ def first_norm_ratio(hidden: torch.Tensor) -> torch.Tensor:
 def neuron_rows(act: torch.Tensor) -> torch.Tensor:
     """Per row: the activation at positions 0 and 1, and the median and MAD over positions 2..s-1:
     act [b, s, d_ff] (s >= 3) -> [b, 4, d_ff] (float64)."""
-    rest = act[:, 2:].double()
+    rest = act[:, 2:]  # in the model's dtype: medians select, and a float64 copy would double a large tensor
     median = rest.median(dim=1).values
     mad = (rest - median[:, None]).abs().median(dim=1).values
-    return torch.stack([act[:, 0].double(), act[:, 1].double(), median, mad], dim=1)
+    return torch.stack([act[:, 0], act[:, 1], median, mad], dim=1).double()
 
 
 def robust_z(value: torch.Tensor, median: torch.Tensor, mad: torch.Tensor) -> torch.Tensor:
