@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 import torch
 
+from configured import top_level
 from conftest import tiny_neox
 
 V, D, HEADS, LAYERS = 64, 256, 2, 3
@@ -110,7 +111,7 @@ def random_text(n: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(1, V, (n, length), generator=torch.Generator().manual_seed(seed))
 
 
-INTERVALS = SimpleNamespace(n=200, level=0.95, seed=0, min_prompts=5)  # conf/config.yaml's report.bootstrap
+INTERVALS = SimpleNamespace(**top_level()["report"]["bootstrap"])  # conf/config.yaml's report.bootstrap
 
 
 def presence(result, min_effect: dict[str, float]) -> dict[str, bool]:
