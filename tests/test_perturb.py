@@ -1,4 +1,6 @@
-"""Perturbation response (`perturb/`) on maps and models whose answers are known by construction."""
+"""Perturbation response (`perturb/`) on maps and models whose answers are known by construction: the method
+checks on exact power laws, the induction signature on a hand-set circuit (present) and on a positional head
+and uniform attention (absent)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from ckptstudy.measure.capture import capture
 from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.residual import layer_inputs, run_layers, tap_residual
 from ckptstudy.metrics.perturb import (
+    MIN_EFFECT,
     PROFILE_OFFSETS,
     control_probe,
     eps_grid,
     group_responses,
-    induction_ratio,
+    induction_rows,
     later_mean,
     linear_range_max_eps,
     local_slopes,
@@ -26,13 +29,14 @@ from ckptstudy.metrics.perturb import (
     perturbed_positions,
     relative_response,
     scale_invariance,
-    target_response,
+    target_rows,
     unit_directions,
 )
 from ckptstudy.params import check_family
 from ckptstudy.stats.bootstrap import statistic
 from configured import family_params, job_context
 from conftest import tiny_neox
+from planted import presence
 
 V, D, HEADS, R = 64, 256, 2, 20
 
@@ -69,29 +73,32 @@ def _linear_response(eps: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     return torch.stack(curves)
 
 
-def test_linear_map_response_is_exactly_linear():
+def test_linear_map_response_is_exactly_linear_in_float64():
     eps = eps_grid(1e-4, 1e-1, 7)
     curve = _linear_response(eps)
     local = local_slopes(eps, curve)
-    assert loglog_slope(eps, curve).tolist() == pytest.approx([1.0, 1.0], abs=1e-9)
-    assert local.flatten().tolist() == pytest.approx([1.0] * 12, abs=1e-9)
-    assert scale_invariance(local) == pytest.approx(0.0, abs=1e-9)
-    assert linear_range_max_eps(eps, local, 0.1) == pytest.approx(0.1)
+    assert loglog_slope(eps, curve).tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert local.flatten().tolist() == pytest.approx([1.0] * 12, abs=1e-12)
+    assert scale_invariance(local) == pytest.approx(0.0, abs=1e-12)
+    # linear over the whole grid: the range's end is not measured, only bounded below (censored)
+    assert linear_range_max_eps(eps, local, 0.1) == (pytest.approx(0.1), True)
 
 
 def test_quadratic_response_is_scale_invariant_but_not_linear():
+    """Why scale_invariance is a method check, not a finding: any pure power of eps gives 0."""
     eps = eps_grid(1e-4, 1e-1, 7)
     local = local_slopes(eps, _linear_response(eps, power=2.0))
     assert loglog_slope(eps, _linear_response(eps, power=2.0)).tolist() == pytest.approx([2.0, 2.0], abs=1e-9)
     assert scale_invariance(local) == pytest.approx(0.0, abs=1e-9)
-    assert math.isnan(linear_range_max_eps(eps, local, 0.1))
+    linear, censored = linear_range_max_eps(eps, local, 0.1)
+    assert math.isnan(linear) and not censored
 
 
 def test_saturating_response_has_a_bounded_linear_range_and_a_spread():
     eps = eps_grid(1e-4, 1e-1, 7)  # 1e-4, 3.2e-4, 1e-3, 3.2e-3, 1e-2, 3.2e-2, 1e-1
     curve = torch.minimum(eps, torch.tensor(1e-2, dtype=torch.float64))[None, :]  # flat after 1e-2
     local = local_slopes(eps, curve)
-    assert linear_range_max_eps(eps, local, 0.1) == pytest.approx(1e-2)
+    assert linear_range_max_eps(eps, local, 0.1) == (pytest.approx(1e-2), False)
     assert local.tolist()[0] == pytest.approx([1, 1, 1, 1, 0, 0])
     assert scale_invariance(local) == pytest.approx(math.sqrt(2) / 3)  # std of [1,1,1,1,0,0]
 
@@ -186,7 +193,7 @@ def repeat_probe(n: int = 4, seed: int = 0) -> torch.Tensor:
 def toy_context(model):
     probes = SimpleNamespace(
         long_text=torch.randint(1, V, (4, 48), generator=torch.Generator().manual_seed(1)),
-        random_repeat=repeat_probe(),
+        random_repeat=repeat_probe(n=8),  # >= report.bootstrap.min_prompts: the excesses get intervals
         repeat_length=R,
     )
     return job_context(model, None, probes, batch_size=4, seed=0)
@@ -205,63 +212,82 @@ def test_the_hand_set_circuit_is_a_previous_token_then_induction_circuit():
     assert cap.attn[1][1] > 0.95  # induction head in layer 1
 
 
-def test_induction_ratio_is_large_at_the_induction_layer_and_peaks_before_the_second_occurrence():
+def test_induction_is_present_at_the_induction_layer_and_peaks_before_the_second_occurrence():
     result = measure(toy_context(induction_circuit()), **family_params("perturb", position=8))
     assert not result.unexplained_nans()
+    assert presence(result, MIN_EFFECT) == {key: True for key in MIN_EFFECT}
     assert result.scalars["perturb/induction_layer"] == 1
-    assert result.scalars["perturb/induction_ratio_l1"] > 20
-    assert result.scalars["perturb/induction_ratio_l0"] < 1  # layer 0 only moves it to j + 1
-    assert result.scalars["perturb/induction_control_l1"] > 20  # vs the same position without the repeat
-    assert result.scalars["perturb/induction_control_l0"] == pytest.approx(1.0, abs=0.1)
+    ratio = result.raw["perturb/induction_ratio"]  # per layer: target over the other second-copy positions
+    assert ratio[1] > 20 and ratio[0] < 1  # layer 0 only moves it to j + 1
+    assert result.scalars["perturb/induction_excess_l1"] > 10  # vs the same position without the repeat
+    assert result.scalars["perturb/induction_excess_l0"] == pytest.approx(1.0, abs=0.1)
     profile = result.raw["perturb/induction_profile"][1]  # layer 1, offsets -2..2 around j + R - 1
     assert profile.argmax() == PROFILE_OFFSETS.index(0)
     assert profile[PROFILE_OFFSETS.index(1)] < profile[PROFILE_OFFSETS.index(0)] / 10  # j + R: far weaker
-    assert result.scalars["perturb/slope_small_eps"] == pytest.approx(1.0, abs=0.02)
+    assert result.scalars["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.02)
 
 
 def test_without_the_previous_token_head_there_is_no_induction_signature():
     result = measure(toy_context(induction_circuit(prev_token=False)), **family_params("perturb", position=8))
-    assert result.scalars["perturb/induction_ratio_l1"] == pytest.approx(1.0, abs=0.1)
-    assert result.scalars["perturb/induction_control_l1"] == pytest.approx(1.0, abs=0.1)
+    assert not any(presence(result, MIN_EFFECT).values())
+    assert result.raw["perturb/induction_ratio"][1] == pytest.approx(1.0, abs=0.1)
+    assert result.scalars["perturb/induction_excess_l1"] == pytest.approx(1.0, abs=0.1)
     # layer 0 writes nothing: its response and every statistic over it are NaN, each with its reason
-    assert math.isnan(result.scalars["perturb/induction_ratio_l0"])
-    assert math.isnan(result.scalars["perturb/slope_l0"])
+    assert math.isnan(result.raw["perturb/induction_ratio"][0])
+    assert math.isnan(result.scalars["perturb/induction_excess_l0"])
+    assert math.isnan(result.scalars["perturb/check_slope_l0"])
     assert not result.unexplained_nans()
 
 
-def test_a_positional_head_at_distance_r_minus_1_fakes_the_ratio_but_not_the_control():
-    """Layer 0 attends R - 1 tokens back (position only): j + R - 1 reads j without any copying."""
+def test_a_positional_head_at_distance_r_minus_1_fakes_the_ratio_but_not_its_excess():
+    """Layer 0 attends R - 1 tokens back (position only): j + R - 1 reads j without any copying. The ratio over
+    the other second-copy positions is fooled, its null on the control probe is fooled the same way, and
+    neither excess is present."""
     result = measure(
         toy_context(induction_circuit(offset=R - 1, induction=False)), **family_params("perturb", position=8)
     )
     assert not result.unexplained_nans()
-    assert result.scalars["perturb/induction_ratio_l0"] > 5  # the other-second-copy baseline is fooled
-    assert result.scalars["perturb/induction_control_l0"] == pytest.approx(1.0, abs=0.05)  # the control is not
+    assert result.scalars["perturb/induction_ratio_max"] > 5 and result.scalars["perturb/induction_ratio_max_null"] > 5
+    assert result.scalars["perturb/induction_ratio_max_excess"] == pytest.approx(1.0, abs=0.05)
+    assert result.scalars["perturb/induction_excess_l0"] == pytest.approx(1.0, abs=0.05)
+    assert not any(presence(result, MIN_EFFECT).values())
 
 
 def test_reported_induction_values_are_the_statistics_of_their_full_samples():
     result = measure(
         toy_context(induction_circuit()), **family_params("perturb", position=8, induction_draws=2, max_rows=40)
     )
-    keys = [f"perturb/induction_{kind}_{m}" for kind in ("ratio", "control") for m in ("l0", "l1", "max")]
+    keys = [f"perturb/induction_excess_{m}" for m in ("l0", "l1", "max")]
+    keys += [f"perturb/induction_ratio_max{s}" for s in ("", "_null", "_excess")]
     without = result.no_interval
     assert set(result.samples) == set(keys) == set(result.scalars) - set(without)
     assert all(len(why) > 10 for why in without.values()), without
+    assert all(why.startswith("a method check") for key, why in without.items() if "/check_" in key)
     for key in keys:
         sample = result.samples[key]
-        assert sample.statistic == "ratio_of_sums" and sample.n == 4 and sample.prompts == "random_repeat"
+        if sample.statistic != "ratio":
+            assert sample.statistic == "ratio_of_sums" and sample.n == 8 and sample.prompts == "random_repeat"
         assert statistic(key, result.samples) == pytest.approx(result.scalars[key], rel=1e-9), key
-    assert result.scalars["perturb/induction_ratio_max"] > 2  # the layers differ: a swapped row would show
-    assert result.samples["perturb/induction_ratio_max"].values.shape == (4, 2)  # [prompt, layer]
+    assert result.scalars["perturb/induction_excess_max"] > 2  # the layers differ: a swapped row would show
+    assert result.samples["perturb/induction_excess_max"].values.shape == (8, 2)  # [prompt, layer]
 
 
-def test_uniform_attention_gives_ratio_one_and_a_linear_response_at_small_eps():
+def test_uniform_attention_gives_no_induction_and_a_linear_response_at_small_eps():
     result = measure(toy_context(zero_qk_model()), **family_params("perturb", position=8))
     assert not result.unexplained_nans()
+    assert not any(presence(result, MIN_EFFECT).values())
     for layer in (0, 1):
-        assert result.scalars[f"perturb/induction_ratio_l{layer}"] == pytest.approx(1.0, abs=0.15)
-        assert result.scalars[f"perturb/induction_control_l{layer}"] == pytest.approx(1.0, abs=0.15)
-    assert result.scalars["perturb/slope_small_eps"] == pytest.approx(1.0, abs=0.02)
+        assert result.raw["perturb/induction_ratio"][layer] == pytest.approx(1.0, abs=0.15)
+        assert result.scalars[f"perturb/induction_excess_l{layer}"] == pytest.approx(1.0, abs=0.15)
+    assert result.scalars["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.02)
+    assert result.scalars["perturb/check_linear_range_censored"] == 1  # linear to the largest eps: a lower bound
+    assert "censored" in result.no_interval["perturb/check_linear_range_max_eps"]
+
+
+def induction_ratio(response: torch.Tensor, positions: torch.Tensor) -> list[float]:
+    """The per-layer induction ratio: the ratio of the sums over prompts of `induction_rows`' two parts."""
+    target, other = induction_rows(response, positions, R)
+    return (target.sum(0) / other.sum(0)).tolist()
 
 
 def test_induction_ratio_on_hand_built_responses():
@@ -269,15 +295,14 @@ def test_induction_ratio_on_hand_built_responses():
     assert positions.min() >= 2 and positions.max() <= R
     resp = torch.ones(2, len(positions), 3, 1, 2 * R + 1, dtype=torch.float64)
     resp[:, torch.arange(len(positions)), :, :, positions + R - 1] = 5.0  # only the targets respond more
-    assert induction_ratio(resp, positions, R).tolist() == pytest.approx([5.0])
-    flat = torch.ones_like(resp)
-    assert induction_ratio(flat, positions, R).tolist() == pytest.approx([1.0])
-    assert target_response(resp, positions, R).tolist() == pytest.approx([5.0])
-    # a response that only decays with distance from j is not flat over the second copy:
-    # the ratio moves away from 1 although nothing is copied; the distance-matched control does not
+    assert induction_ratio(resp, positions) == pytest.approx([5.0])
+    assert induction_ratio(torch.ones_like(resp), positions) == pytest.approx([1.0])
+    assert target_rows(resp, positions, R).flatten().tolist() == pytest.approx([5.0, 5.0])
+    # a response that only decays with distance from j is not flat over the second copy: the ratio moves away
+    # from 1 although nothing is copied; the same decay on the control probe gives the same ratio (its null)
     distance = (torch.arange(2 * R + 1)[None, :] - positions[:, None]).clamp(min=0).double()
     decay = torch.exp(-distance / 5.0)[None, :, None, None, :].expand_as(resp)
-    assert abs(induction_ratio(decay, positions, R).item() - 1) > 0.5
+    assert abs(induction_ratio(decay, positions)[0] - 1) > 0.5
 
 
 def test_control_probe_keeps_the_prefix_and_repeats_nothing():
@@ -303,7 +328,13 @@ def test_invalid_parameters_are_refused_by_name(param, value):
 def test_measure_on_the_final_micro_checkpoint(final_micro_context):
     result = measure(final_micro_context, **family_params("perturb"))
     assert not result.unexplained_nans()
-    assert result.scalars["perturb/slope_small_eps"] == pytest.approx(1.0, abs=0.05)
-    keys = ("perturb/slope_l0", "perturb/slope_l1", "perturb/induction_ratio_max", "perturb/induction_control_l1")
-    for key in (*keys, "perturb/scale_invariance"):
+    assert result.scalars["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.05)
+    keys = (
+        "perturb/check_slope_l0",
+        "perturb/check_slope_l1",
+        "perturb/induction_ratio_max",
+        "perturb/induction_excess_l1",
+    )
+    for key in (*keys, "perturb/check_scale_invariance"):
         assert math.isfinite(result.scalars[key])
+    assert presence(result, MIN_EFFECT)["perturb/induction_excess_max"]  # induction heads from step ~1000

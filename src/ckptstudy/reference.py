@@ -5,6 +5,7 @@ full forward per head, so they are simple enough to trust and too slow to use:
 - `head_pattern_sums`: icl/'s induction / duplicate / previous-token attention, from weights;
 - `class_mass`, `uniform_mass`, `entropy_sums`, `entropy_counts`: lowinfo/'s key-class mass and row entropy;
 - `eager_capture_stats`: `capture.capture_stats` from eager weights reduced inside per-layer hooks;
+- `first_keys_mass`: sink/'s attention on keys 0 and 1, from weights;
 - `naive_effects`: per-head ablation effects with one full forward per ablated head.
 """
 
@@ -81,6 +82,15 @@ def entropy_sums(attn: torch.Tensor, query_kind: torch.Tensor, sink: bool = True
 def entropy_counts(query_kind: torch.Tensor, sink: bool = True) -> torch.Tensor:
     """How many rows `entropy_sums` counted per query kind: [kind]."""
     return entropy_count_rows(query_kind, sink).sum(0)
+
+
+# ------------------------------------------------------------------------------------ sink/ score
+
+
+def first_keys_mass(attn: torch.Tensor) -> torch.Tensor:
+    """Mean over queries 1..s-1 of the attention on key 0 and on key 1, per row and head: attn [b, h, q, k]
+    -> [b, 2, h] (what sink/'s fused `key_mass_request` statistics give, divided by s - 1)."""
+    return attn[:, :, 1:, :2].double().mean(dim=2).transpose(1, 2)
 
 
 # ------------------------------------------------------------------------- capture_stats, eagerly

@@ -70,6 +70,15 @@ def tap_mlp(model, fn: TensorFn) -> Iterator[None]:
         yield
 
 
+def mlp_write_projection(model, states: torch.Tensor) -> torch.Tensor:
+    """How much each MLP neuron's output weight points along a residual state, per layer: states [n, L, d] (the
+    state at layer l's output for row i) -> [n, L, d_ff] = states[:, l] @ W_out_l (one activation unit of
+    neuron k of layer l adds W_out_l[:, k] to the residual stream)."""
+    projs = mlp_out_projs(model)
+    out = [states[:, layer].to(proj.weight.dtype) @ proj.weight.detach() for layer, proj in enumerate(projs)]
+    return torch.stack(out, dim=1).double()
+
+
 def clamp_neurons(activation: torch.Tensor, index: torch.Tensor, value: torch.Tensor, from_position: int = 1):
     """A copy of `activation` [b, s, d_ff] with neurons `index` [k] set to `value` [k] at positions
     >= `from_position`; every other entry unchanged."""

@@ -5,7 +5,12 @@ output) and position j adds eps * ||h_lj|| * u to h_lj, u a random unit vector (
 draws). The response at a later position i > j and the output of layer m >= l is
     r_mi = ||h'_mi - h_mi|| / ||h_mi||
 (h' perturbed, h clean; the clean row runs in the same batch as its perturbed copies, so batch-shape
-rounding cancels). Per layer m:
+rounding cancels).
+
+Method checks (keys `perturb/check_*`): the regime the induction signature is read in, not findings about
+training. A smooth model responds linearly to a small enough perturbation whatever it has learnt (random init
+gives slopes 0.999-1.000), and a response that is any pure power of eps, quadratic included, has
+scale_invariance 0. They say whether `induction_eps` sits in the linear regime at this checkpoint. Per layer m:
 - R_m(eps) = mean of r_mi over prompts, draws and positions i > j (probe: `long_text`, clipped);
 - slope_m = least-squares slope of log R_m against log eps over the whole eps range;
 - local slopes s_mt = (log R_m(eps_t+1) - log R_m(eps_t)) / (log eps_t+1 - log eps_t), t = 0..T-2;
@@ -13,7 +18,8 @@ rounding cancels). Per layer m:
 - scale_invariance = mean over the measured layers of spread_m (0 = the response is a pure power of
   eps over the whole range, in every layer);
 - linear_range_max_eps = the largest eps_t such that |s_mt' - 1| <= tolerance for every t' < t and
-  every layer (NaN when already the first interval is not linear).
+  every layer (NaN when already the first interval is not linear); linear_range_censored = 1 when every
+  interval of the grid is linear: the value is then eps_max, a lower bound of the linear range, not its end.
 
 Induction signature on `random_repeat` = BOS + R random tokens + the same R tokens: the token at
 position j (first copy, 1 <= j <= R) recurs at j + R. An induction head at query q attends to the key
@@ -31,17 +37,21 @@ o = -2..2, relative to the same baseline, is kept in raw (o = +1 is the second o
 That baseline mixes distances: the target lies R - 1 after j, the other second-copy positions
 R + 1 - j .. 2R - j after it, so a layer whose attention depends on distance alone moves the ratio away from 1
 without any induction (measured on the micro suite: 1.4-2 in layer 0 from step 1000, also without a
-repeat). Hence also a distance-matched control:
-    induction_control_m = mean r_m at j + R - 1 on `random_repeat` / the same on the control probe
-(the same BOS + first copy followed by fresh random tokens, seeded, from the probe's token range
-instead of the repeat: same positions, distances and perturbed tokens, nothing to copy); ~1 without
-induction whatever the positional pattern.
+repeat). The null of both is the control probe: the same BOS + first copy followed by fresh random tokens
+(seeded, from the probe's token range) instead of the repeat: same positions, distances and perturbed tokens,
+nothing to copy.
+- induction_excess_m (the headline, max over layers induction_excess_max and its layer induction_layer) =
+  mean r_m at j + R - 1 on `random_repeat` (raw `perturb/induction_response`) / the same on the control
+  probe (raw `perturb/induction_response_null`): distance-matched, ~1 without induction whatever the
+  positional pattern;
+- induction_ratio_max (max over layers of induction_ratio_m), induction_ratio_max_null (the same ratio on the
+  control probe: what the positional pattern alone gives) and induction_ratio_max_excess = their ratio.
+"Present" = the excess's interval lies above MIN_EFFECT.
 
-Bootstrap samples (`ckptstudy.stats.bootstrap`) over the `random_repeat` prompts, per layer:
-induction_ratio_l{m} and induction_control_l{m} are ratios of sums over prompts (ratio_of_sums:
-per prompt, its mean response at the target / at the baseline, or on the repeat / on its control row);
-their maxima over layers are the maxima of those per-layer ratios of sums (`reduce="max"`). The other scalars
-say why they have none where they are reported (`FamilyResult.value`).
+Bootstrap samples (`ckptstudy.stats.bootstrap`) over the `random_repeat` prompts: per layer, ratios of sums
+over prompts (ratio_of_sums: per prompt, its mean response on the repeat / on its control row, or at the
+target / at the baseline); maxima over layers are the maxima of those per-layer ratios of sums
+(`reduce="max"`). The method checks are fits over `n_prompts` windows and say why they have no interval.
 """
 
 from __future__ import annotations
@@ -59,12 +69,17 @@ from ckptstudy.metrics import FamilyResult
 from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample, columns
 
-DEFINITION_VERSION = 2  # 2: bootstrap samples for the maxima over layers
-_FEW_PROMPTS = (
-    "a fit over eps of the response averaged over n_prompts long_text windows (2 by default) and the random "
-    "directions: too few prompts to resample"
+DEFINITION_VERSION = 3  # 3: method checks renamed check_*, censoring flagged, induction nulls, induction_excess
+_CHECK = (
+    "a method check (the perturbation regime), not a finding: a fit over eps of the response averaged over "
+    "n_prompts long_text windows and the random directions, too few prompts to resample"
 )
+# The smallest excess that counts as induction: "present" = the excess's interval lies above it (a 1.5x larger
+# response where an induction head writes than on the control; random init gives 1.00)
+MIN_EFFECT = {"perturb/induction_excess_max": 1.5, "perturb/induction_ratio_max_excess": 1.5}
 PROFILE_OFFSETS = (-2, -1, 0, 1, 2)
+Positive = Annotated[float, Range(min=0, min_open=True)]  # a parameter > 0
+Count = Annotated[int, Range(min=1)]  # a parameter >= 1
 
 
 def eps_grid(eps_min: float, eps_max: float, n: int) -> torch.Tensor:
@@ -131,15 +146,16 @@ def scale_invariance(local: torch.Tensor) -> float:
     return float(local.std(dim=-1, correction=0).mean())
 
 
-def linear_range_max_eps(eps: torch.Tensor, local: torch.Tensor, tolerance: float) -> float:
-    """The largest eps_t such that every local slope below it (intervals t' < t) is within
-    `tolerance` of 1 in every layer; local [layers, E-1]. NaN when the first interval already fails."""
+def linear_range_max_eps(eps: torch.Tensor, local: torch.Tensor, tolerance: float) -> tuple[float, bool]:
+    """The largest eps_t such that every local slope below it (intervals t' < t) is within `tolerance` of 1
+    in every layer, and whether it is censored (every interval of the grid is linear: eps_t = the grid's end,
+    a lower bound); local [layers, E-1]. NaN when the first interval already fails."""
     ok = ((local - 1).abs() <= tolerance).all(dim=0)
     if not bool(ok[0]):
-        return math.nan
+        return math.nan, False
     failing = (~ok).nonzero()
     t = int(failing[0]) if len(failing) else len(ok)
-    return float(eps[t])
+    return float(eps[t]), not len(failing)
 
 
 def perturbed_positions(repeat_length: int, seq_len: int, n: int) -> torch.Tensor:
@@ -163,13 +179,6 @@ def control_probe(repeat_ids: torch.Tensor, repeat_length: int, seed: int) -> to
     return out
 
 
-def target_response(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
-    """Mean response at j + R - 1 over prompts, draws and perturbed positions: response
-    [n, J, D, layers, s] for `positions` [J] -> [layers]."""
-    picked = response[:, torch.arange(len(positions)), :, :, positions + repeat_length - 1]  # [J, n, D, layers]
-    return picked.mean(dim=(0, 1, 2))
-
-
 def _second_copy_masks(positions: torch.Tensor, repeat_length: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Target one-hot [J, s] at j + R - 1 and the other second-copy positions [J, s]."""
     r = repeat_length
@@ -179,24 +188,11 @@ def _second_copy_masks(positions: torch.Tensor, repeat_length: int, seq_len: int
     return target, second[None, :] & ~target
 
 
-def induction_ratio(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
-    """Pooled mean response at j + R - 1 over the pooled mean at the other second-copy positions.
-
-    response [n, J, D, layers, s] for perturbed positions `positions` [J] -> [layers]; NaN for a
-    layer with no response at the other second-copy positions.
-    """
-    target, other = _second_copy_masks(positions, repeat_length, response.shape[-1])
-    t = target[None, :, None, None, :].double()
-    o = other[None, :, None, None, :].double()
-    t_mean = (response * t).sum(dim=(0, 1, 2, 4)) / t.sum() / (response.shape[0] * response.shape[2])
-    o_mean = (response * o).sum(dim=(0, 1, 2, 4)) / o.sum() / (response.shape[0] * response.shape[2])
-    return torch.where(o_mean > 0, t_mean / o_mean.clamp(min=1e-300), torch.nan)
-
-
 def induction_rows(response: torch.Tensor, positions: torch.Tensor, repeat_length: int):
-    """Per prompt, the parts of `induction_ratio`: the mean response at j + R - 1 and the mean at the other
-    second-copy positions, each over draws and perturbed positions: ([n, layers], [n, layers]); their
-    sums over prompts have the ratio `induction_ratio`."""
+    """Per prompt, the parts of induction_ratio_m: the mean response at j + R - 1 and the mean at the other
+    second-copy positions, each over draws and perturbed positions: response [n, J, D, layers, s] for the
+    perturbed positions `positions` [J] -> ([n, layers], [n, layers]); induction_ratio_m = the ratio of their
+    sums over prompts (a layer with no response at the other positions has none)."""
     target, other = _second_copy_masks(positions, repeat_length, response.shape[-1])
     t = target[None, :, None, None, :].double()
     o = other[None, :, None, None, :].double()
@@ -206,15 +202,16 @@ def induction_rows(response: torch.Tensor, positions: torch.Tensor, repeat_lengt
 
 
 def target_rows(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
-    """Per prompt, `target_response`: the mean response at j + R - 1 over draws and perturbed positions,
-    [n, J, D, layers, s] -> [n, layers]."""
+    """Per prompt, the mean response at j + R - 1 over draws and perturbed positions: response
+    [n, J, D, layers, s] for `positions` [J] -> [n, layers]."""
     picked = response[:, torch.arange(len(positions)), :, :, positions + repeat_length - 1]  # [J, n, D, layers]
     return picked.mean(dim=(0, 2))
 
 
 def induction_profile(response: torch.Tensor, positions: torch.Tensor, repeat_length: int) -> torch.Tensor:
-    """Mean response at i = j + R - 1 + o for o in PROFILE_OFFSETS, over the same baseline as
-    `induction_ratio`: [layers, len(PROFILE_OFFSETS)] (NaN where no such position exists)."""
+    """Mean response at i = j + R - 1 + o for o in PROFILE_OFFSETS, over the mean response at the other
+    second-copy positions (induction_ratio's baseline): [layers, len(PROFILE_OFFSETS)] (NaN where no such
+    position exists)."""
     s = response.shape[-1]
     _, other = _second_copy_masks(positions, repeat_length, s)
     o = other[None, :, None, None, :].double()
@@ -281,90 +278,131 @@ def measure(
     ctx,
     *,
     layer: Annotated[int, Range(min=0)],
-    eps_min: Annotated[float, Range(min=0, min_open=True)],
-    eps_max: Annotated[float, Range(min=0, min_open=True)],
+    eps_min: Positive,
+    eps_max: Positive,
     n_eps: Annotated[int, Range(min=3)],
-    draws: Annotated[int, Range(min=1)],
+    draws: Count,
     position: Annotated[int, Range(min=0)],
-    n_prompts: Annotated[int, Range(min=1)],
-    tolerance: Annotated[float, Range(min=0, min_open=True)],
-    induction_eps: Annotated[float, Range(min=0, min_open=True)],
-    induction_prompts: Annotated[int, Range(min=1)],
-    induction_positions: Annotated[int, Range(min=1)],
-    induction_draws: Annotated[int, Range(min=1)],
-    max_rows: Annotated[int, Range(min=1)],
+    n_prompts: Count,
+    tolerance: Positive,
+    induction_eps: Positive,
+    induction_prompts: Count,
+    induction_positions: Count,
+    induction_draws: Count,
+    max_rows: Count,
 ) -> FamilyResult:
-    """Response slopes over eps on `long_text` and the induction signature on `random_repeat` (module docstring)."""
+    """The method checks (response slopes over eps on `long_text`) and the induction signature on
+    `random_repeat` against its control probe (module docstring)."""
     n_layers = model_parts(ctx.model).n_layers
     _check("layer", layer, 0 <= layer < n_layers, f"the perturbed residual point must be in 0..{n_layers - 1}")
     text = ctx.probes.long_text[:n_prompts, : ctx.context_length]
     if text.shape[1] < 3:
         raise ValueError(f"probes.long_text has {text.shape[1]} tokens; metrics.perturb needs >= 3")
+    result = FamilyResult()
+    d = ctx.model.config.hidden_size
+    eps = eps_grid(eps_min, eps_max, n_eps)
+    j = min(position, text.shape[1] - 2)
+    curve = response_curve(ctx, text, layer, torch.tensor([j]), eps, unit_directions(draws, d, ctx.seed), max_rows)
+    report_checks(result, layer, eps, curve, tolerance)
+
     repeat = ctx.probes.random_repeat[:induction_prompts, : ctx.context_length]
     r = int(ctx.probes.repeat_length)
     positions = perturbed_positions(r, repeat.shape[1], induction_positions)
+    probes = {"repeat": repeat, "control": control_probe(repeat, r, ctx.seed)}
+    strength = torch.tensor([induction_eps], dtype=torch.float64)
+    directions = unit_directions(induction_draws, d, ctx.seed)
+    responses = {
+        name: response_curve(ctx, ids, layer, positions, strength, directions, max_rows, per_position=True)
+        for name, ids in probes.items()
+    }
+    report_induction(result, layer, responses, positions, r)
+    return result
 
-    result = FamilyResult()
-    eps = eps_grid(eps_min, eps_max, n_eps)
-    directions = unit_directions(draws, ctx.model.config.hidden_size, ctx.seed)
-    j = min(position, text.shape[1] - 2)
-    hidden, kwargs = layer_inputs(ctx.model, text, layer, ctx.batch_size)
-    resp = group_responses(ctx.model, hidden, kwargs, layer, torch.tensor([j]), eps, directions, max_rows)
-    # [n, E*D, layers, s] -> R[layer, E]
-    curve = later_mean(resp, j).view(resp.shape[0], n_eps, draws, -1).mean(dim=(0, 2)).T
+
+def response_curve(ctx, ids, layer, positions, eps, directions, max_rows, per_position: bool = False):
+    """Responses of `ids` [n, s] perturbed at `positions` (the input of `layer`) with strengths `eps` and
+    `directions`: per_position -> [n, J, D, layers, s] (one strength); else the mean later-position response
+    over prompts and draws R[layer, E] (one position)."""
+    hidden, kwargs = layer_inputs(ctx.model, ids, layer, ctx.batch_size)
+    resp = group_responses(ctx.model, hidden, kwargs, layer, positions, eps, directions, max_rows)
+    if per_position:
+        return resp.view(resp.shape[0], len(positions), len(directions), *resp.shape[2:])
+    curve = later_mean(resp, int(positions[0])).view(resp.shape[0], len(eps), len(directions), -1)
+    return curve.mean(dim=(0, 2)).T
+
+
+def report_checks(result: FamilyResult, layer: int, eps: torch.Tensor, curve: torch.Tensor, tolerance: float) -> None:
+    """The method checks from the response curve R [layers, E] (keys `perturb/check_*`)."""
     slopes, local = loglog_slope(eps, curve), local_slopes(eps, curve)
     silent = "the perturbation does not reach later positions at some strength (response 0)"
-    for m in range(layer, n_layers):
-        row = m - layer
-        result.value(f"perturb/slope_l{m}", float(slopes[row]), _FEW_PROMPTS, silent)
-        result.value(f"perturb/slope_spread_l{m}", float(local[row].std(correction=0)), _FEW_PROMPTS, silent)
-    result.value("perturb/slope_small_eps", float(local[:, 0].mean()), _FEW_PROMPTS, silent)
-    result.value("perturb/scale_invariance", scale_invariance(local), _FEW_PROMPTS, silent)
-    linear = linear_range_max_eps(eps, local, tolerance)
+    for row in range(curve.shape[0]):
+        m = layer + row
+        result.value(f"perturb/check_slope_l{m}", float(slopes[row]), _CHECK, silent)
+        result.value(f"perturb/check_slope_spread_l{m}", float(local[row].std(correction=0)), _CHECK, silent)
+    result.value("perturb/check_slope_small_eps", float(local[:, 0].mean()), _CHECK, silent)
+    result.value("perturb/check_scale_invariance", scale_invariance(local), _CHECK, silent)
+    linear, censored = linear_range_max_eps(eps, local, tolerance)
     off = f"the local slope is off 1 by more than tolerance={tolerance} already between the two smallest eps"
-    grid = _FEW_PROMPTS + "; and a grid point, not a statistic"
-    result.value("perturb/linear_range_max_eps", linear, grid, silent if not torch.isfinite(local).all() else off)
+    reason = silent if not torch.isfinite(local).all() else off
+    grid = _CHECK + "; a grid point" + ("; censored: linear over the whole grid, a lower bound" if censored else "")
+    result.value("perturb/check_linear_range_max_eps", linear, grid, reason)
+    flag = "a method check: 1 when every local slope of the grid is linear (check_linear_range_max_eps = eps_max)"
+    result.value("perturb/check_linear_range_censored", float(censored), flag)
     result.raw.update(
         {"perturb/eps": eps.numpy(), "perturb/response": curve.numpy(), "perturb/local_slopes": local.numpy()}
     )
 
-    eps_ind = torch.tensor([induction_eps], dtype=torch.float64)
-    dirs_ind = unit_directions(induction_draws, ctx.model.config.hidden_size, ctx.seed)
-    signature = {}
-    for name, ids in (("repeat", repeat), ("control", control_probe(repeat, r, ctx.seed))):
-        hidden, kwargs = layer_inputs(ctx.model, ids, layer, ctx.batch_size)
-        out = group_responses(ctx.model, hidden, kwargs, layer, positions, eps_ind, dirs_ind, max_rows)
-        signature[name] = out.view(out.shape[0], len(positions), induction_draws, *out.shape[2:])  # [n,J,D,L,s]
-    resp = signature["repeat"]
-    quiet = "no response at the other second-copy positions in this layer"
+
+def report_induction(result: FamilyResult, layer: int, responses: dict, positions: torch.Tensor, r: int) -> None:
+    """induction_excess per layer and its maximum, the induction ratio with its control-probe null, and the
+    raw profiles; responses {"repeat", "control"}: [n, J, D, layers, s]."""
+    target = {name: target_rows(resp, positions, r) for name, resp in responses.items()}  # [n, layers]
     unreached = "no response at j + R - 1 on the control probe in this layer"
-    t_rows, o_rows = induction_rows(resp, positions, r)
-    on_repeat, on_control = target_rows(resp, positions, r), target_rows(signature["control"], positions, r)
-    for m in range(layer, n_layers):
-        c = m - layer
-        ratio_parts = Sample(
-            "ratio_of_sums", t_rows[:, c].numpy(), prompts="random_repeat", weights=o_rows[:, c].numpy()
+    for c in range(target["repeat"].shape[1]):
+        excess = Sample(
+            "ratio_of_sums",
+            target["repeat"][:, c].numpy(),
+            prompts="random_repeat",
+            weights=target["control"][:, c].numpy(),
         )
-        result.stat(f"perturb/induction_ratio_l{m}", ratio_parts, quiet)
-        control_parts = Sample(
-            "ratio_of_sums", on_repeat[:, c].numpy(), prompts="random_repeat", weights=on_control[:, c].numpy()
-        )
-        result.stat(f"perturb/induction_control_l{m}", control_parts, unreached)
-    # per-column denominators [n, layers]: the max over layers of the per-layer ratios of sums
-    ratio_max = Sample("ratio_of_sums", t_rows.numpy(), prompts="random_repeat", weights=o_rows.numpy(), reduce="max")
-    result.stat("perturb/induction_ratio_max", ratio_max, f"{quiet} (every layer)")
-    ratios = columns(ratio_max)  # the per-layer ratios of sums
-    finite = np.isfinite(ratios)
-    argmax = "a layer index (the argmax of the per-layer ratios), not a statistic over prompts"
-    best = layer + int(np.where(finite, ratios, -np.inf).argmax()) if finite.any() else math.nan
-    result.value("perturb/induction_layer", best, argmax, f"{quiet} (every layer)")
-    control_max = Sample(
-        "ratio_of_sums", on_repeat.numpy(), prompts="random_repeat", weights=on_control.numpy(), reduce="max"
+        result.stat(f"perturb/induction_excess_l{layer + c}", excess, unreached)
+    excess_max = Sample(
+        "ratio_of_sums",
+        target["repeat"].numpy(),
+        prompts="random_repeat",
+        weights=target["control"].numpy(),
+        reduce="max",
     )
-    result.stat("perturb/induction_control_max", control_max, f"{unreached} (every layer)")
-    result.raw["perturb/induction_profile"] = induction_profile(resp, positions, r).numpy()
-    result.raw["perturb/induction_positions"] = np.asarray(positions)
-    return result
+    result.stat("perturb/induction_excess_max", excess_max, f"{unreached} (every layer)")
+    ratios = columns(excess_max)
+    finite = np.isfinite(ratios)
+    best = layer + int(np.where(finite, ratios, -np.inf).argmax()) if finite.any() else math.nan
+    argmax = "a layer index (the argmax of the per-layer induction_excess), not a statistic over prompts"
+    result.value("perturb/induction_layer", best, argmax, f"{unreached} (every layer)")
+    quiet = "no response at the other second-copy positions (every layer)"
+    ratio = {}
+    for name, resp in responses.items():
+        t_rows, o_rows = induction_rows(resp, positions, r)
+        ratio[name] = Sample(
+            "ratio_of_sums", t_rows.numpy(), prompts="random_repeat", weights=o_rows.numpy(), reduce="max"
+        )
+    result.stat("perturb/induction_ratio_max", ratio["repeat"], quiet)
+    result.stat("perturb/induction_ratio_max_null", ratio["control"], quiet)
+    result.stat(
+        "perturb/induction_ratio_max_excess",
+        Sample("ratio", of=("perturb/induction_ratio_max", "perturb/induction_ratio_max_null")),
+        quiet,
+    )
+    result.raw.update(
+        {
+            "perturb/induction_response": target["repeat"].mean(0).numpy(),
+            "perturb/induction_response_null": target["control"].mean(0).numpy(),
+            "perturb/induction_ratio": columns(ratio["repeat"]),
+            "perturb/induction_ratio_null": columns(ratio["control"]),
+            "perturb/induction_profile": induction_profile(responses["repeat"], positions, r).numpy(),
+            "perturb/induction_positions": np.asarray(positions),
+        }
+    )
 
 
 def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
