@@ -120,10 +120,13 @@ def test_local_checkpoints_and_disabled_options_are_inactive(tmp_path):
 
 
 def test_bad_prefetch_ahead_is_refused_naming_the_key(tmp_path):
-    from ckptstudy.config import compose_config
+    from ckptstudy.config import ConfigValueError, compose_config
     from ckptstudy.job import run_job
 
-    record = run_job(compose_config([f"paths.root={tmp_path}", "logger=none", "checkpoints.prefetch_ahead=-1"]))
+    overrides = [f"paths.root={tmp_path}", "logger=none", "checkpoints.prefetch_ahead=-1"]
+    with pytest.raises(ConfigValueError, match=r"checkpoints.prefetch_ahead=-1 .*>= 0"):
+        compose_config(overrides)  # at composition
+    record = run_job(compose_config(overrides, check=False))  # a job handed the value anyway refuses it too
     assert record["status"] == "failed" and "weights_sha256" not in record
     assert "checkpoints.prefetch_ahead=-1" in record["error"]["message"] and ">= 0" in record["error"]["message"]
 

@@ -24,9 +24,9 @@ def test_default_sweep_over_every_micro_checkpoint_shows_the_phenomena(micro_sui
     assert induction[last] > 0.3 and induction[last] > 3 * induction[first]
     assert table.loc[last, "icl/repeat_nll_gain"] > 1.0  # second copy far easier than the first
     assert table["rep/natural_rate"].max() > 0.5  # greedy generation loops on many prompts
-    onsets = json.loads((tmp_path / "default" / "onsets.json").read_text())
+    onsets = json.loads((tmp_path / "default" / "onsets.json").read_text())["onsets"]
     # the paper's ordering, as a number: natural repetition appears before the induction heads
-    assert onsets["micro@rep/natural_rate"] < onsets["micro@icl/induction_max"]
+    assert onsets["rep/natural_rate@micro"]["step"] < onsets["icl/induction_max@micro"]["step"]
 
 
 def test_submitit_local_launcher_runs_the_same_jobs(micro_suite, tmp_path):

@@ -435,12 +435,12 @@ def test_multirun_start_warns_once_and_builds_nothing(tmp_path, monkeypatch, cap
     no_training(monkeypatch)
     missing = tmp_path / "no-suite"
     with caplog.at_level(logging.WARNING, logger="ckptstudy.callbacks"):
-        TrajectoryCallback().on_multirun_start(compose_config([f"paths.suite={missing}"]))
+        TrajectoryCallback().on_multirun_start(compose_config([f"paths.suite={missing}"], return_hydra_config=True))
     assert len(caplog.records) == 1 and f"{missing} does not exist" in caplog.text and "`make suite`" in caplog.text
     assert not missing.exists()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ckptstudy.callbacks"):
-        TrajectoryCallback().on_multirun_start(compose_config(["model=pythia-70m"]))
+        TrajectoryCallback().on_multirun_start(compose_config(["model=pythia-70m"], return_hydra_config=True))
     assert caplog.records == []
 
 

@@ -307,10 +307,14 @@ def check_room_to_generate(probes, context: int) -> None:
             )
 
 
-def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
-    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests), and `validate` it."""
+def compose_config(
+    overrides: list[str] | None = None, return_hydra_config: bool = False, check: bool = True
+) -> DictConfig:
+    """Compose conf/config.yaml with overrides, outside a Hydra run (CLI helpers, tests), and `validate` it
+    (`check=False` for a tool that measures nothing, e.g. `ckptstudy-suite`, which only reads the recipe)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
