@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -11,8 +12,23 @@ HEADER = 7  # crc32 (4) + length (2, little endian) + type (1)
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def raw_records(path: Path) -> list[bytes]:
-    data = Path(path).read_bytes()
+def raw_records(path: Path, timeout: float = 30.0) -> list[bytes]:
+    """The records of a run file, once it holds the run's `exit` record (or after `timeout` seconds).
+
+    wandb-core may still be writing the file's last records (artifacts, exit) when `run.finish()` returns:
+    a test that read it at once saw no artifact in about 1 of 3 runs."""
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _parse(Path(path).read_bytes(), path)
+        last = wandb_internal_pb2.Record.FromString(records[-1]).WhichOneof("record_type") if records else None
+        if last == "exit" or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _parse(data: bytes, path: Path) -> list[bytes]:
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     body, out, pending, pos = data[7:], [], b"", 0
     # blocks are aligned on the file, not on the body: the 7-byte file header starts block 0
