@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 CLAIM_COLUMNS = ("id", "statement", "verdict", "reason", "agreement")  # the W&B table of a model's verdicts
+CLAIM_TABLE = "claim_verdicts"  # its key (not under claims/, where each verdict is a summary key)
 
 
 class TrackingError(RuntimeError):
@@ -150,7 +151,7 @@ class Tracker:
         tagged `model:<model>` and `study:<study>`; each file of `artifacts` ({kind: path}, e.g. the report
         and trajectories.csv) is logged as an artifact `<study>-<kind>` of type `<kind>`. `claims`: the
         model's verdicts as rows {id, statement, verdict, reason, agreement}: summary keys `claims/<id>` (the
-        verdict) and a table `claims`."""
+        verdict) and a table `claim_verdicts`."""
         config = {"study": self.study, "model": model}
         tags = [f"model:{model}"[:64], f"study:{self.study}"[:64]]
         name = f"{model}/trajectory"
@@ -171,7 +172,7 @@ class Tracker:
                 run.summary.update({f"claims/{row['id']}": row["verdict"] for row in claims})
                 columns = list(CLAIM_COLUMNS)
                 data = [[str(row[c]) for c in columns] for row in claims]
-                run.log({"claims": wandb.Table(columns=columns, data=data)})
+                run.log({CLAIM_TABLE: wandb.Table(columns=columns, data=data)})
             for key, data in (head_tables or {}).items():
                 run.log({f"heads/{key}": wandb.Table(columns=["step", "layer", "head", "value"], data=data)})
             if plot_path is not None and Path(plot_path).exists():
