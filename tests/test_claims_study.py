@@ -1,16 +1,20 @@
 """Claims at the end of a summary, from the config: a user's claim from a yaml file in a directory of their own
 (picked up with `hydra.searchpath` and `+claims=<file>`), claims.json beside trajectories.csv, the printed
-verdicts, and the W&B trajectory runs' summary keys `claims/<id>` and table, each read back from disk."""
+verdicts, and the W&B trajectory runs' summary keys `claims/<id>` and table, each read back from disk; the claims
+table on the report's first screen in headless Chromium."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from ckptstudy.config import ConfigValueError, compose_config
+from ckptstudy.report.html import render
 from ckptstudy.report.summary import summarize
 from claim_study import SETTINGS, write_claim_study
+from test_report import chromium, run_browser
 from wandb_files import history, run_config, summary
 
 USER_CLAIMS = """\
@@ -133,3 +137,16 @@ def test_a_user_claim_that_is_not_valid_is_refused_at_composition(summarized, tm
         user_config(summarized["root"], tmp_path)
     with pytest.raises(ConfigValueError, match=r"report.verdicts.combine: 'median' is not valid; valid: every, mean"):
         user_config(summarized["root"], summarized["claims_dir"], "report.verdicts.combine=median")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no headless browser: install Debian's `chromium` to run this check")
+def test_the_claims_table_is_on_the_first_screen_in_a_browser(summarized, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(render(summarized["out"]["report_data"], test_hooks=True))
+    dom = run_browser(page, tmp_path, "--virtual-time-budget=20000", "--window-size=1280,800", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    attributes = dict(re.findall(r'data-([a-z]+)="([^"]*)"', re.search(r"<body([^>]*)>", dom.stdout).group(1)))
+    assert attributes.get("checked") == "yes" and json.loads(attributes["errors"].replace("&quot;", '"')) == []
+    # the first verdict row ends inside the window (800 px high, less the browser's own bars in headless mode)
+    assert 0 < int(attributes["claimsrow"]) < int(attributes["viewport"]) <= 800, attributes
+    assert dom.stdout.index('<table class="claims">') < dom.stdout.index('id="onsets"')
