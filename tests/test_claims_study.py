@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from ckptstudy.config import ConfigValueError, compose_config
+from ckptstudy.config import ConfigValueError, compose_config, configured_claims
 from ckptstudy.report.html import render
 from ckptstudy.report.summary import summarize
 from claim_study import SETTINGS, write_claim_study
 from test_report import chromium, run_browser
-from wandb_files import history, run_config, summary
+from wandb_files import artifacts, history, run_config, summary
 
 USER_CLAIMS = """\
 # @package claims.mine
@@ -128,6 +129,7 @@ def test_wandb_trajectory_runs_hold_the_verdicts(summarized):
         for (claim_id, group), verdict in EXPECTED.items():
             if group == model:
                 assert rows[claim_id][2] == verdict and rows[claim_id][3]  # with its reason
+        assert artifacts(by_model[f"{model}/trajectory"])["claims"] == ["claims.json"]
 
 
 def test_a_user_claim_that_is_not_valid_is_refused_at_composition(summarized, tmp_path):
@@ -150,3 +152,21 @@ def test_the_claims_table_is_on_the_first_screen_in_a_browser(summarized, tmp_pa
     # the first verdict row ends inside the window (800 px high, less the browser's own bars in headless mode)
     assert 0 < int(attributes["claimsrow"]) < int(attributes["viewport"]) <= 800, attributes
     assert dom.stdout.index('<table class="claims">') < dom.stdout.index('id="onsets"')
+
+
+def test_the_readme_user_claim_composes_alone_or_with_the_papers(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n# /home/me/my_claims/claims/mine.yaml\n(.*?)```", readme, re.S)
+    (tmp_path / "claims").mkdir()
+    (tmp_path / "claims" / "mine.yaml").write_text(block)
+    search = f"hydra.searchpath=[file://{tmp_path}]"
+    alone = configured_claims(compose_config([search, "claims=[mine]"]))
+    assert [(c.id, c.tests[0].kind) for c in alone] == [
+        ("mine/induction_before_copying", "onset_order"),
+        ("mine/copying_stays_high", "level"),
+    ]
+    level = alone[1].tests[0]
+    assert (level.metric, level.above, level.last, level.combine) == ("icl/icl_repeat_rate", 0.5, 3, "mean")
+    added = {c.id.split("/")[0] for c in configured_claims(compose_config([search, "+claims=mine"]))}
+    assert added == {"mahaut_franzon", "luick", "yona", "mine"}
+    assert configured_claims(compose_config([search, "claims=[]"])) == []

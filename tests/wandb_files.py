@@ -87,3 +87,17 @@ def summary(run_dir: Path) -> dict:
             for item in record.summary.update:
                 out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def artifacts(run_dir: Path) -> dict[str, list[str]]:
+    """The run's logged artifacts as {type: [file path, ...]}."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    out = {}
+    for blob in raw_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "artifact":
+            out[record.artifact.type] = [entry.path for entry in record.artifact.manifest.contents]
+    return out
