@@ -223,8 +223,8 @@ def test_every_model_gets_a_verdict_and_a_line_on_whether_they_agree(study):
     order = {v.group: v.verdict for v in found.of_claim("t/order")}
     assert order == {"m": SUPPORTED, "late": CONTRADICTED}
     assert found.agreement("t/order") == "disagree: contradicted (late); supported (m)"
-    assert found.agreement("t/flat") == f"all 2 agree: {found.of_claim('t/flat')[0].verdict}"
-    assert found.of_group("m") == {"t/order": SUPPORTED, "t/flat": found.of_claim("t/flat")[1].verdict}
+    assert found.agreement("t/flat") == "all 2 agree: supported"  # 0 at every prompt: [0, 0.06] < 1 (Wilson)
+    assert found.of_group("m") == {"t/order": SUPPORTED, "t/flat": SUPPORTED}
 
 
 def test_side_of_an_interval_against_bounds():
