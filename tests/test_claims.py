@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ckptstudy.report.claim_results import study_claims
+from ckptstudy.report.plots import claim_figure
 from ckptstudy.report.resample import resample_records
 from ckptstudy.report.study import load_study
 from ckptstudy.report.table import trajectory_table
@@ -353,3 +355,34 @@ def test_onsets_are_ordered_by_the_checkpoint_they_are_reached_by():
     # 12 vs 25: before; 12 vs 18: same pair (10-20); 5 vs none: before; none vs 30: after; 15 vs 12: same pair
     before, same, after = order_shares(steps, a, b)
     assert (before, same, after) == (0.4, 0.4, 0.2)
+
+
+def test_claim_figure_marks_thresholds_windows_onsets_and_says_why_a_panel_is_empty():
+    steps = [0, 1, 10, 100, 1000]
+    part = pd.DataFrame(
+        {
+            "step": steps,
+            "x/a": [0.0, 0.1, 0.5, 0.9, 1.0],
+            "x/a/ci_low": [0.0, 0.0, 0.4, 0.8, 0.9],
+            "x/a/ci_high": [0.1, 0.2, 0.6, 1.0, 1.0],
+            "x/nan": [math.nan] * 5,
+        }
+    )
+    panels = [
+        ("level: supported", ["x/a"], {"above": 0.5, "steps": [100, 1000]}, [100, 1000]),
+        ("trend: supported", ["x/a"], {"early": [0, 1], "late": [100, 1000]}, [0, 1, 100, 1000]),
+        ("onset_order: supported", ["x/a"], {"onsets": {"x/a": [5.0, 2.0, 8.0]}}, steps),
+        ("level: undetermined", ["x/nan"], {"above": 0.5}, steps),
+        ("level: undetermined", ["x/absent"], {"above": 0.5}, []),
+    ]
+    fig = claim_figure(part, panels)
+    level, trend, onset, nan, absent = fig.axes
+    dotted = [line for line in level.lines if line.get_linestyle() == ":"]
+    assert len(dotted) == 1 and list(dotted[0].get_ydata()) == [0.5, 0.5]  # the threshold
+    assert list(level.lines[1].get_xdata()) == [100, 1000]  # the checkpoints the test read, as larger dots
+    assert len(trend.patches) == 2  # early and late windows, shaded
+    dashed = [line for line in onset.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_xdata()) == [5.0, 5.0] and len(onset.patches) == 1
+    assert [t.get_text() for t in nan.texts] == ["NaN at every checkpoint"]
+    assert [t.get_text() for t in absent.texts] == ["not in the records"]
+    assert not level.texts and level.get_title() == "level: supported"

@@ -218,8 +218,11 @@ def claim_figure(part, panels: list[tuple[str, list[str], dict, list[int]]]) -> 
         for name in ("early", "late"):
             if marks.get(name):
                 ax.axvspan(marks[name][0], marks[name][1], color="grey", alpha=0.15, linewidth=0)
-        if not drawn:
-            ax.text(0.5, 0.5, "not in the records", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        empty = "not in the records" if not drawn else ""
+        if drawn and not np.isfinite(part[drawn].astype(float).to_numpy()).any():
+            empty = "NaN at every checkpoint"
+        if empty:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, transform=ax.transAxes)
         _symlog_axis(ax, 1.0, right)
         ax.set_title(title, fontsize=7)
         ax.tick_params(labelsize=6)
