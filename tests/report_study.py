@@ -68,12 +68,14 @@ def write_study(root: Path, study: str = "demo") -> Path:
 
 
 def study_config(root: Path, study: str = "demo", *overrides: str):
-    """The composed config that summarizes the constructed study: its metrics, `SETTINGS`, no W&B."""
+    """The composed config that summarizes the constructed study: its metrics, `SETTINGS`, no W&B, no claims (the
+    papers' claims read metrics this study does not have; tests add claims of their own)."""
     return compose_config(
         [
             f"paths.root={root}",
             f"study={study}",
             "logger=none",
+            "claims=[]",
             "report.summary_metrics=[x/rate,x/score_max]",
             "report.onset_metrics=[x/rate,x/score_max,x/late]",
             "report.onset_fraction=0.5",

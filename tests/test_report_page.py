@@ -9,10 +9,14 @@ import dataclasses
 import re
 
 import jinja2
+import numpy as np
 import pytest
 
 from ckptstudy.report import html, sections
+from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.summary import summarize
+from ckptstudy.stats.claim_spec import Defaults, parse_claims
+from ckptstudy.stats.claims import Rule, Trajectory, evaluate
 from report_study import study_config, write_study
 
 SECTIONS = ["onsets", "summary", "families", "checkpoints", "nan", "intervals", "provenance"]  # the order read
@@ -21,7 +25,7 @@ STUB = "data:image/png;base64,AAAA"
 
 def stub_figures(patch: pytest.MonkeyPatch) -> None:
     """Figures become a fixed data URI (no matplotlib): the page's structure is what is tested here."""
-    for name in ("trajectory_figure", "head_step_figure", "head_snapshots_figure"):
+    for name in ("trajectory_figure", "head_step_figure", "head_snapshots_figure", "claim_figure"):
         patch.setattr(sections, name, lambda *args, **kwargs: None)
     patch.setattr(sections, "figure", lambda fig, alt: {"alt": alt, "uri": STUB})
 
@@ -80,13 +84,42 @@ def test_families_are_folded_with_their_trajectories_and_heads(page, data):
     assert 'alt="summary metrics trajectories by step"' in summary and "x/rate, x/score_max" in summary
 
 
-def test_no_claims_render_nothing_and_claims_come_first_escaped(page):
+def demo_claims(data, statement: str = "the rate <b>rises</b>") -> ClaimResults:
+    """The verdicts of two claims on the demo study (x/rate rises in both models; x/none is not measured)."""
+    spec = {
+        "rises": {"statement": statement, "test": "trend", "metric": "x/rate", "direction": "up"},
+        "absent": {"statement": "absent", "method_check": True, "test": "level", "metric": "x/none", "above": 0},
+    }
+    defaults = Defaults(last=3, combine="every", window=1 / 3, share=0.95, min_checkpoints=4)
+    claims = parse_claims({"demo": {"paper": "000 a paper", "claims": spec}}, defaults, {})
+    verdicts = evaluate(claims, {"small": trajectory(data)}, Rule(0.5, 2, 0.9))
+    return ClaimResults(claims, verdicts, Rule(0.5, 2, 0.9), defaults, ["small"])
+
+
+def trajectory(data) -> Trajectory:
+    """x/rate of the demo's small model with stand-in intervals and replicates (the page is what is tested)."""
+    ok = data.table[(data.table["model"] == "small") & (data.table["status"] == "ok")]
+    steps = [int(s) for s in ok["step"]]
+    values = dict(zip(steps, ok["x/rate"].astype(float)))
+    traj = Trajectory(steps, {"x/rate": values})
+    traj.intervals["x/rate"] = {s: (v - 0.05, v + 0.05) for s, v in values.items()}
+    traj.replicates["x/rate"] = {s: np.full(20, v) for s, v in values.items()}
+    return traj
+
+
+def test_no_claims_render_nothing_and_claims_come_first_escaped(page, data):
     assert "id=claims" not in page() and "href=#claims" not in page()
-    claims = [{"claim": "heads <b>specialize</b>", "verdict": "supported", "evidence": "N_eff 5.9 -> 3.0"}]
-    text = page(claims=claims)
+    text = page(claims=demo_claims(data))
     assert section_ids(text) == ["claims", *SECTIONS]
-    assert "heads &lt;b&gt;specialize&lt;/b&gt;" in text and "<b>specialize" not in text
-    assert "N_eff 5.9 -&gt; 3.0" in text and "<td class=verdict>supported</td>" in text
+    nav = re.search(r"<nav>(.*?)</nav>", text, re.S).group(1)
+    assert re.findall(r"<a href=#([\w-]+)>", nav)[0] == "claims"
+    assert "the rate &lt;b&gt;rises&lt;/b&gt;" in text and "<b>rises" not in text
+    assert '<td class="verdict supported">supported</td>' in text
+    assert '<td class="verdict undetermined">undetermined</td>' in text
+    claims = text[text.index("<h2 id=claims>") : text.index("<h2 id=onsets>")]
+    assert "x/none is not in the study&#39;s records" in claims and "method check" in claims
+    assert 'alt="demo/rises on small"' in claims and '<a href="#family-x">x/ trajectories</a>' in claims
+    assert "Verdicts: 1 supported, 0 contradicted, 1 undetermined." in claims
 
 
 def test_css_and_test_script_are_inlined_unchanged(data, monkeypatch):

@@ -88,3 +88,32 @@ def run_config(run_dir: Path) -> dict:
                 "name": record.run.display_name,
             }
     return {}
+
+
+def summary(run_dir: Path) -> dict:
+    """The run's summary as {key: value}: every summary update in the run file, later ones winning."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    out = {}
+    for blob in raw_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out
+
+
+def artifacts(run_dir: Path) -> dict[str, list[str]]:
+    """The run's logged artifacts as {type: [file path, ...]}."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    out = {}
+    for blob in raw_records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "artifact":
+            out[record.artifact.type] = [entry.path for entry in record.artifact.manifest.contents]
+    return out

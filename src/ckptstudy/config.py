@@ -1,11 +1,12 @@
 """The config: its structured schema, and `validate`, which refuses bad values right after composition.
 
 Hydra refuses unknown keys, wrong types and unknown choices against the dataclasses below when the config is
-composed. `validate(cfg)` then checks what a schema cannot say: the loop rule, the probe sizes and every metric
-family's parameters against the ranges declared in its `measure` signature (`ckptstudy.params`), each refusal
-naming the key, its value and what is valid. It runs in every entry point before anything is resolved or
-loaded: `compose_config` (CLI helpers, tests), each Hydra job (`job.run_job`) and the start of a multirun
-(`callbacks.TrajectoryCallback`: a bad value refuses the whole sweep before any job launches).
+composed. `validate(cfg)` then checks what a schema cannot say: the loop rule, the probe sizes, every metric
+family's parameters against the ranges declared in its `measure` signature (`ckptstudy.params`) and the claims
+(`conf/claims/`, `stats.claim_spec`), each refusal naming the key, its value and what is valid. It runs in every
+entry point before anything is resolved or loaded: `compose_config` (CLI helpers, tests), each Hydra job
+(`job.run_job`) and the start of a multirun (`callbacks.TrajectoryCallback`: a bad value refuses the whole sweep
+before any job launches).
 
 Values live in the yaml files under conf/ (one source each); the dataclasses hold types, choices (Enums,
 whose error lists the valid values) and, for a model, Pythia's conventions as defaults."""
@@ -28,8 +29,9 @@ from ckptstudy.model import hubcache
 from ckptstudy.model.checkpoints import available_steps
 from ckptstudy.model.neox import PYTHIA_CONTEXT
 from ckptstudy.model.suite_spec import default_suite_dir, spec_from_config
-from ckptstudy.params import check_family
+from ckptstudy.params import check_family, min_effects
 from ckptstudy.probes import check_probe_config
+from ckptstudy.stats.claim_spec import Claim, ClaimConfigError, defaults_from, parse_claims
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here
 PYTHIA_VOCAB = 50304  # Pythia's (padded) vocabulary; its context is model.neox.PYTHIA_CONTEXT
@@ -155,6 +157,17 @@ class BootstrapConf:
 
 
 @dataclass
+class VerdictsConf:
+    """How a claim's test reads the trajectories when the claim does not say (`stats.claim_spec.Defaults`)."""
+
+    last: Any = MISSING  # level, comparison: the last k ok checkpoints, or "all"
+    combine: str = MISSING  # level, comparison: every (each checkpoint's interval) | mean (paired interval of the mean)
+    window: float = MISSING  # trend: early / late = the first / last this share of the swept steps in log(1 + step)
+    share: float = MISSING  # onset order: share of paired replicates the order must hold in
+    min_checkpoints: int = MISSING  # trend, onset order: fewer ok checkpoints give "too few checkpoints"
+
+
+@dataclass
 class ReportConf:
     summary_metrics: list[str] = MISSING  # columns of the printed table and the plot
     onset_metrics: list[str] = MISSING  # metrics whose onset step is reported
@@ -162,6 +175,7 @@ class ReportConf:
     onset_persist: int = MISSING  # the crossing must hold for this many consecutive checkpoints (1 = first crossing)
     bootstrap: BootstrapConf = field(default_factory=BootstrapConf)
     panels_per_family: int = MISSING  # trajectory panels per metric family in report.html
+    verdicts: VerdictsConf = field(default_factory=VerdictsConf)
 
 
 @dataclass
@@ -204,6 +218,7 @@ class Config:
     probes: ProbesConf = field(default_factory=ProbesConf)
     loops: LoopsConf = field(default_factory=LoopsConf)
     metrics: dict[str, Any] = field(default_factory=dict)
+    claims: dict[str, Any] = field(default_factory=dict)  # conf/claims/: one file per paper (stats.claim_spec)
     logger: LoggerConf = field(default_factory=LoggerConf)
     report: ReportConf = field(default_factory=ReportConf)
 
@@ -250,8 +265,9 @@ def model_shape(model_cfg) -> Shape | None:
 
 def validate(cfg: DictConfig) -> None:
     """Refuse a bad value before anything is resolved or loaded, naming the key, the value and what is valid:
-    the loop rule (`loops.*`), the probe sizes (`probes.*`), the `checkpoints` block and every family's
-    parameters (`metrics.*`: unknown, missing, type, range, choice, the family's `check`)."""
+    the loop rule (`loops.*`), the probe sizes (`probes.*`), the `checkpoints` block, every family's
+    parameters (`metrics.*`: unknown, missing, type, range, choice, the family's `check`) and every claim
+    (`claims.*`, `report.verdicts`: `stats.claim_spec`)."""
     loops = cfg.loops
     try:
         definition = getattr(loops.definition, "value", loops.definition)
@@ -273,6 +289,18 @@ def validate(cfg: DictConfig) -> None:
         check_room_to_generate(cfg.probes, shape.context)
     for name, family_cfg in cfg.metrics.items():
         check_family(name, OmegaConf.to_container(family_cfg, resolve=True), shape)
+    configured_claims(cfg)
+
+
+def configured_claims(cfg: DictConfig) -> list[Claim]:
+    """The claims of `cfg.claims` (conf/claims/), read with the defaults of `report.verdicts` and the MIN_EFFECT
+    of the configured metric families; a claim that is not valid is refused naming its key."""
+    try:
+        defaults = defaults_from(cfg.report.verdicts)
+        claims = OmegaConf.to_container(cfg.claims, resolve=True) if cfg.get("claims") else {}
+        return parse_claims(claims, defaults, min_effects(cfg.metrics))
+    except ClaimConfigError as err:
+        raise ConfigValueError(str(err)) from None
 
 
 def validate_sweep(cfg: DictConfig) -> None:

@@ -162,6 +162,16 @@ def measure_function(name: str, target: str | None):
         raise MetricConfigError(f"metrics.{name}._target_={target!r} cannot be imported: {err}") from err
 
 
+def min_effects(metrics_cfg) -> dict[str, float]:
+    """{metric: the smallest effect that counts as present}: the `MIN_EFFECT` of every configured family's module
+    (a family without one adds nothing)."""
+    out: dict[str, float] = {}
+    for name, family_cfg in metrics_cfg.items():
+        fn = measure_function(name, family_cfg.get("_target_"))
+        out.update({k: float(v) for k, v in getattr(inspect.getmodule(fn), "MIN_EFFECT", {}).items()})
+    return out
+
+
 def check_family(name: str, family_cfg: dict, shape=None) -> tuple[Any, dict]:
     """(measure function, parameters) of `metrics.<name>`, after refusing anything not valid (module
     docstring); `shape` (the model's, or None when its yaml does not state it) goes to the module's `check`."""

@@ -1,6 +1,6 @@
-"""What the end of a sweep prints: the summary metrics per checkpoint, onsets with their intervals, flagged
-checkpoints (identical weights or tensors, non-finite values, failures), where the files are, NaN values by reason and
-the records recomputed by this sweep."""
+"""What the end of a sweep prints: the summary metrics per checkpoint, onsets with their intervals, the verdicts of
+the claims, flagged checkpoints (identical weights or tensors, non-finite values, failures), where the files are,
+NaN values by reason and the records recomputed by this sweep."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.onset_results import Onsets
 
 NUMBER = re.compile(r"[-+]?[0-9]*[.]?[0-9]+(e[-+]?[0-9]+)?")
@@ -40,6 +41,22 @@ def onset_lines(found: Onsets) -> list[str]:
     return lines
 
 
+def claim_lines(found: ClaimResults | None) -> list[str]:
+    """`== claims ... ==`, then per claim and model `<verdict> <id> [<model>]: <reason>`, and per claim whether
+    the models agree (with several models); nothing without claims."""
+    if found is None or not found.claims:
+        return []
+    counts = ", ".join(f"{n} {kind}" for kind, n in found.counts().items())
+    lines = [f"== claims ({len(found.claims)} claims x {len(found.groups)} model(s): {counts}) =="]
+    for claim in found.claims:
+        for verdict in found.of_claim(claim.id):
+            label = " (method check)" if claim.method_check else ""
+            lines.append(f"{verdict.verdict:<12} {claim.id}{label} [{verdict.group}]: {verdict.reason}")
+        if found.agreement(claim.id):
+            lines.append(f"{'':<12} {claim.id} across models: {found.agreement(claim.id)}")
+    return lines
+
+
 def flagged_lines(table: pd.DataFrame, directory: Path) -> list[str]:
     """Warnings for identical weights, tensors equal to another step's and non-finite values, and where each
     failed checkpoint's record is."""
@@ -61,9 +78,13 @@ def flagged_lines(table: pd.DataFrame, directory: Path) -> list[str]:
     return lines
 
 
-def file_lines(directory: Path, table_path: Path, plot_path: Path, report_path: Path) -> list[str]:
-    """Where the table, the plot, the offline W&B runs and the report are."""
+def file_lines(
+    directory: Path, table_path: Path, plot_path: Path, report_path: Path, claims_path: Path | None = None
+) -> list[str]:
+    """Where the table, the claims' verdicts, the plot, the offline W&B runs and the report are."""
     lines = [f"results: {table_path}"]
+    if claims_path is not None and Path(claims_path).exists():
+        lines.append(f"claims:  {claims_path}")
     if Path(plot_path).exists():
         lines.append(f"plot:    {plot_path}")
     runs = directory / "wandb"
@@ -91,12 +112,18 @@ def note_lines(nan_reasons: Counter, recomputed: list[dict]) -> list[str]:
 
 
 def print_summary(
-    table: pd.DataFrame, metrics: list[str], found: Onsets, directory: Path, files: list[str], notes: list[str]
+    table: pd.DataFrame,
+    metrics: list[str],
+    found: Onsets,
+    directory: Path,
+    files: list[str],
+    notes: list[str],
+    claims: ClaimResults | None = None,
 ) -> None:
-    """The summary metrics per checkpoint, then onsets, flagged checkpoints, `files` (`file_lines`) and
-    `notes` (`note_lines`)."""
+    """The summary metrics per checkpoint, then onsets, the claims' verdicts, flagged checkpoints, `files`
+    (`file_lines`) and `notes` (`note_lines`)."""
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(f"\n== trajectories ({len(table)} checkpoints) ==")
         print(table[["model", "step", "status", *metrics]].to_string(index=False))
-    for line in [*onset_lines(found), *flagged_lines(table, directory), *files, *notes]:
+    for line in [*onset_lines(found), *claim_lines(claims), *flagged_lines(table, directory), *files, *notes]:
         print(line)

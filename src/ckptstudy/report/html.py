@@ -51,7 +51,7 @@ def page_context(data: ReportData, test_hooks: bool = False) -> dict:
         "span": f"steps {steps[0]}–{steps[-1]}" if steps else "no steps",
         "built": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "level": data.level,
-        "claims": data.claims,
+        "claims": sections.claim_section(data, ok),
         "any_ok": not ok.empty,
         "checkpoints": sections.checkpoint_section(data),
         "nan": sections.nan_section(data),

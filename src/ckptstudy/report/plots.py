@@ -184,3 +184,49 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 def save_figure(fig: Figure, path, dpi: int = 110) -> None:
     """Write the figure as a PNG atomically (readers never see half an image)."""
     atomic_write_bytes(path, png_bytes(fig, dpi))
+
+
+def claim_figure(part, panels: list[tuple[str, list[str], dict, list[int]]]) -> Figure:
+    """A small figure of one claim on one model: per test (`panels`: title, metrics, marks, steps read) its
+    metrics over training on a symlog step axis with their interval bands (`part`: the model's ok rows of the
+    trajectories table), the checkpoints the test read as larger dots, and its marks: thresholds (`above`,
+    `below`: dotted lines), trend windows (`early`, `late`: shaded) and onsets (`onsets`: {metric: [onset, low,
+    high]}, dashed with the interval shaded)."""
+    fig = Figure(figsize=(3.2 * len(panels), 1.9))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    part = part.sort_values("step")
+    x = part["step"].to_numpy(dtype=float)
+    right = max(float(x.max()) if len(x) else 1.0, 1.0) * 1.3
+    for ax, (title, metrics, marks, used) in zip(axes, panels):
+        drawn = [m for m in metrics if m in part.columns]
+        for i, metric in enumerate(drawn):
+            y, colour = part[metric].astype(float).to_numpy(), f"C{i}"
+            ax.plot(x, y, marker="o", markersize=2, linewidth=1, color=colour, label=metric)
+            band = _band(part, metric)
+            if band is not None and np.isfinite(band[0]).any():
+                ax.fill_between(x, band[0], band[1], color=colour, alpha=0.2, linewidth=0)
+            read = np.isin(x, np.asarray(used, dtype=float))
+            ax.plot(x[read], y[read], "o", markersize=4, color=colour)
+            onset = (marks.get("onsets") or {}).get(metric)
+            if onset and np.isfinite(onset[0]):
+                ax.axvline(onset[0], linestyle="--", linewidth=1, color=colour)
+                if np.isfinite(onset[1]) and np.isfinite(onset[2]):
+                    ax.axvspan(onset[1], onset[2], color=colour, alpha=0.1, linewidth=0)
+        for name in ("above", "below"):
+            if marks.get(name) is not None:
+                ax.axhline(marks[name], linestyle=":", linewidth=1.2, color="black")
+        for name in ("early", "late"):
+            if marks.get(name):
+                ax.axvspan(marks[name][0], marks[name][1], color="grey", alpha=0.15, linewidth=0)
+        empty = "not in the records" if not drawn else ""
+        if drawn and not np.isfinite(part[drawn].astype(float).to_numpy()).any():
+            empty = "NaN at every checkpoint"
+        if empty:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        _symlog_axis(ax, 1.0, right)
+        ax.set_title(title, fontsize=7)
+        ax.tick_params(labelsize=6)
+        if len(drawn) > 1:
+            ax.legend(fontsize=5, loc="best")
+    fig.subplots_adjust(left=0.1 / len(panels), right=0.98, bottom=0.17, top=0.86, wspace=0.3)
+    return fig

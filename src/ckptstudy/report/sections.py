@@ -1,9 +1,10 @@
 """The sections of report.html as plain data for its template (`templates/report.html`): rows of strings,
 figures as PNG data URIs. Nothing here writes HTML; the template escapes every string.
 
-Sections, findings first: claims (none yet: another piece of work will supply verdicts of the papers'
-claims), onsets, the summary metrics' trajectories, then per metric family (folded) its trajectory panels and
-its layer x head arrays over training; then checkpoints, NaN reasons, intervals and how the report was made.
+Sections, findings first: the verdicts of the configured claims (one row per claim and model, with a small plot
+and a link to the family's trajectories), onsets, the summary metrics' trajectories, then per metric family
+(folded) its trajectory panels and its layer x head arrays over training; then checkpoints, NaN reasons,
+intervals and how the report was made.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.onset_results import Onsets
-from ckptstudy.report.plots import head_snapshots_figure, head_step_figure, png_bytes, trajectory_figure
+from ckptstudy.report.plots import (
+    claim_figure,
+    head_snapshots_figure,
+    head_step_figure,
+    png_bytes,
+    trajectory_figure,
+)
 from ckptstudy.report.provenance import command_line
 from ckptstudy.report.study import is_head_array
 from ckptstudy.results import RECORD_COLUMNS, step_number
@@ -32,8 +40,8 @@ SHOWN_PLACES = 12  # places listed per (metric, reason) row
 
 @dataclass
 class ReportData:
-    """Everything the report shows, assembled by `summary.summarize` from the study's records. `claims`:
-    rows with `claim`, `verdict` and `evidence` (shown first when there are any)."""
+    """Everything the report shows, assembled by `summary.summarize` from the study's records; `claims` (the
+    verdicts of the configured claims, shown first) is None when no claim is configured."""
 
     study: str
     directory: Path
@@ -46,7 +54,7 @@ class ReportData:
     interval_reasons: dict  # (model, step) -> {key: why its interval is NaN}
     panels_per_family: int
     bootstrap_seconds: float  # time spent resampling stored samples for this report
-    claims: list = field(default_factory=list)
+    claims: ClaimResults | None = None
     built_by: str = field(default_factory=command_line)
 
     @property
@@ -90,6 +98,77 @@ def tokens_per_step(records: list[dict]) -> dict[str, float | None]:
         if out.get(record.get("model")) is None:
             out[record.get("model")] = float(value) if value else None
     return out
+
+
+# --- claims ---------------------------------------------------------------------------------------------------
+
+
+def claims_rule(found: ClaimResults, level: int) -> str:
+    """How verdicts are decided, in words."""
+    d = found.defaults
+    last = "every ok checkpoint" if d.last is None else f"the last {d.last} ok checkpoints"
+    combine = "each on its own interval" if d.combine == "every" else "their mean, with a paired interval"
+    return (
+        "Each claim of conf/claims/ is decided per model: supported, contradicted, or undetermined with its reason "
+        "(an interval that spans the threshold, no onset within the swept steps, a NaN and its reason, a withheld "
+        f"interval, too few checkpoints, a metric not measured). Unless a claim says otherwise, a level or a "
+        f"comparison reads {last} ({combine}); a trend compares the first and last {d.window:.0%} of the swept "
+        "steps in log(1 + step) (late mean - early mean); an onset order must hold in "
+        f"{d.share:.0%} of the paired bootstrap replicates (the same prompt resample at every checkpoint), where "
+        f"differences and means are computed too. Intervals: {level}%. A `min_effect` threshold is the MIN_EFFECT "
+        "of the family that reports the metric (presence). Large dots: the checkpoints a test read; dotted: "
+        "thresholds; shaded grey: trend windows; dashed: onsets (shaded: their intervals)."
+    )
+
+
+def claim_rows(data: ReportData, ok) -> list[dict]:
+    """Per claim: its id, statement, paper, label and note, a row per model (verdict, evidence, a small plot of
+    the metrics it read, links to their families' trajectories) and the agreement line."""
+    found = data.claims
+    families = {c.split("/")[0] for c in metric_columns(data.table)}
+    out = []
+    for claim in found.claims:
+        rows = []
+        for verdict in found.of_claim(claim.id):
+            part = ok[ok["model"] == verdict.group]
+            panels = [
+                (f"{t.kind}: {o.verdict}", t.metrics, o.marks, o.steps) for t, o in zip(claim.tests, verdict.outcomes)
+            ]
+            tests = list(zip(claim.tests, verdict.outcomes))
+            evidence = [f"{t.kind} ({', '.join(t.metrics)}): {o.verdict}: {o.reason}" for t, o in tests]
+            if len(tests) == 1:
+                evidence = [verdict.reason]
+            links = [f for f in dict.fromkeys(m.split("/")[0] for m in claim.metrics) if f in families]
+            alt = f"{claim.id} on {verdict.group}"
+            rows.append(
+                {
+                    "model": verdict.group,
+                    "verdict": verdict.verdict,
+                    "evidence": evidence,
+                    "figure": figure(claim_figure(part, panels), alt),
+                    "links": [{"href": f"#family-{f}", "label": f"{f}/ trajectories"} for f in links],
+                }
+            )
+        out.append(
+            {
+                "id": claim.id,
+                "statement": claim.statement,
+                "paper": claim.paper,
+                "label": "method check" if claim.method_check else "",
+                "note": claim.note,
+                "rows": rows,
+                "agreement": found.agreement(claim.id),
+            }
+        )
+    return out
+
+
+def claim_section(data: ReportData, ok) -> dict | None:
+    """The claims section (None when no claim is configured): the rule in words, the counts and the rows."""
+    if data.claims is None or not data.claims.claims:
+        return None
+    counts = ", ".join(f"{n} {kind}" for kind, n in data.claims.counts().items())
+    return {"rule": claims_rule(data.claims, data.level), "counts": counts, "rows": claim_rows(data, ok)}
 
 
 # --- onsets ---------------------------------------------------------------------------------------------------

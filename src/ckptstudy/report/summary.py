@@ -1,6 +1,7 @@
 """End of a sweep, from records alone, every setting from the composed config: trajectories.csv (with interval
-and cross-step columns), onsets.json (with onset intervals), the plot, report.html, the W&B trajectory runs
-(the report and the table as artifacts) and the printed summary.
+and cross-step columns), onsets.json (with onset intervals), claims.json (the verdicts of the configured claims),
+the plot, report.html, the W&B trajectory runs (the report and the table as artifacts, the verdicts as summary
+keys and a table) and the printed summary.
 
 The multirun-end callback, `ckptstudy-report` and `ckptstudy-refine` run `summarize`, so a sweep run on a
 cluster or in pieces is assembled afterwards from its records. The work is in the modules named below; this
@@ -12,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptstudy import results
+from ckptstudy.config import configured_claims
 from ckptstudy.report import console
+from ckptstudy.report.claim_results import ClaimResults, study_claims, write_claims
 from ckptstudy.report.html import write_report
 from ckptstudy.report.onset_results import Onsets, study_onsets, write_onsets
 from ckptstudy.report.plots import save_figure, trajectory_figure
@@ -22,6 +25,8 @@ from ckptstudy.report.study import Study, load_study
 from ckptstudy.report.table import head_tables, trajectory_table
 from ckptstudy.report.tracking import Tracker, enabled
 from ckptstudy.stats.bootstrap import without_samples
+from ckptstudy.stats.claim_spec import defaults_from
+from ckptstudy.stats.claims import Rule
 
 
 def cross_step_settings(metrics_cfg) -> dict:
@@ -46,14 +51,17 @@ def recomputed_since(records: list[dict], since: str | None) -> list[dict]:
     return [r for r in records if r.get("recomputed_because") and (since is None or r.get("finished_at", "") >= since)]
 
 
-def log_trajectories(cfg, study: Study, table, found: Onsets, plot_path: Path, artifacts: dict) -> None:
+def log_trajectories(
+    cfg, study: Study, table, found: Onsets, plot_path: Path, artifacts: dict, claims: ClaimResults | None
+) -> None:
     """One W&B trajectory run per model (config `logger`; nothing when W&B is off)."""
     if not enabled(cfg.logger):
         return
     models = sorted(table["model"].unique())
     heads = {m: head_tables(study.records, study.arrays, m) for m in models}
+    verdicts = {m: claims.rows(m) for m in models} if claims is not None else None
     tracker = Tracker(cfg.logger, study.directory, study.name)
-    tracker.log_trajectories(table, {m: found.of_model(m) for m in models}, heads, plot_path, artifacts)
+    tracker.log_trajectories(table, {m: found.of_model(m) for m in models}, heads, plot_path, artifacts, verdicts)
 
 
 def summarize(cfg, since: str | None = None) -> dict:
@@ -76,6 +84,10 @@ def summarize(cfg, since: str | None = None) -> dict:
         table, study.records, resampled, onset_metrics, report.onset_fraction, report.onset_persist, settings["level"]
     )
     write_onsets(study.directory / "onsets.json", found, settings)
+    rule = Rule(float(report.onset_fraction), int(report.onset_persist), settings["level"])
+    claims = configured_claims(cfg)
+    verdicts = study_claims(claims, defaults_from(report.verdicts), table, study.records, resampled, rule)
+    claims_path = write_claims(study.directory / "claims.json", verdicts, settings)
     plot_path = plot_summary(study.directory / "trajectories.png", table, summary_metrics, found)
     data = ReportData(
         study=study.name,
@@ -89,13 +101,15 @@ def summarize(cfg, since: str | None = None) -> dict:
         interval_reasons=resampled.reasons,
         panels_per_family=int(report.panels_per_family),
         bootstrap_seconds=resampled.seconds + found.seconds,
+        claims=verdicts,
     )
     report_path = write_report(study.directory / "report.html", data)
-    log_trajectories(cfg, study, table, found, plot_path, {"report": report_path, "trajectories": path})
+    artifacts = {"report": report_path, "trajectories": path, "claims": claims_path}
+    log_trajectories(cfg, study, table, found, plot_path, artifacts, verdicts)
     recomputed = recomputed_since(study.records, since)
-    files = console.file_lines(study.directory, path, plot_path, report_path)
+    files = console.file_lines(study.directory, path, plot_path, report_path, claims_path)
     notes = console.note_lines(console.nan_reason_counts(study.records), recomputed)
-    console.print_summary(table, summary_metrics, found, study.directory, files, notes)
+    console.print_summary(table, summary_metrics, found, study.directory, files, notes, verdicts)
     failed = table[table["status"] != "ok"]
     return {
         "table": path,
@@ -104,6 +118,8 @@ def summarize(cfg, since: str | None = None) -> dict:
         "report_data": data,
         "onsets": found.steps,
         "onset_intervals": found.intervals,
+        "claims": verdicts,
+        "claims_path": claims_path,
         "failed": failed[["model", "step"]].values.tolist(),
         "recomputed": len(recomputed),
         "bootstrap_seconds": data.bootstrap_seconds,

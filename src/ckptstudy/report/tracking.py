@@ -22,6 +22,10 @@ from ckptstudy.report.plots import heatmap_figure, png_bytes
 log = logging.getLogger(__name__)
 
 
+CLAIM_COLUMNS = ("id", "statement", "verdict", "reason", "agreement")  # the W&B table of a model's verdicts
+CLAIM_TABLE = "claim_verdicts"  # its key (not under claims/, where each verdict is a summary key)
+
+
 class TrackingError(RuntimeError):
     """W&B failed and `logger.strict=true` asked for that to be fatal."""
 
@@ -141,10 +145,13 @@ class Tracker:
         head_tables: dict[str, list[list]] | None = None,
         plot_path: Path | None = None,
         artifacts: dict[str, Path] | None = None,
+        claims: list[dict] | None = None,
     ) -> str | None:
         """One `job_type=trajectory` run per model: every ok checkpoint in step order against `train/step`,
         tagged `model:<model>` and `study:<study>`; each file of `artifacts` ({kind: path}, e.g. the report
-        and trajectories.csv) is logged as an artifact `<study>-<kind>` of type `<kind>`."""
+        and trajectories.csv) is logged as an artifact `<study>-<kind>` of type `<kind>`. `claims`: the
+        model's verdicts as rows {id, statement, verdict, reason, agreement}: summary keys `claims/<id>` (the
+        verdict) and a table `claim_verdicts`."""
         config = {"study": self.study, "model": model}
         tags = [f"model:{model}"[:64], f"study:{self.study}"[:64]]
         name = f"{model}/trajectory"
@@ -161,6 +168,11 @@ class Tracker:
                 values = {c: float(row[c]) for c in metric_cols if _is_number(row[c])}
                 run.log({"train/step": int(row["step"]), **values})
             run.summary.update({f"onset/{k}": v for k, v in onsets.items()})
+            if claims:
+                run.summary.update({f"claims/{row['id']}": row["verdict"] for row in claims})
+                columns = list(CLAIM_COLUMNS)
+                data = [[str(row[c]) for c in columns] for row in claims]
+                run.log({CLAIM_TABLE: wandb.Table(columns=columns, data=data)})
             for key, data in (head_tables or {}).items():
                 run.log({f"heads/{key}": wandb.Table(columns=["step", "layer", "head", "value"], data=data)})
             if plot_path is not None and Path(plot_path).exists():
@@ -180,10 +192,14 @@ class Tracker:
         head_tables: dict[str, dict[str, list[list]]],
         plot_path: Path | None = None,
         artifacts: dict[str, Path] | None = None,
+        claims: dict[str, list[dict]] | None = None,
     ) -> None:
-        """`log_trajectory` for every model of the table: `onsets` and `head_tables` are keyed by model."""
+        """`log_trajectory` for every model of the table: `onsets`, `head_tables` and `claims` are keyed by model."""
         for model in sorted(table["model"].unique()):
-            self.log_trajectory(model, table, onsets.get(model, {}), head_tables.get(model), plot_path, artifacts)
+            verdicts = (claims or {}).get(model)
+            self.log_trajectory(
+                model, table, onsets.get(model, {}), head_tables.get(model), plot_path, artifacts, verdicts
+            )
 
 
 def _artifact_name(name: str) -> str:

@@ -22,6 +22,12 @@
     for(var i=0;i<imgs.length;i++){ if(!decoded(imgs[i])) bad.push(imgs[i].alt); }
     document.body.setAttribute('data-images', String(imgs.length));
     document.body.setAttribute('data-undecoded', JSON.stringify(bad));
+    // the first screen: where the claims table's first verdict row ends, against the window's height
+    var claims=document.querySelector('table.claims');
+    if(claims && claims.rows.length>1){
+      document.body.setAttribute('data-claimsrow', String(Math.round(claims.rows[1].getBoundingClientRect().bottom)));
+    }
+    document.body.setAttribute('data-viewport', String(window.innerHeight));
     note();
     document.body.setAttribute('data-checked', 'yes');
   });
