@@ -35,11 +35,13 @@ import torch
 from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import Generation, NaturalLoops
+from ckptstudy.measure.precision import Tolerance
 from ckptstudy.metrics import FamilyResult
 from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample
 
 DEFINITION_VERSION = 2  # 2: degenerate-loop rates; cycle entropies over one fixed set of loops, within-loop slope
+TOLERANCE = Tolerance(rtol=0.05, atol=0.02)  # PLACEHOLDER
 ONSET_KEYS = ("rep/onset_mean", "rep/onset_median", "rep/onset_p10", "rep/onset_p90", "rep/period_median")
 
 
