@@ -73,6 +73,11 @@ TINY_PROBES = [  # --tiny: fewer and shorter rows still (the test in `make test`
     "loops.new_tokens=16",
     "metrics.perturb.position=8",
     "metrics.perturb.induction_positions=4",
+    "metrics.perturb.n_eps=4",
+    "metrics.perturb.draws=2",
+    "metrics.sink.repeat_k=16",
+    "metrics.sink.n_tokens=4",
+    "metrics.sink.text_rows=1",
 ]
 # the fused statistics against the eager reference: largest |fused - eager| per row and query, by compute dtype
 FUSED_ATOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
@@ -336,7 +341,7 @@ def check_model(
         predicted = predictions(check, overrides, dtype, gpu, machine) or {}
         rows = {}
         for family, got in measured.items():
-            row = {k: got[k] for k in ("dtype", "seconds", "peak_bytes", "error")}
+            row = {k: got[k] for k in ("dtype", "seconds", "peak_bytes", "error", "scalars")}
             row["predicted"] = predicted.get(family)
             if family in tolerances:
                 if got["error"] or reference[family]["error"]:
