@@ -161,16 +161,23 @@ class Meter:
             self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
 
 
-def run_families(model: torch.nn.Module, tokenizer, probes, cfg, device: str) -> dict[str, dict]:
+def run_families(model: torch.nn.Module, tokenizer, probes, cfg, device: str, reference=None) -> dict[str, dict]:
     """Every enabled family of `cfg` on `model` as a job runs it (`job.measure_families`: each in its compute
-    dtype), one at a time, after the shared natural generation: {family: scalars, dtype, seconds, peak_bytes,
-    error}."""
+    dtype), one at a time, after the natural greedy generation: {family: scalars, dtype, seconds, peak_bytes,
+    error}. With `reference` (the reference run's `NaturalLoops`), the families read the reference's continuations
+    instead of this model's own: greedy decoding is a chain of argmaxes, one near-tie flips a token and the rest of
+    the continuation differs (common on a random-init model's flat logits), so comparing statistics of different
+    texts would test the argmax, not the arithmetic. The generation's own agreement is reported instead
+    (`agreement`: share of continuation tokens before each row's first difference; `entropy_max_abs` over them)."""
     ctx = JobContext.from_config(cfg, model, tokenizer, probes)
-    out = {}
     with Meter(device) as meter:
-        ctx.natural_loops()
-    out[GENERATION] = {"scalars": {}, "dtype": str(next(model.parameters()).dtype)[6:], "error": None}
-    out[GENERATION].update(seconds=meter.seconds, peak_bytes=meter.peak_bytes)
+        own = ctx.natural_loops()
+    row = {"scalars": {}, "dtype": str(next(model.parameters()).dtype)[6:], "error": None, "loops": own}
+    row.update(seconds=meter.seconds, peak_bytes=meter.peak_bytes)
+    if reference is not None:
+        row.update(generation_agreement(own, reference))
+        ctx.shared["natural_loops"] = reference
+    out = {GENERATION: row}
     for name, family_cfg in cfg.metrics.items():
         dtypes: dict[str, str] = {}
         with Meter(device) as meter:
@@ -183,6 +190,16 @@ def run_families(model: torch.nn.Module, tokenizer, probes, cfg, device: str) ->
             "error": errors.get(name),
         }
     return out
+
+
+def generation_agreement(own, reference) -> dict[str, float]:
+    """How far two runs' greedy continuations agree: the share of tokens before each row's first difference
+    (1 = identical), and the largest next-token entropy difference over those tokens."""
+    a, b = own.generation.ids.cpu(), reference.generation.ids.cpu()
+    same = (a == b).long().cumprod(dim=1).bool()  # True up to each row's first difference
+    entropy = (own.generation.entropy.cpu().double() - reference.generation.entropy.cpu().double()).abs()
+    worst = float(entropy[same].max()) if same.any() else float("nan")
+    return {"agreement": float(same.double().mean()), "entropy_max_abs": worst}
 
 
 def family_tolerances(cfg) -> dict[str, Tolerance]:
@@ -330,6 +347,7 @@ def check_model(
     probes = cached_probes(cfg.probes, check.tokenizer, Path(cfg.paths.root) / "cache" / "probes")
     tolerances = family_tolerances(cfg)
     reference = run_families(check.model, check.tokenizer, probes, cfg, "cpu")
+    loops = reference[GENERATION].pop("loops")
     runs = {}
     for dtype in dtypes:
         if device == "cpu" and dtype == "float32":
@@ -337,11 +355,13 @@ def check_model(
         else:
             model = cast_as_loaded(check.model, device, DTYPES[dtype])
             with attention_stats.portable_lse(lse == "portable"):
-                measured = run_families(model, check.tokenizer, probes, cfg, device)
+                measured = run_families(model, check.tokenizer, probes, cfg, device, loops)
+            measured[GENERATION].pop("loops", None)
         predicted = predictions(check, overrides, dtype, gpu, machine) or {}
         rows = {}
         for family, got in measured.items():
             row = {k: got[k] for k in ("dtype", "seconds", "peak_bytes", "error", "scalars")}
+            row.update({k: got[k] for k in ("agreement", "entropy_max_abs") if k in got})
             row["predicted"] = predicted.get(family)
             if family in tolerances:
                 if got["error"] or reference[family]["error"]:
@@ -409,6 +429,8 @@ def render(result: dict) -> str:
                 pred = row.get("predicted") or {}
                 ok = {True: "yes", False: "NO", None: ""}[row.get("ok")]
                 diff = f"{row['max_abs']:.2e}" if "max_abs" in row else "-"
+                if "agreement" in row:  # the generation: share of tokens equal to the reference's (not a check)
+                    diff = f"agree {row['agreement']:.2f}"
                 rel = f"{row['max_rel']:.2e}" if "max_rel" in row else "-"
                 lines.append(
                     f"{model:<12} {dtype:<9} {family[:28]:<28} {row['dtype']:<11} {diff:>10} {rel:>9} {ok:<4} "
