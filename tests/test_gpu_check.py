@@ -30,6 +30,8 @@ def test_tiny_check_on_cpu_passes_and_writes_its_json(micro_suite, tmp_path, cap
         fused = rows["fused vs eager"]["backends"]
         assert fused["math"]["ok"] and fused["math"]["max_abs"] < fused["math"]["atol"]
     assert runs["float32"]["perturb"]["max_abs"] == 0  # on CPU in float32 the run is the reference itself
+    generation = runs["bfloat16"][gpu_check.GENERATION]  # its own greedy continuations, against the reference's
+    assert 0 <= generation["agreement"] <= 1 and "ok" not in generation
     assert runs["bfloat16"]["icl_heads"]["max_abs"] > 0  # a real half-precision run, not the reference again
 
 
@@ -93,3 +95,18 @@ def test_detected_gpus_map_to_the_plans_classes(name, memory, want):
 def test_an_unknown_gpu_is_named_with_its_stand_in():
     cls, note = gpu_check.match_gpu("NVIDIA L40S", 48.0)
     assert cls == "A100-40GB" and note == "unknown GPU NVIDIA L40S (48 GB): predictions for A100-40GB"
+
+
+def test_generation_agreement_counts_tokens_before_the_first_difference():
+    from types import SimpleNamespace
+
+    import torch
+
+    def loops(ids, entropy):
+        return SimpleNamespace(generation=SimpleNamespace(ids=torch.tensor(ids), entropy=torch.tensor(entropy)))
+
+    ref = loops([[1, 2, 3, 4], [5, 6, 7, 8]], [[0.5] * 4, [0.25] * 4])
+    assert gpu_check.generation_agreement(ref, ref) == {"agreement": 1.0, "entropy_max_abs": 0.0}
+    # row 1 differs at its third token (and agrees again after: still counted as differing)
+    other = loops([[1, 2, 3, 4], [5, 6, 0, 8]], [[0.5, 0.5, 0.5, 0.75], [0.25, 0.5, 0.25, 0.25]])
+    assert gpu_check.generation_agreement(other, ref) == {"agreement": 0.75, "entropy_max_abs": 0.25}

@@ -447,6 +447,32 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(result: dict) -> str:
+    """The precision table (README "Precision"): per model, family and dtype, max |diff| / max relative diff against
+    the CPU float32 reference, the dtype the family computed in, and whether it is within the family's tolerance."""
+    lines = ["| model | family | " + " | ".join(result["dtypes"]) + " |", "|---|---|" + "---|" * len(result["dtypes"])]
+    for model, m in result["models"].items():
+        for family in next(iter(m["runs"].values())):
+            cells = []
+            for dtype in result["dtypes"]:
+                row = m["runs"][dtype][family]
+                if "backends" in row:
+                    measured = [b for b in row["backends"].values() if "max_abs" in b]
+                    worst = max(b["max_abs"] for b in measured) if measured else float("nan")
+                    cells.append(f"{worst:.1e} per query ({len(measured)} backends) {'yes' if row['ok'] else '**NO**'}")
+                elif "agreement" in row:
+                    cells.append(f"tokens agree {row['agreement']:.2f}")
+                elif "max_abs" in row:
+                    within = "yes" if row["ok"] else "**NO**"
+                    cells.append(f"{row['max_abs']:.1e} / {row['max_rel']:.1e} ({row['dtype']}) {within}")
+                elif row.get("dtype") == "float32" and dtype == "float32":
+                    cells.append("reference")
+                else:
+                    cells.append(f"failed: {row.get('error')}")
+            lines.append(f"| {model} | {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_check(device: str, dtypes: list[str], models: list[str], lse: str, tiny: bool) -> dict:
     """The whole check as a dict (what outputs/gpu_check.json holds)."""
     overrides = PROBES + (TINY_PROBES if tiny else [])
@@ -493,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny probes and models (seconds on CPU; for the tests)")
     parser.add_argument("--out", default="outputs/gpu_check.json", help="where the JSON result goes")
+    parser.add_argument("--markdown", action="store_true", help="also print the precision table as markdown")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(
@@ -506,6 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     print(render(result))
+    if args.markdown:
+        print(markdown_table(result))
     print(f"written: {out}")
     sys.exit(0 if result["ok"] else 1)
 
