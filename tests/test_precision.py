@@ -101,3 +101,20 @@ def test_every_family_states_a_tolerance_and_perturb_computes_in_float32():
     assert set(tolerances) == {"icl_heads", "repetition", "low_info", "sink", "perturb"}
     assert all(t.rtol > 0 and t.atol >= 0 for t in tolerances.values())
     assert perturb.COMPUTE_DTYPE == "float32"
+
+
+def test_portable_lse_takes_the_non_cpu_route_on_cpu(monkeypatch):
+    from ckptstudy.measure import attention_stats
+
+    calls = []
+    blockwise = attention_stats.blockwise_logsumexp
+    monkeypatch.setattr(attention_stats, "blockwise_logsumexp", lambda *a, **k: calls.append(1) or blockwise(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 40, 8, generator=gen), torch.randn(2, 3, 40, 8, generator=gen)
+    out, lse = attention_stats.attention_with_lse(q, k, k, 0.3)
+    assert calls == []  # CPU: the fused kernel's own logsumexp
+    with attention_stats.portable_lse():
+        out_p, lse_p = attention_stats.attention_with_lse(q, k, k, 0.3)
+    assert calls == [1]  # the route CUDA takes: SDPA + blockwise_logsumexp
+    torch.testing.assert_close(lse_p, lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out_p, out, atol=1e-5, rtol=1e-5)
