@@ -118,3 +118,14 @@ def test_portable_lse_takes_the_non_cpu_route_on_cpu(monkeypatch):
     assert calls == [1]  # the route CUDA takes: SDPA + blockwise_logsumexp
     torch.testing.assert_close(lse_p, lse, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out_p, out, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bfloat16_job_records_the_dtype_each_family_computed_in(micro_suite, tmp_path):
+    from ckptstudy.job import run_job
+
+    overrides = ["experiment=smoke", "metrics=[low_info,perturb]", "dtype=bfloat16", "logger=none"]
+    where = [f"paths.root={tmp_path}", f"model.path='{micro_suite}/step{{step}}'"]
+    record = run_job(compose_config([*overrides, *where]))
+    assert record["status"] == "ok", record.get("error")
+    assert record["family_dtypes"] == {"low_info": "bfloat16", "perturb": "float32"}
+    assert record["metrics"]["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.05)  # linear at 1e-4

@@ -526,6 +526,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--device {args.device}: torch sees no CUDA device (torch {torch.__version__}, "
             f"built with CUDA {torch.version.cuda}); use --device cpu to run the check on CPU"
         )
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(args.device))  # synchronize and the peak statistics read this device
     dtypes = _names(args.dtypes, ("float32", "bfloat16", "float16"), "dtypes")
     models = _names(args.models or ("micro,tiny" if args.tiny else "micro,pythia-160m"), MODELS, "models")
     result = run_check(args.device, dtypes, models, args.lse, args.tiny)
