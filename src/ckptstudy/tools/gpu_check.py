@@ -9,7 +9,8 @@ models of Pythia shapes built here (`pythia-14m`, `pythia-160m`; `tiny` = 2 laye
 Every model runs every metric family on CPU in float32 (the reference), then on `--device` in each of `--dtypes`;
 each run is a fresh copy of the reference weights, cast like a load in that dtype (parameters only: buffers such
 as the rotary frequencies stay float32; on the micro suite bit for bit what `load_model(dtype=...)` gives). Every
-run's families read the reference's greedy continuations (`run_families`); their own agreement is reported. Checks, each a row of the table and of outputs/gpu_check.json:
+run's families read the reference's greedy continuations (`run_families`); their own agreement is reported.
+Checks, each a row of the table and of outputs/gpu_check.json:
 - family: every family's scalars on the device within the family's `TOLERANCE` of the CPU float32 reference
   (`ckptstudy.measure.precision.compare`; thresholded keys are listed, not checked), in the dtype the family
   computes in (`COMPUTE_DTYPE`; recorded); its wall time (`torch.cuda.synchronize` before reading the clock)
