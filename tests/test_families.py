@@ -239,6 +239,7 @@ def test_the_readme_template_is_a_family_a_job_runs(tmp_path, micro_suite, monke
     record = run_job(compose_config([*overrides, *where]))
     assert record["status"] == "ok", record.get("error")
     assert record["definitions"][name] == module.DEFINITION_VERSION
+    assert record["family_dtypes"] == {name: "float32"}  # what it computed in (a float32 job)
     stats = [k for k in record["metrics"] if k not in record["no_interval"]]
     assert stats and all(record["ci"][k][0] <= record["metrics"][k] <= record["ci"][k][1] for k in stats)
     assert record["no_interval"] and all(len(why) > 10 for why in record["no_interval"].values())

@@ -11,6 +11,7 @@ then the weights.
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import fingerprint, results
 from ckptstudy.config import validate
+from ckptstudy.measure import precision
 from ckptstudy.metrics import FamilyResult, JobContext
 from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.suite_spec import checkpoint_problem
@@ -104,8 +106,9 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         constant_tensors=hashes.constant,
     )
     ctx = JobContext.from_config(cfg, model, tokenizer, probes)
+    record["family_dtypes"] = {}  # the dtype each family computed in (measure/precision.py)
     with checkpoints.ActivationGuard(model) as guard:
-        measured, errors = measure_families(ctx, cfg.metrics)
+        measured, errors = measure_families(ctx, cfg.metrics, record["family_dtypes"])
     bad_activations = guard.nonfinite()
     for name, calls in bad_activations.items():
         warnings.append(f"activations: non-finite values in the output of {name} ({calls} forward calls)")
@@ -159,16 +162,23 @@ def nonfinite_warnings(measured: FamilyResult, suspect: bool) -> list[str]:
     return out
 
 
-def measure_families(ctx: JobContext, metrics_cfg) -> tuple[FamilyResult, dict[str, str]]:
-    """Run every enabled metric family; a failing family is reported, the others still run.
+def measure_families(
+    ctx: JobContext, metrics_cfg, dtypes: dict[str, str] | None = None
+) -> tuple[FamilyResult, dict[str, str]]:
+    """Run every enabled metric family, each in the dtype it needs (`precision.required_dtype`: the model is cast
+    for it and back); a failing family is reported, the others still run. `dtypes` gets {family: dtype used}.
 
     A non-finite scalar that its family gave no reason for is flagged as unexplained (a defect to fix).
     """
     total, errors = FamilyResult(), {}
     for name, family_cfg in metrics_cfg.items():
         fn, params = check_family(name, OmegaConf.to_container(family_cfg, resolve=True))
+        compute = precision.required_dtype(inspect.getmodule(fn), precision.model_dtype(ctx.model))
+        if dtypes is not None:
+            dtypes[name] = precision.dtype_name(compute)
         try:
-            result = fn(ctx, **params)
+            with precision.computing_in(ctx.model, compute):
+                result = fn(ctx, **params)
         except Exception as err:
             log.error("metrics.%s failed: %s: %s", name, type(err).__name__, err)
             errors[name] = f"{type(err).__name__}: {err}"

@@ -131,7 +131,8 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
 def ablate_heads(out_proj, head_of_row: torch.Tensor, head_dim: int, replacement: torch.Tensor):
     """Pre-hook on a layer's output projection: row r gets head `head_of_row[r]` replaced (-1 = none)."""
     n_heads = replacement.numel() // head_dim
-    keep = torch.ones(len(head_of_row), n_heads, device=replacement.device)
+    # in the model's dtype: a float32 mask would promote a half-precision model's z to float32 (dense then fails)
+    keep = torch.ones(len(head_of_row), n_heads, dtype=replacement.dtype, device=replacement.device)
     rows = (head_of_row >= 0).nonzero().squeeze(-1)
     keep[rows, head_of_row[rows]] = 0
     keep = keep.repeat_interleave(head_dim, dim=1)[:, None, :]  # [rows, 1, n_heads * head_dim]

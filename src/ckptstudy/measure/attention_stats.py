@@ -24,6 +24,8 @@ function is plain SDPA, so a model left on it generates and ablates like `attn_i
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 
 STATS_IMPLEMENTATION = "ckptstudy_stats"
 _ACTIVE: contextvars.ContextVar[StatsCollector | None] = contextvars.ContextVar("ckptstudy_stats", default=None)
+_PORTABLE_LSE: contextvars.ContextVar[bool] = contextvars.ContextVar("ckptstudy_portable_lse", default=False)
 
 
 @dataclass
@@ -119,11 +122,23 @@ def attention_with_lse(
     """Causal attention output [b, h, s, dv] and each row's logsumexp of the scores [b, h, s] (float32 or
     wider). On CPU the fused flash kernel returns both (same kernel and output as torch SDPA); elsewhere the
     output comes from SDPA and the logsumexp from `blockwise_logsumexp`."""
-    if query.device.type == "cpu" and query.shape[-1] == value.shape[-1] == key.shape[-1]:
+    native = query.device.type == "cpu" and not _PORTABLE_LSE.get()
+    if native and query.shape[-1] == value.shape[-1] == key.shape[-1]:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, True, scale=scale)
         return out, lse
     out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale)
     return out, blockwise_logsumexp(query, key, scale)
+
+
+@contextmanager
+def portable_lse(enabled: bool = True) -> Iterator[None]:
+    """Inside (when `enabled`): `attention_with_lse` takes the route of non-CPU devices on CPU too (SDPA output,
+    `blockwise_logsumexp`), so a CPU run tests the arithmetic a GPU runs (`ckptstudy-gpu-check --lse portable`)."""
+    token = _PORTABLE_LSE.set(enabled)
+    try:
+        yield
+    finally:
+        _PORTABLE_LSE.reset(token)
 
 
 def blockwise_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float, block: int = 256) -> torch.Tensor:

@@ -63,6 +63,7 @@ import torch
 from ckptstudy.measure.attention_stats import StatsRequest
 from ckptstudy.measure.capture import capture_stats, model_parts
 from ckptstudy.measure.cost import Pass, ProbeSizes, Shape
+from ckptstudy.measure.precision import Tolerance
 from ckptstudy.measure.readout import token_logprobs
 from ckptstudy.measure.residual import clamp_mlp, mlp_write_projection, tap_mlp, tap_residual
 from ckptstudy.metrics import FamilyResult
@@ -70,6 +71,10 @@ from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample, columns
 
 DEFINITION_VERSION = 3  # 3: nulls and excesses; robust z + write share; divergence on the first generated token
+# Scalars on a bfloat16/float16 load within this of float32 (measured: <= 0.02 of it, README "Precision"). Counts and
+# shares over a threshold (sink neurons over neuron_z, converged tokens over converge_cos, the first-token divergence
+# rule: one token of n_tokens moves a rate by 1/n_tokens) are listed by the comparison, not checked.
+TOLERANCE = Tolerance(rtol=0.05, atol=0.02, exclude=("n_sink_neurons", "converge_share", "repeat_divergence_rate"))
 SCALE_FLOOR = 0.01  # a neuron's robust scale is at least this share of its layer's median robust scale
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution
 # The smallest excess that counts as the phenomenon: "present" = the excess's interval lies above it. A model is
