@@ -67,7 +67,7 @@ def test_spec_module_loads_no_model_code():
 
 def test_unknown_suite_key_is_refused_with_the_valid_keys():
     cfg = compose_config(["+model.suite.layers=3"])
-    with pytest.raises(ValueError, match=r"model.suite of 'micro'.*layers.*valid keys: name, seed, n_layers"):
+    with pytest.raises(ValueError, match=r"model.suite of 'micro'.*layers.*valid keys: name, seed, arch, n_layers"):
         spec_from_config(cfg.model)
 
 
@@ -103,6 +103,8 @@ def small_spec(**overrides) -> SuiteSpec:
     values = dict(
         name="tiny",
         seed=0,
+        arch="gpt_neox",
+        d_ff=None,
         rotary_pct=0.25,
         lr=2e-3,
         weight_decay=0.01,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.report import seeds
 from ckptstudy.report.onset_results import Onsets
 
 NUMBER = re.compile(r"[-+]?[0-9]*[.]?[0-9]+(e[-+]?[0-9]+)?")
@@ -91,12 +92,20 @@ def note_lines(nan_reasons: Counter, recomputed: list[dict]) -> list[str]:
 
 
 def print_summary(
-    table: pd.DataFrame, metrics: list[str], found: Onsets, directory: Path, files: list[str], notes: list[str]
+    table: pd.DataFrame,
+    metrics: list[str],
+    found: Onsets,
+    directory: Path,
+    files: list[str],
+    notes: list[str],
+    across_seeds: list | None = None,
 ) -> None:
-    """The summary metrics per checkpoint, then onsets, flagged checkpoints, `files` (`file_lines`) and
+    """The summary metrics per checkpoint, then onsets (and, for models swept over training seeds, each metric's
+    onsets side by side: `across_seeds`, `seeds.seed_onsets`), flagged checkpoints, `files` (`file_lines`) and
     `notes` (`note_lines`)."""
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(f"\n== trajectories ({len(table)} checkpoints) ==")
         print(table[["model", "step", "status", *metrics]].to_string(index=False))
-    for line in [*onset_lines(found), *flagged_lines(table, directory), *files, *notes]:
+    across = [seeds.describe(entry) for entry in across_seeds or []]
+    for line in [*onset_lines(found), *across, *flagged_lines(table, directory), *files, *notes]:
         print(line)

@@ -9,10 +9,11 @@ one only puts them in order.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ckptstudy import results
-from ckptstudy.report import console
+from ckptstudy.report import console, seeds
 from ckptstudy.report.html import write_report
 from ckptstudy.report.onset_results import Onsets, study_onsets, write_onsets
 from ckptstudy.report.plots import save_figure, trajectory_figure
@@ -46,14 +47,22 @@ def recomputed_since(records: list[dict], since: str | None) -> list[dict]:
     return [r for r in records if r.get("recomputed_because") and (since is None or r.get("finished_at", "") >= since)]
 
 
-def log_trajectories(cfg, study: Study, table, found: Onsets, plot_path: Path, artifacts: dict) -> None:
-    """One W&B trajectory run per model (config `logger`; nothing when W&B is off)."""
+def log_trajectories(
+    cfg, study: Study, table, found: Onsets, plot_path: Path, artifacts: dict, across: list | None = None
+) -> None:
+    """One W&B trajectory run per model run (config `logger`; nothing when W&B is off). A run of a model swept over
+    training seeds also gets the spread of each onset across the seeds (`seed_spread/<metric>`) in its summary."""
     if not enabled(cfg.logger):
         return
     models = sorted(table["model"].unique())
     heads = {m: head_tables(study.records, study.arrays, m) for m in models}
+    onsets = {m: found.of_model(m) for m in models}
+    for entry in across or []:
+        if not math.isnan(entry.spread):
+            for run in entry.runs:
+                onsets.setdefault(run, {})[f"seed_spread/{entry.metric}"] = entry.spread
     tracker = Tracker(cfg.logger, study.directory, study.name)
-    tracker.log_trajectories(table, {m: found.of_model(m) for m in models}, heads, plot_path, artifacts)
+    tracker.log_trajectories(table, onsets, heads, plot_path, artifacts)
 
 
 def summarize(cfg, since: str | None = None) -> dict:
@@ -75,7 +84,8 @@ def summarize(cfg, since: str | None = None) -> dict:
     found = study_onsets(
         table, study.records, resampled, onset_metrics, report.onset_fraction, report.onset_persist, settings["level"]
     )
-    write_onsets(study.directory / "onsets.json", found, settings)
+    across = seeds.seed_onsets(table, found)
+    write_onsets(study.directory / "onsets.json", found, settings, seeds.as_json(across))
     plot_path = plot_summary(study.directory / "trajectories.png", table, summary_metrics, found)
     data = ReportData(
         study=study.name,
@@ -89,13 +99,14 @@ def summarize(cfg, since: str | None = None) -> dict:
         interval_reasons=resampled.reasons,
         panels_per_family=int(report.panels_per_family),
         bootstrap_seconds=resampled.seconds + found.seconds,
+        across_seeds=across,
     )
     report_path = write_report(study.directory / "report.html", data)
-    log_trajectories(cfg, study, table, found, plot_path, {"report": report_path, "trajectories": path})
+    log_trajectories(cfg, study, table, found, plot_path, {"report": report_path, "trajectories": path}, across)
     recomputed = recomputed_since(study.records, since)
     files = console.file_lines(study.directory, path, plot_path, report_path)
     notes = console.note_lines(console.nan_reason_counts(study.records), recomputed)
-    console.print_summary(table, summary_metrics, found, study.directory, files, notes)
+    console.print_summary(table, summary_metrics, found, study.directory, files, notes, across)
     failed = table[table["status"] != "ok"]
     return {
         "table": path,
@@ -104,6 +115,7 @@ def summarize(cfg, since: str | None = None) -> dict:
         "report_data": data,
         "onsets": found.steps,
         "onset_intervals": found.intervals,
+        "across_seeds": across,
         "failed": failed[["model", "step"]].values.tolist(),
         "recomputed": len(recomputed),
         "bootstrap_seconds": data.bootstrap_seconds,

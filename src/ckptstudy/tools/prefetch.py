@@ -26,7 +26,7 @@ from ckptstudy.config import compose_config
 from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.hubcache import Revision, cache_state
 from ckptstudy.progress import is_terminal
-from ckptstudy.sweeps import swept_steps, take_override
+from ckptstudy.sweeps import sweep_values, swept_steps, take_override
 
 DEFAULT_WORKERS = 4  # revisions downloaded at once
 
@@ -39,7 +39,7 @@ def revisions_for(cfg: DictConfig, steps: list[int]) -> list[Revision]:
     out = []
     for step in steps:
         source = checkpoints.source_for(cfg.model, step)
-        out.append(Revision(cfg.model.name, step, source.location, source.revision))
+        out.append(Revision(checkpoints.run_name(cfg.model), step, source.location, source.revision))
     return out
 
 
@@ -106,8 +106,8 @@ def prefetch(items: list[Revision], workers: int = DEFAULT_WORKERS, check_only: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`ckptstudy-prefetch model=<m> [schedule=<s> | step=<a>,<b>] [overrides]`: download every checkpoint
-    of the sweep into the HF cache (run it where there is network, e.g. a login node)."""
+    """`ckptstudy-prefetch model=<m> [schedule=<s> | step=<a>,<b>] [model.seed=<k>,...] [overrides]`: download
+    every checkpoint of the sweep (of each training seed) into the HF cache (run it where there is network)."""
     parser = argparse.ArgumentParser(prog="ckptstudy-prefetch", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: model=, schedule= or step=, model.repo= ...")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="revisions downloaded at once")
@@ -115,12 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     step_value, overrides = take_override(args.overrides, "step")
     model_value, overrides = take_override(overrides, "model")
+    seed_value, overrides = take_override(overrides, "model.seed")
     choices = [m.strip() for m in model_value.split(",")] if model_value else [None]
+    seeds = sweep_values(seed_value) if seed_value else [None]
     try:
         items = []
         for choice in choices:
-            cfg = compose_config([*([f"model={choice}"] if choice else []), *overrides], return_hydra_config=True)
-            items += revisions_for(cfg, swept_steps(cfg, step_value))
+            for seed in seeds:
+                chosen = [*([f"model={choice}"] if choice else []), *([f"model.seed={seed}"] if seed else [])]
+                cfg = compose_config([*chosen, *overrides], return_hydra_config=True)
+                items += revisions_for(cfg, swept_steps(cfg, step_value))
     except (PrefetchError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
