@@ -309,6 +309,8 @@ def validate(cfg: DictConfig) -> None:
             "(tokens generated per natural prompt)"
         )
     try:
+        if cfg.model.checkpoints == "suite":  # the recipe first: the model's path resolves through it
+            spec_from_config(cfg.model)
         check_model_config(cfg.model)
     except ValueError as err:
         raise ConfigValueError(str(err)) from None
