@@ -266,7 +266,8 @@ def model_shape(model_cfg) -> Shape | None:
     """The model's shape from its yaml: a suite's recipe, else n_layers / d_model / n_heads with the yaml's
     vocabulary, context, MLP width and tying (Pythia's by default), the MLP's matrices from its architecture's
     adapter; None when the yaml does not state the dimensions."""
-    matrices = arch.for_family(getattr(model_cfg.arch, "value", model_cfg.arch)).mlp_matrices
+    family = arch.for_family(getattr(model_cfg.arch, "value", model_cfg.arch))
+    matrices = family.mlp_matrices
     if model_cfg.checkpoints == "suite":
         suite = model_cfg.suite
         return Shape(
@@ -278,6 +279,7 @@ def model_shape(model_cfg) -> Shape | None:
             d_ff=suite.get("d_ff"),
             mlp_matrices=matrices,
             tied_embeddings=bool(model_cfg.tied_embeddings),
+            learned_positions=family.learned_positions,
         )
     if any(model_cfg.get(k) is None for k in ("n_layers", "d_model", "n_heads")):
         return None
@@ -290,6 +292,7 @@ def model_shape(model_cfg) -> Shape | None:
         d_ff=model_cfg.d_ff,
         mlp_matrices=matrices,
         tied_embeddings=bool(model_cfg.tied_embeddings),
+        learned_positions=family.learned_positions,
     )
 
 

@@ -25,8 +25,9 @@ STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fuse
 
 @dataclass
 class Shape:
-    """A decoder-only model's shape. The last three default to Pythia's choices: MLP width 4 d (d_ff None), a
-    2-matrix MLP (GELU; SwiGLU has 3), untied embeddings; a model yaml states what differs (config.model_shape)."""
+    """A decoder-only model's shape. The last four default to Pythia's choices: MLP width 4 d (d_ff None), a
+    2-matrix MLP (GELU; SwiGLU has 3), untied embeddings, rotary positions (no position embedding; GPT-2 learns
+    one row per context position); a model yaml and its architecture state what differs (config.model_shape)."""
 
     n_layers: int
     d_model: int
@@ -36,6 +37,7 @@ class Shape:
     d_ff: int | None = None
     mlp_matrices: int = 2
     tied_embeddings: bool = False
+    learned_positions: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -54,7 +56,8 @@ class Shape:
     def params(self) -> int:
         """Parameters (norms and biases counted as in GPT-NeoX: an upper bound for models without biases)."""
         d = self.d_model
-        embeddings = (1 if self.tied_embeddings else 2) * self.vocab * d
+        positions = self.context * d if self.learned_positions else 0
+        embeddings = (1 if self.tied_embeddings else 2) * self.vocab * d + positions
         return embeddings + self.n_layers * (self.layer_matmul_params + 9 * d + self.mlp_width) + 2 * d
 
 

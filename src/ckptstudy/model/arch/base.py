@@ -43,6 +43,7 @@ class Architecture:
     mlp_out_norm: str | None  # layer -> a norm applied to the MLP output before the residual add (post-norm)
     mlp_matrices: int  # weight matrices of one MLP: 2 (GELU: in, out) or 3 (SwiGLU: gate, up, down)
     transposed: bool  # projection weights stored [in, out] (GPT-2's Conv1D) instead of torch's [out, in]
+    learned_positions: bool  # a learned position embedding (one row per context position) instead of rotary
     parallel_residual: Callable[[object], bool]  # config -> whether attention and MLP read the same input
 
     def parts(self, model: torch.nn.Module) -> ModelParts:

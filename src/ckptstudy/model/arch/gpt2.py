@@ -17,6 +17,7 @@ GPT2 = Architecture(
     final_norm="ln_f",
     mlp_out_norm=None,
     mlp_matrices=2,
+    learned_positions=True,
     transposed=True,
     parallel_residual=lambda config: False,
 )

@@ -20,6 +20,7 @@ _COMMON = {
     "final_norm": "norm",
     "mlp_matrices": 3,
     "transposed": False,
+    "learned_positions": False,
     "parallel_residual": lambda config: False,
 }
 

@@ -17,6 +17,7 @@ NEOX = Architecture(
     final_norm="final_layer_norm",
     mlp_out_norm=None,
     mlp_matrices=2,
+    learned_positions=False,
     transposed=False,
     parallel_residual=lambda config: bool(getattr(config, "use_parallel_residual", True)),
 )
