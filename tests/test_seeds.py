@@ -127,7 +127,8 @@ def test_a_study_with_one_run_per_model_has_no_across_seed_section(tmp_path):
 
 
 def test_spread_and_overlap_on_constructed_onsets():
-    apart = SeedOnsets("m", "x", [0, 1, 2], ["m", "m@seed1", "m@seed2"], [100, 400, 250], [[80, 120], [350, 450], [200, 300]])
+    runs = ["m", "m@seed1", "m@seed2"]
+    apart = SeedOnsets("m", "x", [0, 1, 2], runs, [100, 400, 250], [[80, 120], [350, 450], [200, 300]])
     assert apart.spread == 300 and apart.interval_width == 100 and apart.intervals_overlap is False
     close = SeedOnsets("m", "x", [0, 1], ["m", "m@seed1"], [100, 110], [[80, 130], [90, 140]])
     assert close.spread == 10 and close.intervals_overlap is True
