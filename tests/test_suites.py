@@ -187,3 +187,36 @@ def test_the_shapes_parameter_count_is_the_built_models(model_type, tied, positi
     shape = Shape(2, 32, 4, 300, 64, tied_embeddings=tied, learned_positions=positions)
     assert shape.params == built
     assert Shape(2, 32, 4, 300, 64, tied_embeddings=tied).params == built - (64 * 32 if positions else 0)
+
+
+def test_branches_become_the_yamls_step_list():
+    branches = ["main", "step2000-tokens8B", "step1000-tokens4B", "step738020-tokens3094B", "stepX-tokens1B"]
+    entry, other = prefetch.yaml_steps(branches, "step{step}-tokens{tokens}B")
+    assert entry == "branch_tokens: [[1000, 4], [2000, 8], [738020, 3094]]"
+    assert other == ["main", "stepX-tokens1B"]
+    # OLMo 2's stage-2 branches are not stage-1 checkpoints: left out, listed apart
+    entry, other = prefetch.yaml_steps(
+        ["stage1-step0-tokens0B", "stage2-ingredient1-step1000-tokens3B"], "stage1-step{step}-tokens{tokens}B"
+    )
+    assert entry == "branch_tokens: [[0, 0]]" and other == ["stage2-ingredient1-step1000-tokens3B"]
+    assert prefetch.yaml_steps(["checkpoint-10", "checkpoint-0", "main"], "checkpoint-{step}") == (
+        "steps: [0, 10]",
+        ["main"],
+    )
+
+
+def test_prefetch_branches_prints_the_yaml_entry_of_the_seeds_repo(monkeypatch, capsys):
+    asked = []
+
+    def branches(repo):
+        asked.append(repo)
+        return ["main", "checkpoint-0", "checkpoint-10"]
+
+    monkeypatch.setattr(prefetch, "hub_branches", branches)
+    prefetch.main(["model=crfm-gpt2-small", "model.seed=81", "--branches"])
+    out = capsys.readouterr().out
+    assert asked == ["stanford-crfm/caprica-gpt2-small-x81"]
+    assert "steps: [0, 10]" in out and "1 other branches: main" in out
+    with pytest.raises(SystemExit) as exit_info:
+        prefetch.main(["model=micro", "--branches"])
+    assert exit_info.value.code == 2 and "not a hub model" in capsys.readouterr().err
