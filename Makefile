@@ -9,7 +9,7 @@ ARGS ?=
 SUITE_ARGS = $(filter model=% model.suite.% model.path=% paths.suite=% paths.root=%,$(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run suite test test-fast test-full bench gpu-check lint format clean
+.PHONY: help install run suite micro-runs test test-fast test-full bench gpu-check lint format clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ install: $(STAMP) ## create .venv (if missing) and install ckptstudy with torch=
 
 suite: $(STAMP) ## build the micro suite once per machine (~5 min) in ~/.cache/ckptstudy/suites/ (ckptstudy-suite --where)
 	$(BIN)/ckptstudy-suite $(SUITE_ARGS)
+
+micro-runs: $(STAMP) ## build the other micro training runs (model.seed=1, 2) and micro-llama (~5 min each on 2 idle cores; not needed by run/test)
+	$(BIN)/ckptstudy-suite model.seed=1
+	$(BIN)/ckptstudy-suite model.seed=2
+	$(BIN)/ckptstudy-suite model=micro-llama
 
 run: suite ## default multirun sweep over the micro suite's checkpoints, then the summary, report.html and W&B trajectory runs
 	$(BIN)/ckptstudy --multirun $(ARGS)

@@ -36,9 +36,11 @@ def test_every_model_composes_and_resolves_its_final_step(model):
     steps = checkpoints.available_steps(cfg.model)
     assert checkpoints.resolve_step(None, steps, model) == steps[-1]
     source = checkpoints.source_for(cfg.model, steps[-1])
-    if model != "micro":
+    if model.startswith("pythia"):
         assert source.revision == f"step{steps[-1]}" and source.location == f"EleutherAI/{model}"
+    if cfg.model.source == "hub":
         assert cfg.model.n_layers and cfg.model.d_model % cfg.model.n_heads == 0
+        assert str(steps[-1]) in source.revision
 
 
 @pytest.mark.parametrize(

@@ -66,8 +66,11 @@ def test_spec_module_loads_no_model_code():
 
 
 def test_unknown_suite_key_is_refused_with_the_valid_keys():
-    cfg = compose_config(["+model.suite.layers=3"])
-    with pytest.raises(ValueError, match=r"model.suite of 'micro'.*layers.*valid keys: name, seed, n_layers"):
+    message = r"^model.suite of 'micro'.*layers.*valid keys: name, seed, arch, n_layers"
+    with pytest.raises(ValueError, match=message):  # by the config check, before the suite path is resolved
+        compose_config(["+model.suite.layers=3"])
+    cfg = compose_config(["+model.suite.layers=3"], check=False)
+    with pytest.raises(ValueError, match=message):
         spec_from_config(cfg.model)
 
 
@@ -103,6 +106,8 @@ def small_spec(**overrides) -> SuiteSpec:
     values = dict(
         name="tiny",
         seed=0,
+        arch="gpt_neox",
+        d_ff=None,
         rotary_pct=0.25,
         lr=2e-3,
         weight_decay=0.01,
@@ -358,7 +363,7 @@ def tiny_overrides(directory: Path | None) -> list[str]:
     values["phases"] = json.dumps(values["phases"], separators=(",", ":"))
     values["text_glob"] = f"'{values['text_glob']}'"
     where = [f"paths.suite={directory}"] if directory is not None else []
-    return [*where, *(f"model.suite.{k}={v}" for k, v in values.items())]
+    return [*where, *(f"model.suite.{k}={'null' if v is None else v}" for k, v in values.items())]
 
 
 def test_console_script_where_build_and_already_built(tmp_path, capsys):

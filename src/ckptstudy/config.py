@@ -25,16 +25,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.cycles import check_loop_parameters
-from ckptstudy.model import hubcache
-from ckptstudy.model.checkpoints import available_steps
-from ckptstudy.model.neox import PYTHIA_CONTEXT
+from ckptstudy.model import arch, hubcache
+from ckptstudy.model.checkpoints import available_steps, check_model_config, run_name
 from ckptstudy.model.suite_spec import default_suite_dir, spec_from_config
 from ckptstudy.params import check_family, min_effects
 from ckptstudy.probes import check_probe_config
 from ckptstudy.stats.claim_spec import Claim, ClaimConfigError, defaults_from, parse_claims
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # ships inside the package; the repo's conf/ links here
-PYTHIA_VOCAB = 50304  # Pythia's (padded) vocabulary; its context is model.neox.PYTHIA_CONTEXT
 MIN_NEW_TOKENS = 4  # loops.new_tokens: the shortest generation that can hold 2 copies of a period-2 cycle
 
 
@@ -46,7 +44,13 @@ class Source(str, Enum):
 class Checkpoints(str, Enum):
     pythia = "pythia"  # Pythia's 154 branches: step0, powers of two to 512, every 1000 to 143000
     suite = "suite"  # the steps of the embedded suite recipe (`model.suite`)
-    list = "list"  # exactly `model.steps`
+    list = "list"  # model.steps, model.step_ranges and the steps of model.branch_tokens, together
+
+
+class Arch(str, Enum):
+    gpt_neox = "gpt_neox"  # GPT-NeoX (Pythia): parallel residual, LayerNorm, partial rotary
+    llama = "llama"  # Llama-style (Llama, OLMo, OLMo 2): sequential residual, RMSNorm/LayerNorm, SwiGLU, rotary
+    gpt2 = "gpt2"  # GPT-2 (Stanford CRFM runs): Conv1D projections, learned positions, tied unembedding
 
 
 class ProbeSource(str, Enum):
@@ -84,15 +88,28 @@ class ModelConf:
 
     name: str = MISSING
     source: Source = Source.hub
-    repo: str | None = None  # hub: repo id, e.g. EleutherAI/pythia-160m
-    revision: str = "step{step}"  # hub: revision template
+    repo: str | None = None  # hub: repo id, e.g. EleutherAI/pythia-160m (the reference run, seed 0 or none)
+    seed_repo: str | None = None  # hub: repo template with {seed} of the other training runs
+    repo_by_seed: dict[int, str] | None = None  # hub: the repo of each seed, where names follow no template
+    revision: str = "step{step}"  # hub: branch name template ({step}; {tokens} from branch_tokens; {seed})
     path: str | None = None  # local: directory template with {step}
     checkpoints: Checkpoints = Checkpoints.pythia
-    steps: list[int] | None = None  # explicit available steps when checkpoints=list
-    n_layers: int | None = None  # the architecture the yaml promises; a loaded checkpoint must match it
+    steps: list[int] | None = None  # checkpoints=list: explicit steps
+    step_ranges: list[list[int]] | None = None  # checkpoints=list: [first, last, every] ranges (last included)
+    branch_tokens: list[list[int]] | None = None  # checkpoints=list: [step, tokens] pairs for {tokens} in revision
+    seed: int | None = None  # the training run (seed) of the suite; None = the suite has one run
+    seeds: list[int] | None = None  # the seeds the suite publishes (None: any, e.g. a micro suite builds each)
+    arch: Arch = Arch.gpt_neox  # the architecture family (ckptstudy.model.arch); a checkpoint must match it
+    n_layers: int | None = None  # the shape the yaml promises (plan, probe checks before loading)
     d_model: int | None = None
     n_heads: int | None = None
+    d_ff: int | None = None  # MLP width; None = the family's default (4 d_model for GELU)
+    vocab_size: int = 50304  # Pythia's padded vocabulary
+    context: int = 2048  # the longest input (max_position_embeddings)
+    tied_embeddings: bool = False  # the unembedding shares the input embedding's weights
     tokens_per_step: int | None = 2_097_152  # training tokens per optimizer step (Pythia: 1024 x 2048)
+    file_bytes_per_param: int = 2  # bytes per parameter of the hub checkpoint files (Pythia: float16), for the plan
+    bos_from_eos: bool = False  # a tokenizer without a BOS token gets its EOS token as BOS (else it is refused)
     suite: dict[str, Any] | None = None  # the suite recipe (checkpoints=suite), checked against SuiteSpec
 
 
@@ -239,6 +256,12 @@ def suite_directory(*, _root_: DictConfig) -> str | None:
     return str(default_suite_dir(spec_from_config(model)))
 
 
+def run_directory(*, _root_: DictConfig) -> str:
+    """Resolver `${ckptstudy_run:}`: the run of the configured model (its name, with `@seed<k>` for a training seed
+    other than 0), e.g. the sweep subdirectory of a job."""
+    return run_name(_root_.model)
+
+
 def register_configs() -> None:
     """Register the schema (conf/config.yaml lists `config_schema` first) and ckptstudy's resolvers."""
     ConfigStore.instance().store(name="config_schema", node=Config)
@@ -246,6 +269,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("ckptstudy_steps", all_steps)
     if not OmegaConf.has_resolver("ckptstudy_suite_dir"):
         OmegaConf.register_new_resolver("ckptstudy_suite_dir", suite_directory)
+    if not OmegaConf.has_resolver("ckptstudy_run"):
+        OmegaConf.register_new_resolver("ckptstudy_run", run_directory)
 
 
 class ConfigValueError(ValueError):
@@ -253,14 +278,37 @@ class ConfigValueError(ValueError):
 
 
 def model_shape(model_cfg) -> Shape | None:
-    """The model's shape from its yaml: a suite's recipe, else n_layers / d_model / n_heads with Pythia's
-    vocabulary and context; None when the yaml does not state the dimensions."""
+    """The model's shape from its yaml: a suite's recipe, else n_layers / d_model / n_heads with the yaml's
+    vocabulary, context, MLP width and tying (Pythia's by default), the MLP's matrices from its architecture's
+    adapter; None when the yaml does not state the dimensions."""
+    family = arch.for_family(getattr(model_cfg.arch, "value", model_cfg.arch))
+    matrices = family.mlp_matrices
     if model_cfg.checkpoints == "suite":
         suite = model_cfg.suite
-        return Shape(suite.n_layers, suite.d_model, suite.n_heads, suite.vocab_size, suite.max_position_embeddings)
+        return Shape(
+            suite.n_layers,
+            suite.d_model,
+            suite.n_heads,
+            suite.vocab_size,
+            suite.max_position_embeddings,
+            d_ff=suite.get("d_ff"),
+            mlp_matrices=matrices,
+            tied_embeddings=bool(model_cfg.tied_embeddings),
+            learned_positions=family.learned_positions,
+        )
     if any(model_cfg.get(k) is None for k in ("n_layers", "d_model", "n_heads")):
         return None
-    return Shape(model_cfg.n_layers, model_cfg.d_model, model_cfg.n_heads, PYTHIA_VOCAB, PYTHIA_CONTEXT)
+    return Shape(
+        model_cfg.n_layers,
+        model_cfg.d_model,
+        model_cfg.n_heads,
+        model_cfg.vocab_size,
+        model_cfg.context,
+        d_ff=model_cfg.d_ff,
+        mlp_matrices=matrices,
+        tied_embeddings=bool(model_cfg.tied_embeddings),
+        learned_positions=family.learned_positions,
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -279,6 +327,12 @@ def validate(cfg: DictConfig) -> None:
             f"loops.new_tokens={loops.new_tokens} is not valid: it must be >= {MIN_NEW_TOKENS} "
             "(tokens generated per natural prompt)"
         )
+    try:
+        if cfg.model.checkpoints == "suite":  # the recipe first: the model's path resolves through it
+            spec_from_config(cfg.model)
+        check_model_config(cfg.model)
+    except ValueError as err:
+        raise ConfigValueError(str(err)) from None
     check_probe_config(cfg.probes)
     try:
         hubcache.check_config(cfg.checkpoints)

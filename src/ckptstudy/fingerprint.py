@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ckptstudy import __version__
-from ckptstudy.model.checkpoints import CheckpointSource, checkpoint_dir
+from ckptstudy.model.checkpoints import CheckpointSource, checkpoint_dir, run_name
 from ckptstudy.probes import PROBES_VERSION
 
 HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
@@ -45,9 +45,12 @@ def definition_versions(metrics_cfg) -> dict[str, int]:
 
 
 def identity(cfg: DictConfig) -> dict:
-    """The fields that say what a record measured, stored in every record."""
+    """The fields that say what a record measured, stored in every record: `model` is the training run (`run_name`:
+    the model's name, `@seed<k>` for a seed other than 0), `base_model` the model's name, `seed` its training seed."""
     return {
-        "model": cfg.model.name,
+        "model": run_name(cfg.model),
+        "base_model": cfg.model.name,
+        "seed": cfg.model.get("seed"),
         "step": cfg.step,
         "study": cfg.study,
         "config_hash": config_hash(cfg),

@@ -38,7 +38,7 @@ def run_job(cfg: DictConfig) -> dict:
     """Measure one checkpoint and write its record; returns the record (status ok or failed, or
     the previous record with `skipped` when it is still valid)."""
     started = time.time()
-    record = {"model": cfg.model.name, "step": cfg.step, "study": cfg.study}
+    record = {"model": checkpoints.run_name(cfg.model), "step": cfg.step, "study": cfg.study}
     measured = FamilyResult()
     disk = hubcache.JobDisk()  # checkpoints.evict / prefetch_ahead: inactive until the source is known
     try:
@@ -47,7 +47,7 @@ def run_job(cfg: DictConfig) -> dict:
         source = resolve_source(cfg)
         record.update(step=source.step, revision=source.describe())
         record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
-        path = results.record_path(cfg.paths.root, cfg.study, cfg.model.name, source.step)
+        path = results.record_path(cfg.paths.root, cfg.study, record["model"], source.step)
         previous = results.read_record(path)
         stale = fingerprint.stale_reason(previous, record, cfg.force)
         if stale is None and (mismatch := results.arrays_mismatch(path, previous)):
@@ -85,8 +85,8 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
     measurements. Non-finite weights, activations, metrics and arrays are flagged in `record["warnings"]`."""
     if cfg.model.checkpoints == "suite" and (problem := checkpoint_problem(cfg.model, source.step)):
         raise checkpoints.CheckpointError(problem)  # a job never trains the suite (`make suite` does)
-    checkpoints.inspect_checkpoint(source)
-    tokenizer = checkpoints.load_tokenizer(source)
+    checkpoints.inspect_checkpoint(source, getattr(cfg.model.arch, "value", cfg.model.arch))
+    tokenizer = checkpoints.load_tokenizer(source, bool(cfg.model.bos_from_eos))
     probes = cached_probes(cfg.probes, tokenizer, Path(cfg.paths.root) / "cache" / "probes")
     device = checkpoints.resolve_device(cfg.device)
     model = checkpoints.load_model(source, device=device, dtype=checkpoints.resolve_dtype(cfg.dtype, device))
@@ -200,7 +200,7 @@ def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float
     record["seconds"] = round(time.time() - started, 2)
     record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
-    path = results.record_path(cfg.paths.root, cfg.study, cfg.model.name, record["step"])
+    path = results.record_path(cfg.paths.root, cfg.study, record["model"], record["step"])
     try:
         with results.study_lock(cfg.paths.root, cfg.study):
             if record.get("weights_sha256"):
@@ -244,18 +244,18 @@ def _rewrite(path: Path, record: dict) -> dict:
 
 
 def _identical_steps(cfg: DictConfig, record: dict, others: list[dict]) -> list[int]:
-    """Other steps of this model already recorded with exactly these weights (a hub integrity problem)."""
-    step, key = record["step"], results.weights_key(record)
+    """Other steps of this run already recorded with exactly these weights (a hub integrity problem)."""
+    step, key, run = record["step"], results.weights_key(record), record["model"]
     same = [
         int(r["step"])
         for r in others
-        if r.get("model") == cfg.model.name and results.weights_key(r) == key and int(r["step"]) != step
+        if r.get("model") == run and results.weights_key(r) == key and int(r["step"]) != step
     ]
     if same:
         log.warning(
             "%s step %s has weights identical to step(s) %s: the checkpoint source may serve wrong weights "
             "for one of them",
-            cfg.model.name,
+            run,
             step,
             same,
         )
@@ -265,13 +265,11 @@ def _identical_steps(cfg: DictConfig, record: dict, others: list[dict]) -> list[
 def _equal_tensors(cfg: DictConfig, record: dict, others: list[dict]) -> list[dict]:
     """Parameter tensors equal to the same tensor at another recorded step (whose weights differ as a whole),
     e.g. a shard of another checkpoint served for this one; `final` marks the model's last checkpoint."""
-    final = checkpoints.available_steps(cfg.model)[-1]
-    mine = [r for r in others if not (r.get("model") == cfg.model.name and r.get("step") == record["step"])]
-    found = results.tensor_equalities([record, *mine], {cfg.model.name: final}).get(
-        (cfg.model.name, int(record["step"])), []
-    )
+    final, run = checkpoints.available_steps(cfg.model)[-1], record["model"]
+    mine = [r for r in others if not (r.get("model") == run and r.get("step") == record["step"])]
+    found = results.tensor_equalities([record, *mine], {run: final}).get((run, int(record["step"])), [])
     for entry in found:
-        log.warning("%s step %s: %s", cfg.model.name, record["step"], results.describe_equality(entry))
+        log.warning("%s step %s: %s", run, record["step"], results.describe_equality(entry))
     return found
 
 
@@ -280,7 +278,8 @@ def _recorded(cfg: DictConfig, config_hash: str):
     skipped, so prefetching its revision is not needed)."""
 
     def done(step: int) -> bool:
-        previous = results.read_record(results.record_path(cfg.paths.root, cfg.study, cfg.model.name, step))
+        path = results.record_path(cfg.paths.root, cfg.study, checkpoints.run_name(cfg.model), step)
+        previous = results.read_record(path)
         return bool(previous) and previous.get("status") == "ok" and previous.get("config_hash") == config_hash
 
     return done

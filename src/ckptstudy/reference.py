@@ -15,9 +15,10 @@ import torch
 
 from ckptstudy.measure.ablation import Targets, ablate_heads, clean_run, token_scores
 from ckptstudy.measure.attention_stats import StatsRequest, reference_statistics
-from ckptstudy.measure.capture import Captured, LogitsReducer, capture, model_parts, running_concat, running_sum
+from ckptstudy.measure.capture import Captured, LogitsReducer, capture, running_concat, running_sum
 from ckptstudy.metrics.icl_heads import repeat_pattern_positions
 from ckptstudy.metrics.low_info import entropy_count_rows, uniform_mass_rows
+from ckptstudy.model.arch import model_parts
 
 # ------------------------------------------------------------------------------------ icl/ patterns
 

@@ -1,9 +1,10 @@
 """Result records on disk (the source of truth) and the trajectories table built from them.
 
 Layout under `<root>/<study>/`:
-  records/<model>/step<N>.json   one record per job (status ok or failed)
+  records/<model>/step<N>.json   one record per job (status ok or failed); <model> is the training run
+                                 (`checkpoints.run_name`: the model's name, @seed<k> for a seed other than 0)
   records/<model>/step<N>.npz    its per-head arrays (layer x head [x ...])
-  trajectories.csv               one row per (model, step), one column per scalar metric
+  trajectories.csv               one row per (run, step), one column per scalar metric
   .lock                          file lock serialising writers of the study (parallel launchers)
 
 Every file is written through `atomic_write_bytes` (a unique hidden temporary file, fsync, rename): a
@@ -33,7 +34,9 @@ from ckptstudy.model.checkpoints import available_steps
 
 TABLE_NAME = "trajectories.csv"
 RECORD_COLUMNS = [
-    "model",
+    "model",  # the training run: base_model, with @seed<k> for a training seed other than 0
+    "base_model",
+    "seed",
     "step",
     "status",
     "revision",
@@ -341,6 +344,8 @@ def results_table(records: list[dict]):
     for r in records:
         row = {
             "model": r.get("model"),
+            "base_model": r.get("base_model") or r.get("model"),
+            "seed": r.get("seed"),
             "step": step_number(r),
             "status": r.get("status"),
             "revision": r.get("revision"),

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ckptstudy.measure.capture import hooks, layer_output, model_parts
+from ckptstudy.measure.capture import hooks
+from ckptstudy.measure.layers import LayerCall, layer_input
 from ckptstudy.measure.readout import log_probs, pick, unembed
+from ckptstudy.model.arch import model_parts
 
 SCORES = ("logprob", "contrast")
 ABLATIONS = ("zero", "mean")
@@ -56,11 +58,11 @@ def token_scores(logits: torch.Tensor, expected: torch.Tensor, score: str) -> to
 
 @dataclass
 class CleanRun:
-    """What the clean forward leaves for the ablated runs: each layer's input residual and call kwargs,
-    each head's mean output, and the clean score sum."""
+    """What the clean forward leaves for the ablated runs: each layer's input residual and call (`LayerCall`: mask,
+    positions, rotary tables), each head's mean output, and the clean score sum."""
 
     resid: list[torch.Tensor]  # [n, seq, d] input of each layer
-    layer_kwargs: dict
+    calls: list[LayerCall]  # what each layer was called with besides its input
     head_means: list[torch.Tensor]  # [n_heads * head_dim] per layer
     score_sum: float
     n_targets: int
@@ -94,16 +96,13 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
     """One clean forward that records every layer's input residual and kwargs, and head output means."""
     parts = model_parts(model)
     resid: list = [None] * parts.n_layers
+    calls: list = [None] * parts.n_layers
     means: list = [None] * parts.n_layers
-    kwargs_seen: dict = {}
 
     def grab_input(i):
         def hook(_module, args, kwargs):
-            resid[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-            if i == 0:
-                kwargs_seen.update(
-                    {k: kwargs.get(k) for k in ("attention_mask", "position_ids", "position_embeddings")}
-                )
+            resid[i] = layer_input(args, kwargs).detach()
+            calls[i] = LayerCall.recorded(args, kwargs)
 
         return hook
 
@@ -117,14 +116,14 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
     handles += [proj.register_forward_pre_hook(grab_heads(i)) for i, proj in enumerate(parts.out_projs)]
     device = next(model.parameters()).device
     with hooks(handles):
-        logits = model(input_ids=targets.ids.to(device)).logits
+        logits = model(input_ids=targets.ids.to(device), use_cache=False).logits
     mask = targets.mask.to(device)
     scores = token_scores(logits[mask], targets.expected.to(device), score)
     n = targets.ids.shape[0]
     rows = mask.nonzero()[:, 0]  # the prompt of each target, in the order of `scores`
     score_rows = torch.zeros(n, dtype=torch.float64).index_add_(0, rows.cpu(), scores.double().cpu())
     target_rows = targets.mask.sum(1).double()
-    return CleanRun(resid, kwargs_seen, means, float(scores.sum()), int(scores.numel()), score_rows, target_rows)
+    return CleanRun(resid, calls, means, float(scores.sum()), int(scores.numel()), score_rows, target_rows)
 
 
 @contextmanager
@@ -181,11 +180,10 @@ def exact_effect_rows(
             chunk = variants[start : start + max_rows]
             head_of_row, prompt = chunk[:, 0].to(device), chunk[:, 1].to(device)
             hidden = clean.resid[layer][prompt]
-            kwargs = _index_kwargs(clean.layer_kwargs, prompt, n)
             with ablate_heads(parts.out_projs[layer], head_of_row, parts.head_dim, replacement):
-                hidden = layer_output(parts.layers[layer](hidden, **kwargs))
-            for later in parts.layers[layer + 1 :]:
-                hidden = layer_output(later(hidden, **kwargs))
+                hidden = clean.calls[layer].rows(prompt, n)(parts.layers[layer], hidden)
+            for later in range(layer + 1, parts.n_layers):
+                hidden = clean.calls[later].rows(prompt, n)(parts.layers[later], hidden)
             row_mask = mask[prompt]
             logits = unembed(model, hidden[row_mask])
             want = expected[prompt][row_mask[:, :-1]]
@@ -201,19 +199,6 @@ def exact_effect_rows(
 def exact_effects(model, targets: Targets, *options, **named) -> torch.Tensor:
     """Exact pooled per-head effects [n_layers, n_heads]: `exact_effect_rows` (same arguments), pooled."""
     return exact_effect_rows(model, targets, *options, **named).pooled
-
-
-def _index_kwargs(layer_kwargs: dict, prompt: torch.Tensor, n: int) -> dict:
-    """The clean pass's layer kwargs (mask, positions, rotary) for rows `prompt` of its batch."""
-
-    def pick(value):
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n and n > 1:
-            return value[prompt]
-        if isinstance(value, tuple):
-            return tuple(pick(v) for v in value)
-        return value
-
-    return {k: pick(v) for k, v in layer_kwargs.items()}
 
 
 @torch.no_grad()

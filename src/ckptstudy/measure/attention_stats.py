@@ -335,11 +335,10 @@ def stats_attention(module, query, key, value, attention_mask, scaling=None, dro
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if attention_mask is not None or query.shape[-2] != key.shape[-2] or query.shape[1] != key.shape[1]:
-        raise ValueError(
-            "attention statistics need a causal pass over unpadded rows (no attention mask, no KV cache, "
-            "one key/value head per query head)"
-        )
+    if attention_mask is not None or query.shape[-2] != key.shape[-2]:
+        raise ValueError("attention statistics need a causal pass over unpadded rows (no attention mask, no KV cache)")
+    if query.shape[1] != key.shape[1]:  # grouped-query attention: each key/value head serves a group of query heads
+        key, value = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out, lse = attention_with_lse(query, key, value, scale)
     collector.add(module.layer_idx, layer_statistics(query, key, scale, lse, collector.request, collector.workspace))

@@ -23,46 +23,11 @@ import torch
 
 from ckptstudy.measure import attention_stats
 from ckptstudy.measure.attention_stats import StatsCollector, StatsRequest
+from ckptstudy.model.arch import UnsupportedModelError, model_parts
 
 # (layer, attn[b,h,q,k], chunk) -> a tensor or a dict of tensors; chunk = {"ids": [b,s], **row_data rows}
 AttnReducer = Callable[[int, torch.Tensor, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 LogitsReducer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits[b,s,v], ids[b,s])
-
-
-class UnsupportedModelError(TypeError):
-    """The model's architecture is not one ckptstudy knows how to hook."""
-
-
-@dataclass
-class ModelParts:
-    """Handles on the modules ckptstudy hooks, for GPT-NeoX (Pythia) models."""
-
-    layers: list[torch.nn.Module]
-    attentions: list[torch.nn.Module]
-    out_projs: list[torch.nn.Module]  # attention output projection; its input holds per-head outputs
-    n_layers: int
-    n_heads: int
-    head_dim: int
-
-
-def model_parts(model: torch.nn.Module) -> ModelParts:
-    """The hookable parts of a GPT-NeoX causal LM, or a clear error for other architectures."""
-    body = getattr(model, "gpt_neox", None)
-    if body is None:
-        raise UnsupportedModelError(
-            f"ckptstudy hooks GPT-NeoX (Pythia) models; got {type(model).__name__}. "
-            "Supported: GPTNeoXForCausalLM (model.source hub/local with a GPT-NeoX config)"
-        )
-    layers = list(body.layers)
-    n_heads = model.config.num_attention_heads
-    return ModelParts(
-        layers=layers,
-        attentions=[layer.attention for layer in layers],
-        out_projs=[layer.attention.dense for layer in layers],
-        n_layers=len(layers),
-        n_heads=n_heads,
-        head_dim=model.config.hidden_size // n_heads,
-    )
 
 
 @contextmanager
@@ -77,11 +42,6 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None
         yield
     finally:
         model.config._attn_implementation = previous
-
-
-def layer_output(output) -> torch.Tensor:
-    """A decoder layer's hidden states: transformers 5.0 returns a tuple, later releases the tensor."""
-    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -206,11 +166,23 @@ def capture_stats(
             collector.request = request.rows(start, start + batch_size, device)
             token = collector.activate()
             try:
-                hidden = model.gpt_neox(input_ids=chunk).last_hidden_state
+                hidden = parts.body(input_ids=chunk, use_cache=False).last_hidden_state
             finally:
                 StatsCollector.deactivate(token)
+            check_every_layer_reported(collector, parts)
             if logits_fn is not None:
                 reduced = _reduce_logits(model, hidden, chunk, logits_fn, request.per_row)
                 logits_sum = (running_concat if request.per_row else running_sum)(logits_sum, reduced)
             del hidden
     return Captured(attn=collector.sums, logits=logits_sum, n_rows=ids.shape[0])
+
+
+def check_every_layer_reported(collector: StatsCollector, parts) -> None:
+    """Refuse a model whose layers did not all go through transformers' attention interface (the statistics of a
+    layer that computes attention its own way would silently be missing)."""
+    missing = [layer for layer, stats in enumerate(collector.sums) if stats is None]
+    if missing:
+        raise UnsupportedModelError(
+            f"layers {missing} of this {parts.architecture.family} model did not call transformers' attention "
+            "interface, so ckptstudy cannot read their attention statistics"
+        )

@@ -6,7 +6,8 @@ parameters). `ckptstudy-plan` sums them; a pass marked `shared` (the natural gre
 loop family reads from `JobContext.natural_loops()`) is counted once however many families describe it.
 
 The model (estimates; `ckptstudy-plan` prints its assumptions):
-- a forward over s tokens: 24 d^2 FLOPs per token and layer (QKV + output 4 d^2, MLP 8 d^2, x2), causal
+- a forward over s tokens: 2 (4 d^2 + m d d_ff) FLOPs per token and layer (QKV + output 4 d^2, an MLP of m
+  matrices of d x d_ff: m = 2 for GELU, 3 for SwiGLU; Pythia's 24 d^2 with d_ff = 4 d), causal
   attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused
   statistics add passes over the keys), 2 d V per unembedded position, x3 with a backward pass;
 - greedy decoding: a prefill, then per step a one-token forward over the KV cache;
@@ -24,22 +25,40 @@ STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fuse
 
 @dataclass
 class Shape:
-    """A GPT-NeoX model in Pythia's choices (parallel residual, untied embeddings, MLP 4 d)."""
+    """A decoder-only model's shape. The last four default to Pythia's choices: MLP width 4 d (d_ff None), a
+    2-matrix MLP (GELU; SwiGLU has 3), untied embeddings, rotary positions (no position embedding; GPT-2 learns
+    one row per context position); a model yaml and its architecture state what differs (config.model_shape)."""
 
     n_layers: int
     d_model: int
     n_heads: int
     vocab: int
     context: int
+    d_ff: int | None = None
+    mlp_matrices: int = 2
+    tied_embeddings: bool = False
+    learned_positions: bool = False
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
     @property
+    def mlp_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """Weights one token meets in a layer's matrix multiplications: QKV and output 4 d^2, the MLP m d d_ff."""
+        return 4 * self.d_model**2 + self.mlp_matrices * self.d_model * self.mlp_width
+
+    @property
     def params(self) -> int:
+        """Parameters (norms and biases counted as in GPT-NeoX: an upper bound for models without biases)."""
         d = self.d_model
-        return 2 * self.vocab * d + self.n_layers * (12 * d * d + 13 * d) + 2 * d
+        positions = self.context * d if self.learned_positions else 0
+        embeddings = (1 if self.tied_embeddings else 2) * self.vocab * d + positions
+        return embeddings + self.n_layers * (self.layer_matmul_params + 9 * d + self.mlp_width) + 2 * d
 
 
 @dataclass
@@ -129,21 +148,24 @@ def pass_flops(p: Pass, shape: Shape) -> float:
     d, s = shape.d_model, p.seq
     attn = {"sdpa": 2.0, "eager": 4.0, "fused": 2.0 + 2.0 * (shape.head_dim + STATS_CLASSES) / shape.head_dim}
     prefill = p.rows * (
-        s * p.layers * 24 * d * d + p.layers * attn[p.attention] * s * s * d + p.unembed * 2 * d * shape.vocab
+        s * p.layers * 2 * shape.layer_matmul_params
+        + p.layers * attn[p.attention] * s * s * d
+        + p.unembed * 2 * d * shape.vocab
     )
     if p.backward:
         prefill *= 3
     decode = 0.0
     for step in range(p.decode):
         keys = s + step + 1
-        decode += p.rows * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
+        decode += p.rows * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
     return prefill + decode
 
 
 def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
     """Largest transient memory of one call of the pass (weights not included)."""
     d, s, b = shape.d_model, p.seq, min(p.batch, max(p.rows, 1))
-    layer_acts = b * s * d * 20 * dtype_bytes  # qkv, rotary copies, attention output, MLP 4d x2, residuals
+    # qkv, rotary copies, attention output, residuals (12 d) and the MLP's intermediate tensors (2 or 3 of d_ff)
+    layer_acts = b * s * (12 * d + shape.mlp_matrices * shape.mlp_width) * dtype_bytes
     if p.attention == "eager":
         attention = b * shape.n_heads * s * s * dtype_bytes * 3  # scores, masked scores, softmax
     elif p.attention == "fused":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ckptstudy.model.arch import model_parts
+
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """log softmax over the vocabulary (last axis), in float32 at least."""
@@ -28,5 +30,5 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def unembed(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits of residual-stream states [..., d]: the final LayerNorm, then the output embedding."""
-    return model.get_output_embeddings()(model.gpt_neox.final_layer_norm(hidden))
+    """Logits of residual-stream states [..., d]: the final norm, then the output embedding."""
+    return model.get_output_embeddings()(model_parts(model).final_norm(hidden))

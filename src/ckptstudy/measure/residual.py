@@ -1,13 +1,14 @@
-"""Residual-stream and MLP hooks on GPT-NeoX (Pythia) models, shared by metric families.
+"""Residual-stream and MLP hooks, shared by metric families, on any architecture with an adapter
+(`ckptstudy.model.arch`).
 
 Residual points of an L-layer model: point 0 = the embedding output = the input of layer 0;
 point l + 1 = the output of layer l (the residual stream after it; the last point is taken before
-the final LayerNorm). The MLP activation of layer l is the input of `mlp.dense_4h_to_h` (after the
-nonlinearity): [batch, seq, d_ff]; "neuron" k of layer l is its k-th entry.
+the final norm). The MLP activation of layer l is the input of its MLP output projection (after the
+nonlinearity; SwiGLU: silu(gate) x up): [batch, seq, d_ff]; "neuron" k of layer l is its k-th entry.
 
 Taps hand each tensor to a callback while the forward runs and keep nothing themselves (the caller
 reduces and drops). `layer_inputs` + `run_layers` re-run the model from a middle layer on modified
-residuals, reusing the clean pass below it.
+residuals, reusing the clean pass below it (`ckptstudy.measure.layers.LayerCall`).
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ from contextlib import contextmanager
 
 import torch
 
-from ckptstudy.measure.capture import UnsupportedModelError, hooks, layer_output, model_parts
+from ckptstudy.measure.capture import hooks
+from ckptstudy.measure.layers import LayerCall, layer_input, layer_output
+from ckptstudy.model.arch import UnsupportedModelError, model_parts
 
 TensorFn = Callable[[int, torch.Tensor], None]  # (residual point or layer, tensor) -> None
-LAYER_KWARGS = ("attention_mask", "position_ids", "position_embeddings")
 
 
 def mlp_out_projs(model) -> list[torch.nn.Module]:
-    """Each layer's MLP output projection (`mlp.dense_4h_to_h`), whose input is the MLP activation."""
-    parts = model_parts(model)
-    try:
-        return [layer.mlp.dense_4h_to_h for layer in parts.layers]
-    except AttributeError as err:
-        raise UnsupportedModelError(f"GPT-NeoX layers without mlp.dense_4h_to_h: {err}") from err
+    """Each layer's MLP output projection, whose input is the MLP activation."""
+    return model_parts(model).mlp_out_projs
 
 
 @contextmanager
@@ -38,7 +36,7 @@ def tap_residual(model, fn: TensorFn) -> Iterator[None]:
     parts = model_parts(model)
 
     def first(_module, args, kwargs):
-        fn(0, args[0] if args else kwargs["hidden_states"])
+        fn(0, layer_input(args, kwargs))
 
     def after(layer: int):
         def hook(_module, _args, output):
@@ -73,10 +71,22 @@ def tap_mlp(model, fn: TensorFn) -> Iterator[None]:
 def mlp_write_projection(model, states: torch.Tensor) -> torch.Tensor:
     """How much each MLP neuron's output weight points along a residual state, per layer: states [n, L, d] (the
     state at layer l's output for row i) -> [n, L, d_ff] = states[:, l] @ W_out_l (one activation unit of
-    neuron k of layer l adds W_out_l[:, k] to the residual stream)."""
-    projs = mlp_out_projs(model)
-    out = [states[:, layer].to(proj.weight.dtype) @ proj.weight.detach() for layer, proj in enumerate(projs)]
+    neuron k of layer l adds W_out_l[:, k] to the residual stream). Refused (UnsupportedModelError) where the MLP
+    output is normalised before it is added (OLMo 2): a neuron's write is then not W_out_l[:, k] x activation."""
+    parts = model_parts(model)
+    if not parts.mlp_writes_linearly:
+        raise UnsupportedModelError(MLP_WRITE_NONLINEAR.format(arch=parts.architecture.model_types[0]))
+    out = []
+    for layer in range(parts.n_layers):
+        weight = parts.mlp_out_matrix(layer)
+        out.append(states[:, layer].to(weight.dtype) @ weight)
     return torch.stack(out, dim=1).double()
+
+
+MLP_WRITE_NONLINEAR = (
+    "{arch} normalises each MLP output before adding it to the residual stream (post-norm), so a neuron's write "
+    "depends on the whole MLP output, not on its own activation and output weight alone"
+)
 
 
 def clamp_neurons(activation: torch.Tensor, index: torch.Tensor, value: torch.Tensor, from_position: int = 1):
@@ -109,41 +119,41 @@ def clamp_mlp(model, neurons: dict[int, tuple[torch.Tensor, torch.Tensor]], from
 
 
 @torch.no_grad()
-def layer_inputs(model, ids: torch.Tensor, layer: int, batch_size: int = 16) -> tuple[torch.Tensor, dict]:
-    """The input residual of `layer` for every row of `ids` [n, s] -> [n, s, d] (CPU), and the keyword
-    arguments GPT-NeoX layers get for sequences of length s (causal mask, positions, rotary tables),
-    recorded with a batch axis of 1 so they broadcast to any number of rows (no padding)."""
+def layer_inputs(model, ids: torch.Tensor, layer: int, batch_size: int = 16) -> tuple[torch.Tensor, LayerCall]:
+    """The input residual of `layer` for every row of `ids` [n, s] -> [n, s, d] (CPU), and the call the model's
+    layers get for sequences of length s (causal mask, positions, rotary tables: `LayerCall`), recorded with a
+    batch axis of 1 so it broadcasts to any number of rows (no padding)."""
     parts = model_parts(model)
     if not 0 <= layer < parts.n_layers:
         raise ValueError(f"layer {layer} is not in 0..{parts.n_layers - 1}")
     device = next(model.parameters()).device
     kept: list[torch.Tensor] = []
-    kwargs_seen: dict = {}
+    calls: list[LayerCall] = []
 
     def grab(_module, args, kwargs):
-        kept.append((args[0] if args else kwargs["hidden_states"]).detach().cpu())
+        kept.append(layer_input(args, kwargs).detach().cpu())
 
-    def grab_kwargs(_module, _args, kwargs):
-        kwargs_seen.update({k: kwargs.get(k) for k in LAYER_KWARGS})
+    def grab_call(_module, args, kwargs):
+        calls.append(LayerCall.recorded(args, kwargs))
 
-    with hooks([parts.layers[layer].register_forward_pre_hook(grab_kwargs, with_kwargs=True)]):
-        model(input_ids=ids[:1].to(device))
+    with hooks([parts.layers[layer].register_forward_pre_hook(grab_call, with_kwargs=True)]):
+        model(input_ids=ids[:1].to(device), use_cache=False)
     with hooks([parts.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)]):
         for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start : start + batch_size].to(device))
-    return torch.cat(kept), kwargs_seen
+            model(input_ids=ids[start : start + batch_size].to(device), use_cache=False)
+    return torch.cat(kept), calls[0]
 
 
 @torch.no_grad()
-def run_layers(model, hidden: torch.Tensor, start: int, kwargs: dict, fn: TensorFn | None = None) -> torch.Tensor:
-    """Run `hidden` [b, s, d] (the input of layer `start`) through layers start..L-1 with the layer
-    kwargs of `layer_inputs`; fn(point, output) gets each output (point l + 1 after layer l).
-    Returns the last layer's output (before the final LayerNorm)."""
+def run_layers(model, hidden: torch.Tensor, start: int, call: LayerCall, fn: TensorFn | None = None) -> torch.Tensor:
+    """Run `hidden` [b, s, d] (the input of layer `start`) through layers start..L-1 with the recorded `call` of
+    `layer_inputs`; fn(point, output) gets each output (point l + 1 after layer l).
+    Returns the last layer's output (before the final norm)."""
     parts = model_parts(model)
     device = next(model.parameters()).device
     hidden = hidden.to(device)
     for i in range(start, parts.n_layers):
-        hidden = layer_output(parts.layers[i](hidden, **kwargs))
+        hidden = call(parts.layers[i], hidden)
         if fn is not None:
             fn(i + 1, hidden)
     return hidden

@@ -62,11 +62,11 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from ckptstudy.measure.capture import model_parts
 from ckptstudy.measure.cost import Pass, ProbeSizes, Shape
 from ckptstudy.measure.precision import Tolerance
 from ckptstudy.measure.residual import layer_inputs, run_layers
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.model.arch import model_parts
 from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample, columns
 

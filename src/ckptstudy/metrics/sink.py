@@ -27,6 +27,8 @@ position-0-specific activity writes (shares of all components of h_0 sum to 1). 
 `neuron_z` and mean share >= `neuron_share` (n_sink_neurons, a count; null: the same count at position 1).
 neuron_share_max = the largest mean write share among the sink neurons (the `max_neurons` largest kept; 0 when
 there is none); null = the same at position 1 (z, share and the criteria from a_1, h_1); excess = difference.
+Where the MLP output is normalised before it is added to the residual (OLMo 2's post-norm) a neuron's write is
+not a_k W_out[:, k], so the write share, the sink neurons and the patch are NaN with that reason.
 
 Repeated tokens: `n_tokens` tokens drawn (seeded) from the `vocab_top` most frequent non-special probe tokens;
 per token t: the row BOS + t x K (K = `repeat_k` clipped to the context minus BOS; BOS is needed: without it a
@@ -61,12 +63,13 @@ import numpy as np
 import torch
 
 from ckptstudy.measure.attention_stats import StatsRequest
-from ckptstudy.measure.capture import capture_stats, model_parts
+from ckptstudy.measure.capture import capture_stats
 from ckptstudy.measure.cost import Pass, ProbeSizes, Shape
 from ckptstudy.measure.precision import Tolerance
 from ckptstudy.measure.readout import token_logprobs
-from ckptstudy.measure.residual import clamp_mlp, mlp_write_projection, tap_mlp, tap_residual
+from ckptstudy.measure.residual import MLP_WRITE_NONLINEAR, clamp_mlp, mlp_write_projection, tap_mlp, tap_residual
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.model.arch import model_parts
 from ckptstudy.params import Range
 from ckptstudy.stats.bootstrap import Sample, columns
 
@@ -402,6 +405,11 @@ def report_patch(result: FamilyResult, runs: dict, clean: dict, text_nll: dict) 
     result.raw["sink/patch_repeat_cos"] = runs["patch"][0].mean(0).numpy()
 
 
+NEURON_KEYS = [
+    *(f"sink/neuron_share_max{s}" for s in ("", "_null", "_excess")),
+    "sink/n_sink_neurons",
+    "sink/n_sink_neurons_null",
+]
 PATCH_KEYS = [
     f"sink/{k}{s}"
     for k in ("patch_cos_drop", "patch_divergence_drop", "patch_loss_delta")
@@ -447,8 +455,14 @@ def measure(
     rows = {prefix: text_pass(model, ids, batch, with_loss=not prefix) for prefix, ids in variants.items()}
     for prefix, ids in variants.items():
         report_text(result, prefix, rows[prefix], first_norm_null(model, ids, rows[prefix], batch))
-    stats = neuron_stats(model, list(rows.values()))
-    neurons = report_neurons(result, stats, neuron_z, neuron_share, max_neurons)
+    parts = model_parts(model)
+    if parts.mlp_writes_linearly:
+        stats = neuron_stats(model, list(rows.values()))
+        neurons = report_neurons(result, stats, neuron_z, neuron_share, max_neurons)
+    else:  # no write share, so no sink neuron and no patch: each key says why
+        why = "no write share: " + MLP_WRITE_NONLINEAR.format(arch=parts.architecture.model_types[0])
+        for key in NEURON_KEYS + PATCH_KEYS:
+            result.nan(key, why)
 
     corpus = torch.cat([ctx.probes.long_text.flatten(), ctx.probes.natural.flatten()])
     special = list(getattr(tok, "all_special_ids", []) or [])
@@ -460,6 +474,8 @@ def measure(
     report_repeat(result, cos, clean[1], converge_cos, short_k)
     result.raw["sink/repeat_tokens"] = tokens.numpy()
 
+    if not parts.mlp_writes_linearly:
+        return result
     if not len(neurons):
         why = f"no MLP neuron has |z| >= neuron_z={neuron_z} and write share >= neuron_share={neuron_share}"
         for key in PATCH_KEYS:

@@ -1,9 +1,13 @@
 """Checkpoints: which steps exist, step -> hub revision or local directory, loading, weight hashes.
 
 Loading is split so that everything cheap and refusable happens before the weights are read:
-`inspect_checkpoint` (config.json: a GPT-NeoX model; weight files: not truncated, no code-running
-pickles), then `load_tokenizer` (EOS and BOS tokens), then `load_model`. Nothing is ever unpickled
-beyond tensors (`weights_only`), and remote code is never trusted (`trust_remote_code=False`).
+`inspect_checkpoint` (config.json: an architecture with an adapter, `ckptstudy.model.arch`; weight files: not
+truncated, no code-running pickles), then `load_tokenizer` (EOS and BOS tokens), then `load_model`. Nothing is
+ever unpickled beyond tensors (`weights_only`), and remote code is never trusted (`trust_remote_code=False`).
+
+A model's steps, repo and branch names come from its yaml (`model.checkpoints`, `steps`, `step_ranges`,
+`branch_tokens`, `repo` / `repo_by_seed` with {seed}, `revision` with {step}, {tokens}, {seed}); its training
+run is `model.seed` (`run_name`).
 """
 
 from __future__ import annotations
@@ -24,14 +28,12 @@ from pathlib import Path
 
 import torch
 
+from ckptstudy.model import arch
 from ckptstudy.model.suite_spec import spec_from_config
 
 log = logging.getLogger(__name__)
 
 PYTHIA_STEPS: list[int] = [0] + [2**i for i in range(10)] + list(range(1000, 143001, 1000))
-
-
-SUPPORTED_MODEL_TYPES = ("gpt_neox",)  # the metric families hook GPT-NeoX internals (capture.py)
 
 
 class CheckpointError(RuntimeError):
@@ -62,12 +64,117 @@ def available_steps(model_cfg, root: str | Path | None = None) -> list[int]:
     if kind == "pythia":
         return list(PYTHIA_STEPS)
     if kind == "list":
-        if not model_cfg.steps:
-            raise ValueError(f"model.checkpoints=list needs model.steps (model {model_cfg.name!r})")
-        return sorted(int(s) for s in model_cfg.steps)
+        steps = listed_steps(model_cfg)
+        if not steps:
+            raise ValueError(
+                f"model.checkpoints=list needs model.steps, model.step_ranges or model.branch_tokens "
+                f"(model {model_cfg.name!r})"
+            )
+        return steps
     if kind == "suite":
         return spec_from_config(model_cfg).checkpoint_steps()
     raise ValueError(f"model.checkpoints={kind!r} is not valid; choose one of pythia, suite, list")
+
+
+def listed_steps(model_cfg) -> list[int]:
+    """The union of `model.steps`, the `model.step_ranges` ([first, last, every], last included) and the steps of
+    `model.branch_tokens`, sorted."""
+    steps = {int(s) for s in model_cfg.get("steps") or []}
+    for entry in model_cfg.get("step_ranges") or []:
+        if len(entry) != 3 or int(entry[2]) < 1 or int(entry[1]) < int(entry[0]):
+            raise ValueError(
+                f"model.step_ranges entry {list(entry)} of model {model_cfg.name!r} is not valid; each entry is "
+                "[first, last, every] with last >= first and every >= 1"
+            )
+        steps.update(range(int(entry[0]), int(entry[1]) + 1, int(entry[2])))
+    steps.update(int(step) for step, _tokens in branch_tokens(model_cfg).items())
+    return sorted(steps)
+
+
+def branch_tokens(model_cfg) -> dict[int, int]:
+    """{step: tokens} from `model.branch_tokens` ([step, tokens] pairs: the token count a branch name carries)."""
+    out = {}
+    for entry in model_cfg.get("branch_tokens") or []:
+        if len(entry) != 2:
+            raise ValueError(
+                f"model.branch_tokens entry {list(entry)} of model {model_cfg.name!r} is not valid; each entry is "
+                "[step, tokens]"
+            )
+        out[int(entry[0])] = int(entry[1])
+    return out
+
+
+def run_name(model_cfg) -> str:
+    """The name of one training run of a model: its name, with `@seed<k>` when `model.seed` is a seed other than 0
+    (seed 0 is each suite's reference run: the original Pythia, the micro recipe's own seed). Records, sweep
+    directories and W&B runs are named by it; the record also stores the seed itself."""
+    seed = model_cfg.get("seed")
+    return model_cfg.name if seed in (None, 0) else f"{model_cfg.name}@seed{int(seed)}"
+
+
+def repo_for(model_cfg) -> str:
+    """The hub repo of the configured run: `model.repo_by_seed[seed]`, else `model.seed_repo` with {seed} for a seed
+    other than 0, else `model.repo` (the reference run)."""
+    seed = model_cfg.get("seed")
+    by_seed = model_cfg.get("repo_by_seed") or {}
+    if seed is not None and seed in by_seed:
+        return str(by_seed[seed])
+    if seed not in (None, 0) and model_cfg.get("seed_repo"):
+        return model_cfg.seed_repo.format(seed=seed)
+    if not model_cfg.repo:
+        raise ValueError(f"model.repo is required for model.source=hub (model {model_cfg.name!r})")
+    return model_cfg.repo.format(seed=seed)
+
+
+def revision_for(model_cfg, step: int) -> str:
+    """The branch name of `step`: `model.revision` with {step}, {tokens} (from `model.branch_tokens`) and {seed}."""
+    template = model_cfg.revision
+    fields = {"step": step, "seed": model_cfg.get("seed")}
+    if "{tokens}" in template:
+        tokens = branch_tokens(model_cfg)
+        if step not in tokens:
+            raise ValueError(
+                f"model.revision={template!r} needs the token count of step {step}, which model.branch_tokens of "
+                f"model {model_cfg.name!r} does not give"
+            )
+        fields["tokens"] = tokens[step]
+    return template.format(**fields)
+
+
+def check_model_config(model_cfg) -> None:
+    """Refuse a model block whose checkpoints cannot be named, before anything is resolved: an unknown
+    architecture, a seed the suite does not have, a repo or revision template missing what it needs, a
+    step list entry of the wrong form, an architecture the suite recipe does not build."""
+    family = getattr(model_cfg.arch, "value", model_cfg.arch)
+    arch.for_family(family)
+    seed, seeds = model_cfg.get("seed"), model_cfg.get("seeds")
+    if seeds is not None and seed not in list(seeds):
+        raise ValueError(f"model.seed={seed} is not a training run of model {model_cfg.name!r}; valid: {sorted(seeds)}")
+    templates = " ".join(str(model_cfg.get(k) or "") for k in ("repo", "seed_repo", "path"))
+    if seed not in (None, 0) and seeds is None and model_cfg.checkpoints != "suite" and "{seed}" not in templates:
+        raise ValueError(
+            f"model.seed={seed} is not valid: model {model_cfg.name!r} has one training run (its yaml gives no "
+            "model.seeds and no repo or path template with {seed}); valid: null or 0"
+        )
+    if model_cfg.checkpoints == "list":
+        steps = available_steps(model_cfg)
+        if model_cfg.source == "hub":
+            for step in (steps[0], steps[-1]):
+                revision_for(model_cfg, step)
+            missing = [s for s in steps if "{tokens}" in model_cfg.revision and s not in branch_tokens(model_cfg)]
+            if missing:
+                raise ValueError(
+                    f"model.revision={model_cfg.revision!r} needs a token count for every step; model.branch_tokens "
+                    f"of model {model_cfg.name!r} lacks steps {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+                )
+    if model_cfg.source == "hub":
+        repo_for(model_cfg)
+    if model_cfg.checkpoints == "suite":
+        recipe = (model_cfg.get("suite") or {}).get("arch")
+        if recipe is not None and recipe != family:
+            raise ValueError(
+                f"model.arch={family} but the suite recipe builds model.suite.arch={recipe} (model {model_cfg.name!r})"
+            )
 
 
 def nearest_steps(step: int, steps: list[int], k: int = 3) -> list[int]:
@@ -97,14 +204,13 @@ def resolve_step(step, steps: list[int], model: str) -> int:
 
 def source_for(model_cfg, step: int) -> CheckpointSource:
     """Resolve (model, step) to a hub revision or a local directory."""
+    name = run_name(model_cfg)
     if model_cfg.source == "hub":
-        if not model_cfg.repo:
-            raise ValueError(f"model.repo is required for model.source=hub (model {model_cfg.name!r})")
-        return CheckpointSource(model_cfg.name, step, "hub", model_cfg.repo, model_cfg.revision.format(step=step))
+        return CheckpointSource(name, step, "hub", repo_for(model_cfg), revision_for(model_cfg, step))
     if model_cfg.source == "local":
         if not model_cfg.path:
             raise ValueError(f"model.path is required for model.source=local (model {model_cfg.name!r})")
-        return CheckpointSource(model_cfg.name, step, "local", model_cfg.path.format(step=step))
+        return CheckpointSource(name, step, "local", model_cfg.path.format(step=step, seed=model_cfg.get("seed")))
     raise ValueError(f"model.source={model_cfg.source!r} is not valid; choose one of hub, local")
 
 
@@ -221,24 +327,31 @@ def read_model_config(source: CheckpointSource) -> dict:
     return config
 
 
-def check_architecture(config: dict, source: CheckpointSource) -> None:
-    """Refuse a checkpoint whose config.json is not a GPT-NeoX model (every family hooks its internals)."""
+def check_architecture(config: dict, source: CheckpointSource, family: str | None = None) -> arch.Architecture:
+    """The adapter of the checkpoint's config.json `model_type`; refused (CheckpointError listing the supported
+    architectures) when there is none, or when it is not of `family` (the model yaml's `arch`)."""
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    try:
+        found = arch.for_model_type(model_type, f"{_where(source)}: config.json")
+    except arch.UnsupportedModelError as err:
+        raise CheckpointError(str(err)) from None
+    if family is not None and found.family != family:
         raise CheckpointError(
-            f"{_where(source)}: config.json has model_type {model_type!r}; ckptstudy's metric families need "
-            f"GPT-NeoX internals (supported model_type: {', '.join(map(repr, SUPPORTED_MODEL_TYPES))})"
+            f"{_where(source)}: config.json has model_type {model_type!r} (architecture {found.family}), but the "
+            f"model yaml says model.arch={family}; set model.arch={found.family}"
         )
+    return found
 
 
-def inspect_checkpoint(source: CheckpointSource) -> dict:
-    """Everything refusable before the weights load, cheaply: config.json is readable and GPT-NeoX, and
-    the weight files (when they are on disk) are neither truncated nor code-running pickles.
+def inspect_checkpoint(source: CheckpointSource, family: str | None = None) -> dict:
+    """Everything refusable before the weights load, cheaply: config.json is readable and of an architecture
+    with an adapter (of `family` when given: the model yaml's `arch`), and the weight files (when they are on
+    disk) are neither truncated nor code-running pickles.
 
     Returns the config.json dict. Raises CheckpointError naming the file and what is wrong with it.
     """
     config = read_model_config(source)
-    check_architecture(config, source)
+    check_architecture(config, source, family)
     directory = checkpoint_dir(source)
     if directory is not None:
         check_weight_files(directory, source)
@@ -322,8 +435,9 @@ def check_pickle_is_weights_only(path: Path, where: str = "") -> None:
         raise CheckpointError(f"weights file {path} of {where} cannot be read: {type(err).__name__}: {err}") from err
 
 
-def load_tokenizer(source: CheckpointSource):
-    """The checkpoint's tokenizer, refused without EOS or BOS token (padding and probe starts need them)."""
+def load_tokenizer(source: CheckpointSource, bos_from_eos: bool = False):
+    """The checkpoint's tokenizer, refused without EOS or BOS token (padding and probe starts need them); with
+    `bos_from_eos` (config `model.bos_from_eos`), a tokenizer without BOS gets its EOS token as BOS."""
     from transformers import AutoTokenizer
 
     name, kwargs = _from_pretrained_kwargs(source)
@@ -333,6 +447,8 @@ def load_tokenizer(source: CheckpointSource):
         raise
     except Exception as err:
         raise CheckpointError(_load_failure_message(source, kwargs, err)) from err
+    if bos_from_eos and tokenizer.bos_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.bos_token = tokenizer.eos_token
     check_special_tokens(tokenizer, source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

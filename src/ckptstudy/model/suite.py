@@ -2,7 +2,8 @@
 
 Pythia weights cannot be downloaded on machines without internet, so the default
 study runs on a suite trained on this machine: a GPT-NeoX model with Pythia's
-architecture choices (`ckptstudy.model.neox`), its own byte-level BPE tokenizer, trained
+architecture choices (`ckptstudy.model.neox`; the recipe's `arch` builds another family with
+`ckptstudy.model.build`), its own byte-level BPE tokenizer, trained
 deterministically on the Python standard library's sources (`ckptstudy.model.corpus`).
 The recipe, its checkpoint steps and its directory are `ckptstudy.model.suite_spec`.
 
@@ -41,8 +42,8 @@ from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from ckptstudy.config import compose_config
+from ckptstudy.model.build import make_model
 from ckptstudy.model.corpus import load_corpus
-from ckptstudy.model.neox import make_neox
 from ckptstudy.model.suite_spec import (
     MANIFEST,
     SUITE_DIR_ENV,
@@ -225,13 +226,15 @@ def _train(spec: SuiteSpec, out_dir: Path) -> None:
     stream = torch.tensor([i for t in texts for i in [*tokenizer(t)["input_ids"], eos]], dtype=torch.long)
     n_special = len(tokenizer.all_special_ids)
 
-    model = make_neox(
-        vocab_size=len(tokenizer),
-        d_model=spec.d_model,
-        n_layers=spec.n_layers,
-        n_heads=spec.n_heads,
+    model = make_model(
+        spec.arch,
+        len(tokenizer),
+        spec.d_model,
+        spec.n_layers,
+        spec.n_heads,
         max_position_embeddings=spec.max_position_embeddings,
         rotary_pct=spec.rotary_pct,
+        d_ff=spec.d_ff,
     )
     sampler = BatchSampler(spec, stream, len(tokenizer), n_special)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)

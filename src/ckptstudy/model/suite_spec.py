@@ -33,10 +33,12 @@ class SuiteSpec:
     name: str
     seed: int
     # model
+    arch: str  # the architecture built (a family of `ckptstudy.model.arch`: gpt_neox, llama, gpt2)
     n_layers: int
     d_model: int
     n_heads: int
-    rotary_pct: float
+    d_ff: int | None  # MLP width; None = the family's (4 d_model for GELU, 8/3 d_model rounded up for SwiGLU)
+    rotary_pct: float | None  # share of head dimensions rotated (GPT-NeoX; Llama-style: 1.0; GPT-2: None)
     vocab_size: int
     max_position_embeddings: int  # = seq_len: the context the suite is trained on
     # data
@@ -83,8 +85,15 @@ class SuiteSpec:
         return self.phase(step)[0]
 
     def spec_hash(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """The recipe's hash (it names the build directory). Keys added after the first builds enter it only when
+        they differ from what those builds used (`HASH_NEUTRAL`), so existing builds keep their directory."""
+        fields = {k: v for k, v in asdict(self).items() if not (k in HASH_NEUTRAL and v == HASH_NEUTRAL[k])}
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# recipe keys added after builds existed, at the value those builds had: left out of the hash at that value
+HASH_NEUTRAL = {"arch": "gpt_neox", "d_ff": None}
 
 
 def spec_from_config(model_cfg) -> SuiteSpec:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.report import seeds
 from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.onset_results import Onsets
 
@@ -119,11 +120,14 @@ def print_summary(
     files: list[str],
     notes: list[str],
     claims: ClaimResults | None = None,
+    across_seeds: list | None = None,
 ) -> None:
-    """The summary metrics per checkpoint, then onsets, the claims' verdicts, flagged checkpoints, `files`
+    """The summary metrics per checkpoint, then onsets (and, for models swept over training seeds, each metric's
+    onsets side by side: `across_seeds`, `seeds.seed_onsets`), the claims' verdicts, flagged checkpoints, `files`
     (`file_lines`) and `notes` (`note_lines`)."""
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(f"\n== trajectories ({len(table)} checkpoints) ==")
         print(table[["model", "step", "status", *metrics]].to_string(index=False))
-    for line in [*onset_lines(found), *claim_lines(claims), *flagged_lines(table, directory), *files, *notes]:
+    across = [seeds.describe(entry) for entry in across_seeds or []]
+    for line in [*onset_lines(found), *across, *claim_lines(claims), *flagged_lines(table, directory), *files, *notes]:
         print(line)

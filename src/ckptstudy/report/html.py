@@ -61,7 +61,11 @@ def page_context(data: ReportData, test_hooks: bool = False) -> dict:
     if not ok.empty:
         families = sections.family_sections(data, ok, tps)
         context.update(
-            onsets={"rule": sections.onset_rule(data), "rows": sections.onset_rows(data, tps)},
+            onsets={
+                "rule": sections.onset_rule(data),
+                "rows": sections.onset_rows(data, tps),
+                "seeds": sections.seed_rows(data),
+            },
             summary=sections.summary_section(data, ok, tps),
             families=families,
             has_heads=any(f["heads"] for f in families),

@@ -60,9 +60,10 @@ def study_onsets(
     return found
 
 
-def write_onsets(path: Path, found: Onsets, bootstrap: dict) -> None:
+def write_onsets(path: Path, found: Onsets, bootstrap: dict, across_seeds: dict | None = None) -> None:
     """onsets.json: the rule, and per `<metric>@<model>` the onset step (null = no held change), its interval
-    and the share of bootstrap replicates that have an onset (both null without stored samples)."""
+    and the share of bootstrap replicates that have an onset (both null without stored samples); with
+    `across_seeds` (`report.seeds.as_json`), the training runs of each seeded model side by side."""
 
     def number(x):
         return None if x is None or not np.isfinite(x) else float(x)
@@ -76,4 +77,5 @@ def write_onsets(path: Path, found: Onsets, bootstrap: dict) -> None:
             "with_onset": ci.get("with_onset"),
         }
     rule = {"fraction": found.fraction, "persist": found.persist, "bootstrap": bootstrap}
-    results.atomic_write_bytes(Path(path), json.dumps({"rule": rule, "onsets": entries}, indent=1).encode())
+    content = {"rule": rule, "onsets": entries, **({"across_seeds": across_seeds} if across_seeds else {})}
+    results.atomic_write_bytes(Path(path), json.dumps(content, indent=1).encode())

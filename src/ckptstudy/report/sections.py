@@ -55,6 +55,7 @@ class ReportData:
     panels_per_family: int
     bootstrap_seconds: float  # time spent resampling stored samples for this report
     claims: ClaimResults | None = None
+    across_seeds: list = field(default_factory=list)  # `seeds.SeedOnsets` of models swept over training seeds
     built_by: str = field(default_factory=command_line)
 
     @property
@@ -223,6 +224,31 @@ def onset_rows(data: ReportData, tps: dict) -> list[dict]:
                 "interval": interval,
                 "share": "" if share is None else f"{100 * share:.0f}%",
                 "tokens": fmt(value * tokens, 4) if tokens and np.isfinite(value) else "",
+            }
+        )
+    return rows
+
+
+def seed_rows(data: ReportData) -> list[dict]:
+    """Per model swept over training seeds and onset metric: each seed's onset with its prompt interval, the
+    spread across seeds, the median prompt-interval width and whether the intervals overlap."""
+    rows = []
+    for entry in data.across_seeds:
+        runs = []
+        for seed, step, (low, high) in zip(entry.seeds, entry.steps, entry.intervals):
+            shown = fmt(step, 4) if np.isfinite(step) else "no held change"
+            if np.isfinite(low) and np.isfinite(high):
+                shown += f" [{fmt(low, 4)}, {fmt(high, 4)}]"
+            runs.append(f"seed {seed}: {shown}")
+        overlap = {True: "yes", False: "no", None: ""}[entry.intervals_overlap]
+        rows.append(
+            {
+                "metric": entry.metric,
+                "model": entry.base_model,
+                "runs": "; ".join(runs),
+                "spread": fmt(entry.spread, 4) if np.isfinite(entry.spread) else "",
+                "width": fmt(entry.interval_width, 4) if np.isfinite(entry.interval_width) else "",
+                "overlap": overlap,
             }
         )
     return rows

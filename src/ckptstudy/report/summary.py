@@ -10,11 +10,12 @@ one only puts them in order.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ckptstudy import results
 from ckptstudy.config import configured_claims
-from ckptstudy.report import console
+from ckptstudy.report import console, seeds
 from ckptstudy.report.claim_results import ClaimResults, study_claims, write_claims
 from ckptstudy.report.html import write_report
 from ckptstudy.report.onset_results import Onsets, study_onsets, write_onsets
@@ -52,16 +53,29 @@ def recomputed_since(records: list[dict], since: str | None) -> list[dict]:
 
 
 def log_trajectories(
-    cfg, study: Study, table, found: Onsets, plot_path: Path, artifacts: dict, claims: ClaimResults | None
+    cfg,
+    study: Study,
+    table,
+    found: Onsets,
+    plot_path: Path,
+    artifacts: dict,
+    claims: ClaimResults | None,
+    across: list | None = None,
 ) -> None:
-    """One W&B trajectory run per model (config `logger`; nothing when W&B is off)."""
+    """One W&B trajectory run per model run (config `logger`; nothing when W&B is off). A run of a model swept over
+    training seeds also gets the spread of each onset across the seeds (`seed_spread/<metric>`) in its summary."""
     if not enabled(cfg.logger):
         return
     models = sorted(table["model"].unique())
     heads = {m: head_tables(study.records, study.arrays, m) for m in models}
     verdicts = {m: claims.rows(m) for m in models} if claims is not None else None
+    onsets = {m: found.of_model(m) for m in models}
+    for entry in across or []:
+        if not math.isnan(entry.spread):
+            for run in entry.runs:
+                onsets.setdefault(run, {})[f"seed_spread/{entry.metric}"] = entry.spread
     tracker = Tracker(cfg.logger, study.directory, study.name)
-    tracker.log_trajectories(table, {m: found.of_model(m) for m in models}, heads, plot_path, artifacts, verdicts)
+    tracker.log_trajectories(table, onsets, heads, plot_path, artifacts, verdicts)
 
 
 def summarize(cfg, since: str | None = None) -> dict:
@@ -83,7 +97,8 @@ def summarize(cfg, since: str | None = None) -> dict:
     found = study_onsets(
         table, study.records, resampled, onset_metrics, report.onset_fraction, report.onset_persist, settings["level"]
     )
-    write_onsets(study.directory / "onsets.json", found, settings)
+    across = seeds.seed_onsets(table, found)
+    write_onsets(study.directory / "onsets.json", found, settings, seeds.as_json(across))
     rule = Rule(float(report.onset_fraction), int(report.onset_persist), settings["level"])
     claims = configured_claims(cfg)
     verdicts = study_claims(claims, defaults_from(report.verdicts), table, study.records, resampled, rule)
@@ -102,14 +117,15 @@ def summarize(cfg, since: str | None = None) -> dict:
         panels_per_family=int(report.panels_per_family),
         bootstrap_seconds=resampled.seconds + found.seconds,
         claims=verdicts,
+        across_seeds=across,
     )
     report_path = write_report(study.directory / "report.html", data)
     artifacts = {"report": report_path, "trajectories": path, "claims": claims_path}
-    log_trajectories(cfg, study, table, found, plot_path, artifacts, verdicts)
+    log_trajectories(cfg, study, table, found, plot_path, artifacts, verdicts, across)
     recomputed = recomputed_since(study.records, since)
     files = console.file_lines(study.directory, path, plot_path, report_path, claims_path)
     notes = console.note_lines(console.nan_reason_counts(study.records), recomputed)
-    console.print_summary(table, summary_metrics, found, study.directory, files, notes, verdicts)
+    console.print_summary(table, summary_metrics, found, study.directory, files, notes, verdicts, across)
     failed = table[table["status"] != "ok"]
     return {
         "table": path,
@@ -120,6 +136,7 @@ def summarize(cfg, since: str | None = None) -> dict:
         "onset_intervals": found.intervals,
         "claims": verdicts,
         "claims_path": claims_path,
+        "across_seeds": across,
         "failed": failed[["model", "step"]].values.tolist(),
         "recomputed": len(recomputed),
         "bootstrap_seconds": data.bootstrap_seconds,

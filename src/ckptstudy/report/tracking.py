@@ -117,7 +117,8 @@ class Tracker:
         `measured` is the job's FamilyResult. Returns the run directory, or None when W&B is off or failed.
         """
         name = f"{record['model']}@step{record['step']}"
-        with self.run("checkpoint run", job_type="checkpoint", name=name, config=config) as run:
+        tags = run_tags(record.get("base_model") or record["model"], record.get("seed"), self.study)
+        with self.run("checkpoint run", job_type="checkpoint", name=name, config=config, tags=tags) as run:
             if run is None:
                 return None
             import wandb
@@ -147,13 +148,16 @@ class Tracker:
         artifacts: dict[str, Path] | None = None,
         claims: list[dict] | None = None,
     ) -> str | None:
-        """One `job_type=trajectory` run per model: every ok checkpoint in step order against `train/step`,
-        tagged `model:<model>` and `study:<study>`; each file of `artifacts` ({kind: path}, e.g. the report
-        and trajectories.csv) is logged as an artifact `<study>-<kind>` of type `<kind>`. `claims`: the
-        model's verdicts as rows {id, statement, verdict, reason, agreement}: summary keys `claims/<id>` (the
-        verdict) and a table `claim_verdicts`."""
-        config = {"study": self.study, "model": model}
-        tags = [f"model:{model}"[:64], f"study:{self.study}"[:64]]
+        """One `job_type=trajectory` run per model run (a training seed of a model is its own run): every ok
+        checkpoint in step order against `train/step`, config {study, model, base_model, seed}, tagged
+        `model:<base model>`, `run:<model>`, `seed:<seed>` (when it has one) and `study:<study>`; each file of
+        `artifacts` ({kind: path}, e.g. the report and trajectories.csv) is logged as an artifact `<study>-<kind>`.
+        `claims`: the model's verdicts as rows {id, statement, verdict, reason, agreement}: summary keys
+        `claims/<id>` (the verdict) and a table `claim_verdicts`."""
+        rows = table[(table["model"] == model) & (table["status"] == "ok")].sort_values("step")
+        base, seed = _run_identity(table, model)
+        config = {"study": self.study, "model": model, "base_model": base, "seed": seed}
+        tags = run_tags(base, seed, self.study, run_label=model)
         name = f"{model}/trajectory"
         with self.run("trajectory run", job_type="trajectory", name=name, config=config, tags=tags) as run:
             if run is None:
@@ -162,7 +166,6 @@ class Tracker:
 
             run.define_metric("train/step")
             run.define_metric("*", step_metric="train/step")
-            rows = table[(table["model"] == model) & (table["status"] == "ok")].sort_values("step")
             metric_cols = [c for c in rows.columns if "/" in c]
             for _, row in rows.iterrows():
                 values = {c: float(row[c]) for c in metric_cols if _is_number(row[c])}
@@ -200,6 +203,26 @@ class Tracker:
             self.log_trajectory(
                 model, table, onsets.get(model, {}), head_tables.get(model), plot_path, artifacts, verdicts
             )
+
+
+def run_tags(base_model: str, seed, study: str, run_label: str | None = None) -> list[str]:
+    """W&B tags of a run: `model:<base model>` (every seed of a model shares it: W&B groups by it), `seed:<k>` when
+    the run has a training seed, `run:<label>` for a trajectory run, `study:<study>`."""
+    tags = [f"model:{base_model}"]
+    if run_label is not None:
+        tags.append(f"run:{run_label}")
+    if seed is not None and _is_number(seed):
+        tags.append(f"seed:{int(float(seed))}")
+    return [t[:64] for t in [*tags, f"study:{study}"]]
+
+
+def _run_identity(table, model: str) -> tuple[str, int | None]:
+    """(base model, training seed) of a run's rows in the trajectories table (the run's name and None for tables
+    without those columns)."""
+    rows = table[table["model"] == model]
+    base = rows["base_model"].iloc[0] if "base_model" in rows and len(rows) else model
+    seed = rows["seed"].iloc[0] if "seed" in rows and len(rows) else None
+    return str(base), (int(float(seed)) if _is_number(seed) else None)
 
 
 def _artifact_name(name: str) -> str:

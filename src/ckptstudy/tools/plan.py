@@ -2,12 +2,13 @@
 
     ckptstudy-plan model=pythia-160m schedule=all [hydra overrides] [--gpu A100-80GB] [--json]
 
-From the composed config (the same overrides `ckptstudy -m` takes) it lists the checkpoints the sweep visits,
-the bytes to download (parameter count from model.n_layers / d_model / n_heads and the vocabulary; hub
-checkpoints are float16 files), the peak disk of those revisions in the HF cache with and without
-`checkpoints.evict` (with it: at most 1 + `checkpoints.prefetch_ahead` revisions per parallel job of the
-launcher), and per job and per enabled metric family: the forward passes the family
-describes next to its `measure` (`passes(sizes, shape, **params)` at the configured probe sizes and the
+From the composed config (the same overrides `ckptstudy -m` takes; `model.seed=0,1,2` plans every training run)
+it lists the checkpoints the sweep visits, the bytes to download (parameter count from the model yaml's shape:
+n_layers, d_model, n_heads, d_ff, vocabulary, tying, and the MLP's matrices from its architecture; hub checkpoint
+files hold `model.file_bytes_per_param` bytes per parameter: 2 for Pythia's float16), the peak disk of those
+revisions in the HF cache with and without `checkpoints.evict` (with it: at most 1 + `checkpoints.prefetch_ahead`
+revisions per parallel job of the launcher), and per job and per enabled metric family: the forward passes the
+family describes next to its `measure` (`passes(sizes, shape, **params)` at the configured probe sizes and the
 family's parameters; a pass several families share, the natural continuations, is counted once), their
 FLOPs, their peak activation memory, and the wall time on this machine and on a named GPU class. A family
 that describes no passes is planned at 0 and named in a warning.
@@ -50,9 +51,8 @@ from ckptstudy.measure.generation import greedy_generate
 from ckptstudy.model.hubcache import launcher_parallelism
 from ckptstudy.model.neox import make_neox
 from ckptstudy.params import check_family
-from ckptstudy.sweeps import swept_steps, take_override
+from ckptstudy.sweeps import sweep_values, swept_steps, take_override
 
-HUB_BYTES_PER_PARAM = 2  # Pythia hub checkpoints are float16 safetensors / bin files
 CALIBRATION = Path("outputs") / "bench" / "calibration.json"
 
 # published peaks (dense, no sparsity): (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s, memory GB/s, memory GB)
@@ -97,7 +97,7 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
         keys = s + step + 1
         for start in range(0, p.rows, max(1, p.batch)):
             b = min(p.batch, p.rows - start)
-            flops = b * (shape.n_layers * (24 * d * d + 4 * d * keys) + 2 * d * shape.vocab)
+            flops = b * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
             cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
             seconds += max(flops / rate, (weights + cache) / bandwidth)
             seconds += (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
@@ -270,10 +270,15 @@ def make_plan(
     """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
 
     step_value, overrides = take_override(list(overrides), "step")  # a step sweep, as `ckptstudy -m` reads it
-    cfg = compose_config(overrides, return_hydra_config=True)
+    seed_value, overrides = take_override(overrides, "model.seed")  # training runs: each is a sweep of its own
+    seeds = sweep_values(seed_value) if seed_value else [None]
+    cfg = compose_config([*overrides, *([f"model.seed={seeds[0]}"] if seeds[0] else [])], return_hydra_config=True)
+    for seed in seeds[1:]:
+        compose_config([*overrides, f"model.seed={seed}"])  # refuses a seed the suite does not have
     dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
     shape = planned_shape(cfg.model)
     steps = swept_steps(cfg, step_value)
+    jobs = len(steps) * len(seeds)
     machine = machine or load_machine()
     local = cfg.model.source == "local"
     params = shape.params
@@ -283,19 +288,21 @@ def make_plan(
     cpu = estimate(passes, shape, machine, cpu_bytes)
     gpu_m = gpu_machine(gpu, "float32" if dtype == "float32" else "bfloat16")
     on_gpu = estimate(passes, shape, gpu_m, gpu_bytes)
-    download = 0 if local else params * HUB_BYTES_PER_PARAM
+    download = 0 if local else params * int(cfg.model.file_bytes_per_param)
     job_cpu = sum(f["seconds"] for f in cpu.values())
     job_gpu = sum(f["seconds"] for f in on_gpu.values())
-    disk = disk_plan(cfg, len(steps), download)
+    disk = disk_plan(cfg, jobs, download)
     return {
         "model": cfg.model.name,
+        "arch": str(getattr(cfg.model.arch, "value", cfg.model.arch)),
+        "seeds": [int(seed) for seed in seeds if seed is not None] or None,
         "shape": asdict(shape),
         "params": params,
         "dtype": dtype,
-        "checkpoints": len(steps),
+        "checkpoints": jobs,
         "steps": steps,
         "download_bytes_per_checkpoint": download,
-        "download_bytes_total": download * len(steps),
+        "download_bytes_total": download * jobs,
         "disk": disk,
         "weights_bytes_cpu": params * cpu_bytes,
         "weights_bytes_gpu": params * gpu_bytes,
@@ -305,13 +312,13 @@ def make_plan(
             "machine": asdict(machine),
             "families": cpu,
             "job_seconds": job_cpu,
-            "sweep_seconds": job_cpu * len(steps),
+            "sweep_seconds": job_cpu * jobs,
         },
         "gpu": {
             "machine": asdict(gpu_m),
             "families": on_gpu,
             "job_seconds": job_gpu,
-            "sweep_seconds": job_gpu * len(steps),
+            "sweep_seconds": job_gpu * jobs,
         },
         "warnings": [
             f"metrics.{family} describes no passes (no `passes` next to its measure): planned at 0 FLOP"
@@ -320,7 +327,7 @@ def make_plan(
         "assumptions": {
             "loop_share": loop_share,
             "loaded_attention": LOADED_ATTENTION,
-            "hub_bytes_per_param": HUB_BYTES_PER_PARAM,
+            "hub_bytes_per_param": int(cfg.model.file_bytes_per_param),
             "load_and_download_time": "not included (network and disk dependent)",
         },
     }
@@ -387,15 +394,21 @@ def _row(label: str, *cells: str) -> str:
 def render(plan: dict) -> str:
     """The plan as text."""
     shape, cpu, gpu = plan["shape"], plan["cpu"], plan["gpu"]
+    seeds = plan.get("seeds")
+    runs = f" x {len(seeds)} training seeds ({', '.join(map(str, seeds))})" if seeds and len(seeds) > 1 else ""
+    mlp = "SwiGLU" if shape.get("mlp_matrices") == 3 else "GELU"
+    d_ff = shape.get("d_ff") or 4 * shape["d_model"]
     lines = [
-        f"ckptstudy plan: {plan['model']} ({shape['n_layers']} layers, d_model {shape['d_model']}, "
-        f"{shape['n_heads']} heads, vocab {shape['vocab']}; {plan['params'] / 1e6:.1f} M parameters), "
+        f"ckptstudy plan: {plan['model']} ({plan.get('arch', 'gpt_neox')}: {shape['n_layers']} layers, d_model "
+        f"{shape['d_model']}, {shape['n_heads']} heads, {mlp} MLP {d_ff}, vocab {shape['vocab']}"
+        f"{', tied embeddings' if shape.get('tied_embeddings') else ''}; {plan['params'] / 1e6:.1f} M parameters), "
         f"dtype {plan['dtype']}",
-        f"checkpoints: {plan['checkpoints']} (steps {_steps(plan['steps'])})",
+        f"checkpoints: {plan['checkpoints']} (steps {_steps(plan['steps'])}{runs})",
     ]
     per = plan["download_bytes_per_checkpoint"]
     lines.append(
-        f"download: {_bytes(per)} per checkpoint (float16 hub files), {_bytes(plan['download_bytes_total'])} in total"
+        f"download: {_bytes(per)} per checkpoint ({plan['assumptions']['hub_bytes_per_param']} bytes per parameter: "
+        f"model.file_bytes_per_param), {_bytes(plan['download_bytes_total'])} in total"
         if per
         else "download: none (local checkpoints)"
     )

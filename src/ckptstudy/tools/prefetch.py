@@ -8,17 +8,19 @@ command downloads is the user's: a sweep's `checkpoints.evict` never deletes it.
 parallel on a small thread pool. Downloads resume: a revision already complete in the cache is not
 contacted again, and an interrupted file resumes from its `.incomplete` blob. Offline (`HF_HUB_OFFLINE=1`)
 or with `--check`, nothing is downloaded: it reports which revisions are cached and exits 1 naming the
-missing ones.
+missing ones. `--branches` downloads nothing either: it lists the hub repo's branches that match the model's
+branch-name pattern, as the `steps:` or `branch_tokens:` entry of its yaml (how a suite's step list is completed).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
 from huggingface_hub.utils import disable_progress_bars
 from omegaconf import DictConfig
 
@@ -26,7 +28,7 @@ from ckptstudy.config import compose_config
 from ckptstudy.model import checkpoints, hubcache
 from ckptstudy.model.hubcache import Revision, cache_state
 from ckptstudy.progress import is_terminal
-from ckptstudy.sweeps import swept_steps, take_override
+from ckptstudy.sweeps import sweep_values, swept_steps, take_override
 
 DEFAULT_WORKERS = 4  # revisions downloaded at once
 
@@ -39,12 +41,54 @@ def revisions_for(cfg: DictConfig, steps: list[int]) -> list[Revision]:
     out = []
     for step in steps:
         source = checkpoints.source_for(cfg.model, step)
-        out.append(Revision(cfg.model.name, step, source.location, source.revision))
+        out.append(Revision(checkpoints.run_name(cfg.model), step, source.location, source.revision))
     return out
 
 
 class PrefetchError(RuntimeError):
     """The request cannot be served (not a hub model, a bad step); the message says why."""
+
+
+def branch_pattern(template: str, seed) -> re.Pattern:
+    """The regular expression of a `model.revision` template: {step} and {tokens} captured, {seed} filled in."""
+    fields = {"step": r"(?P<step>\d+)", "tokens": r"(?P<tokens>\d+)", "seed": re.escape(str(seed))}
+    parts = re.split(r"\{(step|tokens|seed)\}", template)  # odd items are the field names
+    return re.compile("".join(fields[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)))
+
+
+def yaml_steps(branches: list[str], template: str, seed=None) -> tuple[str, list[str]]:
+    """The yaml entry listing the steps of `branches` that match `template` (`branch_tokens: [[step, tokens], ...]`
+    when the branch names carry a token count, else `steps: [...]`), sorted by step, and the branches that do not
+    match."""
+    pattern = branch_pattern(template, seed)
+    found, other = {}, []
+    for name in branches:
+        match = pattern.fullmatch(name)
+        if match is None:
+            other.append(name)
+        else:
+            found[int(match["step"])] = int(match["tokens"]) if "tokens" in pattern.groupindex else None
+    if "tokens" in pattern.groupindex:
+        return "branch_tokens: [" + ", ".join(f"[{s}, {t}]" for s, t in sorted(found.items())) + "]", sorted(other)
+    return "steps: [" + ", ".join(str(s) for s in sorted(found)) + "]", sorted(other)
+
+
+def hub_branches(repo: str) -> list[str]:
+    """The branch names of a hub repo (one call; needs network)."""
+    return [ref.name for ref in HfApi().list_repo_refs(repo).branches]
+
+
+def list_branches(cfg: DictConfig, out=print) -> None:
+    """Print the configured model's hub branches as its yaml's step list (`yaml_steps`)."""
+    if cfg.model.source != "hub":
+        raise PrefetchError(f"model {cfg.model.name} is not a hub model (model.source={cfg.model.source}): no branches")
+    repo = checkpoints.repo_for(cfg.model)
+    branches = hub_branches(repo)
+    entry, other = yaml_steps(branches, cfg.model.revision, cfg.model.get("seed"))
+    out(f"# {len(branches) - len(other)} branches of {repo} named {cfg.model.revision} (ckptstudy-prefetch --branches)")
+    out(entry)
+    if other:
+        out(f"# {len(other)} other branches: {' '.join(other[:20])}{' ...' if len(other) > 20 else ''}")
 
 
 def size_text(nbytes: int) -> str:
@@ -106,21 +150,37 @@ def prefetch(items: list[Revision], workers: int = DEFAULT_WORKERS, check_only: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`ckptstudy-prefetch model=<m> [schedule=<s> | step=<a>,<b>] [overrides]`: download every checkpoint
-    of the sweep into the HF cache (run it where there is network, e.g. a login node)."""
+    """`ckptstudy-prefetch model=<m> [schedule=<s> | step=<a>,<b>] [model.seed=<k>,...] [overrides]`: download
+    every checkpoint of the sweep (of each training seed) into the HF cache (run it where there is network)."""
     parser = argparse.ArgumentParser(prog="ckptstudy-prefetch", description=main.__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: model=, schedule= or step=, model.repo= ...")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="revisions downloaded at once")
     parser.add_argument("--check", action="store_true", help="only report what is cached; download nothing")
+    parser.add_argument(
+        "--branches", action="store_true", help="list the hub repo's branches as the yaml's step list; download nothing"
+    )
     args = parser.parse_args(argv)
     step_value, overrides = take_override(args.overrides, "step")
     model_value, overrides = take_override(overrides, "model")
+    seed_value, overrides = take_override(overrides, "model.seed")
     choices = [m.strip() for m in model_value.split(",")] if model_value else [None]
+    seeds = sweep_values(seed_value) if seed_value else [None]
+    if args.branches:
+        try:
+            for choice in choices:
+                chosen = [*([f"model={choice}"] if choice else []), *([f"model.seed={seeds[0]}"] if seeds[0] else [])]
+                list_branches(compose_config([*chosen, *overrides]))
+        except (PrefetchError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        return
     try:
         items = []
         for choice in choices:
-            cfg = compose_config([*([f"model={choice}"] if choice else []), *overrides], return_hydra_config=True)
-            items += revisions_for(cfg, swept_steps(cfg, step_value))
+            for seed in seeds:
+                chosen = [*([f"model={choice}"] if choice else []), *([f"model.seed={seed}"] if seed else [])]
+                cfg = compose_config([*chosen, *overrides], return_hydra_config=True)
+                items += revisions_for(cfg, swept_steps(cfg, step_value))
     except (PrefetchError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

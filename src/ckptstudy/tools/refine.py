@@ -274,7 +274,7 @@ class Measured:
 def read_measured(cfg: DictConfig, metric: str) -> Measured:
     values, other, keys = {}, [], set()
     for record in results.load_records(cfg.paths.root, cfg.study):
-        if record.get("model") != cfg.model.name:
+        if record.get("model") != checkpoints.run_name(cfg.model):
             continue
         if is_current(record, cfg):
             found = (record.get("metrics") or {}).get(metric)
@@ -323,7 +323,7 @@ class ModelRefinement:
     plan: Plan | None = None
 
     def outcome(self, metric: str) -> Outcome:
-        name, measured = self.cfg.model.name, len(read_measured(self.cfg, metric).values)
+        name, measured = checkpoints.run_name(self.cfg.model), len(read_measured(self.cfg, metric).values)
         return Outcome(name, self.plan, measured, len(self.available), self.launched, sorted(self.failed), self.rounds)
 
 
@@ -339,7 +339,7 @@ def launch_round(state: ModelRefinement, overrides: list[str], metric: str, run)
     """Measure the plan's next steps through `ckptstudy --multirun` and note the steps that gave no record."""
     cfg, steps = state.cfg, state.plan.next_steps
     state.rounds += 1
-    print(f"[refine] {cfg.model.name} round {state.rounds}: {state.plan.message}", flush=True)
+    print(f"[refine] {checkpoints.run_name(cfg.model)} round {state.rounds}: {state.plan.message}", flush=True)
     if state.rounds == 1:
         ensure_suite(cfg.model)  # what the multirun callback would do (the launches skip it)
     command = launch_command(state.choice, steps, overrides)
@@ -351,7 +351,9 @@ def launch_round(state: ModelRefinement, overrides: list[str], metric: str, run)
     for step in steps:
         if step not in values:
             state.failed.add(step)
-            print(f"[refine] {cfg.model.name} step {step}: no usable record ({failure_note(cfg, step)})")
+            print(
+                f"[refine] {checkpoints.run_name(cfg.model)} step {step}: no usable record ({failure_note(cfg, step)})"
+            )
 
 
 def refine(
@@ -383,25 +385,26 @@ def refine(
 
 def describe_start(cfg: DictConfig, metric: str, measured: Measured, n_available: int) -> None:
     print(
-        f"[refine] {cfg.model.name} {metric}: {len(measured.values)} of {n_available} checkpoints measured "
-        f"in study {cfg.study!r} (steps {sorted(measured.values)})",
+        f"[refine] {checkpoints.run_name(cfg.model)} {metric}: {len(measured.values)} of {n_available} checkpoints "
+        f"measured in study {cfg.study!r} (steps {sorted(measured.values)})",
         flush=True,
     )
     if measured.values and metric not in measured.keys:
         raise RefineError(
-            f"metric {metric!r} is not in the records of {cfg.model.name} in study {cfg.study!r}; "
+            f"metric {metric!r} is not in the records of {checkpoints.run_name(cfg.model)} in study {cfg.study!r}; "
             f"their metrics: {', '.join(sorted(measured.keys))}"
         )
     if measured.other_config:
         print(
-            f"[refine] {cfg.model.name}: {len(measured.other_config)} record(s) made with another measurement "
-            f"config are not used (steps {measured.other_config}); pass the overrides of the sweep that made them",
+            f"[refine] {checkpoints.run_name(cfg.model)}: {len(measured.other_config)} record(s) made with another "
+            f"measurement config are not used (steps {measured.other_config}); pass the overrides of the sweep that "
+            "made them",
             flush=True,
         )
 
 
 def failure_note(cfg: DictConfig, step: int) -> str:
-    record = results.read_record(results.record_path(cfg.paths.root, cfg.study, cfg.model.name, step))
+    record = results.read_record(results.record_path(cfg.paths.root, cfg.study, checkpoints.run_name(cfg.model), step))
     if record is None:
         return "no record written"
     error = record.get("error") or {}
