@@ -12,8 +12,9 @@ import torch
 
 from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.stats import bootstrap, specialization
-from ckptstudy.stats.bootstrap import Sample, decode, encode, interval, replicates, statistic
+from ckptstudy.stats import bootstrap, intervals, specialization
+from ckptstudy.stats.bootstrap import Sample, decode, encode, replicates, resample, statistic
+from ckptstudy.stats.intervals import percentile as interval
 
 RNG = np.random.default_rng(0)
 ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])
@@ -146,14 +147,16 @@ def test_record_intervals_cover_the_reported_statistics():
     result.stat("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"), None)
     result.value("a/other", 1.0, "a constant")
     result.part("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # not reported: no interval
-    ci, reasons = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
-    assert set(ci) == {"a/rate"} and reasons == {}
+    found = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
+    ci, reasons = found.ci, found.reasons
+    assert set(ci) == {"a/rate"} and reasons == {} and found.methods == {"a/rate": "wilson"}
     low, high = ci["a/rate"]
     assert low < 0.5 < high and high - low == pytest.approx(2 * 1.645 * 0.5 / math.sqrt(40), rel=0.35)
 
 
 def checked(samples: dict, scalars: dict, min_prompts: int = 5):
-    return bootstrap.checked_intervals(samples, replicates(samples, 200, 0), scalars, 0.95, min_prompts)
+    found = intervals.checked_intervals(samples, resample(samples, 200, 0), scalars, 0.95, min_prompts)
+    return found.ci, found.reasons
 
 
 def test_an_interval_is_that_of_the_stored_sample_and_none_when_its_statistic_is_nan():
