@@ -43,6 +43,7 @@ POPULATIONS = Path(__file__).parent / "data" / "coverage_populations.npz"
 REPORT = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["report"]  # onset rule, report.bootstrap
 CONFIG = REPORT["bootstrap"]
 MICRO_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(600, 1700, 100))
+OUT = REPO / "outputs" / "coverage.md"  # the full grid's table (README "Interval coverage")
 KEY = "x"  # the key whose interval a scenario measures
 
 
@@ -284,6 +285,14 @@ def from_record(step: int, key: str) -> tuple[Callable, float]:
     return draw, truth
 
 
+def quantile_of_record(step: int, key: str, q: float) -> tuple[Callable, float]:
+    """Experiments that draw n of the values of a record's sample `key` with replacement and take their `q`
+    quantile (`Sample("quantile")`, as repetition's onset_p10 / _p90); the truth is that of the record's values."""
+    values = bootstrap.resolved(record_samples(step))[key].values
+    truth = bootstrap.statistic(KEY, {KEY: Sample("quantile", values, prompts="p", q=q)})
+    return (lambda rng, n: {KEY: Sample("quantile", values[rng.integers(0, len(values), n)], prompts="p", q=q)}), truth
+
+
 # --- the scenarios ----------------------------------------------------------------------------------------------
 
 
@@ -307,17 +316,18 @@ def scenarios() -> list[Scenario]:
     add("nanmean", "record step 1000 rep/onset_mean", *from_record(1000, "rep/onset_mean"))
     for step in (4, 1000):
         add("median_low", f"record step {step} rep/onset_median", *from_record(step, "rep/onset_median"))
+    for q in (0.1, 0.9):  # rep/onset_p10, _p90: the same natural onsets as the median
+        add("quantile", f"record step 1000 rep/onset q={q}", *quantile_of_record(1000, "rep/onset_median", q))
 
     def enrichment(rng, n):
         expected = rng.gamma(2.0, 1.0, n)
         return {KEY: Sample("ratio_of_sums", expected * rng.lognormal(0, 0.75, n), prompts="p", weights=expected)}
 
     add("ratio_of_sums/mean", "mass / expected mass, lognormal 0.75", enrichment, math.exp(0.75**2 / 2))
-    add(
-        "ratio_of_sums/mean",
-        "record step 128 enrich_newline_natural",
-        *from_record(128, "lowinfo/enrich_newline_natural_nosink"),
-    )
+    # stress: 2 of the record's 64 prompts carry a quarter of the expected mass; an experiment that draws neither
+    # (13% of them at n=64, 60% at n=16) cannot know about them, whatever its interval method
+    enrich = from_record(128, "lowinfo/enrich_newline_natural_nosink")
+    add("ratio_of_sums/mean", "record step 128 enrich_newline_natural", *enrich, stress=True)
     for name, means in (
         ("2 heads tied", [1, 1, 0.5, 0.5, 0.2, 0.2, 0, 0]),
         ("4 heads tied", [1, 1, 1, 1, 0.2, 0.2, 0, 0]),
@@ -541,7 +551,7 @@ def table(rows: list[dict], experiments: int) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "coverage.md")
+    parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--kind", default=None, help="only scenarios of this kind")
     parser.add_argument("--populations", type=Path, help="rewrite the record populations from this records/micro")
     args = parser.parse_args(argv)

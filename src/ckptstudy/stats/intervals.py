@@ -8,7 +8,9 @@ harness (tests/test_coverage.py, README "Interval coverage"): `METHODS` maps eve
   (`bootstrap.is_smooth`): a percentile interval is too narrow at small n and too low on skewed data;
 - `percentile`: the quantiles of the replicates;
 - `bias_corrected` (BC): the percentile interval at levels shifted by the share of replicates below the
-  estimate (onsets: the change is a maximum over checkpoints, so replicate onsets lean late);
+  estimate (onsets: the change is a maximum over checkpoints, so replicate onsets lean late; concentration of
+  an effect vector: clipping heads at 0 inflates the positive total, so replicates lean the same way);
+- `basic`: [2 v - q_hi, 2 v - q_lo] (measured, not used by any kind: no better than BC for vectors);
 - `band`: for maxima over heads (and differences and ratios of them): a simultaneous band over the columns,
   [v_j - c sd_j, v_j + c sd_j] with c the `level` quantile over replicates of max_j |v_rj - v_j| / sd_j,
   holds every head's value at once, so the maximum (top-k mean, or any statistic nondecreasing in every
@@ -53,10 +55,10 @@ METHODS = {
     "top_mean": "band",
     "ratio_of_sums/mean": "studentized",
     "ratio_of_sums/max": "band",
-    "vector/positive_total": "percentile",
-    "vector/top_share": "percentile",
-    "vector/neff": "percentile",
-    "vector/gini": "percentile",
+    "vector/positive_total": "bias_corrected",
+    "vector/top_share": "bias_corrected",
+    "vector/neff": "bias_corrected",
+    "vector/gini": "bias_corrected",
     "difference": "studentized",
     "ratio": "studentized",
     "difference/max": "band",
@@ -66,7 +68,7 @@ METHODS = {
     "compare/spearman": "withheld",
     "onset": "bias_corrected",
 }
-INTERVAL_METHODS = ("wilson", "studentized", "percentile", "bias_corrected", "band", "withheld")
+INTERVAL_METHODS = ("wilson", "studentized", "percentile", "bias_corrected", "basic", "band", "withheld")
 WITHHELD = {
     "compare/cosine": (
         "withheld: a cosine of two noisy head vectors is pulled below its true value (to 0 coverage when the "
@@ -131,6 +133,19 @@ def bias_corrected(
     z = _NORMAL.inv_cdf((1 + level) / 2)
     low, high = np.quantile(finite, [_NORMAL.cdf(2 * z0 - z), _NORMAL.cdf(2 * z0 + z)])
     return float(low), float(high)
+
+
+def basic(
+    values: np.ndarray, estimate: float, level: float, min_finite: float = MIN_FINITE_SHARE
+) -> tuple[float, float]:
+    """Basic (reverse percentile) interval [2 v - q_hi, 2 v - q_lo]: the replicates' bias and skew about the
+    estimate are taken for the estimate's about the truth (a statistic biased upward, such as a clipped total,
+    is moved down by as much as its replicates move up)."""
+    finite = _defined(values, min_finite)
+    if finite is None or not math.isfinite(estimate):
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(2 * estimate - high), float(2 * estimate - low)
 
 
 def _quantiles(values: np.ndarray, probs: list[float]) -> np.ndarray:
@@ -287,6 +302,8 @@ def _interval(
         return percentile(values, level, SCALAR_FINITE_SHARE)
     if method == "bias_corrected":
         return bias_corrected(values, estimate, level, SCALAR_FINITE_SHARE)
+    if method == "basic":
+        return basic(values, estimate, level, SCALAR_FINITE_SHARE)
     if method == "band":
         return _band(key, plain, full, reps, level)
     raise ValueError(f"unknown interval method {method!r}; valid: {', '.join(INTERVAL_METHODS)}")
