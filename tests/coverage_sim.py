@@ -493,6 +493,34 @@ def after_settings(kind: str) -> Settings:
     return Settings(AFTER.resamples, {**intervals.METHODS, kind: "percentile"}, label=AFTER.label)
 
 
+# --- the cost ------------------------------------------------------------------------------------------------
+
+
+def cost(records: Path, steps=(0, 512, 1600), rounds: int = 3) -> list[str]:
+    """Seconds to resample and interval every statistic of real micro records (a study's records/micro), BEFORE
+    and AFTER side by side in one process, alternating, best of `rounds`: one line per step."""
+    lines = []
+    for step in steps:
+        stored = results.read_arrays(records / f"step{step}.json")
+        samples = bootstrap.decode(stored)
+        reported = set(bootstrap.full_statistics(samples))
+        best = {}
+        for _ in range(rounds):
+            for settings in (BEFORE, AFTER):
+                started = time.perf_counter()
+                reps = bootstrap.resample(samples, settings.resamples, 0)
+                found = intervals.checked_intervals(samples, reps, reported, settings.level, 5, settings.methods)
+                seconds = time.perf_counter() - started
+                best[settings.label] = min(best.get(settings.label, math.inf), seconds)
+        shown = sum(math.isfinite(v[0]) for v in found.ci.values())
+        before, after = best[BEFORE.label], best[AFTER.label]
+        lines.append(
+            f"step {step}: {len(found.ci)} intervals ({shown} shown after): before {before:.3f} s, after {after:.3f} s "
+            f"({after / before:.1f}x)"
+        )
+    return lines
+
+
 # --- the table ----------------------------------------------------------------------------------------------------
 
 
@@ -554,9 +582,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--kind", default=None, help="only scenarios of this kind")
     parser.add_argument("--populations", type=Path, help="rewrite the record populations from this records/micro")
+    parser.add_argument("--cost", type=Path, help="time the intervals of the micro records in this records/micro")
     args = parser.parse_args(argv)
     if args.populations:
         write_populations(args.populations)
+        return
+    if args.cost:
+        print("\n".join(cost(args.cost)))
         return
     only = (lambda s: s.kind == args.kind) if args.kind else (lambda s: True)
     rows = grid(args.experiments, only=only)

@@ -350,3 +350,14 @@ def test_statistic_evaluates_only_what_its_key_rests_on():
     }
     assert statistic("r", samples) == 1.0
     assert math.isnan(statistic("nothing", samples))
+
+
+def test_spearman_of_many_rows_at_once_is_the_one_pair_spearman_with_ties_averaged():
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 3, (50, 8)).astype(np.float64)  # many ties
+    b = rng.normal(size=(50, 8))
+    b[0] = 1.0  # constant ranks: NaN
+    one_at_a_time = [specialization.spearman(torch.from_numpy(x), torch.from_numpy(y)) for x, y in zip(a, b)]
+    np.testing.assert_allclose(specialization.spearman_rows(a, b), one_at_a_time, equal_nan=True)
+    assert math.isnan(specialization.spearman_rows(a, b)[0])
+    np.testing.assert_allclose(specialization.average_ranks(np.array([[3.0, 1.0, 3.0, 2.0]])), [[3.5, 1, 3.5, 2]])

@@ -58,7 +58,7 @@ def test_a_head_array_has_the_records_layer_x_head_shape():
 
 def test_bootstrap_settings_are_all_required_and_named_when_missing():
     assert bootstrap_settings(compose_config([]).report.bootstrap) == {
-        "n": 200,
+        "n": 2000,
         "level": 0.95,
         "seed": 0,
         "min_prompts": 5,

@@ -183,8 +183,8 @@ def reduce_heads(sample: Sample, per_column: np.ndarray) -> np.ndarray:
 
 def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
     """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
-    top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`; cosine vectorised, the others
-    one replicate at a time). NaN where a row is not finite or a vector is zero (cosine)."""
+    top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`; cosine and Spearman vectorised,
+    Jaccard one replicate at a time). NaN where a row is not finite or a vector is zero (cosine)."""
     if function not in COMPARE_FUNCTIONS:
         raise ValueError(f"unknown compare function {function!r}; valid: {', '.join(COMPARE_FUNCTIONS)}")
     finite = np.isfinite(a).all(1) & np.isfinite(b).all(1)
@@ -193,12 +193,12 @@ def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None 
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(finite & (denom > 0), (a * b).sum(1) / denom, np.nan)
     out = np.full(len(a), np.nan)
+    if function == "spearman":
+        out[finite] = specialization.spearman_rows(a[finite], b[finite])
+        return out
     for r in np.flatnonzero(finite):
         x, y = torch.from_numpy(a[r]), torch.from_numpy(b[r])
-        if function == "jaccard":
-            out[r] = specialization.jaccard(specialization.top_heads(x, k), specialization.top_heads(y, k))
-        else:
-            out[r] = specialization.spearman(x, y)
+        out[r] = specialization.jaccard(specialization.top_heads(x, k), specialization.top_heads(y, k))
     return out
 
 
@@ -335,6 +335,18 @@ def _evaluate_all(samples: dict[str, Sample], draw: Draw, size: int, extras: boo
     out = Evaluated({})
     paired = {part for s in samples.values() if s.statistic in ("ratio", "difference") for part in s.of}
     influence: dict[str, tuple[tuple[str, int], np.ndarray]] = {}
+    cache: dict[tuple, np.ndarray] = {}
+
+    def per_column(sample: Sample, name: str) -> np.ndarray:
+        # the keys that borrow one array (an effect vector's total, shares, N_eff, Gini) share its per-column pass
+        plain_mean = sample.statistic in ("max_of_mean", "top_mean") or (
+            sample.statistic == "vector" and sample.weights is None
+        )
+        found = (id(sample.values), id(sample.weights), plain_mean, name, sample.n)
+        if found not in cache:
+            cache[found] = _per_column(sample, draw(name, sample.n)[1])
+        return cache[found]
+
     for key, sample in samples.items():
         if sample.statistic in COMPOSITES:
             continue
@@ -343,19 +355,27 @@ def _evaluate_all(samples: dict[str, Sample], draw: Draw, size: int, extras: boo
         if not sample.n:
             out.values[key] = np.full(size, np.nan)
             continue
-        out.values[key] = _evaluate(sample, counts, index)
+        if sample.statistic in HEADWISE or sample.statistic == "vector":  # as `_linear`, on the shared pass
+            columns = per_column(sample, name)
+            out.values[key] = (
+                reduce_heads(sample, columns)
+                if sample.statistic in HEADWISE
+                else specialization.concentration(columns, sample.function, sample.k, sample.threshold)
+            )
+            if extras and is_headwise(sample):
+                out.columns[key] = columns
+        else:
+            out.values[key] = _evaluate(sample, counts, index)
         if extras and is_smooth(sample):
             infl = _influence(sample, counts, out.values[key])
             out.se[key] = _standard_error(infl, counts)
             if key in paired:
                 influence[key] = ((name, sample.n), infl)
-        if extras and is_headwise(sample):
-            out.columns[key] = _per_column(sample, counts)
     for key, sample in samples.items():
         if sample.statistic in ("ratio", "difference"):
             _combine(key, sample, out, influence, draw, size)
         elif sample.statistic == "compare":
-            out.values[key] = _compare(key, sample, samples, draw)
+            out.values[key] = _compare(key, sample, samples, per_column)
     return out
 
 
@@ -384,13 +404,13 @@ def _combine(key: str, sample: Sample, out: Evaluated, influence: dict, draw: Dr
             out.se[key] = np.abs(scale) * np.sqrt(out.se[a] ** 2 + (slope * out.se[b]) ** 2)
 
 
-def _compare(key: str, sample: Sample, samples: dict[str, Sample], draw: Draw) -> np.ndarray:
+def _compare(key: str, sample: Sample, samples: dict[str, Sample], per_column: Callable) -> np.ndarray:
     sides = [samples[k] for k in sample.of]
     vectors = []
     for side, side_key in zip(sides, sample.of):
         if side.statistic not in ("vector", "ratio_of_sums", "max_of_mean", "top_mean") or not side.n:
             raise ValueError(f"compare {key!r}: sample {side_key!r} ({side.statistic}) has no per-head vector")
-        vectors.append(_per_column(side, draw(side.prompts or side_key, side.n)[1]))
+        vectors.append(per_column(side, side.prompts or side_key))
     value = compare_function(*vectors, sample.function, sample.k)
     for side, vector in zip(sides, vectors):
         if side.threshold is not None:  # a side below its threshold has no head set to compare
