@@ -364,9 +364,9 @@ def scenarios() -> list[Scenario]:
         }
 
     add("difference", "paired means (0.2)", paired_difference, 0.2)
-    add(
-        "difference", "record step 1000 entropy_diff_natural", *from_record(1000, "lowinfo/entropy_diff_natural_nosink")
-    )
+    # stress, for the same reason: 35 of the 64 prompts have no content token and 2 carry 44% of the content mass
+    entropy = from_record(1000, "lowinfo/entropy_diff_natural_nosink")
+    add("difference", "record step 1000 entropy_diff_natural", *entropy, stress=True)
     add(
         "ratio",
         "record step 1000 newline natural_over_icl",
@@ -548,7 +548,7 @@ def grid(experiments: int, sizes=(16, 64), only: Callable[[Scenario], bool] = la
 def verdict(scenario: Scenario, n: int, after: Coverage) -> str:
     """pass / LOW (below the target by more than 2 binomial sd) / withheld / stress, for the README table."""
     method = intervals.METHODS[scenario.kind]
-    if method == "withheld":
+    if method == "withheld" or not after.shown:
         return "withheld"
     if scenario.stress:
         return "stress"

@@ -361,3 +361,20 @@ def test_spearman_of_many_rows_at_once_is_the_one_pair_spearman_with_ties_averag
     np.testing.assert_allclose(specialization.spearman_rows(a, b), one_at_a_time, equal_nan=True)
     assert math.isnan(specialization.spearman_rows(a, b)[0])
     np.testing.assert_allclose(specialization.average_ranks(np.array([[3.0, 1.0, 3.0, 2.0]])), [[3.5, 1, 3.5, 2]])
+
+
+@pytest.mark.parametrize(("n", "q"), [(64, 0.5), (64, 0.9), (200, 0.1)])
+def test_a_quantile_interval_lies_between_order_statistics_of_binomial_coverage(n, q):
+    values = np.arange(1.0, n + 1)  # x_(i) = i
+    low, high = intervals.order_statistic(values, q, 0.95)
+    pmf = [math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(n + 1)]
+    below, above = sum(pmf[: int(low)]), sum(pmf[int(high) :])  # P(B < l), P(B >= u): the true quantile outside
+    assert below <= 0.025 and above <= 0.025  # so P(x_(l) <= quantile <= x_(u)) >= 0.95
+    assert below + pmf[int(low)] > 0.025 and above + pmf[int(high) - 1] > 0.025  # and no wider than that
+
+
+def test_sixteen_prompts_cannot_bound_a_90th_percentile_and_the_record_says_so():
+    assert intervals.order_statistic(np.arange(16.0), 0.9, 0.95)[1] == math.inf
+    samples = {"p90": Sample("quantile", np.arange(16.0), prompts="p", q=0.9)}
+    ci, reasons = checked(samples, {"p90": 14.5})
+    assert all(math.isnan(x) for x in ci["p90"]) and "too few prompts to bound" in reasons["p90"]

@@ -27,7 +27,7 @@ def reaches(found: sim.Coverage, n: int) -> bool:
     [
         ("mean", "lognormal sigma=0.5", 16, 300),  # studentized: a percentile interval gives 0.885 here
         ("rate", "rate p=0.02", 64, 300),  # Wilson
-        ("max_of_mean", "4 heads tied", 16, 80),  # band: the percentile interval gives 0.45
+        ("max_of_mean", "4 heads tied", 16, 200),  # band: the percentile interval gives 0.45
         ("difference", "paired means (0.2)", 16, 200),  # studentized, from paired influence values
         ("median_low", "record step 1000 rep/onset_median", 16, 200),  # percentile
     ],
