@@ -537,6 +537,27 @@ def resample(samples: dict[str, Sample], n: int, seed: int) -> Evaluated:
     return _evaluate_all(samples, resampled, n, True)
 
 
+MIN_FINITE_SHARE = 0.5  # an onset interval needs at least this share of replicates that have an onset
+SCALAR_FINITE_SHARE = 0.9  # a scalar's interval: the statistic defined in at least this share of replicates
+
+
+def defined(values: np.ndarray, min_finite: float) -> np.ndarray | None:
+    """The finite replicates, or None when fewer than `min_finite` of them are finite."""
+    finite = values[np.isfinite(values)]
+    return None if len(values) == 0 or len(finite) < min_finite * len(values) else finite
+
+
+def interval(values: np.ndarray, level: float, min_finite: float = MIN_FINITE_SHARE) -> tuple[float, float]:
+    """Percentile interval at `level` over the finite replicates; NaN when fewer than `min_finite` of them
+    are finite (e.g. an onset where most resamples have none). `ckptstudy.stats.intervals.percentile`; the
+    interval a record shows is its kind's (`intervals.METHODS`)."""
+    finite = defined(values, min_finite)
+    if finite is None:
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.ndarray]:
     """`n` bootstrap replicates [n] of every sample's statistic (composites from their parts' replicates)."""
     return resample(samples, n, seed).values

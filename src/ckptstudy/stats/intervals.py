@@ -33,9 +33,12 @@ from statistics import NormalDist
 import numpy as np
 
 from ckptstudy.stats.bootstrap import (
+    MIN_FINITE_SHARE,
+    SCALAR_FINITE_SHARE,
     Evaluated,
     Sample,
     contributing,
+    defined,
     full_sample,
     is_headwise,
     kind,
@@ -43,6 +46,7 @@ from ckptstudy.stats.bootstrap import (
     resample,
     resolved,
 )
+from ckptstudy.stats.bootstrap import interval as percentile
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +102,6 @@ NOT_FINITE = {  # why a kind's interval can come out unbounded
     "ratio/max": " (the denominator's band reaches 0)",
     "quantile": " (too few prompts to bound this quantile by order statistics at this level)",
 }
-MIN_FINITE_SHARE = 0.5  # an onset interval needs at least this share of replicates that have an onset
-SCALAR_FINITE_SHARE = 0.9  # a scalar's interval: the statistic defined in at least this share of replicates
 FLOAT_NOISE = 1e-6  # relative size of a spread that is rounding, not data (studentized intervals)
 MIN_PROMPTS = 5  # default `report.bootstrap.min_prompts`: fewer contributing prompts give no interval
 _NORMAL = NormalDist()
@@ -118,28 +120,12 @@ class Intervals:
 # --- the methods, on replicates [R] ------------------------------------------------------------------------
 
 
-def _defined(values: np.ndarray, min_finite: float) -> np.ndarray | None:
-    """The finite replicates, or None when fewer than `min_finite` of them are finite."""
-    finite = values[np.isfinite(values)]
-    return None if len(values) == 0 or len(finite) < min_finite * len(values) else finite
-
-
-def percentile(values: np.ndarray, level: float, min_finite: float = MIN_FINITE_SHARE) -> tuple[float, float]:
-    """Percentile interval at `level` over the finite replicates; NaN when fewer than `min_finite` of them
-    are finite (e.g. an onset where most resamples have none)."""
-    finite = _defined(values, min_finite)
-    if finite is None:
-        return math.nan, math.nan
-    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
 def bias_corrected(
     values: np.ndarray, estimate: float, level: float, min_finite: float = MIN_FINITE_SHARE
 ) -> tuple[float, float]:
     """BC percentile interval: the quantiles at Phi(2 z0 + z_(1 -+ level)/2), z0 = Phi^-1(share of finite
     replicates below `estimate`, ties counted half); NaN when the estimate is NaN or too few are finite."""
-    finite = _defined(values, min_finite)
+    finite = defined(values, min_finite)
     if finite is None or not math.isfinite(estimate):
         return math.nan, math.nan
     below = (np.sum(finite < estimate) + 0.5 * np.sum(finite == estimate)) / len(finite)
@@ -173,7 +159,7 @@ def basic(
     """Basic (reverse percentile) interval [2 v - q_hi, 2 v - q_lo]: the replicates' bias and skew about the
     estimate are taken for the estimate's about the truth (a statistic biased upward, such as a clipped total,
     is moved down by as much as its replicates move up)."""
-    finite = _defined(values, min_finite)
+    finite = defined(values, min_finite)
     if finite is None or not math.isfinite(estimate):
         return math.nan, math.nan
     low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
@@ -194,7 +180,7 @@ def studentized(
     with se_r = 0 counts as t = 0 when v_r = v, else +-inf); NaN when too few replicates are finite or a bound
     is not finite."""
     ok = np.isfinite(values) & np.isfinite(se_values)
-    if _defined(np.where(ok, values, np.nan), min_finite) is None or not (math.isfinite(estimate) and se >= 0):
+    if defined(np.where(ok, values, np.nan), min_finite) is None or not (math.isfinite(estimate) and se >= 0):
         return math.nan, math.nan
     diff, scale = values[ok] - estimate, se_values[ok]
     # rounding (float32 values): a spread below FLOAT_NOISE of the estimate's size is none, else a constant
@@ -302,7 +288,7 @@ def checked_intervals(
             why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
         elif method == "withheld":
             why = WITHHELD.get(what, f"withheld: no interval method reaches its coverage target for a {what}")
-        elif method != "wilson" and _defined(values, SCALAR_FINITE_SHARE) is None:
+        elif method != "wilson" and defined(values, SCALAR_FINITE_SHARE) is None:
             share = float(np.isfinite(values).mean())
             why = f"defined in {share:.0%} of the resamples (< {SCALAR_FINITE_SHARE:.0%})"
         else:
