@@ -561,7 +561,8 @@ def table(rows: list[dict], experiments: int) -> str:
     lines = [
         f"Coverage of 95% intervals ({experiments} experiments per cell; mean width in parentheses; targets "
         f"{intervals.TARGET[16]} at n=16 and {intervals.TARGET[64]} at n=64, met when within 2 binomial sd). "
-        f"Before: {BEFORE.label}. After: {AFTER.label}; a withheld kind shows the percentile interval it would get.",
+        f"{BEFORE.label.capitalize()}. {AFTER.label.capitalize()}; a withheld kind shows the percentile interval it "
+        "would get; 'none shown': every interval unbounded or left out (the verdict says withheld).",
         "",
         "| kind | population | n | before | after | method | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -578,7 +579,7 @@ def table(rows: list[dict], experiments: int) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--experiments", type=int, default=400)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--kind", default=None, help="only scenarios of this kind")
     parser.add_argument("--populations", type=Path, help="rewrite the record populations from this records/micro")

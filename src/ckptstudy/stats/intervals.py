@@ -101,6 +101,10 @@ WITHHELD = {
 NOT_FINITE = {  # why a kind's interval can come out unbounded
     "ratio/max": " (the denominator's band reaches 0)",
     "quantile": " (too few prompts to bound this quantile by order statistics at this level)",
+    **dict.fromkeys(
+        ("mean", "nanmean", "difference", "ratio", "ratio_of_sums/mean"),
+        " (over 2.5% of the resamples have no spread but another value: a rare event among few prompts)",
+    ),
 }
 FLOAT_NOISE = 1e-6  # relative size of a spread that is rounding, not data (studentized intervals)
 MIN_PROMPTS = 5  # default `report.bootstrap.min_prompts`: fewer contributing prompts give no interval
