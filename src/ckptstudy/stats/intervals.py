@@ -13,11 +13,12 @@ harness (tests/test_coverage.py, README "Interval coverage"): `METHODS` maps eve
   estimate (onsets: the change is a maximum over checkpoints, so replicate onsets lean late; concentration of
   an effect vector: clipping heads at 0 inflates the positive total, so replicates lean the same way);
 - `basic`: [2 v - q_hi, 2 v - q_lo] (measured, not used by any kind: no better than BC for vectors);
-- `band`: for maxima over heads (and differences and ratios of them): a simultaneous band over the columns,
-  [v_j - c sd_j, v_j + c sd_j] with c the `level` quantile over replicates of max_j |v_rj - v_j| / sd_j,
-  holds every head's value at once, so the maximum (top-k mean, or any statistic nondecreasing in every
-  column) of the band's ends brackets the true maximum, ties or not (the percentile interval of a maximum
-  over near-tied heads lies above it); parts of a difference or ratio share one band (interval arithmetic);
+- `band`: for maxima over heads (and differences and ratios of them): a simultaneous percentile band over the
+  columns (`band_ends`: each head's replicate quantiles at a common level calibrated so that `level` of the
+  replicates lie inside in every column at once) holds every head's value at once, so the maximum (top-k
+  mean, or any statistic nondecreasing in every column) of the band's ends brackets the true maximum, ties or
+  not (the percentile interval of a maximum over near-tied heads lies above it); parts of a difference or
+  ratio share one band (interval arithmetic);
 - `withheld`: no interval reaches the coverage target; `WITHHELD` says why (its record's `ci_reasons`).
 Every interval shown must reach `TARGET` coverage in the harness; a kind that cannot is withheld.
 """
@@ -211,20 +212,29 @@ def wilson(successes: float, n: int, level: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def band_critical(estimates: np.ndarray, replicates: np.ndarray, level: float) -> tuple[float, np.ndarray]:
-    """c and sd [columns] of the simultaneous band v_j +- c sd_j: sd_j = the spread of column j over the
-    replicates [R, columns], c = the `level` quantile over replicates of max_j |v_rj - v_j| / sd_j (columns
-    NaN in a replicate left out; a column with sd 0 counts 0 where it equals its estimate, else inf)."""
-    finite = np.isfinite(replicates)
-    count = np.maximum(finite.sum(0), 1)
-    centred = replicates - np.where(finite, replicates, 0.0).sum(0) / count
-    sd = np.sqrt(np.where(finite, centred * centred, 0.0).sum(0) / count)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dev = np.abs(replicates - estimates)
-        t = np.where(sd > 0, dev / np.where(sd > 0, sd, 1.0), np.where(dev > 0, np.inf, 0.0))
-    worst = np.where(finite, t, -np.inf).max(1) if t.shape[1] else np.zeros(len(t))
-    worst = worst[worst > -np.inf]
-    return (float(_quantiles(worst, [level])[0]) if len(worst) else math.nan), sd
+def band_ends(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The simultaneous percentile band over the columns of replicates [R, columns]: per column its quantiles at
+    a and 1 - a, with a the (1 - level) quantile over replicates r of t_r = min over columns j of the tail share
+    min(P(X_j <= v_rj), P(X_j >= v_rj)) (columns NaN in a replicate left out), so that about `level` of the
+    replicates lie inside the band in every column at once. Percentile ends keep each column's skew. NaN ends
+    where a column has no finite replicate."""
+    rows, width = replicates.shape
+    tail = np.ones(rows)
+    for j in range(width):
+        column = replicates[:, j]
+        finite = np.isfinite(column)
+        if not finite.any():
+            continue
+        ordered = np.sort(column[finite])
+        below = np.searchsorted(ordered, column[finite], side="right") / len(ordered)
+        above = (len(ordered) - np.searchsorted(ordered, column[finite], side="left")) / len(ordered)
+        tail[finite] = np.minimum(tail[finite], np.minimum(below, above))
+    ends = np.full((2, width), np.nan)
+    some = np.isfinite(replicates).any(0)
+    if rows and some.any():
+        share = float(np.quantile(tail, 1 - level))
+        ends[:, some] = np.nanquantile(replicates[:, some], [share, 1 - share], axis=0)
+    return ends[0], ends[1]
 
 
 def _band(key: str, plain: dict[str, Sample], full: Evaluated, reps: Evaluated, level: float) -> tuple[float, float]:
@@ -236,15 +246,12 @@ def _band(key: str, plain: dict[str, Sample], full: Evaluated, reps: Evaluated, 
     def columns(part: str, of: Evaluated) -> np.ndarray:
         return of.columns[part] if part in of.columns else of.values[part][:, None]
 
-    estimates = [columns(part, full)[0] for part in parts]
-    c, sd = band_critical(np.concatenate(estimates), np.concatenate([columns(p, reps) for p in parts], 1), level)
-    if not math.isfinite(c):
-        return math.nan, math.nan
+    sizes = [columns(part, full).shape[1] for part in parts]
+    low_ends, high_ends = band_ends(np.concatenate([columns(p, reps) for p in parts], 1), level)
     bounds, start = [], 0
-    for part, estimate in zip(parts, estimates):
-        spread = sd[start : start + len(estimate)]
-        start += len(estimate)
-        ends = np.stack([estimate - c * spread, estimate + c * spread])  # [2, columns]
+    for part, size in zip(parts, sizes):
+        ends = np.stack([low_ends[start : start + size], high_ends[start : start + size]])  # [2, columns]
+        start += size
         low, high = reduce_heads(plain[part], ends) if part in full.columns else ends[:, 0]
         bounds.append((float(low), float(high)))
     if len(bounds) == 1:
