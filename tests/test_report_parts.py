@@ -205,3 +205,14 @@ def test_printed_summary_names_onsets_flags_and_files(tmp_path, capsys):
     ):
         assert line in out, line
     assert "plot:" not in out and "W&B:" not in out  # neither exists
+
+
+def test_the_report_lists_the_interval_method_of_each_metric():
+    from ckptstudy.report.sections import interval_methods
+
+    methods = {("m", 1): {"a": "wilson", "b": "band"}, ("m", 2): {"a": "wilson", "c": "studentized"}}
+    assert interval_methods(methods) == [
+        {"method": "band", "metrics": ["b"]},
+        {"method": "studentized", "metrics": ["c"]},
+        {"method": "wilson", "metrics": ["a"]},
+    ]
