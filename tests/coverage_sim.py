@@ -561,7 +561,7 @@ def table(rows: list[dict], experiments: int) -> str:
     lines = [
         f"Coverage of 95% intervals ({experiments} experiments per cell; mean width in parentheses; targets "
         f"{intervals.TARGET[16]} at n=16 and {intervals.TARGET[64]} at n=64, met when within 2 binomial sd). "
-        f"{BEFORE.label.capitalize()}. {AFTER.label.capitalize()}; a withheld kind shows the percentile interval it "
+        f"{BEFORE.label[0].upper() + BEFORE.label[1:]}. {AFTER.label[0].upper() + AFTER.label[1:]}; a withheld kind shows the percentile interval it "
         "would get; 'none shown': every interval unbounded or left out (the verdict says withheld).",
         "",
         "| kind | population | n | before | after | method | verdict |",
