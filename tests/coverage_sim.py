@@ -556,12 +556,16 @@ def verdict(scenario: Scenario, n: int, after: Coverage) -> str:
     return "pass" if after.rate >= target - 2 * after.noise(target) else "LOW"
 
 
+def _sentence(label: str) -> str:
+    return label[:1].upper() + label[1:]
+
+
 def table(rows: list[dict], experiments: int) -> str:
     """The README table: coverage (mean width) per kind and population, before and after."""
     lines = [
         f"Coverage of 95% intervals ({experiments} experiments per cell; mean width in parentheses; targets "
         f"{intervals.TARGET[16]} at n=16 and {intervals.TARGET[64]} at n=64, met when within 2 binomial sd). "
-        f"{BEFORE.label[0].upper() + BEFORE.label[1:]}. {AFTER.label[0].upper() + AFTER.label[1:]}; a withheld kind shows the percentile interval it "
+        f"{_sentence(BEFORE.label)}. {_sentence(AFTER.label)}; a withheld kind shows the percentile interval it "
         "would get; 'none shown': every interval unbounded or left out (the verdict says withheld).",
         "",
         "| kind | population | n | before | after | method | verdict |",
