@@ -63,7 +63,8 @@ def write_claim_study(root: Path, study: str = "claims", models: dict[str, float
     for model, middle in (models or {"m": 20}).items():
         for step in STEPS:
             measured = checkpoint(step, middle, rng)
-            ci, reasons = measured.intervals(SimpleNamespace(**SETTINGS))
+            found = measured.intervals(SimpleNamespace(**SETTINGS))
+            ci, reasons = found.ci, found.reasons
             config = {"model": {"name": model, "n_layers": 1, "n_heads": 1, "tokens_per_step": 100}}
             record = {
                 "model": model,

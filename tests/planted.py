@@ -117,6 +117,6 @@ INTERVALS = SimpleNamespace(**top_level()["report"]["bootstrap"])  # conf/config
 def presence(result, min_effect: dict[str, float]) -> dict[str, bool]:
     """{excess key: present} for every key of `min_effect` the result reports: present = the excess's 95%
     bootstrap interval lies above the key's smallest effect of interest (absent when it has no interval)."""
-    ci, _ = result.intervals(INTERVALS)
+    ci = result.intervals(INTERVALS).ci
     low = {key: ci.get(key, [math.nan])[0] for key in min_effect if key in result.scalars}
     return {key: math.isfinite(value) and value > min_effect[key] for key, value in low.items()}

@@ -61,7 +61,7 @@ def write_study(root: Path, study: str = "demo") -> Path:
                 weights_sha256=sha,
                 seconds=1.5,
                 finished_at=f"2026-01-01T00:00:{step % 60:02d}",
-                ci=measured.intervals(SimpleNamespace(**SETTINGS))[0],
+                ci=measured.intervals(SimpleNamespace(**SETTINGS)).ci,
             )
             results.write_record(path, record, measured.saved_arrays())
     return root / study

@@ -12,8 +12,9 @@ import torch
 
 from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
-from ckptstudy.stats import bootstrap, specialization
-from ckptstudy.stats.bootstrap import Sample, decode, encode, interval, replicates, statistic
+from ckptstudy.stats import bootstrap, intervals, specialization
+from ckptstudy.stats.bootstrap import Sample, decode, encode, replicates, resample, statistic
+from ckptstudy.stats.intervals import percentile as interval
 
 RNG = np.random.default_rng(0)
 ONSETS = np.array([3.0, np.nan, 7.0, 1.0, np.nan, 10.0, 4.0, 2.0])
@@ -146,14 +147,16 @@ def test_record_intervals_cover_the_reported_statistics():
     result.stat("a/rate", Sample("mean", [0.0, 1.0] * 20, prompts="p"), None)
     result.value("a/other", 1.0, "a constant")
     result.part("a/gone", Sample("mean", [1.0, 2.0], prompts="p"))  # not reported: no interval
-    ci, reasons = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
-    assert set(ci) == {"a/rate"} and reasons == {}
+    found = result.intervals(SimpleNamespace(n=100, level=0.9, seed=0, min_prompts=5))
+    ci, reasons = found.ci, found.reasons
+    assert set(ci) == {"a/rate"} and reasons == {} and found.methods == {"a/rate": "wilson"}
     low, high = ci["a/rate"]
     assert low < 0.5 < high and high - low == pytest.approx(2 * 1.645 * 0.5 / math.sqrt(40), rel=0.35)
 
 
 def checked(samples: dict, scalars: dict, min_prompts: int = 5):
-    return bootstrap.checked_intervals(samples, replicates(samples, 200, 0), scalars, 0.95, min_prompts)
+    found = intervals.checked_intervals(samples, resample(samples, 200, 0), scalars, 0.95, min_prompts)
+    return found.ci, found.reasons
 
 
 def test_an_interval_is_that_of_the_stored_sample_and_none_when_its_statistic_is_nan():
@@ -347,3 +350,31 @@ def test_statistic_evaluates_only_what_its_key_rests_on():
     }
     assert statistic("r", samples) == 1.0
     assert math.isnan(statistic("nothing", samples))
+
+
+def test_spearman_of_many_rows_at_once_is_the_one_pair_spearman_with_ties_averaged():
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 3, (50, 8)).astype(np.float64)  # many ties
+    b = rng.normal(size=(50, 8))
+    b[0] = 1.0  # constant ranks: NaN
+    one_at_a_time = [specialization.spearman(torch.from_numpy(x), torch.from_numpy(y)) for x, y in zip(a, b)]
+    np.testing.assert_allclose(specialization.spearman_rows(a, b), one_at_a_time, equal_nan=True)
+    assert math.isnan(specialization.spearman_rows(a, b)[0])
+    np.testing.assert_allclose(specialization.average_ranks(np.array([[3.0, 1.0, 3.0, 2.0]])), [[3.5, 1, 3.5, 2]])
+
+
+@pytest.mark.parametrize(("n", "q"), [(64, 0.5), (64, 0.9), (200, 0.1)])
+def test_a_quantile_interval_lies_between_order_statistics_of_binomial_coverage(n, q):
+    values = np.arange(1.0, n + 1)  # x_(i) = i
+    low, high = intervals.order_statistic(values, q, 0.95)
+    pmf = [math.comb(n, i) * q**i * (1 - q) ** (n - i) for i in range(n + 1)]
+    below, above = sum(pmf[: int(low)]), sum(pmf[int(high) :])  # P(B < l), P(B >= u): the true quantile outside
+    assert below <= 0.025 and above <= 0.025  # so P(x_(l) <= quantile <= x_(u)) >= 0.95
+    assert below + pmf[int(low)] > 0.025 and above + pmf[int(high) - 1] > 0.025  # and no wider than that
+
+
+def test_sixteen_prompts_cannot_bound_a_90th_percentile_and_the_record_says_so():
+    assert intervals.order_statistic(np.arange(16.0), 0.9, 0.95)[1] == math.inf
+    samples = {"p90": Sample("quantile", np.arange(16.0), prompts="p", q=0.9)}
+    ci, reasons = checked(samples, {"p90": 14.5})
+    assert all(math.isnan(x) for x in ci["p90"]) and "too few prompts to bound" in reasons["p90"]

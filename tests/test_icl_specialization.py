@@ -24,7 +24,8 @@ from ckptstudy.metrics import FamilyResult, icl_heads
 from ckptstudy.metrics.icl_heads import concentration, icl_targets, natural_loop_targets, validate_attribution
 from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
 from ckptstudy.reference import naive_effects
-from ckptstudy.stats.bootstrap import Sample, intervals, replicates
+from ckptstudy.stats.bootstrap import Sample, replicates
+from ckptstudy.stats.intervals import percentile
 from ckptstudy.stats.specialization import concentration_of, cosine, jaccard, jaccard_chance, spearman, top_heads
 from configured import family_params, loop_rule
 from conftest import tiny_neox
@@ -403,7 +404,8 @@ def concentration_intervals(sums: np.ndarray, targets: np.ndarray) -> tuple[Fami
     reported = concentration(
         "icl/ablation", EffectRows(torch.from_numpy(sums), torch.from_numpy(targets)), "p", 3, 0.01
     )
-    return reported, intervals(replicates(reported.samples, 1000, seed=0), 0.9)
+    reps = replicates(reported.samples, 1000, seed=0)
+    return reported, {key: list(percentile(values, 0.9)) for key, values in reps.items()}
 
 
 def test_intervals_are_zero_width_for_identical_prompts_and_wide_when_one_prompt_carries_the_effect():

@@ -373,13 +373,15 @@ def test_no_attention_preference_gives_intervals_that_sit_on_one(tiny_tokenizer)
     from types import SimpleNamespace
 
     result = measure_on_constructed_loops(tiny_tokenizer, uniform_attention_model(len(tiny_tokenizer)))
-    ci, _ = result.intervals(SimpleNamespace(n=200, level=0.95, seed=0, min_prompts=2))
+    ci = result.intervals(SimpleNamespace(n=200, level=0.95, seed=0, min_prompts=2)).ci
     for key in ("lowinfo/enrich_newline_natural_over_icl_nosink", "lowinfo/enrich_newline_text_max"):
         assert result.scalars[key] == pytest.approx(1.0, abs=1e-5), key
         assert ci[key] == pytest.approx([1.0, 1.0], abs=1e-5), key
     # while a real (random) model's per-prompt differences give intervals of some width
-    real, _ = measure_on_constructed_loops(tiny_tokenizer).intervals(
-        SimpleNamespace(n=200, level=0.95, seed=0, min_prompts=2)
+    real = (
+        measure_on_constructed_loops(tiny_tokenizer)
+        .intervals(SimpleNamespace(n=200, level=0.95, seed=0, min_prompts=2))
+        .ci
     )
     low, high = real["lowinfo/enrich_newline_icl_max"]
     assert high - low > 1e-3

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ckptstudy.stats.onsets import onset_intervals, onset_step, onsets
+from ckptstudy.stats.onsets import onset_interval, onset_intervals, onset_step, onset_steps, onsets
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600]
 
@@ -125,3 +125,35 @@ def test_a_flat_trajectory_has_no_onset_interval():
         0.95,
     )
     assert all(math.isnan(x) for x in found[("m", "x")]["ci"]) and found[("m", "x")]["with_onset"] == 0.0
+
+
+def test_the_onsets_of_many_replicates_at_once_are_those_of_one_at_a_time():
+    values = sigmoid(STEPS, middle=950, width=60)
+    reps = replicated(values, 0.1, n=60)
+    reps[3, 5] = np.nan  # a row with a NaN goes the one-at-a-time way
+    reps[4] = 1.0  # a flat row: no onset
+    for persist in (1, 2):
+        expected = [onset_step(STEPS, row, 0.5, persist) for row in reps]
+        np.testing.assert_allclose(onset_steps(STEPS, reps, 0.5, persist), expected, equal_nan=True)
+
+
+def test_an_onset_interval_is_bias_corrected_and_says_so():
+    # replicate onsets that lean late of the reported onset: the BC interval moves down, the percentile one does not
+    late = np.r_[np.full(80, 1000.0), np.linspace(1000, 1200, 120)]
+    percentile = onset_interval(late, 1000.0, 0.9, "percentile")
+    corrected = onset_interval(late, 1000.0, 0.9)
+    assert corrected[1] < percentile[1] and corrected[0] <= percentile[0]
+    values = sigmoid(STEPS, middle=950, width=60)
+    reps = replicated(values, 0.03)
+    found = onset_intervals(
+        {"m": STEPS},
+        {("m", s): {"x": reps[:, i]} for i, s in enumerate(STEPS)},
+        {("m", s): {"x": values[i]} for i, s in enumerate(STEPS)},
+        ["x"],
+        0.5,
+        2,
+        0.95,
+    )
+    assert found[("m", "x")]["method"] == "bias_corrected"
+    with pytest.raises(ValueError, match="valid: bias_corrected, percentile"):
+        onset_interval(late, 1000.0, 0.9, "basic")

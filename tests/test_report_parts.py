@@ -58,7 +58,7 @@ def test_a_head_array_has_the_records_layer_x_head_shape():
 
 def test_bootstrap_settings_are_all_required_and_named_when_missing():
     assert bootstrap_settings(compose_config([]).report.bootstrap) == {
-        "n": 200,
+        "n": 2000,
         "level": 0.95,
         "seed": 0,
         "min_prompts": 5,
@@ -205,3 +205,14 @@ def test_printed_summary_names_onsets_flags_and_files(tmp_path, capsys):
     ):
         assert line in out, line
     assert "plot:" not in out and "W&B:" not in out  # neither exists
+
+
+def test_the_report_lists_the_interval_method_of_each_metric():
+    from ckptstudy.report.sections import interval_methods
+
+    methods = {("m", 1): {"a": "wilson", "b": "band"}, ("m", 2): {"a": "wilson", "c": "studentized"}}
+    assert interval_methods(methods) == [
+        {"method": "band", "metrics": ["b"]},
+        {"method": "studentized", "metrics": ["c"]},
+        {"method": "wilson", "metrics": ["a"]},
+    ]

@@ -46,7 +46,7 @@ def write_seeded_study(root, study: str = "seeded") -> None:
                 "weights_sha256": f"{run}{step}",
                 "seconds": 1.0,
                 "finished_at": "2026-01-01T00:00:00",
-                "ci": measured.intervals(SimpleNamespace(**SETTINGS))[0],
+                "ci": measured.intervals(SimpleNamespace(**SETTINGS)).ci,
             }
             results.write_record(results.record_path(root, study, run, step), record, measured.saved_arrays())
 

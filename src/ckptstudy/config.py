@@ -168,7 +168,7 @@ class LoggerConf:
 @dataclass
 class BootstrapConf:
     n: int = MISSING  # resamples of the prompts per checkpoint
-    level: float = MISSING  # confidence level of the percentile intervals
+    level: float = MISSING  # confidence level of the intervals (method per statistic kind: intervals.METHODS)
     seed: int = MISSING  # seeds the resamples (the same draws at every checkpoint)
     min_prompts: int = MISSING  # fewer contributing prompts give no interval (every resample repeats them)
 

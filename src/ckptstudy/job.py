@@ -133,14 +133,16 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
 def record_fields(measured: FamilyResult, bootstrap_settings) -> dict:
     """The record's fields from what the families measured: `metrics` (every scalar), `nan_reasons`,
     `no_interval` (why a value has no interval), and the bootstrap intervals of the statistics (`ci`) with why
-    an interval is NaN (`ci_reasons`). The samples go to the npz (`FamilyResult.saved_arrays`)."""
-    ci, ci_reasons = measured.intervals(bootstrap_settings)
+    an interval is NaN (`ci_reasons`) and the method of each finite one (`ci_method`, `intervals.METHODS`). The
+    samples go to the npz (`FamilyResult.saved_arrays`)."""
+    found = measured.intervals(bootstrap_settings)
     return {
         "metrics": measured.scalars,
         "nan_reasons": measured.nan_reasons,
         "no_interval": dict(measured.no_interval),
-        "ci": ci,
-        "ci_reasons": ci_reasons,
+        "ci": found.ci,
+        "ci_reasons": found.reasons,
+        "ci_method": found.methods,
     }
 
 

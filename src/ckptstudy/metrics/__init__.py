@@ -12,7 +12,8 @@ import numpy as np
 
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import NaturalLoops, natural_loops
-from ckptstudy.stats.bootstrap import Sample, encode, full_statistics, record_intervals
+from ckptstudy.stats.bootstrap import Sample, encode, full_statistics
+from ckptstudy.stats.intervals import Intervals, record_intervals
 
 UNEXPLAINED = "unexplained: the family gave no reason"
 
@@ -128,9 +129,9 @@ class FamilyResult:
             out.update(encode(key, sample))
         return out
 
-    def intervals(self, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
-        """Bootstrap intervals {key: [low, high]} of the reported statistics, and why the NaN ones are NaN
-        (`bootstrap.checked_intervals`); `settings` = config `report.bootstrap`."""
+    def intervals(self, settings) -> Intervals:
+        """Bootstrap intervals of the reported statistics (`ci` {key: [low, high]}), why the NaN ones are NaN and
+        the method of each (`intervals.checked_intervals`); `settings` = config `report.bootstrap`."""
         return record_intervals(self.samples, self.scalars, settings)
 
 

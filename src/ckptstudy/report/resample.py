@@ -1,6 +1,6 @@
 """The bootstrap of a whole study, from the samples stored with its records (no model needed): per ok record
 the replicates of every scalar with a sample (the same prompt resample at every checkpoint, so onsets can be
-replicated along a trajectory) and its checked intervals (`bootstrap.checked_intervals`)."""
+replicated along a trajectory) and its checked intervals with their methods (`intervals.checked_intervals`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptstudy import results
-from ckptstudy.stats.bootstrap import checked_intervals, decode, replicates
+from ckptstudy.stats.bootstrap import decode, resample
+from ckptstudy.stats.intervals import checked_intervals
 
 log = logging.getLogger(__name__)
 SETTINGS = ("n", "level", "seed", "min_prompts")
@@ -20,11 +21,12 @@ SETTINGS = ("n", "level", "seed", "min_prompts")
 class Resampled:
     """replicates {(model, step): {key: [n]}} (for onset intervals; keys whose sample does not give the reported
     value are left out), intervals {(model, step): {key: [low, high]}}, why an interval is NaN {(model, step):
-    {key: why}}, and the seconds it took."""
+    {key: why}}, the method of each finite one {(model, step): {key: method}}, and the seconds it took."""
 
     replicates: dict = field(default_factory=dict)
     intervals: dict = field(default_factory=dict)
     reasons: dict = field(default_factory=dict)
+    methods: dict = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -59,10 +61,9 @@ def resample_records(records: list[dict], arrays: dict[str, dict], settings: dic
         metrics = record.get("metrics") or {}
         if not any(k in metrics for k in samples):
             continue
-        reps = replicates(samples, settings["n"], settings["seed"])  # hidden parts of composites too
-        ci, reasons = checked_intervals(samples, reps, metrics, settings["level"], settings["min_prompts"])
-        stale = {k for k, why in reasons.items() if why.startswith("its stored sample")}
-        out.replicates[where] = {k: v for k, v in reps.items() if k in metrics and k not in stale}
-        out.intervals[where], out.reasons[where] = ci, reasons
+        reps = resample(samples, settings["n"], settings["seed"])  # hidden parts of composites too
+        found = checked_intervals(samples, reps, metrics, settings["level"], settings["min_prompts"])
+        out.replicates[where] = {k: v for k, v in reps.values.items() if k in metrics}
+        out.intervals[where], out.reasons[where], out.methods[where] = found.ci, found.reasons, found.methods
     out.seconds = time.perf_counter() - started
     return out

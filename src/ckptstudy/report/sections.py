@@ -56,6 +56,7 @@ class ReportData:
     bootstrap_seconds: float  # time spent resampling stored samples for this report
     claims: ClaimResults | None = None
     across_seeds: list = field(default_factory=list)  # `seeds.SeedOnsets` of models swept over training seeds
+    interval_methods: dict = field(default_factory=dict)  # (model, step) -> {key: method of its interval}
     built_by: str = field(default_factory=command_line)
 
     @property
@@ -193,10 +194,12 @@ def onset_rule(data: ReportData) -> str:
         f"onset = first checkpoint where the metric crosses baseline (first step) + {o.fraction:g} x its "
         f"change and stays across for {o.persist} consecutive checkpoint(s); the change is the largest "
         "level held that long, so one outlying checkpoint neither sets it nor marks the onset; interpolated in "
-        f"log(1 + step). Interval: {data.level}% percentile interval of the onset recomputed on each of "
-        f"{data.bootstrap['n']} bootstrap replicates of the whole trajectory (the same prompt resample at every "
-        "step); 'with onset' = share of replicates that have one. The interval is the uncertainty from the "
-        "choice of prompts only: the onset is also only resolved to the two checkpoints around it."
+        f"log(1 + step). Interval: {data.level}% bias-corrected percentile interval of the onset recomputed on "
+        f"each of {data.bootstrap['n']} bootstrap replicates of the whole trajectory (the same prompt resample at "
+        "every step; bias-corrected because the change is the largest held level over noisy checkpoints, so "
+        "replicate onsets lean late); 'with onset' = share of replicates that have one. The interval is the "
+        "uncertainty from the choice of prompts only: the onset is also only resolved to the two checkpoints "
+        "around it."
     )
 
 
@@ -467,6 +470,16 @@ def left_out_intervals(reasons: dict) -> dict:
     return {"total": sum(len(w) for _, w in groups.values()), "rows": rows}
 
 
+def interval_methods(methods: dict) -> list[dict]:
+    """[{method, metrics}]: which method gave the intervals of each metric (`ci_method`; a metric whose intervals
+    came from more than one method at different checkpoints is listed under each)."""
+    by_method: dict[str, set] = {}
+    for keys in methods.values():
+        for key, method in keys.items():
+            by_method.setdefault(method, set()).add(key)
+    return [{"method": m, "metrics": sorted(keys)} for m, keys in sorted(by_method.items())]
+
+
 def interval_section(data: ReportData) -> dict:
     """The bootstrap settings, the scalars with an interval, those without and why, and intervals left out."""
     with_ci = sorted(interval_keys(data.table))
@@ -479,6 +492,7 @@ def interval_section(data: ReportData) -> dict:
     return {
         "settings": data.bootstrap,
         "seconds": seconds,
+        "methods": interval_methods(data.interval_methods),
         "with_ci": with_ci,
         "without": without,
         "left_out": left_out_intervals(data.interval_reasons),

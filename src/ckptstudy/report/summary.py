@@ -114,6 +114,7 @@ def summarize(cfg, since: str | None = None) -> dict:
         summary_metrics=summary_metrics,
         bootstrap=settings,
         interval_reasons=resampled.reasons,
+        interval_methods=resampled.methods,
         panels_per_family=int(report.panels_per_family),
         bootstrap_seconds=resampled.seconds + found.seconds,
         claims=verdicts,

@@ -41,20 +41,15 @@ and a JSON `.../spec`), so intervals are recomputed from records alone, without 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from statistics import NormalDist
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ckptstudy.stats import specialization
-
-log = logging.getLogger(__name__)
 
 STATISTICS = (
     "mean",
@@ -70,6 +65,7 @@ STATISTICS = (
     "compare",
 )
 COMPOSITES = ("ratio", "difference", "compare")  # statistics of two other samples' replicates
+HEADWISE = ("max_of_mean", "top_mean", "ratio_of_sums")  # reductions over columns of a per-column statistic
 VECTOR_FUNCTIONS = specialization.CONCENTRATIONS
 COMPARE_FUNCTIONS = ("cosine", "jaccard", "spearman")
 REDUCES = ("mean", "max")
@@ -157,6 +153,13 @@ def _reduce_columns(per_column: np.ndarray, reduce: str) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def _weights(sample: Sample) -> np.ndarray:
+    """The denominators [n] or [n, columns] (1 per prompt for a plain mean over prompts)."""
+    if sample.weights is None:
+        return np.ones(sample.n)
+    return _flat(sample.weights) if sample.weights.ndim > 1 else sample.weights
+
+
 def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
     """The per-column (per-head) statistic of each replicate before its reduction: [R, columns]."""
     values = _flat(sample.values)
@@ -168,21 +171,34 @@ def _per_column(sample: Sample, counts: np.ndarray) -> np.ndarray:
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), np.nan)
 
 
+def reduce_heads(sample: Sample, per_column: np.ndarray) -> np.ndarray:
+    """A head-wise statistic (`HEADWISE`: max_of_mean, top_mean, ratio_of_sums) from its per-column
+    statistic [R, columns]: the maximum, the mean of the k largest, the mean or maximum over finite columns.
+    Each is nondecreasing in every column, which the simultaneous band of `ckptstudy.stats.intervals` uses."""
+    if sample.statistic == "ratio_of_sums":
+        return _reduce_columns(per_column, sample.reduce)
+    k = 1 if sample.statistic == "max_of_mean" else min(sample.k, per_column.shape[1])
+    return -np.sort(-per_column, axis=1)[:, :k].mean(1)
+
+
 def compare_function(a: np.ndarray, b: np.ndarray, function: str, k: int | None = None) -> np.ndarray:
     """`function` of each pair of rows of per-head vectors a, b [R, heads]: cosine, Jaccard overlap of the
-    top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`, one replicate at a time)."""
+    top-k head sets, Spearman rank correlation (`ckptstudy.stats.specialization`; cosine and Spearman vectorised,
+    Jaccard one replicate at a time). NaN where a row is not finite or a vector is zero (cosine)."""
+    if function not in COMPARE_FUNCTIONS:
+        raise ValueError(f"unknown compare function {function!r}; valid: {', '.join(COMPARE_FUNCTIONS)}")
+    finite = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    if function == "cosine":
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(finite & (denom > 0), (a * b).sum(1) / denom, np.nan)
     out = np.full(len(a), np.nan)
-    for r, (x, y) in enumerate(zip(torch.from_numpy(a), torch.from_numpy(b))):
-        if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-            continue
-        if function == "cosine":
-            out[r] = specialization.cosine(x, y)
-        elif function == "jaccard":
-            out[r] = specialization.jaccard(specialization.top_heads(x, k), specialization.top_heads(y, k))
-        elif function == "spearman":
-            out[r] = specialization.spearman(x, y)
-        else:
-            raise ValueError(f"unknown compare function {function!r}; valid: {', '.join(COMPARE_FUNCTIONS)}")
+    if function == "spearman":
+        out[finite] = specialization.spearman_rows(a[finite], b[finite])
+        return out
+    for r in np.flatnonzero(finite):
+        x, y = torch.from_numpy(a[r]), torch.from_numpy(b[r])
+        out[r] = specialization.jaccard(specialization.top_heads(x, k), specialization.top_heads(y, k))
     return out
 
 
@@ -197,12 +213,8 @@ def _linear(sample: Sample, counts: np.ndarray) -> np.ndarray:
         total, count = counts @ np.where(finite, values, 0.0), counts @ finite.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(count > 0, total / np.maximum(count, 1e-300), np.nan)
-    if sample.statistic in ("max_of_mean", "top_mean"):
-        means = _per_column(sample, counts)  # [R, heads]
-        k = 1 if sample.statistic == "max_of_mean" else min(sample.k, means.shape[1])
-        return -np.sort(-means, axis=1)[:, :k].mean(1)
-    if sample.statistic == "ratio_of_sums":
-        return _reduce_columns(_per_column(sample, counts), sample.reduce)
+    if sample.statistic in HEADWISE:
+        return reduce_heads(sample, _per_column(sample, counts))
     if sample.statistic == "vector":
         return specialization.concentration(_per_column(sample, counts), sample.function, sample.k, sample.threshold)
     raise ValueError(sample.statistic)
@@ -230,6 +242,59 @@ def _evaluate(sample: Sample, counts: np.ndarray, index: np.ndarray) -> np.ndarr
     return _linear(sample, counts)
 
 
+# --- standard errors of the smooth statistics (for studentized intervals) ------------------------------------
+
+
+def is_headwise(sample: Sample) -> bool:
+    """A maximum (or top-k mean) over columns of a per-column statistic (`reduce_heads`)."""
+    return sample.statistic in ("max_of_mean", "top_mean") or (
+        sample.statistic == "ratio_of_sums" and sample.reduce == "max"
+    )
+
+
+def is_smooth(sample: Sample) -> bool:
+    """A statistic with a standard error from its influence values (`_influence`): a mean, a mean over finite
+    values, a ratio of sums averaged over columns."""
+    return sample.statistic in ("mean", "nanmean") or (sample.statistic == "ratio_of_sums" and sample.reduce == "mean")
+
+
+def _influence(sample: Sample, counts: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Influence values [R, n] of a smooth statistic at each replicate (its distribution: prompts weighted by
+    `counts`; `value` [R] its statistic there): the statistic moves by about mean_i((c_i - 1) * infl_i) when the
+    prompts are reweighted by c, so its variance is sum_i c_i infl_i^2 / n^2."""
+    n = sample.n
+    if sample.statistic == "mean":
+        return sample.values[None, :] - value[:, None]
+    if sample.statistic == "nanmean":
+        finite = np.isfinite(sample.values)
+        count = counts @ finite.astype(np.float64)
+        centred = np.where(finite, np.where(finite, sample.values, 0.0)[None, :] - value[:, None], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return centred * (n / count)[:, None]
+    values, weights = _flat(sample.values), _weights(sample)
+    weights = weights if weights.ndim > 1 else weights[:, None]  # [n, 1 | columns]
+    out = np.empty((len(counts), n))
+    chunk = max(1, 4_000_000 // max(1, values.size))  # bound the [chunk, n, columns] temporaries
+    for start in range(0, len(counts), chunk):
+        c = counts[start : start + chunk]
+        ratio = _per_column(sample, c)  # [r, columns]
+        mean_weight = (c @ weights) / n  # [r, 1 | columns]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = (values[None] - ratio[:, None, :] * weights[None]) / mean_weight[:, None, :]  # [r, n, columns]
+        finite = np.isfinite(ratio)  # the columns the mean over columns takes
+        per = np.where(finite[:, None, :] & np.isfinite(per), per, 0.0)
+        out[start : start + chunk] = per.sum(2) / np.maximum(finite.sum(1), 1)[:, None]
+    return out
+
+
+def _standard_error(influence: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """sqrt(sum_i c_i infl_i^2) / n per replicate: [R]."""
+    return np.sqrt((counts * influence * influence).sum(1)) / counts.shape[1]
+
+
+# --- every sample at once -------------------------------------------------------------------------------------
+
+
 def resolved(samples: dict[str, Sample]) -> dict[str, Sample]:
     """The samples with borrowed values filled in from the sample they name (`of=(key,)`); a sample whose
     source is missing is left out, as is a composite one of whose parts is missing."""
@@ -252,38 +317,106 @@ def resolved(samples: dict[str, Sample]) -> dict[str, Sample]:
 Draw = Callable[[str, int], tuple[np.ndarray, np.ndarray]]  # (prompt set, size) -> (index [R, n], counts [R, n])
 
 
-def _replicate_all(samples: dict[str, Sample], draw: Draw, size: int) -> dict[str, np.ndarray]:
-    """Every sample's statistic [size] on the prompt draws `draw` gives (composites from their parts)."""
+@dataclass
+class Evaluated:
+    """Every sample's statistic on R prompt draws (R = 1: the full sample), and what interval methods need
+    beside it: `se` = the standard error [R] of the smooth statistics (`is_smooth`) and of differences and
+    ratios of two of them; `columns` = the per-column statistic [R, columns] of the head-wise ones (`is_headwise`)."""
+
+    values: dict[str, np.ndarray]
+    se: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _evaluate_all(samples: dict[str, Sample], draw: Draw, size: int, extras: bool) -> Evaluated:
+    """Every sample's statistic [size] on the prompt draws `draw` gives (composites from their parts), with the
+    standard errors and per-column statistics when `extras`."""
     samples = resolved(samples)
-    out: dict[str, np.ndarray] = {}
+    out = Evaluated({})
+    paired = {part for s in samples.values() if s.statistic in ("ratio", "difference") for part in s.of}
+    influence: dict[str, tuple[tuple[str, int], np.ndarray]] = {}
+    cache: dict[tuple, np.ndarray] = {}
+
+    def per_column(sample: Sample, name: str) -> np.ndarray:
+        # the keys that borrow one array (an effect vector's total, shares, N_eff, Gini) share its per-column pass
+        plain_mean = sample.statistic in ("max_of_mean", "top_mean") or (
+            sample.statistic == "vector" and sample.weights is None
+        )
+        found = (id(sample.values), id(sample.weights), plain_mean, name, sample.n)
+        if found not in cache:
+            cache[found] = _per_column(sample, draw(name, sample.n)[1])
+        return cache[found]
+
     for key, sample in samples.items():
         if sample.statistic in COMPOSITES:
             continue
-        index, counts = draw(sample.prompts or key, sample.n)
-        out[key] = _evaluate(sample, counts, index) if sample.n else np.full(size, np.nan)
+        name = sample.prompts or key
+        index, counts = draw(name, sample.n)
+        if not sample.n:
+            out.values[key] = np.full(size, np.nan)
+            continue
+        if sample.statistic in HEADWISE or sample.statistic == "vector":  # as `_linear`, on the shared pass
+            columns = per_column(sample, name)
+            out.values[key] = (
+                reduce_heads(sample, columns)
+                if sample.statistic in HEADWISE
+                else specialization.concentration(columns, sample.function, sample.k, sample.threshold)
+            )
+            if extras and is_headwise(sample):
+                out.columns[key] = columns
+        else:
+            out.values[key] = _evaluate(sample, counts, index)
+        if extras and is_smooth(sample):
+            infl = _influence(sample, counts, out.values[key])
+            out.se[key] = _standard_error(infl, counts)
+            if key in paired:
+                influence[key] = ((name, sample.n), infl)
     for key, sample in samples.items():
         if sample.statistic in ("ratio", "difference"):
-            first, second = (out.get(k, np.full(size, np.nan)) for k in sample.of)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                if sample.statistic == "ratio":
-                    ok = np.isfinite(first) & np.isfinite(second) & (second != 0)
-                    out[key] = np.where(ok, first / np.where(ok, second, 1.0), np.nan)
-                else:
-                    out[key] = first - second
+            _combine(key, sample, out, influence, draw, size)
         elif sample.statistic == "compare":
-            sides = [samples[k] for k in sample.of]
-            vectors = []
-            for side, side_key in zip(sides, sample.of):
-                if side.statistic not in ("vector", "ratio_of_sums", "max_of_mean", "top_mean") or not side.n:
-                    raise ValueError(f"compare {key!r}: sample {side_key!r} ({side.statistic}) has no per-head vector")
-                vectors.append(_per_column(side, draw(side.prompts or side_key, side.n)[1]))
-            value = compare_function(*vectors, sample.function, sample.k)
-            for side, vector in zip(sides, vectors):
-                if side.threshold is not None:  # a side below its threshold has no head set to compare
-                    total = specialization.concentration(vector, "positive_total")
-                    value = np.where(total >= side.threshold, value, np.nan)
-            out[key] = value
+            out.values[key] = _compare(key, sample, samples, per_column)
     return out
+
+
+def _combine(key: str, sample: Sample, out: Evaluated, influence: dict, draw: Draw, size: int) -> None:
+    """A ratio or difference of two samples' statistics, with its standard error when both parts have one
+    (from their influence values when both rest on the same prompt draws, else as independent parts)."""
+    first, second = (out.values.get(k, np.full(size, np.nan)) for k in sample.of)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if sample.statistic == "ratio":
+            ok = np.isfinite(first) & np.isfinite(second) & (second != 0)
+            value = np.where(ok, first / np.where(ok, second, 1.0), np.nan)
+        else:
+            value = first - second
+    out.values[key] = value
+    if not all(k in out.se for k in sample.of):
+        return
+    a, b = sample.of
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        scale = 1.0 / second if sample.statistic == "ratio" else 1.0  # d(a/b) = (da - (a/b) db) / b
+        slope = value if sample.statistic == "ratio" else 1.0
+        if a in influence and b in influence and influence[a][0] == influence[b][0]:
+            counts = draw(*influence[a][0])[1]
+            infl = (influence[a][1] - np.reshape(slope, (-1, 1)) * influence[b][1]) * np.reshape(scale, (-1, 1))
+            out.se[key] = _standard_error(infl, counts)
+        else:
+            out.se[key] = np.abs(scale) * np.sqrt(out.se[a] ** 2 + (slope * out.se[b]) ** 2)
+
+
+def _compare(key: str, sample: Sample, samples: dict[str, Sample], per_column: Callable) -> np.ndarray:
+    sides = [samples[k] for k in sample.of]
+    vectors = []
+    for side, side_key in zip(sides, sample.of):
+        if side.statistic not in ("vector", "ratio_of_sums", "max_of_mean", "top_mean") or not side.n:
+            raise ValueError(f"compare {key!r}: sample {side_key!r} ({side.statistic}) has no per-head vector")
+        vectors.append(per_column(side, side.prompts or side_key))
+    value = compare_function(*vectors, sample.function, sample.k)
+    for side, vector in zip(sides, vectors):
+        if side.threshold is not None:  # a side below its threshold has no head set to compare
+            total = specialization.concentration(vector, "positive_total")
+            value = np.where(total >= side.threshold, value, np.nan)
+    return value
 
 
 def _everyone(_prompts: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +425,12 @@ def _everyone(_prompts: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def full_statistics(samples: dict[str, Sample]) -> dict[str, float]:
     """Every sample's statistic on its full sample (every prompt once): the reported values."""
-    return {key: float(values[0]) for key, values in _replicate_all(samples, _everyone, 1).items()}
+    return {key: float(values[0]) for key, values in _evaluate_all(samples, _everyone, 1, False).values.items()}
+
+
+def full_sample(samples: dict[str, Sample]) -> Evaluated:
+    """Every sample's statistic on its full sample, with standard errors and per-column statistics ([1])."""
+    return _evaluate_all(samples, _everyone, 1, True)
 
 
 def statistic(key: str, samples: dict[str, Sample]) -> float:
@@ -345,114 +483,84 @@ def _contributing(key: str, plain: dict[str, Sample]) -> int:
     return sample.n
 
 
+def is_rate(sample: Sample) -> bool:
+    """A mean of 0/1 values (a share of prompts): its interval is Wilson's."""
+    return sample.statistic == "mean" and sample.n > 0 and bool(np.isin(sample.values, (0.0, 1.0)).all())
+
+
+def kind(key: str, plain: dict[str, Sample]) -> str:
+    """The kind of statistic `key` is (samples `resolved`), which decides its interval method
+    (`ckptstudy.stats.intervals.METHODS`): `rate` (a mean of 0/1 values), `mean`, `nanmean`, `quantile`,
+    `median_low`, `max_of_mean`, `top_mean`, `ratio_of_sums/<reduce>`, `vector/<function>`,
+    `compare/<function>`, and `difference` / `ratio` of two smooth statistics or `difference/max` /
+    `ratio/max` when a part is head-wise."""
+    sample = plain[key]
+    if sample.statistic == "mean":
+        return "rate" if is_rate(sample) else "mean"
+    if sample.statistic == "ratio_of_sums":
+        return f"ratio_of_sums/{sample.reduce}"
+    if sample.statistic in ("vector", "compare"):
+        return f"{sample.statistic}/{sample.function}"
+    if sample.statistic in ("ratio", "difference"):
+        return sample.statistic + ("/max" if any(is_headwise(plain[part]) for part in sample.of) else "")
+    return sample.statistic
+
+
 # --- resampling --------------------------------------------------------------------------------------------
 
 
 def draws(prompts: str, n: int, replicates: int, seed: int) -> np.ndarray:
     """Prompt indices [replicates, n] of the resamples of one prompt set: the same for the same (set name,
-    size, seed), so replicate r is the same resample at every checkpoint."""
+    size, seed), so replicate r is the same resample at every checkpoint; another set name draws others."""
     rng = np.random.default_rng([seed, zlib.crc32(prompts.encode()), n])
     return rng.integers(0, n, size=(replicates, n)) if n else np.zeros((replicates, 0), dtype=np.int64)
 
 
 def counts_of(index: np.ndarray, n: int) -> np.ndarray:
     """How often each prompt is drawn in each replicate: [R, n]."""
-    counts = np.zeros((index.shape[0], n))
-    np.add.at(counts, (np.arange(index.shape[0])[:, None], index), 1.0)
-    return counts
+    rows = index.shape[0]
+    flat = (np.arange(rows)[:, None] * n + index).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
 
 
-def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.ndarray]:
-    """`n` bootstrap replicates [n] of every sample's statistic (composites from their parts' replicates)."""
+def resample(samples: dict[str, Sample], n: int, seed: int) -> Evaluated:
+    """`n` bootstrap replicates [n] of every sample's statistic (composites from their parts' replicates), with
+    the standard errors and per-column statistics of each replicate (`Evaluated`)."""
     cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
-    def resample(prompts: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def resampled(prompts: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         if (prompts, size) not in cache:
             index = draws(prompts, size, n, seed)
             cache[(prompts, size)] = (index, counts_of(index, size))
         return cache[(prompts, size)]
 
-    return _replicate_all(samples, resample, n)
+    return _evaluate_all(samples, resampled, n, True)
 
 
 MIN_FINITE_SHARE = 0.5  # an onset interval needs at least this share of replicates that have an onset
 SCALAR_FINITE_SHARE = 0.9  # a scalar's interval: the statistic defined in at least this share of replicates
-MIN_PROMPTS = 5  # default `report.bootstrap.min_prompts`: fewer contributing prompts give no interval
+
+
+def defined(values: np.ndarray, min_finite: float) -> np.ndarray | None:
+    """The finite replicates, or None when fewer than `min_finite` of them are finite."""
+    finite = values[np.isfinite(values)]
+    return None if len(values) == 0 or len(finite) < min_finite * len(values) else finite
 
 
 def interval(values: np.ndarray, level: float, min_finite: float = MIN_FINITE_SHARE) -> tuple[float, float]:
     """Percentile interval at `level` over the finite replicates; NaN when fewer than `min_finite` of them
-    are finite (e.g. an onset median where most resamples hold no looping prompt)."""
-    finite = values[np.isfinite(values)]
-    if len(values) == 0 or len(finite) < min_finite * len(values):
+    are finite (e.g. an onset where most resamples have none). `ckptstudy.stats.intervals.percentile`; the
+    interval a record shows is its kind's (`intervals.METHODS`)."""
+    finite = defined(values, min_finite)
+    if finite is None:
         return math.nan, math.nan
     low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
 
-def intervals(reps: dict[str, np.ndarray], level: float) -> dict[str, list[float]]:
-    """{key: [low, high]} for every replicated key."""
-    return {key: list(interval(values, level)) for key, values in reps.items()}
-
-
-def is_rate(sample: Sample) -> bool:
-    """A mean of 0/1 values (a share of prompts): its interval is Wilson's (`wilson_interval`)."""
-    return sample.statistic == "mean" and sample.n > 0 and bool(np.isin(sample.values, (0.0, 1.0)).all())
-
-
-def wilson_interval(successes: float, n: int, level: float) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion: unlike the percentile bootstrap it does not collapse to
-    [0, 0] or [1, 1] when no prompt (or every prompt) has the property (0 of 64 -> [0, 0.057] at 95%)."""
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def checked_intervals(
-    samples: dict[str, Sample], reps: dict[str, np.ndarray], reported, level: float, min_prompts: int
-) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """{key: [low, high]} for every key of `reported` (a record's scalars, or their names) with replicates, and
-    {key: why} for those left NaN: the statistic of the full sample is NaN; fewer than `min_prompts` prompts
-    contribute (every resample repeats the few there are); the statistic is undefined in more than
-    1 - SCALAR_FINITE_SHARE of the resamples (an interval over the rest would be conditional). A rate (a mean
-    of 0/1 values per prompt) gets the Wilson interval instead of the percentile one. The interval is always
-    that of the stored sample (a record's value is its sample's statistic by construction)."""
-    full = full_statistics(samples)
-    plain = resolved(samples)
-    out, reasons = {}, {}
-    for key, values in reps.items():
-        if key not in reported:
-            continue
-        why = None
-        if not math.isfinite(full.get(key, math.nan)):
-            why = "the statistic is NaN"
-        elif (count := _contributing(key, plain)) < min_prompts:
-            why = f"only {count} prompt(s) contribute (report.bootstrap.min_prompts={min_prompts})"
-        elif key in plain and is_rate(plain[key]):
-            low, high = wilson_interval(float(plain[key].values.sum()), plain[key].n, level)
-        else:
-            low, high = interval(values, level, SCALAR_FINITE_SHARE)
-            if math.isnan(low):
-                share = float(np.isfinite(values).mean())
-                why = f"defined in {share:.0%} of the resamples (< {SCALAR_FINITE_SHARE:.0%})"
-        out[key] = [math.nan, math.nan] if why else [low, high]
-        if why:
-            reasons[key] = why
-    return out, reasons
-
-
-def record_intervals(samples: dict[str, Sample], reported, settings) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """The `ci` and `ci_reasons` dicts of a record (`checked_intervals`) for the `reported` keys that have a
-    sample, with `settings` = config `report.bootstrap` (n, level, seed, min_prompts). Logs what it cost."""
-    started = time.perf_counter()
-    reps = replicates(samples, int(settings.n), int(settings.seed))  # parts of composites included
-    min_prompts = int(getattr(settings, "min_prompts", MIN_PROMPTS))
-    out = checked_intervals(samples, reps, reported, float(settings.level), min_prompts)
-    seconds = time.perf_counter() - started
-    log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out[0]), settings.n, seconds)
-    return out
+def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` bootstrap replicates [n] of every sample's statistic (composites from their parts' replicates)."""
+    return resample(samples, n, seed).values
 
 
 # --- storage with the record's arrays ------------------------------------------------------------------------

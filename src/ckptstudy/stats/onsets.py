@@ -12,7 +12,9 @@ crossing to hold for the next checkpoint too (a change at the very last checkpoi
 
 Onset intervals (`onset_intervals`): the onset recomputed on every bootstrap replicate of the trajectory
 (replicate r of every step's statistic, `bootstrap.replicates`: the same prompt resample at every step),
-and the percentile interval of those onsets.
+and the interval of those onsets by the method `intervals.METHODS["onset"]` gives (bias-corrected: the
+change is the largest held level over noisy checkpoints, so replicate onsets lean late; coverage in README
+"Interval coverage").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 
 import numpy as np
 
-from ckptstudy.stats.bootstrap import interval
+from ckptstudy.stats.intervals import METHODS, bias_corrected, percentile
 
 
 def _held(rel: np.ndarray, persist: int) -> np.ndarray:
@@ -69,9 +71,40 @@ def onsets(table, metrics: list[str], fraction: float = 0.5, persist: int = 1) -
     return out
 
 
+def onset_steps(steps, values: np.ndarray, fraction: float = 0.5, persist: int = 1) -> np.ndarray:
+    """`onset_step` of every row of values [R, steps] at once (rows with a non-finite value one by one): [R]."""
+    s = np.asarray(steps, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(len(values), np.nan)
+    order = np.argsort(s, kind="stable")
+    s, values = s[order], values[:, order]
+    whole = np.isfinite(values).all(1)
+    for r in np.flatnonzero(~whole):
+        out[r] = onset_step(s, values[r], fraction, persist)
+    if len(s) < max(2, persist) or not whole.any():
+        return out
+    v = values[whole]
+    rel = v - v[:, :1]
+    windows = np.lib.stride_tricks.sliding_window_view
+    rise, fall = windows(rel, persist, axis=1).min(2).max(1), windows(-rel, persist, axis=1).min(2).max(1)
+    rel = np.where((rise >= fall)[:, None], rel, -rel)
+    held = windows(rel, persist, axis=1).min(2)
+    span = held.max(1)
+    threshold = fraction * span
+    i = np.argmax(held >= threshold[:, None], axis=1)
+    rows = np.arange(len(v))
+    before = np.maximum(i - 1, 0)
+    x0, x1 = np.log1p(s[before]), np.log1p(s[i])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (threshold - rel[rows, before]) / (rel[rows, i] - rel[rows, before])
+        found = np.where(i == 0, s[0], np.expm1(x0 + t * (x1 - x0)))
+    out[whole] = np.where(span > 0, found, np.nan)
+    return out
+
+
 def replicate_onsets(steps, replicates: np.ndarray, fraction: float, persist: int) -> np.ndarray:
     """The onset of every replicate trajectory: replicates [R, steps] -> [R] (NaN where it has none)."""
-    return np.array([onset_step(steps, row, fraction, persist) for row in replicates])
+    return onset_steps(steps, replicates, fraction, persist)
 
 
 def onset_intervals(
@@ -82,18 +115,20 @@ def onset_intervals(
     fraction: float,
     persist: int,
     level: float,
+    method: str | None = None,
 ) -> dict[tuple[str, str], dict]:
-    """Per (model, metric): the percentile interval of the onset over bootstrap replicates of the whole
-    trajectory, and the share of replicates that have an onset at all.
+    """Per (model, metric): the interval of the onset over bootstrap replicates of the whole trajectory (method
+    `METHODS["onset"]`, around the onset of the reported values), the share of replicates that have an onset at
+    all, and the method (`method` overrides `METHODS["onset"]`: bias_corrected or percentile).
 
     `replicates[(model, step)][metric]` holds the [R] replicates of one checkpoint; a trajectory is
     replicated only when every step with a finite value has them (else no interval: a record without
     samples). `values[(model, step)][metric]` are the reported values. The interval needs an onset in at
-    least half of the replicates (`bootstrap.interval`)."""
+    least half of the replicates and, bias-corrected, an onset of the reported values."""
     out = {}
     for model, steps in steps_by_model.items():
         for metric in metrics:
-            used, rows = [], []
+            used, rows, points = [], [], []
             for step in steps:
                 value = values.get((model, step), {}).get(metric, math.nan)
                 reps = replicates.get((model, step), {}).get(metric)
@@ -103,10 +138,26 @@ def onset_intervals(
                     continue
                 used.append(step)
                 rows.append(reps)
+                points.append(value)
             else:
                 if len(used) < 2:
                     continue
                 found = replicate_onsets(used, np.stack(rows, axis=1), fraction, persist)
-                low, high = interval(found, level)
-                out[(model, metric)] = {"ci": [low, high], "with_onset": float(np.isfinite(found).mean())}
+                point = onset_step(used, points, fraction, persist)
+                low, high = onset_interval(found, point, level, method)
+                share = float(np.isfinite(found).mean())
+                out[(model, metric)] = {"ci": [low, high], "with_onset": share, "method": method or METHODS["onset"]}
     return out
+
+
+def onset_interval(
+    replicated: np.ndarray, point: float, level: float, method: str | None = None
+) -> tuple[float, float]:
+    """The interval of an onset from its replicate onsets [R] (NaN where a replicate has none) and the onset of
+    the reported values `point`, by `method` (default `METHODS["onset"]`: bias_corrected, or percentile)."""
+    method = method or METHODS["onset"]
+    if method == "bias_corrected":
+        return bias_corrected(replicated, point, level)
+    if method == "percentile":
+        return percentile(replicated, level)
+    raise ValueError(f"unknown onset interval method {method!r}; valid: bias_corrected, percentile")

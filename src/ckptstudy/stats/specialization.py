@@ -76,6 +76,34 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return pearson(ranks(a[ok]), ranks(b[ok])) if ok.sum() > 2 else math.nan
 
 
+def average_ranks(rows: np.ndarray) -> np.ndarray:
+    """`ranks` of every row of a finite array [R, n] at once (ties given their average rank)."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    position = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    new = np.ones(rows.shape, dtype=bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # a tie group starts here
+    last = np.ones(rows.shape, dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    start = np.maximum.accumulate(np.where(new, position, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, position, rows.shape[1])[:, ::-1], axis=1)[:, ::-1]
+    out = np.empty(rows.shape)
+    np.put_along_axis(out, order, (start + end) / 2 + 1, axis=1)
+    return out
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`spearman` of each pair of finite rows of a, b [R, n] at once: [R] (NaN where a row's ranks are
+    constant or n < 3)."""
+    if a.shape[1] < 3:
+        return np.full(len(a), np.nan)
+    x, y = average_ranks(a), average_ranks(b)
+    x, y = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    denom = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (x * y).sum(1) / denom, np.nan)
+
+
 def top_heads(effects: torch.Tensor, k: int) -> set[int]:
     """Flat indices of the k largest effects."""
     flat = effects.flatten().nan_to_num(nan=-math.inf)
