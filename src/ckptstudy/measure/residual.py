@@ -127,10 +127,10 @@ def layer_inputs(model, ids: torch.Tensor, layer: int, batch_size: int = 16) -> 
         kwargs_seen.update({k: kwargs.get(k) for k in LAYER_KWARGS})
 
     with hooks([parts.layers[layer].register_forward_pre_hook(grab_kwargs, with_kwargs=True)]):
-        model(input_ids=ids[:1].to(device))
+        model.base_model(input_ids=ids[:1].to(device))
     with hooks([parts.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)]):
-        for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start : start + batch_size].to(device))
+        for start in range(0, ids.shape[0], batch_size):  # the base model: no unembedding
+            model.base_model(input_ids=ids[start : start + batch_size].to(device))
     return torch.cat(kept), kwargs_seen
 
 
