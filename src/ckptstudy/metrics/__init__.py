@@ -208,7 +208,7 @@ class JobContext:
         shape, nbytes = self.shape, self.dtype_bytes
         rows = call_rows(p, shape, self.budget.bytes, nbytes)
         why = lowered(p, rows, shape, self.budget.bytes, nbytes)
-        if why and why not in self.warnings:
+        if why and f"memory budget: {why}" not in self.warnings:
             log.warning("memory budget: %s", why)
             self.warnings.append(f"memory budget: {why}")
         return rows
