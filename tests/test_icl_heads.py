@@ -212,8 +212,9 @@ def test_every_statistic_over_prompts_has_a_sample_that_gives_it_on_the_micro_ch
 ):
     ctx = final_micro_context
     result = icl_heads.measure(ctx, **family_params("icl_heads", mode=mode, **params))
-    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
+    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance", "icl/ablation_exact"}
     declared |= {"icl/attribution_spearman"} if params else set()
+    assert result.scalars["icl/ablation_exact"] == float(mode == "exact")  # the record says which estimator ran
     assert set(result.no_interval) == declared and all(len(why) > 10 for why in result.no_interval.values())
     assert set(result.samples) == set(result.scalars) - declared
     assert result.unexplained_nans() == []
