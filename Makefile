@@ -9,7 +9,7 @@ ARGS ?=
 SUITE_ARGS = $(filter model=% model.suite.% model.path=% paths.suite=% paths.root=%,$(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run suite test test-fast test-full bench lint format clean
+.PHONY: help install run suite test test-fast test-full bench bench-shape lint format clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ $(VENV)/.bench-stamp: $(STAMP) pyproject.toml
 
 bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forward, each in a fresh process (~17 min on 2 cores; ARGS=--quick)
 	$(BIN)/python benches/run.py $(ARGS)
+
+bench-shape: suite ## default multirun at the Pythia-14m and -70m shapes (random init, fake offline hub) vs ckptstudy-plan: time and peak per family within 2x (ARGS='--steps 1000 --budget 4')
+	$(BIN)/python benches/realshape.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests benches
