@@ -12,8 +12,8 @@ The model (estimates; `ckptstudy-plan` prints its assumptions):
   attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused statistics
   pass adds another pass over the keys), 2 d V per unembedded position, x3 with a backward pass; greedy decoding:
   a prefill, then per step a one-token forward over the KV cache;
-- peak memory of one call (weights not included), calibrated against measured peaks (`make bench`, section
-  `peaks`: resident memory above the start of the call, in fresh processes, at the micro, Pythia-14m and -70m
+- peak memory of one call (weights not included), calibrated against measured peaks (`benches/peaks.py`:
+  resident memory above the start of the call, in fresh processes, at the micro, Pythia-14m and -70m
   shapes): the transient activations of one layer, (8 d + 4 d_ff) per token in the model's dtype (all layers,
   and more per layer, when a backward pass keeps them); the logits the pass materialises (float32); the KV cache
   of greedy decoding; the residuals an exact ablation keeps; the fused statistics' workspace.
@@ -29,7 +29,7 @@ STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fuse
 LOGITS = ("none", "all", "row", "selected", "last")
 ATTENTION = ("sdpa", "eager", "fused", "fused_pass")
 
-# peak-memory coefficients (bytes = coefficient x elements x element size), from the `peaks` bench
+# peak-memory coefficients (bytes = coefficient x elements x element size), fitted to benches/peaks.py measurements
 LAYER_D, LAYER_FF = 8.0, 4.0  # one layer's transient activations per token: 8 d + 4 d_ff values
 SAVED_D, SAVED_FF = 14.0, 3.0  # per layer and token kept for a backward pass: 14 d + 3 d_ff values
 LOGIT_COPIES = {"all": 3.0, "row": 3.0, "selected": 3.0, "last": 3.0, "none": 0.0}  # float32 [.., V] copies alive
