@@ -161,7 +161,8 @@ MICRO_FINAL = "micro-final"  # the micro suite's last checkpoint, as `generation
 def micro_final_batch():
     """The micro suite's last checkpoint and the natural-loop batch a default job generates on it: (model,
     prompts, new_tokens, pad_id, batch_size) from the default config's probes, `loops.new_tokens` (clipped
-    to the context) and `batch_size` (all prompts in one call when null). The suite is read from outputs/suite (never built here)."""
+    to the context) and `batch_size` (all prompts in one call when null). The suite is read from outputs/suite
+    (never built here)."""
     from ckptstudy.config import compose_config
     from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
     from ckptstudy.model.suite import is_built, spec_from_config, suite_dir
