@@ -109,3 +109,25 @@ def test_a_job_that_cannot_fit_fails_before_its_weights_load():
         job_budget(cfg, model_shape(cfg.model), "cpu", 4)
     cfg = compose_config(["model=pythia-160m", "memory_budget=6"])
     assert job_budget(cfg, model_shape(cfg.model), "cpu", 4).bytes == 6 * GB
+
+
+def test_meter_measures_a_part_apart_from_the_part_inside_it():
+    import torch
+
+    from ckptstudy.measure.meter import Meter
+
+    meter = Meter("cpu")
+    if not meter.available:
+        pytest.skip("no /proc/self/clear_refs here: CPU peaks are NaN by design")
+    with meter.part("outer"):
+        a = torch.ones(64 * 2**20 // 4)  # 64 MB resident
+        with meter.part("inner"):
+            b = torch.ones(256 * 2**20 // 4)  # 256 MB resident, then freed
+            del b
+        del a
+    with meter.part("small"):
+        c = torch.ones(2**20 // 4)
+        del c
+    assert 240 * 2**20 <= meter.costs["inner"]["peak_bytes"] <= 300 * 2**20
+    assert 60 * 2**20 <= meter.costs["outer"]["peak_bytes"] < 200 * 2**20  # the inner 256 MB left out
+    assert meter.costs["small"]["peak_bytes"] < 32 * 2**20  # the freed 320 MB is not seen again

@@ -10,6 +10,8 @@ left out of the outer part's time and peak.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import time
 from collections.abc import Iterator
@@ -21,6 +23,18 @@ import torch
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None: memory an earlier part freed but malloc kept resident would otherwise be
+    reused unseen by the next part's resident-memory peak."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 def _status_bytes(field: str) -> int:
@@ -62,6 +76,8 @@ class Meter:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         elif self.available:
+            if _TRIM is not None:
+                _TRIM(0)
             CLEAR_REFS.write_text("5")
 
     def _current(self) -> float:
