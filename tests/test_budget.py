@@ -97,7 +97,7 @@ def test_memory_budget_values():
         compose_config(["batch_size=0"])
     assert resolve_budget(6, "cuda", 10 * GB).bytes == 6 * GB  # a number is taken as given, weights apart
     auto = resolve_budget("auto", "cuda:0", 2 * GB, free_bytes=40 * GB)
-    assert auto.bytes == int(0.8 * 40 * GB - 2 * GB) and "80% of 40.0 GB" in auto.how
+    assert auto.bytes == int(0.6 * 40 * GB - 2 * GB) and "60% of 40.0 GB" in auto.how
     assert resolve_budget("auto", "cpu", 1 * GB, free_bytes=10 * GB).bytes == 4 * GB  # half the RAM, minus weights
     with pytest.raises(BudgetError, match="leaves nothing for activations"):
         resolve_budget("auto", "cuda", 50 * GB, free_bytes=40 * GB)

@@ -24,7 +24,7 @@ The cost model (every number is an estimate; assumptions are printed with the pl
   and bandwidth, at the efficiencies in GPU_EFFICIENCY (assumptions: no GPU was available to measure);
 - rows per call: every pass runs as many rows per call as the memory budget allows (`measure.budget.call_rows`,
   the job's own function), capped by the configured sizes; the budget is `memory_budget` as configured, or
-  for `auto` what a job would resolve: on this machine half of its available RAM now, on the GPU class 80% of
+  for `auto` what a job would resolve: on this machine half of its available RAM now, on the GPU class 60% of
   its memory (assumed empty), each minus the weights;
 - natural loops: a share `--loop-share` (default 0.5) of the natural prompts loops, their targets start
   half-way through the generation; the sink neuron patch runs (some neuron passes neuron_z);
