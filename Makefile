@@ -9,7 +9,7 @@ ARGS ?=
 SUITE_ARGS = $(filter model=% model.suite.% model.path=% paths.suite=% paths.root=%,$(ARGS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install run suite micro-runs test test-fast test-full bench gpu-check lint format clean
+.PHONY: help install run suite micro-runs test test-fast test-full bench bench-shape gpu-check lint format clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench: $(VENV)/.bench-stamp ## ckptstudy vs TransformerLens / HF / the bare forw
 
 gpu-check: suite ## is the GPU path right, what does it cost: CPU float32 vs the device, fused vs eager, time and memory vs the plan (< 8 min; ARGS='--device cpu')
 	$(BIN)/ckptstudy-gpu-check $(ARGS)
+
+bench-shape: suite ## default multirun at the Pythia-14m and -70m shapes (random init, fake offline hub) vs ckptstudy-plan: time and peak per family within 2x (ARGS='--steps 1000 --budget 4')
+	$(BIN)/python benches/realshape.py $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests benches

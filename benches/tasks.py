@@ -161,7 +161,8 @@ MICRO_FINAL = "micro-final"  # the micro suite's last checkpoint, as `generation
 def micro_final_batch():
     """The micro suite's last checkpoint and the natural-loop batch a default job generates on it: (model,
     prompts, new_tokens, pad_id, batch_size) from the default config's probes, `loops.new_tokens` (clipped
-    to the context) and `batch_size`. The suite is read from outputs/suite (never built here)."""
+    to the context) and `batch_size` (all prompts in one call when null). The suite is read from outputs/suite
+    (never built here)."""
     from ckptstudy.config import compose_config
     from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
     from ckptstudy.model.suite import is_built, spec_from_config, suite_dir
@@ -175,7 +176,8 @@ def micro_final_batch():
     net, tok = load_checkpoint(CheckpointSource("micro", step, "local", str(directory / f"step{step}")))
     natural = cached_probes(cfg.probes, tok, REPO / "outputs" / "bench" / "probes").natural
     tokens = min(cfg.loops.new_tokens, net.config.max_position_embeddings - natural.shape[1])
-    return net, natural.tolist(), tokens, tok.pad_token_id or 0, cfg.batch_size
+    # batch_size null = the memory budget's rows per call: the micro model's 64 prompts fit in one call
+    return net, natural.tolist(), tokens, tok.pad_token_id or 0, cfg.batch_size or len(natural)
 
 
 def generation(model: str, prompts: int = 16, new_tokens: int = 64, pairs: int = 4, first: str = "loop") -> dict:

@@ -115,22 +115,24 @@ def test_fused_capture_leaves_the_model_output_unchanged():
 
 def test_attention_implementation_is_restored_even_after_an_error():
     model = tiny_neox(seed=8)
-    assert model.config._attn_implementation == "eager"
-    with pytest.raises(RuntimeError), attention_implementation(model, "sdpa"):
-        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "sdpa"  # how checkpoints load (the neox builder's default)
+    with pytest.raises(RuntimeError), attention_implementation(model, "eager"):
+        assert model.config._attn_implementation == "eager"
         raise RuntimeError("boom")
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
     capture_stats(model, torch.randint(0, 500, (1, 10)), random_request(1, 10))
-    assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
+    capture(model, torch.randint(0, 500, (1, 10)), attn_fn=lambda _l, attn, _c: attn.sum())  # eager for the pass
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_eager_hook_capture_works_on_a_model_loaded_with_sdpa():
     model = tiny_neox(seed=9)
     ids = torch.randint(0, 500, (2, 21))
-    eager = capture(model, ids, attn_fn=lambda _l, attn, _c: head_pattern_sums(attn, 10))
-    with attention_implementation(model, "sdpa"):
-        again = capture(model, ids, attn_fn=lambda _l, attn, _c: head_pattern_sums(attn, 10))
-        assert model.config._attn_implementation == "sdpa"
+    with attention_implementation(model, "eager"):
+        eager = capture(model, ids, attn_fn=lambda _l, attn, _c: head_pattern_sums(attn, 10))
+    again = capture(model, ids, attn_fn=lambda _l, attn, _c: head_pattern_sums(attn, 10))
+    assert model.config._attn_implementation == "sdpa"
     for a, b in zip(eager.attn, again.attn):
         torch.testing.assert_close(a, b)
 

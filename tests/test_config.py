@@ -123,7 +123,8 @@ def test_paper_preset_reproduces_the_paper_setup():
     assert cfg.probes.natural.n == 1000 and cfg.probes.natural.length == 32
     assert cfg.loops.new_tokens == 1000 and cfg.loops.max_period == 500 and cfg.loops.definition == "paper"
     # the preset's own values win over conf/config.yaml's (they did not before the defaults order fix)
-    assert cfg.study == "repetitions_not_alike" and cfg.dtype == "auto" and cfg.batch_size == 32
+    assert cfg.study == "repetitions_not_alike" and cfg.dtype == "auto"
+    assert cfg.batch_size is None and cfg.metrics.icl_heads.max_rows is None  # rows per call from memory_budget
     steps = [int(s) for s in swept_steps(cfg)]
     assert len(steps) == 10 and steps[0] == 1 and steps[-1] == 143000
     assert all(s in checkpoints.PYTHIA_STEPS for s in steps)

@@ -82,7 +82,7 @@ def test_loaded_weights_differ_between_revisions(tmp_path, fake_hub, tiny_tokeni
     b, tok = load_checkpoint(CheckpointSource("t", 4000, "hub", REPO_ID, "step4000"))
     assert not torch.equal(a.gpt_neox.embed_in.weight, b.gpt_neox.embed_in.weight)
     assert weights_sha256(a) != weights_sha256(b)
-    assert a.config._attn_implementation == "eager" and len(tok) == len(tiny_tokenizer)
+    assert a.config._attn_implementation == "sdpa" and len(tok) == len(tiny_tokenizer)  # the fused kernel
 
 
 @pytest.fixture

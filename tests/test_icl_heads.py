@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ckptstudy.measure.attention_stats import StatsRequest
+from ckptstudy.measure.budget import GB, MemoryBudget
 from ckptstudy.measure.capture import capture, capture_stats, model_parts
 from ckptstudy.metrics import icl_heads
 from ckptstudy.metrics.icl_heads import (
@@ -23,7 +24,7 @@ from ckptstudy.metrics.icl_heads import (
 from ckptstudy.params import check_family
 from ckptstudy.reference import head_pattern_sums
 from ckptstudy.stats.bootstrap import statistic
-from configured import family_params
+from configured import family_params, job_context
 from conftest import tiny_neox
 
 R = 5
@@ -124,13 +125,13 @@ def test_token_nll_and_loss_scores():
 @pytest.mark.parametrize(
     ("param", "value", "valid"),
     [
-        ("mode", "exakt", "one of exact, attribution, off"),
+        ("mode", "exakt", "one of auto, exact, attribution, off"),
         ("ablation", "none", "one of zero, mean"),
         ("score", "prob", "one of logprob, contrast"),
         ("top_k", 0, "an integer >= 1"),
         ("window", 0, "an integer >= 1"),
         ("rate_cycles", 0, "an integer >= 1"),
-        ("max_rows", 0, "an integer >= 1"),
+        ("max_rows", 0, r"an integer >= 1 \(or null\)"),
         ("validate_k", -1, "an integer >= 0"),
         ("late_position", -1, "an integer >= 0"),
         ("early_position", -5, "an integer >= 0"),
@@ -153,7 +154,7 @@ def test_empty_long_text_gives_an_icl_score_nan_with_the_probes_reason():
         long_text=torch.zeros(0, 64, dtype=torch.long),
         empty_reason=lambda probe: "no single document has 64 tokens: long_text is empty",
     )
-    ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
+    ctx = job_context(tiny_neox(), None, probes, batch_size=2, budget=MemoryBudget(2 * GB, "test"))
     result = pattern_scores(ctx, 3)
     result.update(loss_score(ctx, 500, 50, 9))
     assert math.isnan(result.scalars["icl/icl_score"])
@@ -168,7 +169,7 @@ def test_statistics_of_the_per_prompt_rows_equal_the_summed_passes():
     probes = SimpleNamespace(
         repeat_length=r, random_repeat=ids, long_text=torch.randint(2, 500, (3, 40), generator=gen)
     )
-    ctx = SimpleNamespace(model=tiny_neox(), probes=probes, batch_size=2, context_length=512)
+    ctx = job_context(tiny_neox(), None, probes, batch_size=2, budget=MemoryBudget(2 * GB, "test"))
     result = pattern_scores(ctx, 3)
     result.update(loss_score(ctx, 30, 5, 3))
     keys = {"icl/induction_max", "icl/induction_top3_mean", "icl/prev_token_max", "icl/duplicate_max"}
@@ -211,8 +212,9 @@ def test_every_statistic_over_prompts_has_a_sample_that_gives_it_on_the_micro_ch
 ):
     ctx = final_micro_context
     result = icl_heads.measure(ctx, **family_params("icl_heads", mode=mode, **params))
-    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
+    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance", "icl/ablation_exact"}
     declared |= {"icl/attribution_spearman"} if params else set()
+    assert result.scalars["icl/ablation_exact"] == float(mode == "exact")  # the record says which estimator ran
     assert set(result.no_interval) == declared and all(len(why) > 10 for why in result.no_interval.values())
     assert set(result.samples) == set(result.scalars) - declared
     assert result.unexplained_nans() == []

@@ -19,15 +19,23 @@ from ckptstudy.measure.ablation import (
     exact_effect_rows,
     exact_effects,
 )
+from ckptstudy.measure.budget import GB, MemoryBudget
+from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics import FamilyResult, icl_heads
-from ckptstudy.metrics.icl_heads import concentration, icl_targets, natural_loop_targets, validate_attribution
+from ckptstudy.metrics.icl_heads import (
+    EffectSettings,
+    concentration,
+    icl_targets,
+    natural_loop_targets,
+    validate_attribution,
+)
 from ckptstudy.model.checkpoints import CheckpointSource, load_checkpoint
 from ckptstudy.reference import naive_effects
 from ckptstudy.stats.bootstrap import Sample, replicates
 from ckptstudy.stats.intervals import percentile
 from ckptstudy.stats.specialization import concentration_of, cosine, jaccard, jaccard_chance, spearman, top_heads
-from configured import family_params, loop_rule
+from configured import family_params, job_context, loop_rule
 from conftest import tiny_neox
 
 LENGTH, COPIES = 12, 4
@@ -139,7 +147,9 @@ def test_attribution_matches_exact_on_a_near_linear_toy_model():
     estimate = attribution_effects(model, targets)
     exact = exact_effects(model, targets)
     torch.testing.assert_close(estimate, exact, atol=2e-4, rtol=0.05)
-    rho = validate_attribution(model, targets, estimate, 3, "zero", "logprob", seed=0, max_rows=64)
+    ctx = job_context(model, None, None, seed=0, budget=MemoryBudget(2 * GB, "test"))
+    settings = EffectSettings("attribution", "zero", "logprob", None, 3, 0.0)
+    rho = validate_attribution(ctx, targets, estimate, 3, settings)
     assert rho == pytest.approx(
         spearman(
             estimate.flatten()[list(_validated(estimate, 3, 0))], exact.flatten()[list(_validated(estimate, 3, 0))]
@@ -259,7 +269,7 @@ def rows_of(effects: torch.Tensor, targets: Targets) -> EffectRows:
 
 def assert_every_scalar_is_a_statistic_or_says_why_not(result: FamilyResult) -> None:
     """Every scalar but the declared values is a statistic of a sample, and every NaN has its reason."""
-    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance"}
+    declared = {"icl/natural_loop_prompts", "icl/icl_natural_topk_jaccard_chance", "icl/ablation_exact"}
     assert set(result.scalars) - set(result.samples) == declared == set(result.no_interval)
     assert result.unexplained_nans() == []
 
@@ -272,6 +282,7 @@ class FakeCheckpoint:
     model = None
     seed = 0
     context_length = 512
+    shape = Shape(n_layers=2, d_model=32, n_heads=4, vocab=500, context=512)  # 8 heads: mode auto runs exact
 
     def __init__(self, loops: NaturalLoops):
         self.loops = loops
@@ -290,7 +301,7 @@ def fake_passes(monkeypatch):
     def install(*vectors, induction=INDUCTION):
         queue = list(vectors)
 
-        def head_effects(model, targets, mode, ablation, score, max_rows):
+        def head_effects(ctx, targets, settings, what):
             calls.append(targets)
             return rows_of(queue.pop(0), targets)
 
@@ -428,3 +439,10 @@ def test_intervals_are_zero_width_for_identical_prompts_and_wide_when_one_prompt
     # pooled: head (0, 0) 0.01 + 40 / 200 = 0.21, the other seven 0.01 each: total 0.28, top-1 share 0.75
     assert mixed.scalars["icl/ablation_total"] == pytest.approx(0.28)
     assert mixed.scalars["icl/ablation_top1_share"] == pytest.approx(0.75)
+
+
+def test_mode_auto_runs_exact_ablation_up_to_exact_max_heads_and_attribution_above():
+    small, large = Shape(2, 32, 4, 500, 512), Shape(12, 768, 12, 50304, 2048)  # 8 heads; 144 (Pythia-160m)
+    assert icl_heads.estimator("auto", small, 32) == "exact" and icl_heads.estimator("auto", large, 32) == "attribution"
+    assert icl_heads.estimator("auto", small, 7) == "attribution" and icl_heads.estimator("auto", large, 144) == "exact"
+    assert icl_heads.estimator("exact", large, 0) == "exact" and icl_heads.estimator("off", small, 32) == "off"

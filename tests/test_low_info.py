@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from ckptstudy.measure.cost import Pass, Shape
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.measure.token_classes import CLASS_INDEX, classify, low_information_ids, vocabulary_classes
 from ckptstudy.metrics import FamilyResult, low_info
@@ -190,6 +191,13 @@ class FakeCheckpoint:
 
     def natural_loops(self) -> NaturalLoops:
         return self.loops
+
+    @property
+    def shape(self) -> Shape:
+        return Shape.of(self.model.config) if self.model is not None else Shape(2, 32, 4, 500, 512)
+
+    def rows(self, p: Pass) -> int:
+        return self.batch_size  # the budget is not what these tests are about
 
 
 def test_natural_queries_start_at_the_first_copy_like_the_icl_ones():

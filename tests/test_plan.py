@@ -46,8 +46,14 @@ def test_paper_setup_plans_attribution_on_bf16_gpu():
     assert result["weights_bytes_gpu"] == 2 * result["params"]  # dtype auto = bfloat16 on a GPU
     icl = [p["what"] for p in result["cpu"]["families"]["icl_heads"]["passes"]]
     assert any("attribution" in what for what in icl) and any("attribution check" in what for what in icl)
-    natural_attribution = next(p for p in result["cpu"]["families"]["icl_heads"]["passes"] if "natural" in p["what"])
-    assert natural_attribution["rows"] > natural_attribution["batch"] == 8  # chunks of the preset's max_rows
+    # rows per call from the memory budget (auto: 60% of the H100's 80 GB minus the weights), none configured
+    budget = result["gpu"]["budget"]["bytes"]
+    assert 0.6 * 80 * 2**30 - result["weights_bytes_gpu"] == pytest.approx(budget, abs=1)
+    gpu_icl = result["gpu"]["families"]["icl_heads"]["passes"]
+    natural_attribution = next(p for p in gpu_icl if "natural" in p["what"])
+    assert 1 < natural_attribution["batch"] < natural_attribution["rows"]  # chunks that fit, not everything at once
+    assert all(p["peak_bytes"] <= budget for f in result["gpu"]["families"].values() for p in f["passes"])
+    assert result["gpu"]["peak_bytes"] <= budget < 2 * result["gpu"]["peak_bytes"]  # the largest pass fills it
     natural = result["cpu"]["families"]["natural generation (shared)"]["passes"][0]
     assert natural["rows"] == 1000 and natural["tokens"] == 32 and natural["decode"] == 1000
     assert "bf16" in result["gpu"]["machine"]["source"]

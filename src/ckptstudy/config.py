@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from ckptstudy.measure.budget import parse_budget
 from ckptstudy.measure.cost import Shape
 from ckptstudy.measure.cycles import check_loop_parameters
 from ckptstudy.model import arch, hubcache
@@ -227,7 +228,8 @@ class Config:
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
     dtype: DType = MISSING
-    batch_size: int = MISSING
+    batch_size: int | None = MISSING  # at most this many rows per call; None = as many as memory_budget allows
+    memory_budget: Any = MISSING  # "auto" or GB (float)
     force: bool = MISSING
     paths: PathsConf = field(default_factory=PathsConf)
     checkpoints: CheckpointsConf = field(default_factory=CheckpointsConf)
@@ -313,9 +315,9 @@ def model_shape(model_cfg) -> Shape | None:
 
 def validate(cfg: DictConfig) -> None:
     """Refuse a bad value before anything is resolved or loaded, naming the key, the value and what is valid:
-    the loop rule (`loops.*`), the probe sizes (`probes.*`), the `checkpoints` block, every family's
-    parameters (`metrics.*`: unknown, missing, type, range, choice, the family's `check`) and every claim
-    (`claims.*`, `report.verdicts`: `stats.claim_spec`)."""
+    the loop rule (`loops.*`), the probe sizes (`probes.*`), `batch_size`, `memory_budget`, the `checkpoints`
+    block, every family's parameters (`metrics.*`: unknown, missing, type, range, choice, the family's `check`)
+    and every claim (`claims.*`, `report.verdicts`: `stats.claim_spec`)."""
     loops = cfg.loops
     try:
         definition = getattr(loops.definition, "value", loops.definition)
@@ -334,7 +336,13 @@ def validate(cfg: DictConfig) -> None:
     except ValueError as err:
         raise ConfigValueError(str(err)) from None
     check_probe_config(cfg.probes)
+    if cfg.batch_size is not None and (isinstance(cfg.batch_size, bool) or cfg.batch_size < 1):
+        raise ConfigValueError(
+            f"batch_size={cfg.batch_size} is not valid; valid: an integer >= 1 (the most rows per call), or null "
+            "(as many as memory_budget allows)"
+        )
     try:
+        parse_budget(cfg.memory_budget)
         hubcache.check_config(cfg.checkpoints)
     except ValueError as err:
         raise ConfigValueError(str(err)) from None

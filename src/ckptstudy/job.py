@@ -4,8 +4,10 @@ Failures never escape `run_job`: a bad config value, a missing, corrupt or unsaf
 unwritable results directory, a failing metric family or (with `logger.strict`) a W&B failure becomes
 a failure record naming the cause, so a sweep goes on and loses nothing. The order is cheap checks
 first: inputs (`config.validate`: loops, probe sizes, metric parameters), the step, the reuse decision, the results
-directory, then the checkpoint's config.json and weight files, the tokenizer and the probes, and only
-then the weights.
+directory, then the checkpoint's config.json and weight files, the tokenizer and the probes, the memory budget
+(`memory_budget`, resolved now; every pass every family describes must fit it, one row per call at least), and
+only then the weights. The record keeps the resolved budget, what each family cost (wall time and peak memory,
+`ckptstudy.measure.meter`) and a warning for every configured batch size the budget lowered.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from ckptstudy import fingerprint, results
 from ckptstudy.config import validate
 from ckptstudy.measure import precision
-from ckptstudy.metrics import FamilyResult, JobContext
-from ckptstudy.model import checkpoints, hubcache
+from ckptstudy.measure.budget import MemoryBudget, fit_rows, resolve_budget
+from ckptstudy.measure.cost import Shape, probe_sizes
+from ckptstudy.measure.meter import Meter
+from ckptstudy.metrics import FamilyResult, JobContext, describe_passes
+from ckptstudy.model import arch, checkpoints, hubcache
 from ckptstudy.model.suite_spec import checkpoint_problem
 from ckptstudy.params import check_family
 from ckptstudy.probes import cached_probes
@@ -85,11 +91,16 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
     measurements. Non-finite weights, activations, metrics and arrays are flagged in `record["warnings"]`."""
     if cfg.model.checkpoints == "suite" and (problem := checkpoint_problem(cfg.model, source.step)):
         raise checkpoints.CheckpointError(problem)  # a job never trains the suite (`make suite` does)
-    checkpoints.inspect_checkpoint(source, getattr(cfg.model.arch, "value", cfg.model.arch))
+    config = checkpoints.inspect_checkpoint(source, getattr(cfg.model.arch, "value", cfg.model.arch))
     tokenizer = checkpoints.load_tokenizer(source, bool(cfg.model.bos_from_eos))
     probes = cached_probes(cfg.probes, tokenizer, Path(cfg.paths.root) / "cache" / "probes")
     device = checkpoints.resolve_device(cfg.device)
-    model = checkpoints.load_model(source, device=device, dtype=checkpoints.resolve_dtype(cfg.dtype, device))
+    dtype = checkpoints.resolve_dtype(cfg.dtype, device)
+    family = arch.for_model_type(config.get("model_type"), str(source))
+    shape = Shape.of(config, family.mlp_matrices, family.learned_positions)
+    budget = job_budget(cfg, shape, device, dtype.itemsize)
+    record["memory_budget"] = {"bytes": budget.bytes, "how": budget.how}
+    model = checkpoints.load_model(source, device=device, dtype=dtype)
     if record.get("checkpoint_fingerprint") is None:  # a hub revision downloaded just now
         record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
     warnings = record.setdefault("warnings", [])
@@ -105,10 +116,13 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         tensor_hashes=hashes.tensors,
         constant_tensors=hashes.constant,
     )
-    ctx = JobContext.from_config(cfg, model, tokenizer, probes)
+    ctx = JobContext.from_config(cfg, model, tokenizer, probes, budget)
+    ctx.meter = Meter(device)
     record["family_dtypes"] = {}  # the dtype each family computed in (measure/precision.py)
     with checkpoints.ActivationGuard(model) as guard:
         measured, errors = measure_families(ctx, cfg.metrics, record["family_dtypes"])
+    record["cost"] = ctx.meter.costs
+    warnings += ctx.warnings
     bad_activations = guard.nonfinite()
     for name, calls in bad_activations.items():
         warnings.append(f"activations: non-finite values in the output of {name} ({calls} forward calls)")
@@ -128,6 +142,19 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
     if not warnings:
         del record["warnings"]
     return measured
+
+
+def job_budget(cfg: DictConfig, shape: Shape, device: str, dtype_bytes: int) -> MemoryBudget:
+    """The job's memory budget (`memory_budget` on `device`, the weights of `shape` not yet loaded), after checking
+    that one row (or group) per call of every pass the enabled families describe fits in it (`BudgetError`
+    naming the pass otherwise): a job that cannot fit fails before its weights load."""
+    budget = resolve_budget(cfg.memory_budget, device, shape.params * dtype_bytes)
+    passes, _ = describe_passes(cfg.metrics, probe_sizes(cfg, shape.context, loop_share=1.0), shape)
+    for described in passes.values():
+        for p in described:
+            fit_rows(p, shape, budget.bytes, dtype_bytes)
+    log.info("memory budget: %s", budget.describe())
+    return budget
 
 
 def record_fields(measured: FamilyResult, bootstrap_settings) -> dict:
@@ -179,7 +206,7 @@ def measure_families(
         if dtypes is not None:
             dtypes[name] = precision.dtype_name(compute)
         try:
-            with precision.computing_in(ctx.model, compute):
+            with ctx.meter.part(name) if ctx.meter else nullcontext(), precision.computing_in(ctx.model, compute):
                 result = fn(ctx, **params)
         except Exception as err:
             log.error("metrics.%s failed: %s: %s", name, type(err).__name__, err)

@@ -1,6 +1,8 @@
 """Per-head ablation effects on predicting expected tokens: exact (batched, reusing the clean residual) and
 attribution patching (one forward + backward); `ckptstudy.reference.naive_effects` is the reference (one full
-forward per head).
+forward per head). Only the target positions are unembedded. Callers choose the rows per call (the job's memory
+budget, `ckptstudy.measure.budget`): `max_rows` ablated (or attributed) rows per forward, and for exact ablation
+`group_rows` prompts per clean pass, whose residuals are kept while their ablated variants run.
 
 The quantity is the pooled mean, over target positions, of a score of the expected next token:
 `logprob` = log p(expected) or `contrast` = log p(expected) - log p(best other token). A head's effect
@@ -18,7 +20,7 @@ import torch
 
 from ckptstudy.measure.capture import hooks
 from ckptstudy.measure.layers import LayerCall, layer_input
-from ckptstudy.measure.readout import log_probs, pick, unembed
+from ckptstudy.measure.readout import log_probs, output_logits, pick, unembed
 from ckptstudy.model.arch import model_parts
 
 SCORES = ("logprob", "contrast")
@@ -115,10 +117,10 @@ def clean_run(model, targets: Targets, score: str) -> CleanRun:
     handles = [layer.register_forward_pre_hook(grab_input(i), with_kwargs=True) for i, layer in enumerate(parts.layers)]
     handles += [proj.register_forward_pre_hook(grab_heads(i)) for i, proj in enumerate(parts.out_projs)]
     device = next(model.parameters()).device
-    with hooks(handles):
-        logits = model(input_ids=targets.ids.to(device), use_cache=False).logits
     mask = targets.mask.to(device)
-    scores = token_scores(logits[mask], targets.expected.to(device), score)
+    with hooks(handles):
+        final = model.base_model(input_ids=targets.ids.to(device), use_cache=False).last_hidden_state
+    scores = token_scores(output_logits(model, final[mask]), targets.expected.to(device), score)
     n = targets.ids.shape[0]
     rows = mask.nonzero()[:, 0]  # the prompt of each target, in the order of `scores`
     score_rows = torch.zeros(n, dtype=torch.float64).index_add_(0, rows.cpu(), scores.double().cpu())
@@ -153,21 +155,42 @@ def exact_effect_rows(
     score: str = "logprob",
     heads: list[tuple[int, int]] | None = None,
     max_rows: int = 64,
+    group_rows: int | None = None,
 ) -> EffectRows:
     """Exact per-prompt effects (`EffectRows`; NaN for heads not in `heads`, when given).
 
-    For each layer, the clean residual entering it is reused; the ablated variants of all its heads
-    run as one batch (in chunks of `max_rows` rows) through the remaining layers, and only target
-    positions are unembedded.
+    Prompts run in groups of `group_rows` (None: all at once): one clean pass per group keeps the residual
+    entering every layer; then for each layer the ablated variants of all its heads run as one batch (in chunks
+    of `max_rows` rows) through the remaining layers from that residual, and only target positions are
+    unembedded. `mean` ablation replaces a head by its mean output over every prompt, whatever the groups.
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation={ablation!r} is not valid; choose one of {', '.join(ABLATIONS)}")
+    parts = model_parts(model)
+    n = targets.ids.shape[0]
+    group = n if group_rows is None else max(1, int(group_rows))
+    means = head_output_means(model, targets.ids, group) if ablation == "mean" and group < n else None
+    wanted = set(heads) if heads is not None else None
+    sums = torch.full((n, parts.n_layers, parts.n_heads), float("nan"), dtype=torch.float64)
+    for start in range(0, n, group):
+        rows = slice(start, start + group)
+        part = targets.mask[rows]
+        if not part.any():  # no target in these prompts: every effect sum is 0
+            for layer, h in wanted or [(i, j) for i in range(parts.n_layers) for j in range(parts.n_heads)]:
+                sums[rows, layer, h] = 0.0
+            continue
+        sums[rows] = _exact_group(model, Targets(targets.ids[rows], part), ablation, score, wanted, max_rows, means)
+    return EffectRows(sums, targets.mask.sum(1).double())
+
+
+def _exact_group(model, targets: Targets, ablation: str, score: str, wanted, max_rows: int, means) -> torch.Tensor:
+    """`exact_effect_rows`' sums [n, layers, heads] for the prompts of one clean pass (`means`: the mean
+    ablation's replacement per layer when it is taken over more prompts than these)."""
     parts = model_parts(model)
     device = next(model.parameters()).device
     clean = clean_run(model, targets, score)
     n = targets.ids.shape[0]
     mask, expected = targets.mask.to(device), targets.ids[:, 1:].to(device)
-    wanted = set(heads) if heads is not None else None
     sums = torch.full((n, parts.n_layers, parts.n_heads), float("nan"), dtype=torch.float64)
     for layer in range(parts.n_layers):
         layer_heads = [h for h in range(parts.n_heads) if wanted is None or (layer, h) in wanted]
@@ -175,7 +198,8 @@ def exact_effect_rows(
             continue
         variants = torch.tensor([(h, i) for h in layer_heads for i in range(n)])  # (head, prompt) per row
         totals = torch.zeros(parts.n_heads * n, dtype=torch.float64)  # ablated score sums, index head * n + prompt
-        replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else clean.head_means[layer]
+        mean = clean.head_means[layer] if means is None else means[layer].to(device)
+        replacement = torch.zeros_like(clean.head_means[layer]) if ablation == "zero" else mean
         for start in range(0, len(variants), max_rows):
             chunk = variants[start : start + max_rows]
             head_of_row, prompt = chunk[:, 0].to(device), chunk[:, 1].to(device)
@@ -193,7 +217,7 @@ def exact_effect_rows(
         ablated = totals.view(parts.n_heads, n)
         for h in layer_heads:
             sums[:, layer, h] = clean.score_rows - ablated[h]
-    return EffectRows(sums, clean.target_rows)
+    return sums
 
 
 def exact_effects(model, targets: Targets, *options, **named) -> torch.Tensor:
@@ -217,7 +241,7 @@ def head_output_means(model, ids: torch.Tensor, max_rows: int) -> list[torch.Ten
 
     with hooks([proj.register_forward_pre_hook(add(i)) for i, proj in enumerate(parts.out_projs)]):
         for start in range(0, ids.shape[0], max_rows):
-            model(input_ids=ids[start : start + max_rows].to(device))
+            model.base_model(input_ids=ids[start : start + max_rows].to(device))
     return [(total / ids.numel()).float() for total in sums]
 
 
@@ -251,8 +275,9 @@ def attribution_effect_rows(
                 continue
             chunk = Targets(targets.ids[rows], targets.mask[rows])
             with torch.enable_grad():
-                logits = model(input_ids=chunk.ids.to(device)).logits
-                token_scores(logits[chunk.mask.to(device)], chunk.expected.to(device), score).sum().backward()
+                final = model.base_model(input_ids=chunk.ids.to(device)).last_hidden_state
+                logits = output_logits(model, final[chunk.mask.to(device)])
+                token_scores(logits, chunk.expected.to(device), score).sum().backward()
             for i, z in enumerate(outputs):
                 delta = z.detach() if means is None else z.detach() - means[i].to(device)
                 contribution = (z.grad * delta).reshape(*z.shape[:-1], parts.n_heads, parts.head_dim)

@@ -2,28 +2,43 @@
 
 Each metric family describes the passes its `measure` runs, next to it: `passes(sizes, shape, **params) ->
 list[Pass]` (`sizes`: the job's `ProbeSizes`, `shape`: the model's `Shape`, params: the family's configured
-parameters). `ckptstudy-plan` sums them; a pass marked `shared` (the natural greedy continuations every
-loop family reads from `JobContext.natural_loops()`) is counted once however many families describe it.
+parameters), and `measure` asks the job's memory budget for the rows per call of the same descriptions
+(`JobContext.rows(pass)`, `ckptstudy.measure.budget`). `ckptstudy-plan` sums them; a pass marked `shared` (the
+natural greedy continuations every loop family reads from `JobContext.natural_loops()`) is counted once however
+many families describe it.
 
 The model (estimates; `ckptstudy-plan` prints its assumptions):
-- a forward over s tokens: 2 (4 d^2 + m d d_ff) FLOPs per token and layer (QKV + output 4 d^2, an MLP of m
-  matrices of d x d_ff: m = 2 for GELU, 3 for SwiGLU; Pythia's 24 d^2 with d_ff = 4 d), causal
-  attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused
-  statistics add passes over the keys), 2 d V per unembedded position, x3 with a backward pass;
-- greedy decoding: a prefill, then per step a one-token forward over the KV cache;
-- peak memory: the largest transient activations of one call (weights not included).
+- FLOPs of a forward over s tokens: per token and layer 2 x (4 d^2 + m d d_ff) (QKV + output, an MLP of m
+  matrices of d x d_ff: m = 2 for GELU, 3 for SwiGLU), causal
+  attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused statistics
+  pass adds another pass over the keys), 2 d V per unembedded position, x3 with a backward pass; greedy decoding:
+  a prefill, then per step a one-token forward over the KV cache;
+- peak memory of one call (weights not included), calibrated against measured peaks (`benches/peaks.py`:
+  resident memory above the start of the call, in fresh processes, at the micro, Pythia-14m and -70m
+  shapes): the transient activations of one layer, (8 d + 4 d_ff) per token in the model's dtype (all layers,
+  and more per layer, when a backward pass keeps them); the logits the pass materialises (float32); the KV cache
+  of greedy decoding; the residuals an exact ablation keeps; the fused statistics' workspace.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-LOADED_ATTENTION = "eager"  # checkpoints.load_checkpoint loads attn_implementation="eager"
+LOADED_ATTENTION = "sdpa"  # checkpoints.load_model loads attn_implementation="sdpa" (eager only in reference.py)
 STATS_CLASSES = 9  # lowinfo/ key classes (8 token classes + LOW_INFO): the fused pass's extra value width
+LOGITS = ("none", "all", "row", "selected", "last")
+ATTENTION = ("sdpa", "eager", "fused", "fused_pass")
+
+# peak-memory coefficients (bytes = coefficient x elements x element size), fitted to benches/peaks.py measurements
+LAYER_D, LAYER_FF = 8.0, 4.0  # one layer's transient activations per token: 8 d + 4 d_ff values
+SAVED_D, SAVED_FF = 14.0, 3.0  # per layer and token kept for a backward pass: 14 d + 3 d_ff values
+LOGIT_COPIES = {"all": 3.0, "row": 3.0, "selected": 3.0, "last": 3.0, "none": 0.0}  # float32 [.., V] copies alive
+LOGIT_COPIES_BACKWARD = 5.0  # logits, log-softmax and their gradients
+STATS_COPIES = 5.0  # fused statistics pass: padded q, k, values, output (+ one), float32, per head and position
 
 
-@dataclass
+@dataclass(frozen=True)
 class Shape:
     """A decoder-only model's shape. The last four default to Pythia's choices: MLP width 4 d (d_ff None), a
     2-matrix MLP (GELU; SwiGLU has 3), untied embeddings, rotary positions (no position embedding; GPT-2 learns
@@ -60,29 +75,79 @@ class Shape:
         embeddings = (1 if self.tied_embeddings else 2) * self.vocab * d + positions
         return embeddings + self.n_layers * (self.layer_matmul_params + 9 * d + self.mlp_width) + 2 * d
 
+    @classmethod
+    def of(cls, config, mlp_matrices: int = 2, learned_positions: bool = False) -> Shape:
+        """The shape of a loaded model's Hugging Face config or of a config.json dict (GPT-2's own key names
+        too); `mlp_matrices` and `learned_positions` come from the model's architecture adapter."""
+        if isinstance(config, dict):
 
-@dataclass
+            def get(*keys):
+                return next((config[k] for k in keys if config.get(k) is not None), None)
+        else:
+
+            def get(*keys):
+                return next((getattr(config, k) for k in keys if getattr(config, k, None) is not None), None)
+
+        d_ff = get("intermediate_size", "n_inner")
+        return cls(
+            n_layers=int(get("num_hidden_layers", "n_layer")),
+            d_model=int(get("hidden_size", "n_embd")),
+            n_heads=int(get("num_attention_heads", "n_head")),
+            vocab=int(get("vocab_size")),
+            context=int(get("max_position_embeddings", "n_positions")),
+            d_ff=int(d_ff) if d_ff else None,
+            mlp_matrices=mlp_matrices,
+            tied_embeddings=bool(get("tie_word_embeddings")),
+            learned_positions=learned_positions,
+        )
+
+
+@dataclass(frozen=True)
 class Pass:
-    """Forward passes one family runs: `rows` sequences of `seq` tokens, `batch` rows per call, `layers`
-    layers each, `unembed` unembedded positions per row; `decode` > 0 = greedy steps after a prefill of `seq`
-    tokens (prompts of `rows` rows padded to `seq`). `shared` names a pass several families read (counted
-    once by the plan, under "<shared> (shared)")."""
+    """Forward passes one family runs: `rows` sequences of `seq` tokens, `layers` layers each.
+
+    `batch`: at most this many rows per call (the configured cap, named by `limit`); None = as many as the memory
+    budget allows (`budget.call_rows` resolves it, the plan and the job alike). `logits`: what the pass
+    unembeds: none, all (every position of every row of a call: `model(...).logits`), row (every position, one
+    row at a time: `capture_stats`), selected (`unembed` positions per row), last (greedy decoding: the last
+    position per step). `decode` > 0 = greedy steps after a prefill of `seq` tokens. `keep_layers`: layers of
+    residuals a call keeps for its rows (exact ablation's clean pass); `share`: the part of the budget the pass
+    may use (the rest holds what another pass of the same step keeps); `group`: rows per call come in whole
+    groups of this many; `extra`: values per token that hooks hold beside one layer's activations. `shared` names
+    a pass several families read (counted once by the plan)."""
 
     what: str
     rows: int
     seq: int
-    batch: int
+    batch: int | None
     layers: float
     unembed: int = 0
-    attention: str = LOADED_ATTENTION  # eager | sdpa | fused
+    attention: str = LOADED_ATTENTION  # sdpa | eager | fused (diagonals from the kernel) | fused_pass (+ a pass)
     backward: bool = False
     decode: int = 0
-    keep_layers: int = 0  # layers of residuals kept alive across calls (exact ablation)
+    keep_layers: int = 0
     shared: str | None = None
+    logits: str = "none"
+    limit: str = "batch_size"  # the config key of `batch`
+    share: float = 1.0
+    group: int = 1
+    extra: float = 0.0  # values per token a hook holds beside one layer's activations (model dtype)
+
+    def __post_init__(self):
+        if self.logits not in LOGITS or self.attention not in ATTENTION:
+            raise ValueError(f"pass {self.what!r}: logits={self.logits!r}, attention={self.attention!r}")
 
     @property
     def calls(self) -> int:
-        return max(1, math.ceil(self.rows / max(1, self.batch))) if self.rows else 0
+        return max(1, math.ceil(self.rows / max(1, self.batch or self.rows))) if self.rows else 0
+
+    @property
+    def unembedded(self) -> int:
+        """Positions per row whose logits are computed (for the FLOPs)."""
+        return self.seq if self.logits == "all" else self.unembed
+
+    def with_batch(self, batch: int) -> Pass:
+        return replace(self, batch=batch)
 
 
 @dataclass
@@ -100,7 +165,7 @@ class ProbeSizes:
     icl_seq: int  # passage x copies (clipped)
     lt_n: int
     lt_len: int
-    batch: int
+    batch: int | None  # config batch_size: the cap of rows per call (None = from the memory budget)
     loop_share: float
 
     @property
@@ -130,58 +195,61 @@ def probe_sizes(cfg, context: int, loop_share: float) -> ProbeSizes:
     )
 
 
-def natural_generation(sizes: ProbeSizes, shape: Shape) -> Pass:
+def generation_pass(what: str, rows: int, prompt: int, new_tokens: int, shape: Shape, cap: int | None) -> Pass:
+    """Greedy continuations (`generation.greedy_generate`): a prefill of `prompt` tokens, `new_tokens` steps."""
+    return Pass(what, rows, prompt, cap, shape.n_layers, unembed=1, decode=new_tokens, logits="last")
+
+
+def natural_generation_pass(rows: int, prompt: int, new_tokens: int, shape: Shape, cap: int | None) -> Pass:
     """The natural greedy continuations (`JobContext.natural_loops()`), shared by every family that reads them."""
-    return Pass(
-        "natural greedy continuations",
-        sizes.nat_n,
-        sizes.nat_len,
-        sizes.batch,
-        shape.n_layers,
-        decode=sizes.gen,
-        shared="natural generation",
-    )
+    p = generation_pass("natural greedy continuations", rows, prompt, new_tokens, shape, cap)
+    return replace(p, shared="natural generation")
+
+
+def natural_generation(sizes: ProbeSizes, shape: Shape) -> Pass:
+    """`natural_generation_pass` at the probe sizes."""
+    return natural_generation_pass(sizes.nat_n, sizes.nat_len, sizes.gen, shape, sizes.batch)
 
 
 def pass_flops(p: Pass, shape: Shape) -> float:
     """Forward (x3 with backward) FLOPs of every call of the pass, decoding steps included."""
     d, s = shape.d_model, p.seq
-    attn = {"sdpa": 2.0, "eager": 4.0, "fused": 2.0 + 2.0 * (shape.head_dim + STATS_CLASSES) / shape.head_dim}
-    prefill = p.rows * (
-        s * p.layers * 2 * shape.layer_matmul_params
-        + p.layers * attn[p.attention] * s * s * d
-        + p.unembed * 2 * d * shape.vocab
-    )
+    dense = 2 * shape.layer_matmul_params
+    extra = 2.0 * (shape.head_dim + STATS_CLASSES) / shape.head_dim
+    attn = {"sdpa": 2.0, "fused": 2.0, "eager": 4.0, "fused_pass": 2.0 + extra}
+    per_row = s * p.layers * dense + p.layers * attn[p.attention] * s * s * d + p.unembedded * 2 * d * shape.vocab
+    prefill = p.rows * per_row
     if p.backward:
         prefill *= 3
     decode = 0.0
     for step in range(p.decode):
         keys = s + step + 1
-        decode += p.rows * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
+        decode += p.rows * (shape.n_layers * (dense + 4 * d * keys) + 2 * d * shape.vocab)
     return prefill + decode
 
 
 def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
-    """Largest transient memory of one call of the pass (weights not included)."""
-    d, s, b = shape.d_model, p.seq, min(p.batch, max(p.rows, 1))
-    # qkv, rotary copies, attention output, residuals (12 d) and the MLP's intermediate tensors (2 or 3 of d_ff)
-    layer_acts = b * s * (12 * d + shape.mlp_matrices * shape.mlp_width) * dtype_bytes
-    if p.attention == "eager":
-        attention = b * shape.n_heads * s * s * dtype_bytes * 3  # scores, masked scores, softmax
-    elif p.attention == "fused":
-        attention = b * shape.n_heads * s * (shape.head_dim + STATS_CLASSES) * 8 * 3
-    else:
-        attention = 0
-    if p.attention == "fused":  # capture_stats unembeds one row at a time
-        logits = min(p.unembed, s) * shape.vocab * 4 * 2
-    else:
-        logits = b * min(p.unembed, s) * shape.vocab * 4 * 2  # logits + log_softmax, float32
+    """Largest transient memory of one call of the pass with `p.batch` rows (weights not included)."""
+    d, s, t = shape.d_model, p.seq, dtype_bytes
+    b = min(p.batch or p.rows, max(p.rows, 1))
+    tokens = b * s
+    mlp = shape.mlp_width * shape.mlp_matrices / 2  # the fit is for 2-matrix MLPs; SwiGLU holds a third d_ff
+    layer = tokens * (LAYER_D * d + LAYER_FF * mlp + p.extra) * t
     if p.backward:
-        layer_acts *= shape.n_layers
-        attention *= shape.n_layers
+        layer += math.ceil(p.layers) * tokens * (SAVED_D * d + SAVED_FF * mlp) * t
+    if p.attention == "eager":
+        layer += b * shape.n_heads * s * s * t * 3 * (math.ceil(p.layers) if p.backward else 1)
+    elif p.attention == "fused_pass":
+        width = math.ceil((shape.head_dim + STATS_CLASSES) / 8) * 8
+        layer += STATS_COPIES * tokens * shape.n_heads * width * 4
+    copies = LOGIT_COPIES_BACKWARD if p.backward else LOGIT_COPIES[p.logits]
+    positions = {"all": tokens, "row": s, "selected": b * p.unembed, "last": b, "none": 0}[p.logits]
+    logits = copies * positions * shape.vocab * 4
+    if p.logits == "all":
+        logits += tokens * shape.vocab * t  # the model's own logits in its dtype
+    kept = p.keep_layers * tokens * d * t
     if p.decode:
-        cache = 2 * shape.n_layers * b * (s + p.decode) * d * dtype_bytes
-        logits = max(logits, b * s * shape.vocab * 4)  # the prefill's logits over every prompt position
-        return layer_acts + attention + logits + cache
-    kept = p.keep_layers * p.rows * s * d * dtype_bytes
-    return layer_acts + attention + logits + kept
+        cache = 2 * shape.n_layers * b * (s + p.decode) * d * t * (1 + 1 / shape.n_layers)  # + one layer's cat
+        prefill = layer + 2 * shape.n_layers * tokens * d * t
+        return max(prefill, cache) + logits + kept
+    return layer + logits + kept

@@ -32,3 +32,9 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def unembed(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of residual-stream states [..., d]: the final norm, then the output embedding."""
     return model.get_output_embeddings()(model_parts(model).final_norm(hidden))
+
+
+def output_logits(model, final: torch.Tensor) -> torch.Tensor:
+    """Logits of states already through the final norm [..., d] (a base model's `last_hidden_state`): the output
+    embedding only. Unembedding only the positions a family reads keeps [rows, seq, vocab] logits from existing."""
+    return model.get_output_embeddings()(final)

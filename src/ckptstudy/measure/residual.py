@@ -137,10 +137,10 @@ def layer_inputs(model, ids: torch.Tensor, layer: int, batch_size: int = 16) -> 
         calls.append(LayerCall.recorded(args, kwargs))
 
     with hooks([parts.layers[layer].register_forward_pre_hook(grab_call, with_kwargs=True)]):
-        model(input_ids=ids[:1].to(device), use_cache=False)
+        model.base_model(input_ids=ids[:1].to(device), use_cache=False)
     with hooks([parts.layers[layer].register_forward_pre_hook(grab, with_kwargs=True)]):
-        for start in range(0, ids.shape[0], batch_size):
-            model(input_ids=ids[start : start + batch_size].to(device), use_cache=False)
+        for start in range(0, ids.shape[0], batch_size):  # the base model: no unembedding
+            model.base_model(input_ids=ids[start : start + batch_size].to(device), use_cache=False)
     return torch.cat(kept), calls[0]
 
 

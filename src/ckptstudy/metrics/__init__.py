@@ -5,15 +5,26 @@ A family returns a `FamilyResult`; README "How to add a metric family" has the t
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
+from omegaconf import OmegaConf
 
+from ckptstudy.measure.budget import MemoryBudget, call_rows, lowered, resolve_budget
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation_pass
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import NaturalLoops, natural_loops
+from ckptstudy.measure.meter import Meter
+from ckptstudy.model import arch
+from ckptstudy.params import check_family
 from ckptstudy.stats.bootstrap import Sample, encode, full_statistics
 from ckptstudy.stats.intervals import Intervals, record_intervals
+
+log = logging.getLogger("ckptstudy")
 
 UNEXPLAINED = "unexplained: the family gave no reason"
 
@@ -137,23 +148,30 @@ class FamilyResult:
 
 @dataclass
 class JobContext:
-    """What a family's `measure` gets: the loaded checkpoint, its probes, and a cache shared by families.
+    """What a family's `measure` gets: the loaded checkpoint, its probes, the memory budget, and a cache shared
+    by families.
 
-    `shared` lets one family reuse another's work at the same checkpoint (e.g. greedy generations),
-    keyed by a name both agree on; families never load models, log or touch files themselves.
+    `rows(pass)` is how many rows a batched pass runs per call: the largest that fits the memory budget
+    (`ckptstudy.measure.budget`), capped by the pass's configured size; a cap the budget lowers is warned about
+    once per job (`warnings`, which the job copies into the record). `shared` lets one family reuse another's
+    work at the same checkpoint (e.g. greedy generations), keyed by a name both agree on; families never load
+    models, log or touch files themselves.
     """
 
     model: object
     tokenizer: object
     probes: object
-    batch_size: int  # prompts per forward pass (config `batch_size`)
+    batch_size: int | None  # the cap of rows per call (config `batch_size`; None = the memory budget alone)
     seed: int  # config `seed`
     loops: LoopRule  # the one definition of a natural loop (config `loops`)
     natural_new_tokens: int  # length of the natural greedy continuations (config `loops.new_tokens`)
+    budget: MemoryBudget | None = None  # None = `memory_budget=auto`, resolved at the first `rows`
+    meter: Meter | None = None  # measures the shared computations apart from the family that triggers them
     shared: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, cfg, model, tokenizer, probes) -> JobContext:
+    def from_config(cls, cfg, model, tokenizer, probes, budget: MemoryBudget | None = None) -> JobContext:
         """The context of one job under a composed config (batch size, seed, the `loops` rule and length)."""
         loops = cfg.loops
         return cls(
@@ -164,6 +182,7 @@ class JobContext:
             seed=cfg.seed,
             loops=LoopRule(loops.definition, loops.min_period, loops.max_period, loops.min_copies),
             natural_new_tokens=loops.new_tokens,
+            budget=budget,
         )
 
     @property
@@ -171,9 +190,31 @@ class JobContext:
         return next(self.model.parameters()).device
 
     @property
+    def shape(self) -> Shape:
+        """The loaded model's dimensions (`cost.Shape` of its config and architecture)."""
+        family = arch.of(self.model)
+        return Shape.of(self.model.config, family.mlp_matrices, family.learned_positions)
+
+    @property
+    def dtype_bytes(self) -> int:
+        return next(self.model.parameters()).element_size()
+
+    @property
     def context_length(self) -> int:
         """The longest input the model takes (its max_position_embeddings)."""
         return int(self.model.config.max_position_embeddings)
+
+    def rows(self, p: Pass) -> int:
+        """Rows per call of pass `p` (`budget.call_rows`); warns once per pass when the budget lowers its cap."""
+        if self.budget is None:
+            self.budget = resolve_budget("auto", str(self.device), 0)
+        shape, nbytes = self.shape, self.dtype_bytes
+        rows = call_rows(p, shape, self.budget.bytes, nbytes)
+        why = lowered(p, rows, shape, self.budget.bytes, nbytes)
+        if why and f"memory budget: {why}" not in self.warnings:
+            log.warning("memory budget: %s", why)
+            self.warnings.append(f"memory budget: {why}")
+        return rows
 
     def room_after(self, prompts, minimum: int, probe: str) -> int:
         """Tokens left in the model's context after `prompts` [n, len]; refused below `minimum`."""
@@ -190,15 +231,38 @@ class JobContext:
         once per checkpoint with the job's one loop rule and shared by every family."""
         prompts = self.probes.natural
         tokens = min(self.natural_new_tokens, self.room_after(prompts, 4, "natural"))
-        return self.reuse(
-            "natural_loops",
-            lambda: natural_loops(
-                self.model, prompts, tokens, self.loops, self.tokenizer.pad_token_id or 0, self.batch_size
-            ),
-        )
 
-    def reuse(self, key: str, compute):
-        """`shared[key]`, computed once with `compute()` when absent."""
+        def generate() -> NaturalLoops:
+            described = natural_generation_pass(len(prompts), prompts.shape[1], tokens, self.shape, self.batch_size)
+            rows = self.rows(described)
+            return natural_loops(self.model, prompts, tokens, self.loops, self.tokenizer.pad_token_id or 0, rows)
+
+        return self.reuse("natural_loops", generate, label="natural generation (shared)")
+
+    def reuse(self, key: str, compute, label: str | None = None):
+        """`shared[key]`, computed once with `compute()` when absent (measured apart as `label`, with a meter)."""
         if key not in self.shared:
-            self.shared[key] = compute()
+            with self.meter.part(label or key) if self.meter else nullcontext():
+                self.shared[key] = compute()
         return self.shared[key]
+
+
+def describe_passes(metrics_cfg, sizes: ProbeSizes, shape: Shape) -> tuple[dict[str, list[Pass]], list[str]]:
+    """Every pass of one job by family, as each family describes them (`passes` next to its `measure`), at the
+    probe `sizes` on a model of `shape`; a pass several families share is listed once, under "<shared> (shared)",
+    first. Also the enabled families that describe no passes. `ckptstudy-plan` and the job's budget check."""
+    shared: dict[str, list[Pass]] = {}
+    own: dict[str, list[Pass]] = {}
+    undescribed = []
+    for family, family_cfg in metrics_cfg.items():
+        fn, params = check_family(family, OmegaConf.to_container(family_cfg, resolve=True), shape)
+        describe = getattr(inspect.getmodule(fn), "passes", None)
+        if describe is None:
+            undescribed.append(family)
+        own[family] = []
+        for p in describe(sizes, shape, **params) if describe else []:
+            if p.shared is None:
+                own[family].append(p)
+            elif all(q.what != p.what for q in shared.setdefault(f"{p.shared} (shared)", [])):
+                shared[f"{p.shared} (shared)"].append(p)
+    return {**shared, **own}, undescribed

@@ -41,11 +41,10 @@ from ckptstudy.measure.ablation import (
     Targets,
     attribution_effect_rows,
     exact_effect_rows,
-    exact_effects,
 )
 from ckptstudy.measure.attention_stats import StatsRequest
 from ckptstudy.measure.capture import capture_stats
-from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation
+from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, generation_pass, natural_generation
 from ckptstudy.measure.generation import NaturalLoops, greedy_generate
 from ckptstudy.measure.precision import Tolerance
 from ckptstudy.measure.readout import token_logprobs
@@ -141,25 +140,41 @@ def copy_rows(continuations: torch.Tensor, passages: torch.Tensor) -> tuple[np.n
 # ------------------------------------------------------------------------------ per-head effects
 @dataclass(frozen=True)
 class EffectSettings:
-    """How per-head effects are measured and summarised (the `mode`, `ablation`, `score`, `max_rows`,
-    `top_k` and `min_effect_total` parameters)."""
+    """How per-head effects are measured and summarised (the `ablation`, `score`, `max_rows`, `top_k` and
+    `min_effect_total` parameters, and the estimator that runs: `mode` resolved by `estimator`)."""
 
-    mode: str
+    mode: str  # exact | attribution
     ablation: str
     score: str
-    max_rows: int
+    max_rows: int | None
     top_k: int
     min_effect_total: float
 
-    def effects(self, model, targets: Targets) -> EffectRows:
-        return head_effects(model, targets, self.mode, self.ablation, self.score, self.max_rows)
+
+def head_effects(ctx, targets: Targets, settings: EffectSettings, what: str) -> EffectRows:
+    """Per-prompt per-head effects on `targets` (`what`: the loops, for the pass descriptions) by the settings'
+    estimator, with the rows per call the job's memory budget allows."""
+    n, seq, per_row = targets.ids.shape[0], targets.ids.shape[1], int(targets.mask.sum(1).max())
+    if settings.mode == "exact":
+        clean, variants = exact_ablation_passes(what, n, seq, per_row, ctx.shape, settings.max_rows)
+        return exact_effect_rows(
+            ctx.model,
+            targets,
+            settings.ablation,
+            settings.score,
+            max_rows=ctx.rows(variants),
+            group_rows=ctx.rows(clean),
+        )
+    rows = ctx.rows(attribution_pass(what, n, seq, per_row, ctx.shape, settings.max_rows))
+    return attribution_effect_rows(ctx.model, targets, settings.ablation, settings.score, max_rows=rows)
 
 
-def head_effects(model, targets: Targets, mode: str, ablation: str, score: str, max_rows: int) -> EffectRows:
-    """Per-prompt per-head effects (`ablation.EffectRows`, rows = the rows of `targets`)."""
-    if mode == "exact":
-        return exact_effect_rows(model, targets, ablation, score, max_rows=max_rows)
-    return attribution_effect_rows(model, targets, ablation, score, max_rows=max_rows)
+def estimator(mode: str, shape: Shape, exact_max_heads: int) -> str:
+    """The estimator `mode` runs on a model of `shape`: `auto` = exact ablation up to `exact_max_heads` heads
+    (layers x heads), attribution patching above; exact, attribution and off as given."""
+    if mode != "auto":
+        return mode
+    return "exact" if shape.n_layers * shape.n_heads <= exact_max_heads else "attribution"
 
 
 def effect_threshold(min_total: float) -> float:
@@ -217,19 +232,29 @@ def concentration(
     return out
 
 
-def validate_attribution(
-    model, targets: Targets, estimate: torch.Tensor, k: int, ablation: str, score: str, seed: int, max_rows: int
-) -> float:
+def validate_attribution(ctx, targets: Targets, estimate: torch.Tensor, k: int, settings: EffectSettings) -> float:
     """Spearman between attribution and exact effects on the k top-ranked heads plus k random others."""
     n_heads = estimate.shape[1]
     top = estimate.flatten().topk(min(k, estimate.numel())).indices.tolist()
     rest = [i for i in range(estimate.numel()) if i not in top]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(ctx.seed)
     extra = [rest[i] for i in torch.randperm(len(rest), generator=gen)[:k].tolist()]
     chosen = [(i // n_heads, i % n_heads) for i in top + extra]
-    exact = exact_effects(model, targets, ablation, score, heads=chosen, max_rows=max_rows)
+    n, seq, per_row = targets.ids.shape[0], targets.ids.shape[1], int(targets.mask.sum(1).max())
+    clean, variants = exact_ablation_passes(
+        "attribution check", n, seq, per_row, ctx.shape, settings.max_rows, len(chosen)
+    )
+    rows = exact_effect_rows(
+        ctx.model,
+        targets,
+        settings.ablation,
+        settings.score,
+        heads=chosen,
+        max_rows=ctx.rows(variants),
+        group_rows=ctx.rows(clean),
+    )
     picked = torch.tensor([i for i in top + extra])
-    return spearman(estimate.flatten()[picked], exact.flatten()[picked])
+    return spearman(estimate.flatten()[picked], rows.pooled.flatten()[picked])
 
 
 def natural_effect_rows(loops: NaturalLoops, rows: EffectRows | None, shape: tuple[int, ...]) -> EffectRows:
@@ -252,7 +277,7 @@ def pattern_scores(ctx, top_k: int) -> FamilyResult:
         ids,
         StatsRequest(diagonals=repeat_pattern_positions(r), per_row=True),  # induction, duplicate, prev_token
         logits_fn=next_token_nll,  # per row: [n, seq - 1]
-        batch_size=ctx.batch_size,
+        batch_size=ctx.rows(pattern_pass(ids.shape[0], ids.shape[1], ctx.shape, ctx.batch_size)),
     )
     counts = torch.tensor([r, r, 2 * r], dtype=torch.double)
     rows = torch.stack([layer["diagonal"] for layer in cap.attn], dim=1).double() / counts[None, None, :, None]
@@ -294,7 +319,7 @@ def loss_score(ctx, late_position: int, early_position: int, window: int) -> Fam
         long_text,
         StatsRequest(per_row=True),  # logits only, per row: [n, seq - 1]
         logits_fn=next_token_nll,
-        batch_size=max(1, ctx.batch_size // 4),
+        batch_size=ctx.rows(nll_pass(long_text.shape[0], long_text.shape[1], ctx.shape, ctx.batch_size)),
     )
     return loss_result(long.logits.double(), late_position, early_position, window)
 
@@ -312,13 +337,14 @@ def loss_result(nll_rows: torch.Tensor, late_position: int, early_position: int,
 def icl_repeat_rate(ctx, cycles: int) -> FamilyResult:
     """`copy_result` of the greedy continuations of `icl_repeat` by `cycles` passages (clipped to the context)."""
     prompts, length = ctx.probes.icl_repeat, ctx.probes.icl_length
-    room = ctx.room_after(prompts, 1, "icl_repeat")
+    new_tokens = min(cycles * length, ctx.room_after(prompts, 1, "icl_repeat"))
+    described = continuation_pass(len(prompts), prompts.shape[1], new_tokens, ctx.shape, ctx.batch_size)
     gen = greedy_generate(
         ctx.model,
         prompts,
-        min(cycles * length, room),
+        new_tokens,
         pad_id=ctx.tokenizer.pad_token_id or 0,
-        batch_size=ctx.batch_size,
+        batch_size=ctx.rows(described),
         desc="icl continuation",
     )
     return copy_result(gen.ids, prompts[:, :length])
@@ -339,12 +365,10 @@ def icl_loop_effects(ctx, settings: EffectSettings, validate_k: int) -> FamilyRe
     attribution mode with `validate_k` > 0 also the rank correlation of the estimate with exact ablation on
     2 * validate_k heads."""
     targets = icl_targets(ctx.probes.icl_repeat[:, : ctx.context_length], ctx.probes.icl_length)
-    rows = settings.effects(ctx.model, targets)
+    rows = head_effects(ctx, targets, settings, "ICL-loop")
     result = icl_effect_result(rows, settings)
     if settings.mode == "attribution" and validate_k > 0:
-        rho = validate_attribution(
-            ctx.model, targets, rows.pooled, validate_k, settings.ablation, settings.score, ctx.seed, settings.max_rows
-        )
+        rho = validate_attribution(ctx, targets, rows.pooled, validate_k, settings)
         check = "a check of the attribution estimator against exact ablation on 2 * validate_k heads chosen from the "
         result.value(
             "icl/attribution_spearman",
@@ -374,7 +398,7 @@ def natural_loop_effects(ctx, settings: EffectSettings, icl: FamilyResult) -> Fa
     from the first copy of the cycle on)."""
     loops = ctx.natural_loops()
     targets = natural_loop_targets(loops)
-    measured = None if targets is None else settings.effects(ctx.model, targets)
+    measured = None if targets is None else head_effects(ctx, targets, settings, "natural-loop")
     return natural_effect_result(loops, measured, icl, settings)
 
 
@@ -415,6 +439,10 @@ def natural_effect_result(
     return result
 
 
+ESTIMATOR = (
+    "which estimator gave the ablation effects (1 = exact ablation, 0 = attribution patching; mode, "
+    "exact_max_heads): a setting, not a statistic"
+)
 NATURAL_COUNT = (
     "a count of the natural prompts that loop (how many rows the natural ablation used), not an estimate; "
     "its rate over prompts has an interval as rep/natural_rate"
@@ -437,22 +465,25 @@ def measure(
     early_position: Annotated[int, Range(min=0)],
     window: Annotated[int, Range(min=1)],
     top_k: Annotated[int, Range(min=1)],
-    mode: Annotated[str, Choice("exact", "attribution", "off")],
+    mode: Annotated[str, Choice("auto", "exact", "attribution", "off")],
+    exact_max_heads: Annotated[int, Range(min=0)],
     ablation: Annotated[str, Choice("zero", "mean")],
     score: Annotated[str, Choice("logprob", "contrast")],
     validate_k: Annotated[int, Range(min=0)],
     rate_cycles: Annotated[int, Range(min=1)],
-    max_rows: Annotated[int, Range(min=1)],
+    max_rows: Annotated[int | None, Range(min=1)],
     min_effect_total: Annotated[float, Range(min=0)],
 ) -> FamilyResult:
-    """Head pattern scores, loss scores and the ICL repetition rate; with `mode` exact/attribution also the
-    per-head ablation effects on copied (ICL) and natural loops and their specialization (`mode=off` skips
-    the ablations)."""
+    """Head pattern scores, loss scores and the ICL repetition rate; unless `mode=off` also the per-head ablation
+    effects on copied (ICL) and natural loops and their specialization, by the estimator `mode` names (`auto`:
+    exact ablation up to `exact_max_heads` heads, attribution patching above; `icl/ablation_exact` says which)."""
     result = pattern_scores(ctx, top_k)
     result.update(loss_score(ctx, late_position, early_position, window))
     result.update(icl_repeat_rate(ctx, rate_cycles))
+    mode = estimator(mode, ctx.shape, exact_max_heads)
     if mode == "off":
         return result
+    result.value("icl/ablation_exact", float(mode == "exact"), ESTIMATOR)
     settings = EffectSettings(mode, ablation, score, max_rows, top_k, min_effect_total)
     icl = icl_loop_effects(ctx, settings, validate_k)
     result.update(icl)
@@ -461,82 +492,104 @@ def measure(
 
 
 # ----------------------------------------------------------------------------------------- passes
+def pattern_pass(rows: int, seq: int, shape: Shape, cap: int | None) -> Pass:
+    """The fused pass over `random_repeat` (pattern diagonals, per-row NLL)."""
+    return Pass("head patterns + NLL on random_repeat", rows, seq, cap, shape.n_layers, seq, "fused", logits="row")
+
+
+def nll_pass(rows: int, seq: int, shape: Shape, cap: int | None) -> Pass:
+    """The per-row NLL pass over `long_text` (the ICL score)."""
+    return Pass("NLL on long_text", rows, seq, cap, shape.n_layers, seq, "fused", logits="row")
+
+
+def continuation_pass(rows: int, seq: int, new_tokens: int, shape: Shape, cap: int | None) -> Pass:
+    """The greedy continuations of `icl_repeat` (the ICL repetition rate)."""
+    return generation_pass("icl_repeat continuation", rows, seq, new_tokens, shape, cap)
+
+
 def exact_ablation_passes(
-    what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int, heads: int | None = None
+    what: str, rows: int, seq: int, targets: int, shape: Shape, cap: int | None, heads: int | None = None
 ) -> list[Pass]:
-    """Exact ablation: a clean pass, then per layer its heads' variants through the remaining layers."""
+    """Exact ablation: a clean pass per group of prompts that keeps every layer's input residual, then per layer
+    its heads' variants through the remaining layers (`targets` positions per row unembedded). Each gets half
+    the budget: the clean residuals of a group stay while its variants run."""
     L, H = shape.n_layers, shape.n_heads
-    out = [Pass(f"{what}: clean pass", rows, seq, rows, L, unembed=targets, keep_layers=L)]
-    if heads is None:  # every head
-        variants = H * rows
-        layers = (L + 1) / 2  # average layers run after the ablated one (it included)
-        out.append(Pass(f"{what}: {H * L} ablated heads", variants * L, seq, max_rows, layers, unembed=targets))
-    else:
-        out.append(Pass(f"{what}: {heads} ablated heads", heads * rows, seq, max_rows, (L + 1) / 2, unembed=targets))
-    return out
+    limit = "metrics.icl_heads.max_rows"
+    clean = Pass(
+        f"{what} ablation: clean pass",
+        rows,
+        seq,
+        cap,
+        L,
+        targets,
+        logits="selected",
+        limit=limit,
+        keep_layers=L,
+        share=0.5,
+    )
+    count = H * L if heads is None else heads
+    variants = Pass(
+        f"{what} ablation: {count} ablated heads",
+        count * rows,
+        seq,
+        cap,
+        (L + 1) / 2,  # layers run after the ablated one (it included), on average
+        targets,
+        logits="selected",
+        limit=limit,
+        share=0.5,
+    )
+    return [clean, variants]
 
 
-def attribution_pass(what: str, rows: int, seq: int, targets: int, shape: Shape, max_rows: int) -> Pass:
-    """Attribution patching: forward + backward over `max_rows` rows at a time."""
+def attribution_pass(what: str, rows: int, seq: int, targets: int, shape: Shape, cap: int | None) -> Pass:
+    """Attribution patching: forward + backward, `targets` positions per row unembedded."""
     return Pass(
         f"{what} attribution (fwd + bwd)",
         rows,
         seq,
-        min(rows, max_rows),
+        cap,
         shape.n_layers,
-        unembed=targets,
+        targets,
         backward=True,
+        logits="selected",
+        limit="metrics.icl_heads.max_rows",
     )
 
 
 def passes(
-    sizes: ProbeSizes, shape: Shape, *, rate_cycles: int, mode: str, max_rows: int, validate_k: int, **_params
+    sizes: ProbeSizes,
+    shape: Shape,
+    *,
+    rate_cycles: int,
+    mode: str,
+    exact_max_heads: int,
+    max_rows: int | None,
+    validate_k: int,
+    **_params,
 ) -> list[Pass]:
     """The pattern and loss passes, the ICL continuation and, unless `mode=off`, the ablations on ICL and
-    natural loops (the natural ones read the shared natural continuations)."""
-    L = shape.n_layers
+    natural loops (the natural ones read the shared natural continuations) by the estimator `mode` resolves to."""
+    continuation_tokens = min(rate_cycles * sizes.icl_len, shape.context - sizes.icl_seq)
     out = [
-        Pass(
-            "head patterns + NLL on random_repeat",
-            sizes.rr_n,
-            sizes.rr_len,
-            sizes.batch,
-            L,
-            unembed=sizes.rr_len,
-            attention="fused",
-        ),
-        Pass(
-            "NLL on long_text",
-            sizes.lt_n,
-            sizes.lt_len,
-            max(1, sizes.batch // 4),
-            L,
-            unembed=sizes.lt_len,
-            attention="fused",
-        ),
-        Pass(
-            "icl_repeat continuation",
-            sizes.icl_n,
-            sizes.icl_seq,
-            sizes.batch,
-            L,
-            decode=min(rate_cycles * sizes.icl_len, shape.context - sizes.icl_seq),
-        ),
+        pattern_pass(sizes.rr_n, sizes.rr_len, shape, sizes.batch),
+        nll_pass(sizes.lt_n, sizes.lt_len, shape, sizes.batch),
+        continuation_pass(sizes.icl_n, sizes.icl_seq, continuation_tokens, shape, sizes.batch),
     ]
+    mode = estimator(mode, shape, exact_max_heads)
     if mode == "off":
         return out
     icl_targets = max(0, sizes.icl_seq - sizes.icl_len - 1)
     nat_seq, nat_targets = sizes.nat_len + sizes.gen, sizes.gen // 2
     out.append(natural_generation(sizes, shape))
     if mode == "exact":
-        out += exact_ablation_passes("ICL-loop ablation", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows)
-        out += exact_ablation_passes("natural-loop ablation", sizes.looping, nat_seq, nat_targets, shape, max_rows)
+        out += exact_ablation_passes("ICL-loop", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows)
+        out += exact_ablation_passes("natural-loop", sizes.looping, nat_seq, nat_targets, shape, max_rows)
         return out
     out.append(attribution_pass("ICL-loop", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows))
     out.append(attribution_pass("natural-loop", sizes.looping, nat_seq, nat_targets, shape, max_rows))
     if validate_k:
-        check = exact_ablation_passes(
+        out += exact_ablation_passes(
             "attribution check", sizes.icl_n, sizes.icl_seq, icl_targets, shape, max_rows, 2 * validate_k
         )
-        out += check
     return out

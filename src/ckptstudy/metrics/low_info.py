@@ -295,26 +295,25 @@ def measure(
             for key in context_keys(context):
                 result.nan(key, no_query_reason(ctx, context, ids, text_skip))
             continue
-        stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, ctx.batch_size)
+        rows = ctx.rows(context_pass(context, ids.shape[0], ids.shape[1], ctx.shape, ctx.batch_size))
+        stats = context_statistics(ctx.model, ids, weight, key_classes, low_info, rows)
         result.update(context_result(context, stats, ctx.natural_loops() if context == "natural" else None))
     result.update(newline_ratios(result))
     result.value("lowinfo/low_info_vocab_share", low_info.double().mean(), VOCABULARY, "empty vocabulary")
     return result
 
 
+def context_pass(context: str, rows: int, seq: int, shape: Shape, cap: int | None) -> Pass:
+    """The fused statistics pass over one context (class mass and row entropy: an extra pass over the keys)."""
+    what = {"natural": "natural loops", "icl": "icl_repeat", "text": "long_text"}[context]
+    return Pass(f"class mass + entropy, {what}", rows, seq, cap, shape.n_layers, attention="fused_pass")
+
+
 def passes(sizes: ProbeSizes, shape: Shape, **_params) -> list[Pass]:
     """One fused pass per context (natural loops from the shared continuations, icl_repeat, long_text)."""
-    L = shape.n_layers
     return [
         natural_generation(sizes, shape),
-        Pass(
-            "class mass + entropy, natural loops",
-            sizes.looping,
-            sizes.nat_len + sizes.gen,
-            sizes.batch,
-            L,
-            attention="fused",
-        ),
-        Pass("class mass + entropy, icl_repeat", sizes.icl_n, sizes.icl_seq, sizes.batch, L, attention="fused"),
-        Pass("class mass + entropy, long_text", sizes.lt_n, sizes.lt_len, sizes.batch, L, attention="fused"),
+        context_pass("natural", sizes.looping, sizes.nat_len + sizes.gen, shape, sizes.batch),
+        context_pass("icl", sizes.icl_n, sizes.icl_seq, shape, sizes.batch),
+        context_pass("text", sizes.lt_n, sizes.lt_len, shape, sizes.batch),
     ]

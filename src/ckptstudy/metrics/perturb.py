@@ -57,6 +57,7 @@ target / at the baseline); maxima over layers are the maxima of those per-layer 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -85,6 +86,7 @@ _CHECK = (
 # response where an induction head writes than on the control; random init gives 1.00)
 MIN_EFFECT = {"perturb/induction_excess_max": 1.5, "perturb/induction_ratio_max_excess": 1.5}
 PROFILE_OFFSETS = (-2, -1, 0, 1, 2)
+RESPONSE_COPIES = 5  # values per token and d beside a layer: the perturbed group, h' - h, its float64 copy
 Positive = Annotated[float, Range(min=0, min_open=True)]  # a parameter > 0
 Count = Annotated[int, Range(min=1)]  # a parameter >= 1
 
@@ -296,7 +298,7 @@ def measure(
     induction_prompts: Count,
     induction_positions: Count,
     induction_draws: Count,
-    max_rows: Count,
+    max_rows: Annotated[int | None, Range(min=1)],
 ) -> FamilyResult:
     """The method checks (response slopes over eps on `long_text`) and the induction signature on
     `random_repeat` against its control probe (module docstring)."""
@@ -309,7 +311,11 @@ def measure(
     d = ctx.model.config.hidden_size
     eps = eps_grid(eps_min, eps_max, n_eps)
     j = min(position, text.shape[1] - 2)
-    curve = response_curve(ctx, text, layer, torch.tensor([j]), eps, unit_directions(draws, d, ctx.seed), max_rows)
+    directions = unit_directions(draws, d, ctx.seed)
+    clean, perturbed = response_passes(
+        "long_text", len(text), text.shape[1], 1 + n_eps * draws, layer, ctx.shape, (ctx.batch_size, max_rows)
+    )
+    curve = response_curve(ctx, text, layer, torch.tensor([j]), eps, directions, ctx.rows(clean), ctx.rows(perturbed))
     report_checks(result, layer, eps, curve, tolerance)
 
     repeat = ctx.probes.random_repeat[:induction_prompts, : ctx.context_length]
@@ -318,19 +324,25 @@ def measure(
     probes = {"repeat": repeat, "control": control_probe(repeat, r, ctx.seed)}
     strength = torch.tensor([induction_eps], dtype=torch.float64)
     directions = unit_directions(induction_draws, d, ctx.seed)
+    group = 1 + len(positions) * induction_draws
+    clean, perturbed = response_passes(
+        "random_repeat", len(repeat), repeat.shape[1], group, layer, ctx.shape, (ctx.batch_size, max_rows)
+    )
+    batch, rows = ctx.rows(clean), ctx.rows(perturbed)
     responses = {
-        name: response_curve(ctx, ids, layer, positions, strength, directions, max_rows, per_position=True)
+        name: response_curve(ctx, ids, layer, positions, strength, directions, batch, rows, per_position=True)
         for name, ids in probes.items()
     }
     report_induction(result, layer, responses, positions, r)
     return result
 
 
-def response_curve(ctx, ids, layer, positions, eps, directions, max_rows, per_position: bool = False):
+def response_curve(ctx, ids, layer, positions, eps, directions, batch, max_rows, per_position: bool = False):
     """Responses of `ids` [n, s] perturbed at `positions` (the input of `layer`) with strengths `eps` and
-    `directions`: per_position -> [n, J, D, layers, s] (one strength); else the mean later-position response
-    over prompts and draws R[layer, E] (one position)."""
-    hidden, kwargs = layer_inputs(ctx.model, ids, layer, ctx.batch_size)
+    `directions` (the clean residual `batch` rows per call, perturbed groups about `max_rows` rows per call):
+    per_position -> [n, J, D, layers, s] (one strength); else the mean later-position response over prompts and
+    draws R[layer, E] (one position)."""
+    hidden, kwargs = layer_inputs(ctx.model, ids, layer, batch)
     resp = group_responses(ctx.model, hidden, kwargs, layer, positions, eps, directions, max_rows)
     if per_position:
         return resp.view(resp.shape[0], len(positions), len(directions), *resp.shape[2:])
@@ -412,18 +424,34 @@ def report_induction(result: FamilyResult, layer: int, responses: dict, position
     )
 
 
+def response_passes(
+    probe: str, rows: int, seq: int, group: int, layer: int, shape: Shape, caps: tuple[int | None, int | None]
+) -> tuple[Pass, Pass]:
+    """The clean residual entering `layer` (the base model, no unembedding) and the perturbed copies through the
+    layers from it, in whole groups of `group` rows (1 clean + its perturbed copies); `caps`: the configured
+    batch_size and max_rows."""
+    L, (batch, cap) = shape.n_layers, caps
+    clean = Pass(f"clean residual of {probe}", rows, seq, batch, L)
+    perturbed = Pass(
+        f"perturbed copies of {probe}",
+        rows * group,
+        seq,
+        cap,
+        L - layer,
+        limit="metrics.perturb.max_rows",
+        group=group,
+        extra=RESPONSE_COPIES * shape.d_model,
+    )
+    return clean, perturbed
+
+
 def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
     """The clean residual and perturbed copies of long_text, and the induction signature (probe + control)."""
-    L, layer = shape.n_layers, params["layer"]
+    layer, caps = params["layer"], (sizes.batch, params["max_rows"])
     n = min(params["n_prompts"], sizes.lt_n)
-    group = 1 + params["n_eps"] * params["draws"]
     ind_n = min(params["induction_prompts"], sizes.rr_n)
     ind_group = 1 + params["induction_positions"] * params["induction_draws"]
-    per_call = lambda g: max(1, params["max_rows"] // g) * g  # noqa: E731 - whole groups per call
-    return [
-        Pass("clean residual of long_text", n, sizes.lt_len, sizes.batch, max(layer, 1)),
-        Pass("perturbed copies of long_text", n * group, sizes.lt_len, per_call(group), L - layer),
-        Pass(
-            "induction signature (probe + control)", 2 * ind_n * ind_group, sizes.rr_len, per_call(ind_group), L - layer
-        ),
-    ]
+    text = response_passes("long_text", n, sizes.lt_len, 1 + params["n_eps"] * params["draws"], layer, shape, caps)
+    induction = response_passes("random_repeat", ind_n, sizes.rr_len, ind_group, layer, shape, caps)
+    both = [replace(p, rows=2 * p.rows, what=p.what + " (probe + control)") for p in induction]
+    return [*text, *both]

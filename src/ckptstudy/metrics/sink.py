@@ -56,7 +56,7 @@ All patch scalars are NaN (with the reason) when no neuron passes. Intervals: wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import numpy as np
@@ -445,14 +445,17 @@ def measure(
 ) -> FamilyResult:
     """Sink scores and first-position norms (text with and without BOS), sink neurons, repeated-token
     convergence and divergence, and the patch; each with its null (module docstring)."""
-    model, batch, result = ctx.model, ctx.batch_size, FamilyResult()
+    model, result, shape, cap = ctx.model, FamilyResult(), ctx.shape, ctx.batch_size
     tok = ctx.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     plain = ctx.probes.long_text[:text_rows, : ctx.context_length]
     if plain.shape[1] < 3:
         raise ValueError(f"probes.long_text has {plain.shape[1]} tokens; metrics.sink needs >= 3")
+    n, s = plain.shape
     variants = {"": plain, "bos_": torch.cat([torch.full_like(plain[:, :1], bos), plain[:, :-1]], dim=1)}
+    batch = ctx.rows(text_passes(n, s, shape, cap)[0])
     rows = {prefix: text_pass(model, ids, batch, with_loss=not prefix) for prefix, ids in variants.items()}
+    batch = ctx.rows(text_passes(n, s, shape, cap)[1])
     for prefix, ids in variants.items():
         report_text(result, prefix, rows[prefix], first_norm_null(model, ids, rows[prefix], batch))
     parts = model_parts(model)
@@ -469,8 +472,10 @@ def measure(
     pool = frequent_tokens(corpus, int(model.config.vocab_size), special, vocab_top)
     k = min(repeat_k, ctx.context_length - 1)
     tokens, repeat, control = repeat_rows(pool, n_tokens, k, bos, ctx.seed)
+    described = repeat_passes(len(tokens), 1 + k, shape, cap)
+    batch = ctx.rows(described[0])
     clean = repeat_pass(model, repeat, batch, divergence=True)
-    cos = {"repeat": clean[0], "control": repeat_pass(model, control, batch)[0]}
+    cos = {"repeat": clean[0], "control": repeat_pass(model, control, ctx.rows(described[1]))[0]}
     report_repeat(result, cos, clean[1], converge_cos, short_k)
     result.raw["sink/repeat_tokens"] = tokens.numpy()
 
@@ -484,6 +489,7 @@ def measure(
     chosen = random_neurons(neurons, stats.typical.shape[1], ctx.seed)
     plans = {"patch": clamp_plan(neurons, stats.typical), "random": clamp_plan(chosen, stats.typical)}
     runs = {name: repeat_pass(model, repeat, batch, plan, divergence=True) for name, plan in plans.items()}
+    batch = ctx.rows(text_passes(n, s, shape, cap)[2])
     nll = {name: text_loss(model, plain, batch, plan) for name, plan in plans.items()}
     report_patch(result, runs, clean, {"clean": rows[""].nll, **nll})
     return result
@@ -496,16 +502,52 @@ def text_loss(model, ids: torch.Tensor, batch_size: int, plan: dict) -> torch.Te
         return capture_stats(model, ids, StatsRequest(per_row=True), _row_nll, batch_size).logits
 
 
-def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
-    """Text with and without BOS (fused statistics), the same with the MLPs held typical (the first-norm null), the
-    repeat rows (clean, patched, random set) and their control rows, and the patch's text loss (sink and random
-    sets; both patch passes are skipped when no neuron passes)."""
-    L, n, s = shape.n_layers, min(params["text_rows"], sizes.lt_n), sizes.lt_len
-    k, m = min(params["repeat_k"], shape.context - 1), params["n_tokens"]
+def text_passes(rows: int, seq: int, shape: Shape, cap: int | None) -> list[Pass]:
+    """The text passes, each over `rows` windows of `seq` tokens per text variant: keys 0 and 1, norms and neuron
+    statistics (their per-window medians hold a few copies of the MLP activation); the same with every MLP
+    neuron held typical (the first-norm null: a clamped copy of the activation); the patch's text loss."""
+    L, f = shape.n_layers, shape.mlp_width
     return [
-        Pass("text with and without BOS: keys 0 and 1, norms, neurons", 2 * n, s, sizes.batch, L, s, "fused"),
-        Pass("text with and without BOS, MLPs held typical (first-norm null)", 2 * n, s, sizes.batch, L, 0, "sdpa"),
-        Pass("BOS + token x K: clean, patched, random set", 3 * m, 1 + k, sizes.batch, L, 1 + k, "sdpa"),
-        Pass("BOS + unrepeated tokens + token (control rows)", m, 1 + k, sizes.batch, L, 0, "sdpa"),
-        Pass("text loss with the patch and with the random set", 2 * n, s, sizes.batch, L, s, "sdpa"),
+        Pass(
+            "text (as is, with BOS): keys 0 and 1, norms, neurons",
+            rows,
+            seq,
+            cap,
+            L,
+            seq,
+            "fused",
+            logits="row",
+            extra=4 * f,
+        ),
+        Pass("text (as is, with BOS), MLPs held typical (first-norm null)", rows, seq, cap, L, 0, "fused", extra=f),
+        Pass(
+            "text loss with the patch and with the random set", rows, seq, cap, L, seq, "fused", logits="row", extra=f
+        ),
+    ]
+
+
+def repeat_passes(rows: int, seq: int, shape: Shape, cap: int | None) -> list[Pass]:
+    """The repeated-token rows (BOS + token x K: clean, patched, random set; the first generated token read at
+    every position) and their control rows (convergence only)."""
+    L, f = shape.n_layers, shape.mlp_width
+    return [
+        Pass("BOS + token x K: clean, patched, random set", rows, seq, cap, L, seq, "fused", logits="row", extra=f),
+        Pass("BOS + unrepeated tokens + token (control rows)", rows, seq, cap, L, 0, "fused"),
+    ]
+
+
+def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
+    """Text with and without BOS, the same with the MLPs held typical (the first-norm null), the repeat rows
+    (clean, patched, random set) and their control rows, and the patch's text loss (sink and random sets; both
+    patch passes are skipped when no neuron passes)."""
+    n, s = min(params["text_rows"], sizes.lt_n), sizes.lt_len
+    k, m = min(params["repeat_k"], shape.context - 1), params["n_tokens"]
+    text, null, loss = text_passes(n, s, shape, sizes.batch)
+    repeat, control = repeat_passes(m, 1 + k, shape, sizes.batch)
+    return [
+        replace(text, rows=2 * n),
+        replace(null, rows=2 * n),
+        replace(repeat, rows=3 * m),
+        control,
+        replace(loss, rows=2 * n),
     ]

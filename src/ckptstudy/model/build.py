@@ -51,14 +51,18 @@ def model_config(
     d_ff: int | None = None,
     tied_embeddings: bool | None = None,
     kv_heads: int | None = None,
+    attn_implementation: str = "eager",
 ) -> PretrainedConfig:
     """The config of a `model_type` model of this shape. `rotary_pct`: the share of head dimensions rotated (GPT-NeoX
     only; Llama-style models rotate all of them, GPT-2 has learned positions: anything else is refused). `kv_heads`:
-    key/value heads of a Llama-style model (grouped-query attention; default: one per query head)."""
+    key/value heads of a Llama-style model (grouped-query attention; default: one per query head).
+    `attn_implementation`: eager by default, the kernel every micro suite build trained with (its float sums shape
+    the weights); checkpoints are loaded with SDPA whatever their config says (`checkpoints.load_model`)."""
     arch = for_model_type(model_type, f"model_type={model_type!r}")
     d_ff = d_ff or default_d_ff(d_model, arch.mlp_matrices)
     if model_type == "gpt_neox":
-        config = neox_config(vocab_size, d_model, n_layers, n_heads, max_position_embeddings, rotary_pct or 0.25, d_ff)
+        shape = (vocab_size, d_model, n_layers, n_heads, max_position_embeddings, rotary_pct or 0.25, d_ff)
+        config = neox_config(*shape, attn_implementation=attn_implementation)
         if tied_embeddings:
             config.tie_word_embeddings = True
         return config
@@ -69,7 +73,12 @@ def model_config(
         )
     if arch.family == "gpt2" and rotary_pct is not None:
         raise ValueError(f"rotary_pct={rotary_pct} is not valid for gpt2: it has learned absolute positions (null)")
-    common = {"vocab_size": vocab_size, "bos_token_id": 0, "eos_token_id": 0, "attn_implementation": "eager"}
+    common = {
+        "vocab_size": vocab_size,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "attn_implementation": attn_implementation,
+    }
     if model_type == "gpt2":
         return GPT2Config(
             n_positions=max_position_embeddings,

@@ -280,7 +280,7 @@ def resolve_device(name: str) -> str:
 
 
 def load_checkpoint(source: CheckpointSource, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load model (eager attention, eval mode) and tokenizer for one checkpoint, after `inspect_checkpoint`.
+    """Load model (SDPA attention, eval mode) and tokenizer for one checkpoint, after `inspect_checkpoint`.
 
     Hub sources use the HF cache, with `local_files_only` when offline or already cached,
     so a machine without network fails fast with a message that names repo and revision.
@@ -467,7 +467,9 @@ def check_special_tokens(tokenizer, source: CheckpointSource) -> None:
 
 
 def load_model(source: CheckpointSource, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """The model (eager attention, eval mode): tensors only (`weights_only`), no remote code."""
+    """The model (SDPA attention, eval mode): tensors only (`weights_only`), no remote code. No pass needs
+    materialised attention weights (the statistics come from a fused kernel, `measure.attention_stats`); eager
+    attention is only the tests' reference (`ckptstudy.reference`)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -475,7 +477,7 @@ def load_model(source: CheckpointSource, device: str = "cpu", dtype: torch.dtype
     name, kwargs = _from_pretrained_kwargs(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, attn_implementation="eager", dtype=dtype, trust_remote_code=False, weights_only=True, **kwargs
+            name, attn_implementation="sdpa", dtype=dtype, trust_remote_code=False, weights_only=True, **kwargs
         )
     except CheckpointError:
         raise

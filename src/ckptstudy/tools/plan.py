@@ -23,16 +23,19 @@ The cost model (every number is an estimate; assumptions are printed with the pl
   forward efficiency (achieved / matmul rate) from that calibration, else 0.7;
 - a GPU class: its published peak (bf16 tensor cores for dtype auto/bfloat16/float16, float32 otherwise)
   and bandwidth, at the efficiencies in GPU_EFFICIENCY (assumptions: no GPU was available to measure);
+- rows per call: every pass runs as many rows per call as the memory budget allows (`measure.budget.call_rows`,
+  the job's own function), capped by the configured sizes; the budget is `memory_budget` as configured, or
+  for `auto` what a job would resolve: on this machine half of its available RAM now, on the GPU class 60% of
+  its memory (assumed empty), each minus the weights;
 - natural loops: a share `--loop-share` (default 0.5) of the natural prompts loops, their targets start
   half-way through the generation; the sink neuron patch runs (some neuron passes neuron_z);
-- attention: checkpoints are loaded with `LOADED_ATTENTION` (eager today), so generation, ablation,
-  perturbation and sink passes use it; icl/ and lowinfo/ statistics use the fused path (capture_stats).
+- attention: checkpoints are loaded with `LOADED_ATTENTION` (SDPA), icl/, lowinfo/ and sink/ statistics use the
+  fused path (capture_stats).
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -43,14 +46,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from huggingface_hub import constants
-from omegaconf import OmegaConf
 
 from ckptstudy.config import compose_config, model_shape
+from ckptstudy.measure.budget import CUDA_SHARE, GB, BudgetError, MemoryBudget, call_rows, resolve_budget
 from ckptstudy.measure.cost import LOADED_ATTENTION, Pass, Shape, pass_flops, pass_peak_bytes, probe_sizes
 from ckptstudy.measure.generation import greedy_generate
+from ckptstudy.metrics import describe_passes
 from ckptstudy.model.hubcache import launcher_parallelism
 from ckptstudy.model.neox import make_neox
-from ckptstudy.params import check_family
 from ckptstudy.sweeps import sweep_values, swept_steps, take_override
 
 CALIBRATION = Path("outputs") / "bench" / "calibration.json"
@@ -218,29 +221,41 @@ def dtype_bytes(dtype: str, device: str = "cpu") -> int:
 
 
 def job_passes(cfg, shape: Shape, loop_share: float) -> tuple[dict[str, list[Pass]], list[str]]:
-    """Every pass of one job by family, as each family describes them (`passes` next to its `measure`); a
-    pass several families share is counted once, under "<shared> (shared)", first. Also the enabled families
-    that describe no passes (planned at 0)."""
-    sizes = probe_sizes(cfg, shape.context, loop_share)
-    shared: dict[str, list[Pass]] = {}
-    own: dict[str, list[Pass]] = {}
-    undescribed = []
-    for family, family_cfg in cfg.metrics.items():
-        fn, params = check_family(family, OmegaConf.to_container(family_cfg, resolve=True), shape)
-        describe = getattr(inspect.getmodule(fn), "passes", None)
-        if describe is None:
-            undescribed.append(family)
-        own[family] = []
-        for p in describe(sizes, shape, **params) if describe else []:
-            if p.shared is None:
-                own[family].append(p)
-            elif all(q.what != p.what for q in shared.setdefault(f"{p.shared} (shared)", [])):
-                shared[f"{p.shared} (shared)"].append(p)
-    return {**shared, **own}, undescribed
+    """Every pass of one job by family, as each family describes them (`metrics.describe_passes` at the configured
+    probe sizes); a pass several families share is counted once, under "<shared> (shared)", first. Also the
+    enabled families that describe no passes (planned at 0)."""
+    return describe_passes(cfg.metrics, probe_sizes(cfg, shape.context, loop_share), shape)
+
+
+def machine_budget(value, machine: str, weights_bytes: float) -> MemoryBudget:
+    """The budget a job would resolve: `memory_budget` as configured, or for auto on this machine (`cpu`) half its
+    available RAM now, on a GPU class CUDA_SHARE of its memory (assumed empty), minus the weights."""
+    if machine == "cpu":
+        return resolve_budget(value, "cpu", weights_bytes)
+    free = GPUS[machine][3] * GB  # the GPU's memory (40 GB = 40 GiB)
+    budget = resolve_budget(value, "cuda", weights_bytes, free_bytes=free)
+    if "auto" in budget.how:
+        budget = MemoryBudget(budget.bytes, budget.how.replace("free memory of cuda", f"{machine} (assumed empty)"))
+    return budget
+
+
+def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, nbytes: int):
+    """Each pass with the rows per call the budget gives it (`budget.call_rows`), and the passes that do not fit
+    one row (or group) per call."""
+    out, refused = {}, []
+    for family, items in passes.items():
+        out[family] = []
+        for p in items:
+            try:
+                out[family].append(p.with_batch(call_rows(p, shape, budget.bytes, nbytes)))
+            except BudgetError as err:
+                refused.append(f"{family}: {err}")
+                out[family].append(p.with_batch(1))
+    return out, refused
 
 
 def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbytes: int) -> dict[str, dict]:
-    """FLOPs, seconds and peak transient bytes per family on `machine`."""
+    """FLOPs, seconds and peak transient bytes per family on `machine` (passes with their rows per call)."""
     out = {}
     for family, items in passes.items():
         out[family] = {
@@ -285,13 +300,25 @@ def make_plan(
     passes, undescribed = job_passes(cfg, shape, loop_share)
     cpu_bytes = dtype_bytes(dtype, "cpu")
     gpu_bytes = dtype_bytes(dtype, "cuda")
-    cpu = estimate(passes, shape, machine, cpu_bytes)
+    budgets = {
+        "cpu": machine_budget(cfg.memory_budget, "cpu", params * cpu_bytes),
+        "gpu": machine_budget(cfg.memory_budget, gpu, params * gpu_bytes),
+    }
+    on_cpu, cpu_refused = resolved(passes, shape, budgets["cpu"], cpu_bytes)
+    on_gpu_passes, gpu_refused = resolved(passes, shape, budgets["gpu"], gpu_bytes)
+    cpu = estimate(on_cpu, shape, machine, cpu_bytes)
     gpu_m = gpu_machine(gpu, "float32" if dtype == "float32" else "bfloat16")
-    on_gpu = estimate(passes, shape, gpu_m, gpu_bytes)
+    on_gpu = estimate(on_gpu_passes, shape, gpu_m, gpu_bytes)
     download = 0 if local else params * int(cfg.model.file_bytes_per_param)
     job_cpu = sum(f["seconds"] for f in cpu.values())
     job_gpu = sum(f["seconds"] for f in on_gpu.values())
     disk = disk_plan(cfg, jobs, download)
+    warnings = [
+        f"metrics.{family} describes no passes (no `passes` next to its measure): planned at 0 FLOP"
+        for family in undescribed
+    ]
+    warnings += [f"does not fit on this machine: {why}" for why in cpu_refused]
+    warnings += [f"does not fit on {gpu}: {why}" for why in gpu_refused]
     return {
         "model": cfg.model.name,
         "arch": str(getattr(cfg.model.arch, "value", cfg.model.arch)),
@@ -310,25 +337,27 @@ def make_plan(
         "job_flops": sum(f["flops"] for f in cpu.values()),
         "cpu": {
             "machine": asdict(machine),
+            "budget": asdict(budgets["cpu"]),
             "families": cpu,
             "job_seconds": job_cpu,
             "sweep_seconds": job_cpu * jobs,
+            "peak_bytes": max((f["peak_bytes"] for f in cpu.values()), default=0.0),
         },
         "gpu": {
             "machine": asdict(gpu_m),
+            "budget": asdict(budgets["gpu"]),
             "families": on_gpu,
             "job_seconds": job_gpu,
             "sweep_seconds": job_gpu * jobs,
+            "peak_bytes": max((f["peak_bytes"] for f in on_gpu.values()), default=0.0),
         },
-        "warnings": [
-            f"metrics.{family} describes no passes (no `passes` next to its measure): planned at 0 FLOP"
-            for family in undescribed
-        ],
+        "warnings": warnings,
         "assumptions": {
             "loop_share": loop_share,
             "loaded_attention": LOADED_ATTENTION,
             "hub_bytes_per_param": int(cfg.model.file_bytes_per_param),
             "load_and_download_time": "not included (network and disk dependent)",
+            "gpu_budget": f"auto = {CUDA_SHARE:.0%} of the GPU's memory (assumed empty) minus the weights",
         },
     }
 
@@ -388,7 +417,7 @@ def _flops(f: float) -> str:
 
 
 def _row(label: str, *cells: str) -> str:
-    return f"{label:<34}" + "".join(f"{cell:>15}" for cell in cells)
+    return f"{label:<34}" + "".join(f"{cell:>16}" for cell in cells)
 
 
 def render(plan: dict) -> str:
@@ -433,15 +462,35 @@ def render(plan: dict) -> str:
         f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine, "
         f"{_bytes(plan['weights_bytes_gpu'])} on a GPU"
     )
+    gpu_name = gpu["machine"]["name"]
+    here, there = cpu["budget"], gpu["budget"]
+    lines.append(
+        f"memory budget (activations): {_bytes(here['bytes'])} on this machine ({here['how']}), "
+        f"{_bytes(there['bytes'])} on {gpu_name} ({there['how']})"
+    )
     lines += [f"families: {', '.join(plan['families'])}", ""]
-    lines.append(_row("per job", "FLOPs", "peak act. mem", "this machine", gpu["machine"]["name"]))
+    lines.append(_row("per job", "FLOPs", "peak here", "this machine", f"peak {gpu_name}", gpu_name))
     for family, c in cpu["families"].items():
         g = gpu["families"][family]
         lines.append(
-            _row(family, _flops(c["flops"]), _bytes(c["peak_bytes"]), _seconds(c["seconds"]), _seconds(g["seconds"]))
+            _row(
+                family,
+                _flops(c["flops"]),
+                _bytes(c["peak_bytes"]),
+                _seconds(c["seconds"]),
+                _bytes(g["peak_bytes"]),
+                _seconds(g["seconds"]),
+            )
         )
     lines.append(
-        _row("job total", _flops(plan["job_flops"]), "", _seconds(cpu["job_seconds"]), _seconds(gpu["job_seconds"]))
+        _row(
+            "job total",
+            _flops(plan["job_flops"]),
+            _bytes(cpu["peak_bytes"]),
+            _seconds(cpu["job_seconds"]),
+            _bytes(gpu["peak_bytes"]),
+            _seconds(gpu["job_seconds"]),
+        )
     )
     lines.append(
         _row(
@@ -449,6 +498,7 @@ def render(plan: dict) -> str:
             _flops(plan["job_flops"] * plan["checkpoints"]),
             "",
             _seconds(cpu["sweep_seconds"]),
+            "",
             _seconds(gpu["sweep_seconds"]),
         )
     )
@@ -458,21 +508,23 @@ def render(plan: dict) -> str:
         f"this machine: {machine['gflops']:.0f} GFLOP/s forward, {machine['bandwidth_gbs']:.0f} GB/s, "
         f"{machine['layer_overhead_ms']:.2f} ms per layer + {machine.get('call_overhead_ms', 0):.2f} ms per forward "
         f"call ({machine['source']})",
-        f"{gpu['machine']['name']}: {gpu['machine']['source']}",
+        f"{gpu_name}: {gpu['machine']['source']}",
     ]
     a = plan["assumptions"]
     lines.append(
         f"assumed: {a['loop_share']:.0%} of natural prompts loop; checkpoints loaded with {a['loaded_attention']} "
-        "attention; download and load time not included"
+        "attention; every pass runs as many rows per call as the memory budget allows (peaks: activations, "
+        "weights not included); download and load time not included"
     )
     lines += [f"warning: {warning}" for warning in plan.get("warnings", [])]
-    passes = [(f, p) for f, c in cpu["families"].items() for p in c["passes"]]
-    if passes:
-        f, p = max(passes, key=lambda fp: fp[1]["peak_bytes"])
-        lines.append(
-            f"largest activation peak: {_bytes(p['peak_bytes'])} in {f}: {p['what']} "
-            f"({p['rows']} rows x {p['tokens']} tokens, {p['batch']} rows per call)"
-        )
+    for label, side in (("here", cpu), (gpu_name, gpu)):
+        passes = [(f, p) for f, c in side["families"].items() for p in c["passes"]]
+        if passes:
+            f, p = max(passes, key=lambda fp: fp[1]["peak_bytes"])
+            lines.append(
+                f"largest activation peak {label}: {_bytes(p['peak_bytes'])} in {f}: {p['what']} "
+                f"({p['rows']} rows x {p['tokens']} tokens, {p['batch']} rows per call)"
+            )
     return "\n".join(lines)
 
 
