@@ -283,36 +283,17 @@ def make_plan(
     overrides: list[str], gpu: str = "A100-80GB", loop_share: float = 0.5, machine: Machine | None = None
 ) -> dict:
     """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
-
-    step_value, overrides = take_override(list(overrides), "step")  # a step sweep, as `ckptstudy -m` reads it
-    seed_value, overrides = take_override(overrides, "model.seed")  # training runs: each is a sweep of its own
-    seeds = sweep_values(seed_value) if seed_value else [None]
-    cfg = compose_config([*overrides, *([f"model.seed={seeds[0]}"] if seeds[0] else [])], return_hydra_config=True)
-    for seed in seeds[1:]:
-        compose_config([*overrides, f"model.seed={seed}"])  # refuses a seed the suite does not have
+    cfg, steps, seeds = planned_sweep(overrides)
     dtype = str(getattr(cfg.dtype, "value", cfg.dtype))
     shape = planned_shape(cfg.model)
-    steps = swept_steps(cfg, step_value)
     jobs = len(steps) * len(seeds)
-    machine = machine or load_machine()
-    local = cfg.model.source == "local"
     params = shape.params
     passes, undescribed = job_passes(cfg, shape, loop_share)
-    cpu_bytes = dtype_bytes(dtype, "cpu")
-    gpu_bytes = dtype_bytes(dtype, "cuda")
-    budgets = {
-        "cpu": machine_budget(cfg.memory_budget, "cpu", params * cpu_bytes),
-        "gpu": machine_budget(cfg.memory_budget, gpu, params * gpu_bytes),
-    }
-    on_cpu, cpu_refused = resolved(passes, shape, budgets["cpu"], cpu_bytes)
-    on_gpu_passes, gpu_refused = resolved(passes, shape, budgets["gpu"], gpu_bytes)
-    cpu = estimate(on_cpu, shape, machine, cpu_bytes)
+    cpu_bytes, gpu_bytes = dtype_bytes(dtype, "cpu"), dtype_bytes(dtype, "cuda")
     gpu_m = gpu_machine(gpu, "float32" if dtype == "float32" else "bfloat16")
-    on_gpu = estimate(on_gpu_passes, shape, gpu_m, gpu_bytes)
-    download = 0 if local else params * int(cfg.model.file_bytes_per_param)
-    job_cpu = sum(f["seconds"] for f in cpu.values())
-    job_gpu = sum(f["seconds"] for f in on_gpu.values())
-    disk = disk_plan(cfg, jobs, download)
+    cpu, cpu_refused = machine_side(cfg, passes, shape, machine or load_machine(), "cpu", cpu_bytes, jobs)
+    on_gpu, gpu_refused = machine_side(cfg, passes, shape, gpu_m, gpu, gpu_bytes, jobs)
+    download = 0 if cfg.model.source == "local" else params * int(cfg.model.file_bytes_per_param)
     warnings = [
         f"metrics.{family} describes no passes (no `passes` next to its measure): planned at 0 FLOP"
         for family in undescribed
@@ -330,27 +311,13 @@ def make_plan(
         "steps": steps,
         "download_bytes_per_checkpoint": download,
         "download_bytes_total": download * jobs,
-        "disk": disk,
+        "disk": disk_plan(cfg, jobs, download),
         "weights_bytes_cpu": params * cpu_bytes,
         "weights_bytes_gpu": params * gpu_bytes,
         "families": list(cfg.metrics),
-        "job_flops": sum(f["flops"] for f in cpu.values()),
-        "cpu": {
-            "machine": asdict(machine),
-            "budget": asdict(budgets["cpu"]),
-            "families": cpu,
-            "job_seconds": job_cpu,
-            "sweep_seconds": job_cpu * jobs,
-            "peak_bytes": max((f["peak_bytes"] for f in cpu.values()), default=0.0),
-        },
-        "gpu": {
-            "machine": asdict(gpu_m),
-            "budget": asdict(budgets["gpu"]),
-            "families": on_gpu,
-            "job_seconds": job_gpu,
-            "sweep_seconds": job_gpu * jobs,
-            "peak_bytes": max((f["peak_bytes"] for f in on_gpu.values()), default=0.0),
-        },
+        "job_flops": sum(f["flops"] for f in cpu["families"].values()),
+        "cpu": cpu,
+        "gpu": on_gpu,
         "warnings": warnings,
         "assumptions": {
             "loop_share": loop_share,
@@ -360,6 +327,37 @@ def make_plan(
             "gpu_budget": f"auto = {CUDA_SHARE:.0%} of the GPU's memory (assumed empty) minus the weights",
         },
     }
+
+
+def planned_sweep(overrides: list[str]) -> tuple:
+    """(composed config, swept steps, training seeds ([None] without a `model.seed` sweep)) of `ckptstudy -m
+    <overrides>`: a step sweep as `ckptstudy -m` reads it; each training seed is a sweep of its own (composed
+    once each, so a seed the suite does not have is refused)."""
+    step_value, overrides = take_override(list(overrides), "step")
+    seed_value, overrides = take_override(overrides, "model.seed")
+    seeds = sweep_values(seed_value) if seed_value else [None]
+    cfg = compose_config([*overrides, *([f"model.seed={seeds[0]}"] if seeds[0] else [])], return_hydra_config=True)
+    for seed in seeds[1:]:
+        compose_config([*overrides, f"model.seed={seed}"])
+    return cfg, swept_steps(cfg, step_value), seeds
+
+
+def machine_side(cfg, passes: list, shape: Shape, machine: Machine, device: str, dtype_size: int, jobs: int):
+    """One machine's column of the plan (its budget, per-family estimates, job and sweep time, peak) and the
+    passes that do not fit its budget."""
+    budget = machine_budget(cfg.memory_budget, device, shape.params * dtype_size)
+    fitted, refused = resolved(passes, shape, budget, dtype_size)
+    families = estimate(fitted, shape, machine, dtype_size)
+    job = sum(f["seconds"] for f in families.values())
+    side = {
+        "machine": asdict(machine),
+        "budget": asdict(budget),
+        "families": families,
+        "job_seconds": job,
+        "sweep_seconds": job * jobs,
+        "peak_bytes": max((f["peak_bytes"] for f in families.values()), default=0.0),
+    }
+    return side, refused
 
 
 def disk_plan(cfg, n_steps: int, per_checkpoint: int) -> dict:
@@ -422,100 +420,96 @@ def _row(label: str, *cells: str) -> str:
 
 def render(plan: dict) -> str:
     """The plan as text."""
-    shape, cpu, gpu = plan["shape"], plan["cpu"], plan["gpu"]
+    return "\n".join(
+        [*_header_lines(plan), *_disk_lines(plan), *_memory_lines(plan), "", *_table_lines(plan), *_footer_lines(plan)]
+    )
+
+
+def _header_lines(plan: dict) -> list[str]:
+    shape = plan["shape"]
     seeds = plan.get("seeds")
     runs = f" x {len(seeds)} training seeds ({', '.join(map(str, seeds))})" if seeds and len(seeds) > 1 else ""
     mlp = "SwiGLU" if shape.get("mlp_matrices") == 3 else "GELU"
     d_ff = shape.get("d_ff") or 4 * shape["d_model"]
-    lines = [
+    per = plan["download_bytes_per_checkpoint"]
+    return [
         f"ckptstudy plan: {plan['model']} ({plan.get('arch', 'gpt_neox')}: {shape['n_layers']} layers, d_model "
         f"{shape['d_model']}, {shape['n_heads']} heads, {mlp} MLP {d_ff}, vocab {shape['vocab']}"
         f"{', tied embeddings' if shape.get('tied_embeddings') else ''}; {plan['params'] / 1e6:.1f} M parameters), "
         f"dtype {plan['dtype']}",
         f"checkpoints: {plan['checkpoints']} (steps {_steps(plan['steps'])}{runs})",
-    ]
-    per = plan["download_bytes_per_checkpoint"]
-    lines.append(
         f"download: {_bytes(per)} per checkpoint ({plan['assumptions']['hub_bytes_per_param']} bytes per parameter: "
         f"model.file_bytes_per_param), {_bytes(plan['download_bytes_total'])} in total"
         if per
-        else "download: none (local checkpoints)"
-    )
+        else "download: none (local checkpoints)",
+    ]
+
+
+def _disk_lines(plan: dict) -> list[str]:
     disk = plan["disk"]
-    if per:
-        jobs = _count(disk["parallel_jobs"], "parallel job")
-        free = f"; {_bytes(disk['free_bytes'])} free there" if disk["free_bytes"] is not None else ""
-        lines.append(
-            f"disk (HF cache): peak {_bytes(disk['peak_bytes_without_evict'])} keeping every revision, "
-            f"{_bytes(disk['peak_bytes_with_evict'])} with checkpoints.evict=true (at most "
-            f"{_count(disk['revisions_at_once_with_evict'], 'revision')} at once: (1 + prefetch_ahead "
-            f"{disk['prefetch_ahead']}) "
-            f"x {jobs}){free}"
-        )
-        if (
-            not disk["evict"]
-            and disk["free_bytes"] is not None
-            and disk["peak_bytes_without_evict"] > disk["free_bytes"]
-        ):
-            lines.append("  the revisions do not fit in the free space: add checkpoints.evict=true")
-    lines.append(
+    if not plan["download_bytes_per_checkpoint"]:
+        return []
+    jobs = _count(disk["parallel_jobs"], "parallel job")
+    free = f"; {_bytes(disk['free_bytes'])} free there" if disk["free_bytes"] is not None else ""
+    lines = [
+        f"disk (HF cache): peak {_bytes(disk['peak_bytes_without_evict'])} keeping every revision, "
+        f"{_bytes(disk['peak_bytes_with_evict'])} with checkpoints.evict=true (at most "
+        f"{_count(disk['revisions_at_once_with_evict'], 'revision')} at once: (1 + prefetch_ahead "
+        f"{disk['prefetch_ahead']}) "
+        f"x {jobs}){free}"
+    ]
+    too_big = disk["free_bytes"] is not None and disk["peak_bytes_without_evict"] > disk["free_bytes"]
+    if not disk["evict"] and too_big:
+        lines.append("  the revisions do not fit in the free space: add checkpoints.evict=true")
+    return lines
+
+
+def _memory_lines(plan: dict) -> list[str]:
+    here, there = plan["cpu"]["budget"], plan["gpu"]["budget"]
+    return [
         f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine, "
-        f"{_bytes(plan['weights_bytes_gpu'])} on a GPU"
-    )
-    gpu_name = gpu["machine"]["name"]
-    here, there = cpu["budget"], gpu["budget"]
-    lines.append(
+        f"{_bytes(plan['weights_bytes_gpu'])} on a GPU",
         f"memory budget (activations): {_bytes(here['bytes'])} on this machine ({here['how']}), "
-        f"{_bytes(there['bytes'])} on {gpu_name} ({there['how']})"
-    )
-    lines += [f"families: {', '.join(plan['families'])}", ""]
-    lines.append(_row("per job", "FLOPs", "peak here", "this machine", f"peak {gpu_name}", gpu_name))
+        f"{_bytes(there['bytes'])} on {plan['gpu']['machine']['name']} ({there['how']})",
+        f"families: {', '.join(plan['families'])}",
+    ]
+
+
+def _table_lines(plan: dict) -> list[str]:
+    cpu, gpu = plan["cpu"], plan["gpu"]
+    gpu_name = gpu["machine"]["name"]
+    lines = [_row("per job", "FLOPs", "peak here", "this machine", f"peak {gpu_name}", gpu_name)]
     for family, c in cpu["families"].items():
         g = gpu["families"][family]
-        lines.append(
-            _row(
-                family,
-                _flops(c["flops"]),
-                _bytes(c["peak_bytes"]),
-                _seconds(c["seconds"]),
-                _bytes(g["peak_bytes"]),
-                _seconds(g["seconds"]),
-            )
-        )
-    lines.append(
-        _row(
-            "job total",
-            _flops(plan["job_flops"]),
-            _bytes(cpu["peak_bytes"]),
-            _seconds(cpu["job_seconds"]),
-            _bytes(gpu["peak_bytes"]),
-            _seconds(gpu["job_seconds"]),
-        )
+        cells = (_bytes(c["peak_bytes"]), _seconds(c["seconds"]), _bytes(g["peak_bytes"]), _seconds(g["seconds"]))
+        lines.append(_row(family, _flops(c["flops"]), *cells))
+    job = (
+        _bytes(cpu["peak_bytes"]),
+        _seconds(cpu["job_seconds"]),
+        _bytes(gpu["peak_bytes"]),
+        _seconds(gpu["job_seconds"]),
     )
+    lines.append(_row("job total", _flops(plan["job_flops"]), *job))
+    sweep = ("", _seconds(cpu["sweep_seconds"]), "", _seconds(gpu["sweep_seconds"]))
     lines.append(
-        _row(
-            f"sweep total ({plan['checkpoints']} jobs)",
-            _flops(plan["job_flops"] * plan["checkpoints"]),
-            "",
-            _seconds(cpu["sweep_seconds"]),
-            "",
-            _seconds(gpu["sweep_seconds"]),
-        )
+        _row(f"sweep total ({plan['checkpoints']} jobs)", _flops(plan["job_flops"] * plan["checkpoints"]), *sweep)
     )
-    machine = cpu["machine"]
-    lines += [
+    return lines
+
+
+def _footer_lines(plan: dict) -> list[str]:
+    cpu, gpu = plan["cpu"], plan["gpu"]
+    gpu_name, machine, a = gpu["machine"]["name"], cpu["machine"], plan["assumptions"]
+    lines = [
         "",
         f"this machine: {machine['gflops']:.0f} GFLOP/s forward, {machine['bandwidth_gbs']:.0f} GB/s, "
         f"{machine['layer_overhead_ms']:.2f} ms per layer + {machine.get('call_overhead_ms', 0):.2f} ms per forward "
         f"call ({machine['source']})",
         f"{gpu_name}: {gpu['machine']['source']}",
-    ]
-    a = plan["assumptions"]
-    lines.append(
         f"assumed: {a['loop_share']:.0%} of natural prompts loop; checkpoints loaded with {a['loaded_attention']} "
         "attention; every pass runs as many rows per call as the memory budget allows (peaks: activations, "
-        "weights not included); download and load time not included"
-    )
+        "weights not included); download and load time not included",
+    ]
     lines += [f"warning: {warning}" for warning in plan.get("warnings", [])]
     for label, side in (("here", cpu), (gpu_name, gpu)):
         passes = [(f, p) for f, c in side["families"].items() for p in c["passes"]]
@@ -525,7 +519,7 @@ def render(plan: dict) -> str:
                 f"largest activation peak {label}: {_bytes(p['peak_bytes'])} in {f}: {p['what']} "
                 f"({p['rows']} rows x {p['tokens']} tokens, {p['batch']} rows per call)"
             )
-    return "\n".join(lines)
+    return lines
 
 
 def _steps(steps: list[int]) -> str:
