@@ -90,11 +90,11 @@ def _install_compute(markers: pathlib.Path, compute: dict[int, str], salt: bool)
         current["step"] = source.step
         return real_measure_checkpoint(cfg, source, record)
 
-    def measure_families(ctx, metrics_cfg):
+    def measure_families(ctx, metrics_cfg, *args, **kwargs):
         step = current.get("step")
         if step in compute:
             _act(compute[step], markers / f"computing-{step}")
-        measured, errors = real_measure_families(ctx, metrics_cfg)
+        measured, errors = real_measure_families(ctx, metrics_cfg, *args, **kwargs)
         if salt:
             measured.raw["test/salt"] = np.random.default_rng().random(4)
         return measured, errors

@@ -87,7 +87,7 @@ def test_step_the_model_lacks_is_refused_naming_the_nearest_steps(micro_suite, o
     assert sorted(table["status"]) == ["failed", "failed"] and sorted(table["step"]) == [-1, 3]
 
 
-def test_non_gpt_neox_checkpoint_is_refused_from_its_config_before_loading(micro_suite, out_root, tmp_path, loads):
+def test_a_checkpoint_of_another_architecture_than_the_yaml_says_is_refused_before_loading(micro_suite, out_root, tmp_path, loads):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     checkpoint = tmp_path / "gpt2" / "step1"
@@ -97,7 +97,7 @@ def test_non_gpt_neox_checkpoint_is_refused_from_its_config_before_loading(micro
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(micro_suite / "step1" / name, checkpoint / name)
     record = run([*overrides(out_root, micro_suite, "step=1"), *local_model(f"{checkpoint.parent}/step{{step}}", [1])])
-    refused(record, loads, "model_type 'gpt2'", "supported model_type: 'gpt_neox'", str(checkpoint))
+    refused(record, loads, "model_type 'gpt2'", "model.arch=gpt_neox; set model.arch=gpt2", str(checkpoint))
 
 
 # -- 7. an output directory that cannot take the results ----------------------------------------------------
