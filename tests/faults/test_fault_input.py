@@ -87,7 +87,9 @@ def test_step_the_model_lacks_is_refused_naming_the_nearest_steps(micro_suite, o
     assert sorted(table["status"]) == ["failed", "failed"] and sorted(table["step"]) == [-1, 3]
 
 
-def test_a_checkpoint_of_another_architecture_than_the_yaml_says_is_refused_before_loading(micro_suite, out_root, tmp_path, loads):
+def test_a_checkpoint_of_another_architecture_than_its_yaml_is_refused_before_loading(
+    micro_suite, out_root, tmp_path, loads
+):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     checkpoint = tmp_path / "gpt2" / "step1"
