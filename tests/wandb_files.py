@@ -55,65 +55,42 @@ def _parse(data: bytes, path: Path) -> list[bytes]:
     return out
 
 
-def history(run_dir: Path) -> list[dict]:
-    """The rows the run logged with `run.log`, as {key: value} dicts, in order."""
+def records_of(run_dir: Path, kind: str) -> list:
+    """The run's parsed records of one `record_type` (history, run, summary, artifact, ...), in order."""
     from wandb.proto import wandb_internal_pb2
 
     (path,) = Path(run_dir).glob("run-*.wandb")
-    rows = []
-    for blob in raw_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(blob)
-        if record.WhichOneof("record_type") == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            rows.append(row)
-    return rows
+    parsed = [wandb_internal_pb2.Record.FromString(blob) for blob in raw_records(path)]
+    return [record for record in parsed if record.WhichOneof("record_type") == kind]
+
+
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+def history(run_dir: Path) -> list[dict]:
+    """The rows the run logged with `run.log`, as {key: value} dicts, in order."""
+    return [_items(record.history.item) for record in records_of(run_dir, "history")]
 
 
 def run_config(run_dir: Path) -> dict:
     """Group, job type and display name of the run, from its run record."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    for blob in raw_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(blob)
-        if record.WhichOneof("record_type") == "run":
-            return {
-                "group": record.run.run_group,
-                "job_type": record.run.job_type,
-                "name": record.run.display_name,
-            }
+    for record in records_of(run_dir, "run"):
+        return {"group": record.run.run_group, "job_type": record.run.job_type, "name": record.run.display_name}
     return {}
 
 
 def summary(run_dir: Path) -> dict:
     """The run's summary as {key: value}: every summary update in the run file, later ones winning."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = Path(run_dir).glob("run-*.wandb")
     out = {}
-    for blob in raw_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(blob)
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    for record in records_of(run_dir, "summary"):
+        out.update(_items(record.summary.update))
     return out
 
 
 def artifacts(run_dir: Path) -> dict[str, list[str]]:
     """The run's logged artifacts as {type: [file path, ...]}."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    out = {}
-    for blob in raw_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(blob)
-        if record.WhichOneof("record_type") == "artifact":
-            out[record.artifact.type] = [entry.path for entry in record.artifact.manifest.contents]
-    return out
+    return {
+        record.artifact.type: [entry.path for entry in record.artifact.manifest.contents]
+        for record in records_of(run_dir, "artifact")
+    }
