@@ -1,0 +1,46 @@
+"""CPU heap policy around greedy decoding: large blocks go back to the system when freed.
+
+glibc's malloc serves blocks below its mmap threshold from the heap and keeps freed heap memory for reuse; the
+threshold rises (up to 32 MB) each time a large mapped block is freed. Greedy decoding allocates and frees
+megabyte tensors at every step, so the heap grows far beyond what is alive at any moment. Measured at the
+Pythia-14m shape, 64 rows x 1032 tokens (`benches/realshape.py`, NOTES.md): +6.2 GB resident as before, +0.49 GB
+(the plan's prediction) with a static KV cache and a 1 MB threshold. A 1 MB threshold for the whole job made the
+other families 1.7-2.6x slower (page faults), so it holds during decoding only; afterwards the threshold stays at
+32 MB, where glibc's own rising threshold ends. Not glibc: nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+DECODING_THRESHOLD = 1 << 20  # bytes: during decoding, blocks this large are mapped and unmapped when freed
+DEFAULT_CEILING = 32 << 20  # glibc's largest dynamic threshold on 64-bit systems
+
+
+def _mallopt():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOPT = _mallopt()
+
+
+def set_mmap_threshold(threshold: int) -> bool:
+    """Fix glibc's mmap threshold at `threshold` bytes; False where the C library has no `mallopt`."""
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, int(threshold))) if _MALLOPT is not None else False
+
+
+@contextmanager
+def returning_large_blocks() -> Iterator[None]:
+    """Inside the block, freed blocks of at least 1 MB leave the process at once; after it, 32 MB."""
+    set_mmap_threshold(DECODING_THRESHOLD)
+    try:
+        yield
+    finally:
+        set_mmap_threshold(DEFAULT_CEILING)
