@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ckptstudy.tools.plan import cpu_name
+from ckptstudy.tools.machine import cpu_name
 
 # name -> (layers, d_model, heads, vocab); "micro" = the embedded micro suite's shape
 SHAPES = {

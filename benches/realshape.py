@@ -6,7 +6,8 @@ refs/step<N> -> snapshots/<commit>/ (config.json, model.safetensors and the micr
 Pythia tokenizer is available offline). The default multirun then runs over those steps with HF_HUB_OFFLINE=1 and
 the given memory budget; every record must be ok. Per family, the measured wall time and peak memory (the
 record's `cost`, `ckptstudy.measure.meter`) are compared with the plan's prediction for this machine at the same
-budget; a ratio off by more than `--tolerance` (2x) fails loudly.
+budget, planned with the outcomes the jobs found (the share of looping prompts, whether the sink patch ran); a
+ratio off by more than `--tolerance` (2x) fails loudly.
 
     python benches/realshape.py [--models pythia-14m,pythia-70m] [--steps 1000,2000] [--budget 4] [ARGS...]
 """
@@ -75,6 +76,17 @@ def run_sweep(name: str, steps: list[int], cache: Path, root: Path, overrides: l
     return records
 
 
+def found_outcomes(records: list[dict]) -> dict:
+    """What the plan must assume to price the work these jobs did: the share of natural prompts that looped
+    (rep/natural_rate, the worst record) and whether the sink patch ran (some sink neuron found). A random-init
+    model loops and has sink neurons at its own rates; planning with the default assumptions would compare the
+    cost model against different work."""
+    shares = [r["metrics"].get("rep/natural_rate", math.nan) for r in records]
+    neurons = [r["metrics"].get("sink/n_sink_neurons", 1) for r in records]
+    finite = [s for s in shares if math.isfinite(s)]
+    return {"loop_share": max(finite) if finite else 0.5, "sink_patch": any(n > 0 for n in neurons)}
+
+
 def compare(records: list[dict], plan: dict, tolerance: float) -> tuple[list[dict], list[str]]:
     """Per family: measured seconds and peak (the worst over the records) beside the plan's, the ratios, and
     the ratios off by more than `tolerance`."""
@@ -136,10 +148,15 @@ def main(argv: list[str] | None = None) -> int:
             bad = [r["step"] for r in records if r["status"] != "ok"]
             if bad:
                 failures.append(f"{name}: records not ok at steps {bad}")
-            plan = make_plan([f"model={name}", f"step={steps[0]}", *overrides])
+            plan = make_plan([f"model={name}", f"step={steps[0]}", *overrides], **found_outcomes(records))
             rows, off = compare(records, plan, args.tolerance)
             failures += [f"{name}: {why}" for why in off]
-            report[name] = {"steps": steps, "families": rows, "budget": records[0].get("memory_budget")}
+            report[name] = {
+                "steps": steps,
+                "families": rows,
+                "budget": records[0].get("memory_budget"),
+                "planned_with": found_outcomes(records),
+            }
             print(table(name, rows), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"report": report, "failures": failures}, indent=1))

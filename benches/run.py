@@ -381,7 +381,8 @@ def _forward_flops(model: str, length: int, batch: int) -> float:
 
 def plan_section(cfg: dict, threads: int, machine: dict, measured_job: dict | None, log) -> list[dict]:
     """ckptstudy-plan's estimate vs the measured time of ckptstudy jobs (loop share as measured)."""
-    from ckptstudy.tools.plan import Machine, make_plan
+    from ckptstudy.tools.machine import Machine
+    from ckptstudy.tools.plan import make_plan
 
     jobs = [(model, with_model(model, overrides)) for model, overrides in cfg["plan_jobs"]]
     if measured_job and "_raw" in measured_job:

@@ -293,7 +293,7 @@ def machine() -> dict:
     """This machine as `ckptstudy-plan` sees it (matmul rate, bandwidth, per-layer call overhead)."""
     from dataclasses import asdict
 
-    from ckptstudy.tools.plan import FORWARD_EFFICIENCY, cpu_name, measure_machine
+    from ckptstudy.tools.machine import FORWARD_EFFICIENCY, cpu_name, measure_machine
 
     measured = measure_machine()
     matmul = round(measured.gflops / FORWARD_EFFICIENCY, 1)

@@ -5,6 +5,7 @@ refused before the weights load, naming the pass, the bytes and the budget."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ckptstudy.config import ConfigValueError, compose_config, model_shape
 from ckptstudy.job import job_budget
@@ -19,6 +20,7 @@ from ckptstudy.measure.budget import (
     resolve_budget,
 )
 from ckptstudy.measure.cost import Pass, Shape, pass_peak_bytes
+from ckptstudy.measure.precision import computing_in, upcast_bytes
 from configured import job_context
 from conftest import tiny_neox
 
@@ -131,3 +133,27 @@ def test_meter_measures_a_part_apart_from_the_part_inside_it():
     assert 240 * 2**20 <= meter.costs["inner"]["peak_bytes"] <= 300 * 2**20
     assert 60 * 2**20 <= meter.costs["outer"]["peak_bytes"] < 200 * 2**20  # the inner 256 MB left out
     assert meter.costs["small"]["peak_bytes"] < 32 * 2**20  # the freed 320 MB is not seen again
+
+
+def test_a_family_computing_wider_pays_for_its_copy_of_the_weights():
+    cfg = compose_config(["model=pythia-1.4b", "memory_budget=4", "metrics=[perturb]"])
+    shape = model_shape(cfg.model)
+    assert job_budget(cfg, shape, "cpu", 4).bytes == 4 * GB  # float32 weights: perturb needs no copy
+    with pytest.raises(
+        BudgetError, match=r"metrics.perturb computes in 32-bit floats: its copy of the weights, 2.6 GB"
+    ):
+        job_budget(cfg, shape, "cpu", 2)  # bfloat16 weights: 2 more bytes per parameter while perturb runs
+
+
+def test_job_context_rows_leave_room_for_a_wider_copy_of_the_weights():
+    model = tiny_neox().to(torch.bfloat16)
+    shape = job_context(model, None, None).shape
+    p = Pass("plain forward", 64, 8, None, shape.n_layers)  # rows far smaller than the copy of the weights
+    upcast = upcast_bytes(shape.params, 2, 4)
+    budget = MemoryBudget(int(upcast + pass_peak_bytes(p.with_batch(3), shape, 4)), "test")
+    ctx = job_context(model, None, None, budget=budget, loaded_bytes=2)
+    assert ctx.rows(p) == call_rows(p, shape, budget.bytes, 2)
+    with computing_in(model, torch.float32):
+        assert ctx.rows(p) == 3  # what is left beside the float32 copy
+        assert call_rows(p, shape, budget.bytes, 4) > 3  # without the copy it would run more
+    assert ctx.rows(p) == call_rows(p, shape, budget.bytes, 2)

@@ -229,7 +229,8 @@ def test_the_readme_template_is_a_family_a_job_runs(tmp_path, micro_suite, monke
     module = importlib.import_module(f"ckptstudy.metrics.{name}")
 
     from ckptstudy.job import run_job
-    from ckptstudy.tools.plan import Machine, make_plan
+    from ckptstudy.tools.machine import Machine
+    from ckptstudy.tools.plan import make_plan
 
     overrides = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"metrics=[{name}]"]
     where = [f"paths.root={tmp_path / 'out'}", f"model.path='{micro_suite}/step{{step}}'", "logger=none"]
@@ -251,7 +252,8 @@ def test_the_plan_warns_about_a_family_that_describes_no_passes(tmp_path, monkey
     _, source, conf = readme_template()
     name = add_user_family(tmp_path, source.split("\ndef passes(")[0], conf, monkeypatch)
 
-    from ckptstudy.tools.plan import Machine, make_plan, render
+    from ckptstudy.tools.machine import Machine
+    from ckptstudy.tools.plan import make_plan, render
 
     overrides = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"metrics=[repetition,{name}]"]
     plan = make_plan(overrides, machine=Machine("fixed", 100.0, 10.0, 0.2, "test"))

@@ -4,12 +4,14 @@ only (no weights). Estimates are checked for structure and arithmetic, never aga
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import pytest
 
 from ckptstudy.measure.cost import Pass, Shape, pass_flops
-from ckptstudy.tools import plan
-from ckptstudy.tools.plan import Machine, make_plan
+from ckptstudy.tools import machine, plan
+from ckptstudy.tools.machine import Machine
+from ckptstudy.tools.plan import make_plan
 
 FIXED = Machine("fixed", gflops=100.0, bandwidth_gbs=10.0, layer_overhead_ms=0.2, source="test")
 
@@ -86,10 +88,10 @@ def test_forward_flops_by_hand():
 
 
 def test_gpu_classes_and_unknown_ones():
-    m = plan.gpu_machine("A100-80GB", "bfloat16")
-    assert m.gflops == pytest.approx(312e3 * plan.GPU_EFFICIENCY["compute"])
+    m = machine.gpu_machine("A100-80GB", "bfloat16")
+    assert m.gflops == pytest.approx(312e3 * machine.GPU_EFFICIENCY["compute"])
     with pytest.raises(ValueError, match="unknown GPU class 'Z80'"):
-        plan.gpu_machine("Z80", "bfloat16")
+        machine.gpu_machine("Z80", "bfloat16")
 
 
 def test_cli_prints_the_plan_and_json(capsys, monkeypatch):
@@ -102,14 +104,53 @@ def test_cli_prints_the_plan_and_json(capsys, monkeypatch):
     assert data["checkpoints"] == 1 and data["gpu"]["machine"]["name"] == "T4"
 
 
-def test_stored_calibration_is_used_for_this_cpu(tmp_path):
+def _store_calibration(root, fields: dict) -> None:
     import torch
 
-    stored = {"cpu": plan.cpu_name(), "threads": torch.get_num_threads(), "machine": FIXED.__dict__}
-    path = tmp_path / plan.CALIBRATION
+    stored = {"cpu": machine.cpu_name(), "threads": torch.get_num_threads(), "machine": fields}
+    path = root / machine.CALIBRATION
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))
-    assert plan.load_machine(tmp_path) == FIXED
+
+
+CALIBRATED = replace(FIXED, gemm_widths=((128, 50.0), (1024, 100.0)), vocab_gelems=1.0)
+
+
+def test_stored_calibration_is_used_for_this_cpu(tmp_path):
+    _store_calibration(tmp_path, asdict(CALIBRATED))
+    assert machine.load_machine(tmp_path) == CALIBRATED
+
+
+def test_a_calibration_without_the_width_and_vocabulary_rates_is_measured_again(tmp_path, monkeypatch):
+    _store_calibration(tmp_path, asdict(FIXED))  # as stored before vocab_gelems existed
+    monkeypatch.setattr(machine, "measure_machine", lambda: CALIBRATED)
+    assert machine.load_machine(tmp_path) == CALIBRATED
+
+
+def test_the_matmul_rate_follows_the_inner_width():
+    assert CALIBRATED.rate(128) == CALIBRATED.rate(64) == 50e9  # below the narrowest width: its rate
+    assert CALIBRATED.rate(1024) == CALIBRATED.rate(4096) == 100e9
+    assert CALIBRATED.rate(362) == pytest.approx(75e9, rel=1e-3)  # log-linear: 362 ~ sqrt(128 x 1024)
+    assert FIXED.rate(128) == FIXED.rate(4096) == 100e9  # no widths measured (a GPU class): one rate
+    assert FIXED.vocab_rate() == 10e9 / machine.VOCAB_BYTES  # no vocabulary rate: bandwidth-bound
+
+
+def test_vocabulary_passes_cost_their_own_time():
+    shape = Shape(n_layers=2, d_model=128, n_heads=4, vocab=50304, context=512)
+    scored = Pass("x", rows=8, seq=64, batch=8, layers=2, unembed=32, logits="selected")
+    unscored = replace(scored, logits="none")
+    assert pass_flops(scored, shape) == pass_flops(unscored, shape)  # same unembedding either way
+    extra = machine.pass_seconds(scored, shape, CALIBRATED, 4) - machine.pass_seconds(unscored, shape, CALIBRATED, 4)
+    assert extra == pytest.approx(8 * 32 * 50304 / 1e9)
+
+
+def test_decoding_attends_over_the_whole_static_cache():
+    shape = Shape(n_layers=2, d_model=8, n_heads=2, vocab=10, context=64)
+    p = Pass("gen", rows=3, seq=4, batch=3, layers=2, unembed=1, decode=5, logits="last")
+    prefill = pass_flops(replace(p, decode=0), shape)
+    dense = 2 * shape.layer_matmul_params
+    per_step = 3 * (2 * (dense + 4 * 8 * (4 + 5)) + 2 * 8 * 10)  # keys = prompt + new tokens at every step
+    assert pass_flops(p, shape) == prefill + 5 * per_step
 
 
 def test_peak_disk_with_and_without_eviction():
@@ -140,3 +181,27 @@ def test_plan_says_when_the_revisions_do_not_fit(monkeypatch):
     assert "do not fit" not in evict
     monkeypatch.setattr(plan, "free_bytes", lambda path: 100 * 2**30)
     assert "do not fit" not in plan.render(make_plan(["model=pythia-160m", "schedule=all"], machine=FIXED))
+
+
+def test_a_family_computing_in_float32_is_planned_in_float32_beside_its_copy_of_the_weights():
+    half = make_plan(["model=pythia-1.4b", "schedule=final", "dtype=bfloat16"], machine=FIXED)
+    full = make_plan(["model=pythia-1.4b", "schedule=final", "dtype=float32"], machine=FIXED)
+    perturb, icl = half["gpu"]["families"]["perturb"], half["gpu"]["families"]["icl_heads"]
+    assert perturb["bytes_per_value"] == 4 and perturb["upcast_bytes"] == 2 * half["params"]
+    assert icl["bytes_per_value"] == 2 and icl["upcast_bytes"] == 0
+    assert full["gpu"]["families"]["perturb"]["upcast_bytes"] == 0
+    assert f"+{plan._bytes(2 * half['params'])} while perturb computes in 32-bit floats" in plan.render(half)
+
+
+def test_without_the_sink_patch_its_passes_are_not_planned():
+    runs = make_plan(["model=pythia-160m", "schedule=final"], machine=FIXED)
+    skipped = make_plan(["model=pythia-160m", "schedule=final"], machine=FIXED, sink_patch=False)
+    whats = [p["what"] for p in skipped["cpu"]["families"]["sink"]["passes"]]
+    assert not any("with the patch" in w for w in whats)
+    repeat = {p["what"]: p["rows"] for p in runs["cpu"]["families"]["sink"]["passes"]}
+    alone = {p["what"]: p["rows"] for p in skipped["cpu"]["families"]["sink"]["passes"]}
+    key = "BOS + token x K: clean, patched, random set"
+    assert repeat[key] == 3 * alone[key]  # clean rows only
+    assert skipped["cpu"]["families"]["icl_heads"] == runs["cpu"]["families"]["icl_heads"]
+    assert "the sink neuron patch does not run" in plan.render(skipped)
+    assert "the sink neuron patch runs" in plan.render(runs)

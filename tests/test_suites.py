@@ -13,7 +13,8 @@ from ckptstudy.fingerprint import identity
 from ckptstudy.model.checkpoints import available_steps, branch_tokens, run_name, source_for
 from ckptstudy.results import record_path
 from ckptstudy.tools import prefetch
-from ckptstudy.tools.plan import Machine, make_plan
+from ckptstudy.tools.machine import Machine
+from ckptstudy.tools.plan import make_plan
 from test_hub_loading import REPO_ID, make_fake_hub_cache
 from test_prefetch import hub_cache, offline  # noqa: F401 (fixtures)
 

@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from ckptstudy import fingerprint, results
 from ckptstudy.config import validate
 from ckptstudy.measure import precision
-from ckptstudy.measure.budget import MemoryBudget, fit_rows, resolve_budget
+from ckptstudy.measure.budget import BudgetError, MemoryBudget, fit_rows, gigabytes, resolve_budget
 from ckptstudy.measure.cost import Shape, probe_sizes
 from ckptstudy.measure.meter import Meter
-from ckptstudy.metrics import FamilyResult, JobContext, describe_passes
+from ckptstudy.metrics import FamilyResult, JobContext, describe_passes, family_compute_bytes
 from ckptstudy.model import arch, checkpoints, hubcache
 from ckptstudy.model.suite_spec import checkpoint_problem
 from ckptstudy.params import check_family
@@ -146,13 +146,25 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
 
 def job_budget(cfg: DictConfig, shape: Shape, device: str, dtype_bytes: int) -> MemoryBudget:
     """The job's memory budget (`memory_budget` on `device`, the weights of `shape` not yet loaded), after checking
-    that one row (or group) per call of every pass the enabled families describe fits in it (`BudgetError`
-    naming the pass otherwise): a job that cannot fit fails before its weights load."""
+    that one row (or group) per call of every pass the enabled families describe fits in it, at the width its
+    family computes in and beside that family's wider copy of the weights (`BudgetError` naming the pass
+    otherwise): a job that cannot fit fails before its weights load."""
     budget = resolve_budget(cfg.memory_budget, device, shape.params * dtype_bytes)
     passes, _ = describe_passes(cfg.metrics, probe_sizes(cfg, shape.context, loop_share=1.0), shape)
-    for described in passes.values():
+    widths = family_compute_bytes(cfg.metrics, dtype_bytes)
+    for family, described in passes.items():
+        nbytes = widths.get(family, dtype_bytes)  # a shared pass runs in the loaded dtype
+        upcast = precision.upcast_bytes(shape.params, dtype_bytes, nbytes)
         for p in described:
-            fit_rows(p, shape, budget.bytes, dtype_bytes)
+            try:
+                fit_rows(p, shape, budget.bytes - upcast, nbytes)
+            except BudgetError as err:
+                if not upcast:
+                    raise
+                raise BudgetError(
+                    f"{err} (metrics.{family} computes in {8 * nbytes}-bit floats: its copy of the weights, "
+                    f"{gigabytes(upcast)}, comes out of the memory budget of {gigabytes(budget.bytes)})"
+                ) from err
     log.info("memory budget: %s", budget.describe())
     return budget
 

@@ -12,7 +12,7 @@ The model (estimates; `ckptstudy-plan` prints its assumptions):
   matrices of d x d_ff: m = 2 for GELU, 3 for SwiGLU), causal
   attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused statistics
   pass adds another pass over the keys), 2 d V per unembedded position, x3 with a backward pass; greedy decoding:
-  a prefill, then per step a one-token forward over the KV cache;
+  a prefill, then per step a one-token forward over the whole static KV cache (prompt + new tokens);
 - peak memory of one call (weights not included), calibrated against measured peaks (`benches/peaks.py`:
   resident memory above the start of the call, in fresh processes, at the micro, Pythia-14m and -70m
   shapes): the transient activations of one layer, (8 d + 4 d_ff) per token in the model's dtype (all layers,
@@ -167,15 +167,17 @@ class ProbeSizes:
     lt_len: int
     batch: int | None  # config batch_size: the cap of rows per call (None = from the memory budget)
     loop_share: float
+    sink_patch: bool = True  # assumed: some sink neuron passes, so sink's patch passes run
 
     @property
     def looping(self) -> int:
         return round(self.nat_n * self.loop_share)
 
 
-def probe_sizes(cfg, context: int, loop_share: float) -> ProbeSizes:
+def probe_sizes(cfg, context: int, loop_share: float, sink_patch: bool = True) -> ProbeSizes:
     """The sizes of a composed config's probes on a model with a `context`-token window; `loop_share` of the
-    natural prompts are assumed to loop."""
+    natural prompts are assumed to loop, and with `sink_patch` the sink neuron patch is assumed to run (the job's
+    budget check assumes the most: every prompt loops, the patch runs)."""
     p = cfg.probes
     nat_len = p.natural.length
     return ProbeSizes(
@@ -192,6 +194,7 @@ def probe_sizes(cfg, context: int, loop_share: float) -> ProbeSizes:
         lt_len=min(p.long_text.length, context),
         batch=cfg.batch_size,
         loop_share=loop_share,
+        sink_patch=sink_patch,
     )
 
 
@@ -221,10 +224,8 @@ def pass_flops(p: Pass, shape: Shape) -> float:
     prefill = p.rows * per_row
     if p.backward:
         prefill *= 3
-    decode = 0.0
-    for step in range(p.decode):
-        keys = s + step + 1
-        decode += p.rows * (shape.n_layers * (dense + 4 * d * keys) + 2 * d * shape.vocab)
+    keys = s + p.decode  # a static KV cache (generation.greedy_config): every step attends over its full length
+    decode = p.decode * p.rows * (shape.n_layers * (dense + 4 * d * keys) + 2 * d * shape.vocab)
     return prefill + decode
 
 

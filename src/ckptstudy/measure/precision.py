@@ -40,13 +40,20 @@ def required_dtype(module, loaded: torch.dtype) -> torch.dtype:
     """The dtype a family computes in on a model loaded in `loaded`: its module's COMPUTE_DTYPE when that is wider
     than `loaded` (a float64 test model stays float64), else `loaded`. A family without COMPUTE_DTYPE computes in
     the loaded dtype."""
+    if compute_bytes(module, loaded.itemsize) == loaded.itemsize:
+        return loaded
+    return DTYPES[module.COMPUTE_DTYPE]
+
+
+def compute_bytes(module, loaded_bytes: int) -> int:
+    """Bytes per value a family computes in on a model loaded at `loaded_bytes` per value (`required_dtype` by
+    sizes: its module's COMPUTE_DTYPE when that is wider). The plan and the budget use it before any model loads."""
     wanted = getattr(module, "COMPUTE_DTYPE", None)
     if wanted is None:
-        return loaded
+        return loaded_bytes
     if wanted not in DTYPES:
         raise ValueError(f"{module.__name__}.COMPUTE_DTYPE={wanted!r} is not valid; choose one of {', '.join(DTYPES)}")
-    target = DTYPES[wanted]
-    return target if target.itemsize > loaded.itemsize else loaded
+    return max(loaded_bytes, DTYPES[wanted].itemsize)
 
 
 def upcast_bytes(n_params: int, loaded_bytes: int, compute_bytes: int) -> int:

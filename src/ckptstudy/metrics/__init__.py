@@ -19,6 +19,7 @@ from ckptstudy.measure.cost import Pass, ProbeSizes, Shape, natural_generation_p
 from ckptstudy.measure.cycles import LoopRule
 from ckptstudy.measure.generation import NaturalLoops, natural_loops
 from ckptstudy.measure.meter import Meter
+from ckptstudy.measure.precision import compute_bytes, upcast_bytes
 from ckptstudy.model import arch
 from ckptstudy.params import check_family
 from ckptstudy.stats.bootstrap import Sample, encode, full_statistics
@@ -166,6 +167,7 @@ class JobContext:
     loops: LoopRule  # the one definition of a natural loop (config `loops`)
     natural_new_tokens: int  # length of the natural greedy continuations (config `loops.new_tokens`)
     budget: MemoryBudget | None = None  # None = `memory_budget=auto`, resolved at the first `rows`
+    loaded_bytes: int | None = None  # bytes per weight as loaded (None: as now); a family cast wider holds more
     meter: Meter | None = None  # measures the shared computations apart from the family that triggers them
     shared: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -183,6 +185,7 @@ class JobContext:
             loops=LoopRule(loops.definition, loops.min_period, loops.max_period, loops.min_copies),
             natural_new_tokens=loops.new_tokens,
             budget=budget,
+            loaded_bytes=next(model.parameters()).element_size(),
         )
 
     @property
@@ -205,12 +208,15 @@ class JobContext:
         return int(self.model.config.max_position_embeddings)
 
     def rows(self, p: Pass) -> int:
-        """Rows per call of pass `p` (`budget.call_rows`); warns once per pass when the budget lowers its cap."""
+        """Rows per call of pass `p` (`budget.call_rows`); warns once per pass when the budget lowers its cap.
+        While a family computes in a wider dtype than the weights were loaded in (`precision.computing_in`), the
+        wider copy of the weights comes out of the budget."""
         if self.budget is None:
             self.budget = resolve_budget("auto", str(self.device), 0)
         shape, nbytes = self.shape, self.dtype_bytes
-        rows = call_rows(p, shape, self.budget.bytes, nbytes)
-        why = lowered(p, rows, shape, self.budget.bytes, nbytes)
+        available = self.budget.bytes - upcast_bytes(shape.params, self.loaded_bytes or nbytes, nbytes)
+        rows = call_rows(p, shape, available, nbytes)
+        why = lowered(p, rows, shape, available, nbytes)
         if why and f"memory budget: {why}" not in self.warnings:
             log.warning("memory budget: %s", why)
             self.warnings.append(f"memory budget: {why}")
@@ -266,3 +272,13 @@ def describe_passes(metrics_cfg, sizes: ProbeSizes, shape: Shape) -> tuple[dict[
             elif all(q.what != p.what for q in shared.setdefault(f"{p.shared} (shared)", [])):
                 shared[f"{p.shared} (shared)"].append(p)
     return {**shared, **own}, undescribed
+
+
+def family_compute_bytes(metrics_cfg, loaded_bytes: int) -> dict[str, int]:
+    """{family: bytes per value it computes in} on a model loaded at `loaded_bytes` (`precision.compute_bytes`):
+    the job's budget check and `ckptstudy-plan` fit each family's passes at its own width."""
+    out = {}
+    for family, family_cfg in metrics_cfg.items():
+        fn, _ = check_family(family, OmegaConf.to_container(family_cfg, resolve=True))
+        out[family] = compute_bytes(inspect.getmodule(fn), loaded_bytes)
+    return out

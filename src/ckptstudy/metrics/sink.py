@@ -539,15 +539,16 @@ def repeat_passes(rows: int, seq: int, shape: Shape, cap: int | None) -> list[Pa
 def passes(sizes: ProbeSizes, shape: Shape, **params) -> list[Pass]:
     """Text with and without BOS, the same with the MLPs held typical (the first-norm null), the repeat rows
     (clean, patched, random set) and their control rows, and the patch's text loss (sink and random sets; both
-    patch passes are skipped when no neuron passes)."""
+    patch passes are skipped when no neuron passes: `sizes.sink_patch` says whether to assume they run)."""
     n, s = min(params["text_rows"], sizes.lt_n), sizes.lt_len
     k, m = min(params["repeat_k"], shape.context - 1), params["n_tokens"]
     text, null, loss = text_passes(n, s, shape, sizes.batch)
     repeat, control = repeat_passes(m, 1 + k, shape, sizes.batch)
+    patched = [replace(loss, rows=2 * n)] if sizes.sink_patch else []
     return [
         replace(text, rows=2 * n),
         replace(null, rows=2 * n),
-        replace(repeat, rows=3 * m),
+        replace(repeat, rows=(3 if sizes.sink_patch else 1) * m),
         control,
-        replace(loss, rows=2 * n),
+        *patched,
     ]

@@ -108,7 +108,6 @@ NOT_FINITE = {  # why a kind's interval can come out unbounded
     ),
 }
 FLOAT_NOISE = 1e-6  # relative size of a spread that is rounding, not data (studentized intervals)
-MIN_PROMPTS = 5  # default `report.bootstrap.min_prompts`: fewer contributing prompts give no interval
 _NORMAL = NormalDist()
 
 
@@ -344,8 +343,7 @@ def record_intervals(samples: dict[str, Sample], reported, settings) -> Interval
     have a sample, with `settings` = config `report.bootstrap` (n, level, seed, min_prompts). Logs the cost."""
     started = time.perf_counter()
     reps = resample(samples, int(settings.n), int(settings.seed))  # parts of composites included
-    min_prompts = int(getattr(settings, "min_prompts", MIN_PROMPTS))
-    out = checked_intervals(samples, reps, reported, float(settings.level), min_prompts)
+    out = checked_intervals(samples, reps, reported, float(settings.level), int(settings.min_prompts))
     seconds = time.perf_counter() - started
     log.info("bootstrap: %d intervals x %d replicates in %.3f s", len(out.ci), settings.n, seconds)
     return out

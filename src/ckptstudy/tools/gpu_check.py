@@ -57,7 +57,8 @@ from ckptstudy.params import check_family
 from ckptstudy.probes import cached_probes
 from ckptstudy.reference import eager_capture_stats
 from ckptstudy.tools.gpu_table import failures, markdown_table, render
-from ckptstudy.tools.plan import GPUS, load_machine, make_plan
+from ckptstudy.tools.machine import GPUS, load_machine
+from ckptstudy.tools.plan import make_plan
 
 RANDOM_SHAPES = {  # name -> (layers, d_model, heads, vocab, context); the Pythia yaml the plan reads (or None)
     "tiny": ((2, 64, 4, 2048, 256), None),

@@ -14,13 +14,13 @@ FLOPs, their peak activation memory, and the wall time on this machine and on a 
 that describes no passes is planned at 0 and named in a warning.
 
 The cost model (every number is an estimate; assumptions are printed with the plan):
-- FLOPs and peak memory of a pass: `ckptstudy.measure.cost` (eager attention also moves the [heads, s, s]
-  weights through memory about 6 times);
-- greedy decoding: a prefill, then per step max(FLOPs / rate, weights and KV-cache bytes / bandwidth) plus a
-  per-layer call overhead (Python and kernel launches);
-- this machine: the float32 matmul rate, memory bandwidth and per-layer overhead measured at plan time
-  (under a second), or the calibration `make bench` stored in outputs/bench/calibration.json on this CPU;
-  forward efficiency (achieved / matmul rate) from that calibration, else 0.7;
+- FLOPs and peak memory of a pass: `ckptstudy.measure.cost`; its seconds on a machine: `ckptstudy.tools.machine`
+  (FLOPs at the matmul rate of the model's width, vocabulary-wide log-softmax passes at their own rate, greedy
+  decoding per step max(FLOPs / rate, weights and static KV-cache bytes / bandwidth), per-layer and per-call
+  overheads; eager attention also moves the [heads, s, s] weights through memory about 6 times);
+- this machine: float32 matmul rates at inner widths 64-1024, the vocabulary-pass rate, memory bandwidth and call
+  overheads measured at plan time (a few seconds), or the calibration `make bench` stored in
+  outputs/bench/calibration.json on this CPU; forward efficiency (achieved / matmul rate) 0.7, assumed;
 - a GPU class: its published peak (bf16 tensor cores for dtype auto/bfloat16/float16, float32 otherwise)
   and bandwidth, at the efficiencies in GPU_EFFICIENCY (assumptions: no GPU was available to measure);
 - rows per call: every pass runs as many rows per call as the memory budget allows (`measure.budget.call_rows`,
@@ -28,7 +28,8 @@ The cost model (every number is an estimate; assumptions are printed with the pl
   for `auto` what a job would resolve: on this machine half of its available RAM now, on the GPU class 60% of
   its memory (assumed empty), each minus the weights;
 - natural loops: a share `--loop-share` (default 0.5) of the natural prompts loops, their targets start
-  half-way through the generation; the sink neuron patch runs (some neuron passes neuron_z);
+  half-way through the generation; the sink neuron patch runs (some neuron passes neuron_z; `--no-sink-patch`:
+  none does);
 - attention: checkpoints are loaded with `LOADED_ATTENTION` (SDPA), icl/, lowinfo/ and sink/ statistics use the
   fused path (capture_stats).
 """
@@ -38,11 +39,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from huggingface_hub import constants
@@ -50,157 +49,17 @@ from huggingface_hub import constants
 from ckptstudy.config import compose_config, model_shape
 from ckptstudy.measure.budget import CUDA_SHARE, GB, BudgetError, MemoryBudget, call_rows, resolve_budget
 from ckptstudy.measure.cost import LOADED_ATTENTION, Pass, Shape, pass_flops, pass_peak_bytes, probe_sizes
-from ckptstudy.measure.generation import greedy_generate
-from ckptstudy.metrics import describe_passes
+from ckptstudy.measure.precision import upcast_bytes
+from ckptstudy.metrics import describe_passes, family_compute_bytes
 from ckptstudy.model.hubcache import launcher_parallelism
-from ckptstudy.model.neox import make_neox
 from ckptstudy.sweeps import sweep_values, swept_steps, take_override
-
-CALIBRATION = Path("outputs") / "bench" / "calibration.json"
-
-# published peaks (dense, no sparsity): (bf16/fp16 tensor TFLOP/s, fp32 TFLOP/s, memory GB/s, memory GB)
-GPUS = {
-    "T4": (65.0, 8.1, 320.0, 16),
-    "L4": (121.0, 30.3, 300.0, 24),
-    "A10G": (70.0, 31.2, 600.0, 24),
-    "RTX-4090": (165.0, 82.6, 1008.0, 24),
-    "A100-40GB": (312.0, 19.5, 1555.0, 40),
-    "A100-80GB": (312.0, 19.5, 2039.0, 80),
-    "H100-SXM": (989.0, 67.0, 3350.0, 80),
-}
-GPU_EFFICIENCY = {"compute": 0.35, "bandwidth": 0.6, "layer_overhead_ms": 0.1, "call_overhead_ms": 2.0}  # assumed
-FORWARD_EFFICIENCY = 0.7  # achieved forward rate / float32 matmul rate on CPU when no bench calibration exists
-
-
-@dataclass
-class Machine:
-    """What the time estimate assumes about the hardware."""
-
-    name: str
-    gflops: float  # sustained forward rate (GFLOP/s) of large GEMM-bound passes
-    bandwidth_gbs: float  # memory bandwidth (GB/s)
-    layer_overhead_ms: float  # per layer and forward call (Python, kernel launches)
-    source: str  # how the numbers were obtained
-    call_overhead_ms: float = 0.0  # per forward call beyond its layers (masks, cache, rotary, outputs)
-
-
-def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> float:
-    if p.rows == 0:
-        return 0.0
-    d, s = shape.d_model, p.seq
-    rate = machine.gflops * 1e9
-    bandwidth = machine.bandwidth_gbs * 1e9
-    prefill = Pass(**{**asdict(p), "decode": 0})
-    per_call = (p.layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
-    seconds = pass_flops(prefill, shape) / rate + p.calls * per_call
-    if p.attention == "eager":  # [b, h, s, s] weights written and read ~6 times per layer
-        seconds += p.rows * p.layers * shape.n_heads * s * s * dtype_bytes * 6 / bandwidth * (3 if p.backward else 1)
-    weights = shape.params * dtype_bytes
-    for step in range(p.decode):
-        keys = s + step + 1
-        for start in range(0, p.rows, max(1, p.batch)):
-            b = min(p.batch, p.rows - start)
-            flops = b * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
-            cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
-            seconds += max(flops / rate, (weights + cache) / bandwidth)
-            seconds += (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
-    return seconds
-
-
-# ---------------------------------------------------------------- machine calibration
-
-
-def measure_machine(threads: int | None = None) -> Machine:
-    """This machine's float32 matmul rate, weight-streaming bandwidth and call overheads (a second or two)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    gflops = 2 * 1024**3 / best / 1e9
-    # decoding streams every weight once per step: a few rows times a 64 MB matrix, as in a decode step
-    weight, rows = torch.randn(4096, 4096), torch.randn(8, 4096)
-    rows @ weight
-    stream = min(_timed(lambda: rows @ weight) for _ in range(5))
-    bandwidth = weight.numel() * 4 / stream / 1e9
-    per_layer, per_call = _call_overheads_ms()
-    return Machine(
-        name=f"this machine ({cpu_name()}, {torch.get_num_threads()} threads)",
-        gflops=round(gflops * FORWARD_EFFICIENCY, 1),
-        bandwidth_gbs=round(bandwidth, 1),
-        layer_overhead_ms=round(per_layer, 3),
-        call_overhead_ms=round(per_call, 3),
-        source=f"measured at plan time: matmul {gflops:.0f} GFLOP/s x {FORWARD_EFFICIENCY} forward efficiency "
-        "(assumed), 8-row x 64 MB matmul bandwidth, decode-step call overheads of tiny models",
-    )
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _call_overheads_ms() -> tuple[float, float]:
-    """(per layer, per call) overhead of a cached one-token decode step with an attention mask, as greedy
-    decoding runs it: tiny GPT-NeoX models of 1 and 5 layers, 8 rows (the arithmetic is negligible)."""
-    import torch
-
-    steps = {}
-    for layers in (1, 5):
-        model = make_neox(64, 32, layers, 2, max_position_embeddings=128, seed=0).eval()
-        prompts = torch.randint(2, 64, (8, 8))
-        greedy_generate(model, prompts, 4, batch_size=8, desc=None)
-        best = min(
-            _timed(lambda m=model, p=prompts: greedy_generate(m, p, 16, batch_size=8, desc=None)) for _ in range(3)
-        )
-        steps[layers] = best / 16 * 1e3
-    per_layer = max((steps[5] - steps[1]) / 4, 0.0)
-    return per_layer, max(steps[1] - per_layer, 0.0)
-
-
-def cpu_name() -> str:
-    """The CPU model name (from /proc/cpuinfo, else the platform)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def load_machine(root: Path | None = None, measure: bool = True) -> Machine:
-    """The calibration `make bench` stored for this CPU and thread count, else a measurement now."""
-    import torch
-
-    path = (root or Path.cwd()) / CALIBRATION
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("cpu") == cpu_name() and stored.get("threads") == torch.get_num_threads():
-            return Machine(**stored["machine"])
-    if not measure:
-        return Machine("unmeasured", 50.0, 10.0, 0.2, "defaults")
-    return measure_machine()
-
-
-def gpu_machine(name: str, dtype: str) -> Machine:
-    if name not in GPUS:
-        raise ValueError(f"unknown GPU class {name!r}; choose one of {', '.join(GPUS)}")
-    tensor, fp32, bandwidth, _ = GPUS[name]
-    peak = fp32 if dtype == "float32" else tensor
-    return Machine(
-        name=name,
-        gflops=peak * 1e3 * GPU_EFFICIENCY["compute"],
-        bandwidth_gbs=bandwidth * GPU_EFFICIENCY["bandwidth"],
-        layer_overhead_ms=GPU_EFFICIENCY["layer_overhead_ms"],
-        call_overhead_ms=GPU_EFFICIENCY["call_overhead_ms"],
-        source=f"published peak {peak:g} TFLOP/s ({'fp32' if dtype == 'float32' else 'bf16 tensor'}) x "
-        f"{GPU_EFFICIENCY['compute']}, {bandwidth:g} GB/s x {GPU_EFFICIENCY['bandwidth']} (assumed, not measured)",
-    )
-
+from ckptstudy.tools.machine import (
+    GPUS,
+    Machine,
+    gpu_machine,
+    load_machine,
+    pass_seconds,
+)
 
 # ---------------------------------------------------------------- the plan
 
@@ -220,11 +79,11 @@ def dtype_bytes(dtype: str, device: str = "cpu") -> int:
     return {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
 
 
-def job_passes(cfg, shape: Shape, loop_share: float) -> tuple[dict[str, list[Pass]], list[str]]:
+def job_passes(cfg, shape: Shape, loop_share: float, sink_patch: bool = True) -> tuple[dict, list[str]]:
     """Every pass of one job by family, as each family describes them (`metrics.describe_passes` at the configured
     probe sizes); a pass several families share is counted once, under "<shared> (shared)", first. Also the
     enabled families that describe no passes (planned at 0)."""
-    return describe_passes(cfg.metrics, probe_sizes(cfg, shape.context, loop_share), shape)
+    return describe_passes(cfg.metrics, probe_sizes(cfg, shape.context, loop_share, sink_patch), shape)
 
 
 def machine_budget(value, machine: str, weights_bytes: float) -> MemoryBudget:
@@ -239,29 +98,35 @@ def machine_budget(value, machine: str, weights_bytes: float) -> MemoryBudget:
     return budget
 
 
-def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, nbytes: int):
-    """Each pass with the rows per call the budget gives it (`budget.call_rows`), and the passes that do not fit
-    one row (or group) per call."""
+def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, widths: dict[str, int]):
+    """Each pass with the rows per call the budget gives it (`budget.call_rows`, at its family's width `widths`
+    and beside that family's wider copy of the weights), and the passes that do not fit one row (or group) per
+    call."""
     out, refused = {}, []
     for family, items in passes.items():
         out[family] = []
+        room = budget.bytes - upcast_bytes(shape.params, widths["loaded"], widths[family])
         for p in items:
             try:
-                out[family].append(p.with_batch(call_rows(p, shape, budget.bytes, nbytes)))
+                out[family].append(p.with_batch(call_rows(p, shape, room, widths[family])))
             except BudgetError as err:
                 refused.append(f"{family}: {err}")
                 out[family].append(p.with_batch(1))
     return out, refused
 
 
-def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbytes: int) -> dict[str, dict]:
-    """FLOPs, seconds and peak transient bytes per family on `machine` (passes with their rows per call)."""
+def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, widths: dict[str, int]) -> dict:
+    """FLOPs, seconds and peak transient bytes per family on `machine` (passes with their rows per call, values of
+    `widths[family]` bytes), and the bytes a family's wider copy of the weights adds while it runs."""
     out = {}
     for family, items in passes.items():
+        nbytes = widths[family]
         out[family] = {
             "flops": sum(pass_flops(p, shape) for p in items),
             "seconds": sum(pass_seconds(p, shape, machine, nbytes) for p in items),
             "peak_bytes": max((pass_peak_bytes(p, shape, nbytes) for p in items), default=0.0),
+            "bytes_per_value": nbytes,
+            "upcast_bytes": upcast_bytes(shape.params, widths["loaded"], nbytes),
             "passes": [
                 {
                     "what": p.what,
@@ -280,7 +145,11 @@ def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, nbyt
 
 
 def make_plan(
-    overrides: list[str], gpu: str = "A100-80GB", loop_share: float = 0.5, machine: Machine | None = None
+    overrides: list[str],
+    gpu: str = "A100-80GB",
+    loop_share: float = 0.5,
+    machine: Machine | None = None,
+    sink_patch: bool = True,
 ) -> dict:
     """The plan of the sweep `ckptstudy -m <overrides>` would run, as a dict (what `ckptstudy-plan` prints)."""
     cfg, steps, seeds = planned_sweep(overrides)
@@ -288,7 +157,7 @@ def make_plan(
     shape = planned_shape(cfg.model)
     jobs = len(steps) * len(seeds)
     params = shape.params
-    passes, undescribed = job_passes(cfg, shape, loop_share)
+    passes, undescribed = job_passes(cfg, shape, loop_share, sink_patch)
     cpu_bytes, gpu_bytes = dtype_bytes(dtype, "cpu"), dtype_bytes(dtype, "cuda")
     gpu_m = gpu_machine(gpu, "float32" if dtype == "float32" else "bfloat16")
     cpu, cpu_refused = machine_side(cfg, passes, shape, machine or load_machine(), "cpu", cpu_bytes, jobs)
@@ -321,6 +190,7 @@ def make_plan(
         "warnings": warnings,
         "assumptions": {
             "loop_share": loop_share,
+            "sink_patch": sink_patch,
             "loaded_attention": LOADED_ATTENTION,
             "hub_bytes_per_param": int(cfg.model.file_bytes_per_param),
             "load_and_download_time": "not included (network and disk dependent)",
@@ -346,8 +216,10 @@ def machine_side(cfg, passes: list, shape: Shape, machine: Machine, device: str,
     """One machine's column of the plan (its budget, per-family estimates, job and sweep time, peak) and the
     passes that do not fit its budget."""
     budget = machine_budget(cfg.memory_budget, device, shape.params * dtype_size)
-    fitted, refused = resolved(passes, shape, budget, dtype_size)
-    families = estimate(fitted, shape, machine, dtype_size)
+    widths = {family: dtype_size for family in passes} | family_compute_bytes(cfg.metrics, dtype_size)
+    widths["loaded"] = dtype_size
+    fitted, refused = resolved(passes, shape, budget, widths)
+    families = estimate(fitted, shape, machine, widths)
     job = sum(f["seconds"] for f in families.values())
     side = {
         "machine": asdict(machine),
@@ -467,12 +339,22 @@ def _disk_lines(plan: dict) -> list[str]:
 def _memory_lines(plan: dict) -> list[str]:
     here, there = plan["cpu"]["budget"], plan["gpu"]["budget"]
     return [
-        f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine, "
-        f"{_bytes(plan['weights_bytes_gpu'])} on a GPU",
+        f"weights in memory: {_bytes(plan['weights_bytes_cpu'])} on this machine{_upcast(plan['cpu'])}, "
+        f"{_bytes(plan['weights_bytes_gpu'])} on a GPU{_upcast(plan['gpu'])}",
         f"memory budget (activations): {_bytes(here['bytes'])} on this machine ({here['how']}), "
         f"{_bytes(there['bytes'])} on {plan['gpu']['machine']['name']} ({there['how']})",
         f"families: {', '.join(plan['families'])}",
     ]
+
+
+def _upcast(side: dict) -> str:
+    """ " (+X while perturb computes in float32)" for the families that hold a wider copy of the weights."""
+    wider = [(f, c) for f, c in side["families"].items() if c.get("upcast_bytes")]
+    return "".join(
+        f" (+{_bytes(c['upcast_bytes'])} while {f} computes in {8 * c['bytes_per_value']}-bit floats, "
+        "out of the budget)"
+        for f, c in wider
+    )
 
 
 def _table_lines(plan: dict) -> list[str]:
@@ -506,7 +388,8 @@ def _footer_lines(plan: dict) -> list[str]:
         f"{machine['layer_overhead_ms']:.2f} ms per layer + {machine.get('call_overhead_ms', 0):.2f} ms per forward "
         f"call ({machine['source']})",
         f"{gpu_name}: {gpu['machine']['source']}",
-        f"assumed: {a['loop_share']:.0%} of natural prompts loop; checkpoints loaded with {a['loaded_attention']} "
+        f"assumed: {a['loop_share']:.0%} of natural prompts loop; the sink neuron patch "
+        f"{'runs' if a.get('sink_patch', True) else 'does not run'}; checkpoints loaded with {a['loaded_attention']} "
         "attention; every pass runs as many rows per call as the memory budget allows (peaks: activations, "
         "weights not included); download and load time not included",
     ]
@@ -538,10 +421,13 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=pythia-160m schedule=all")
     parser.add_argument("--gpu", default="A100-80GB", choices=sorted(GPUS), help="GPU class to estimate for")
     parser.add_argument("--loop-share", type=float, default=0.5, help="share of natural prompts assumed to loop")
+    parser.add_argument(
+        "--no-sink-patch", action="store_true", help="assume no sink neuron passes (sink's patch passes do not run)"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    plan = make_plan(args.overrides, gpu=args.gpu, loop_share=args.loop_share)
+    plan = make_plan(args.overrides, gpu=args.gpu, loop_share=args.loop_share, sink_patch=not args.no_sink_patch)
     print(json.dumps(plan, indent=1) if args.json else render(plan))
 
 
