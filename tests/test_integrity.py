@@ -5,8 +5,6 @@ through a fake HF cache, and the real micro suite's 22 checkpoints (no false ala
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 import torch
@@ -130,15 +128,15 @@ def test_offline_sweep_flags_exactly_the_copied_tensors(tmp_path, swapped_hub):
         env=swapped_hub,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = {s: json.loads((root / "default/records/pythia-14m" / f"step{s}.json").read_text()) for s in steps}
-    n_params = len(records[1000]["tensor_hashes"])
-    compared = n_params - len(records[1000]["constant_tensors"])
-    assert records[2000]["integrity"] == [{"step": 1000, "final": False, "tensors": [COPIED], "of": compared}]
-    assert records[3000]["integrity"] == [
+    records = {s: results.read_record(root / "default/records/pythia-14m" / f"step{s}.json") for s in steps}
+    n_params = len(records[1000].provenance.tensor_hashes)
+    compared = n_params - len(records[1000].provenance.constant_tensors)
+    assert records[2000].provenance.integrity == [{"step": 1000, "final": False, "tensors": [COPIED], "of": compared}]
+    assert records[3000].provenance.integrity == [
         {"step": 143000, "final": True, "tensors": ["lm_head.weight"], "of": compared}
     ]
-    assert records[1000]["integrity"] == [] and records[4000]["integrity"] == []  # control: no flag
-    assert all(r["identical_weights_as"] == [] for r in records.values())
+    assert records[1000].provenance.integrity == [] and records[4000].provenance.integrity == []  # control: no flag
+    assert all(r.provenance.identical_weights_as == [] for r in records.values())
     # the table and the summary see every pair, including the earlier step of each
     table = pd.read_csv(root / "default" / results.TABLE_NAME, dtype={"integrity": str}).set_index("step")
     table["integrity"] = table["integrity"].fillna("")
@@ -161,6 +159,6 @@ def test_real_training_checkpoints_raise_no_false_alarm(micro_suite):
         hashes = hash_weights(checkpoints.load_model(source))
         records.append(_record(source.step, hashes.tensors, hashes.constant, model="micro"))
     assert len(records) == 22
-    assert records[0]["constant_tensors"] and not records[-1]["constant_tensors"]
+    assert records[0].provenance.constant_tensors and not records[-1].provenance.constant_tensors
     assert results.tensor_equalities(records, {"micro": 1600}) == {}
     assert results.identical_weight_groups(records) == {}
