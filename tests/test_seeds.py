@@ -25,7 +25,7 @@ MIDDLES = {0: 4, 1: 128, 2: 8}  # seed -> the step around which its rate rises: 
 
 
 def write_seeded_study(root, study: str = "seeded") -> None:
-    """Records of model `small` trained with seeds 0, 1, 2, written the way jobs write them (`fingerprint.identity`:
+    """Records of model `small` trained with seeds 0, 1, 2, written the way jobs write them (`fingerprint.identify`:
     model = the run, base_model, seed)."""
     rng = np.random.default_rng(0)
     for seed, middle in MIDDLES.items():

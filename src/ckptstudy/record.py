@@ -298,8 +298,11 @@ def read_sections(record: Record, names: list[str]) -> dict[str, dict]:
         log.warning("record %s: its arrays file %s is missing: no arrays read", record.path, path.name)
         return out
     with np.load(path) as data:
-        members = {name: data[name] for name in data.files}
-    sections = format1_sections(record, members) if record.format == 1 else split_sections(members)
+        if record.format == 1:  # the sections are told apart by shape: every array is read
+            sections = format1_sections(record, {name: data[name] for name in data.files})
+        else:  # only the members of the asked sections are decompressed
+            prefixes = tuple(f"{name}/" for name in names)
+            sections = split_sections({n: data[n] for n in data.files if n.startswith(prefixes)})
     return {name: sections[name] for name in names}
 
 
