@@ -12,6 +12,7 @@ import torch
 from ckptstudy import results
 from ckptstudy.model import checkpoints
 from ckptstudy.model.checkpoints import hash_weights, is_constant, tensor_sha256
+from ckptstudy.record import Identity, Provenance, Record
 from conftest import run_cli, tiny_neox
 from test_hub_loading import REPO_ID, make_fake_hub_cache
 
@@ -53,16 +54,12 @@ def test_weights_hash_is_over_every_tensor():
     assert checkpoints.weights_sha256(a) == hash_weights(a).weights_sha256
 
 
-def _record(step: int, tensors: dict[str, str], constant=(), model: str = "m") -> dict:
+def _record(step: int, tensors: dict[str, str], constant=(), model: str = "m") -> Record:
     whole = "|".join(f"{k}={v}" for k, v in sorted(tensors.items()))
-    return {
-        "model": model,
-        "step": step,
-        "weights_sha256": whole,
-        "weights_hash_version": 2,
-        "tensor_hashes": tensors,
-        "constant_tensors": list(constant),
-    }
+    found = Provenance(
+        weights_sha256=whole, weights_hash_version=2, tensor_hashes=tensors, constant_tensors=list(constant)
+    )
+    return Record(Identity(model, step), provenance=found)
 
 
 def test_one_copied_tensor_is_flagged_with_both_steps_and_only_it():
@@ -92,8 +89,8 @@ def test_nothing_copied_gives_no_flag_and_a_tensor_of_the_final_step_is_marked()
 
 
 def test_old_and_new_weight_hashes_never_compare():
-    old = {"model": "m", "step": 1, "weights_sha256": "ab"}  # version 1: no weights_hash_version
-    new = {"model": "m", "step": 2, "weights_sha256": "ab", "weights_hash_version": 2}
+    old = Record(Identity("m", 1), provenance=Provenance(weights_sha256="ab"))  # version 1: no weights_hash_version
+    new = Record(Identity("m", 2), provenance=Provenance(weights_sha256="ab", weights_hash_version=2))
     assert results.identical_weight_groups([old, new]) == {}
     assert results.weights_key(old) == (1, "ab") and results.weights_key(new) == (2, "ab")
 
