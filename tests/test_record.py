@@ -156,6 +156,22 @@ def test_a_format1_record_is_read_through_the_converter_with_every_field_in_its_
     assert set(shapeless.heads()) == {"a/score", "a/ids"} and set(shapeless.raw()) == {"a/by_class", "a/periods"}
 
 
+def test_a_format1_record_rewritten_is_converted_with_its_arrays(tmp_path):
+    record, arrays = full_record()
+    path = tmp_path / "step8.json"
+    write_format1(path, record, arrays)
+    old = results.read_record(path)
+    old.outcome.warnings.append("rewritten")
+    results.write_record(path, old)  # no arrays given: a format-2 JSON must not name the format-1 npz
+    back = results.read_record(path)
+    assert (
+        back.format == FORMAT and back.outcome.warnings == ["w", "rewritten"] and results.arrays_mismatch(back) is None
+    )
+    with np.load(back.arrays_path) as npz:
+        assert "heads/a/score" in npz.files and "samples/a/x/spec" in npz.files and "a__score" not in npz.files
+    assert statistic("a/x", back.samples()) == 0.5 and set(back.heads()) == set(old.heads())
+
+
 def test_a_format1_record_is_never_reused_and_a_current_one_is():
     record, _ = full_record()
     current = dataclasses.replace(record, outcome=Outcome("ok"))

@@ -30,7 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ckptstudy.model.checkpoints import available_steps
-from ckptstudy.record import ArraysFile, Record, RecordArrays, arrays_sha256, from_json, npz_bytes
+from ckptstudy.record import FORMAT, ArraysFile, Record, RecordArrays, arrays_sha256, from_json, npz_bytes
 
 TABLE_NAME = "trajectories.csv"
 RECORD_COLUMNS = [
@@ -188,8 +188,11 @@ def arrays_mismatch(record: Record) -> str | None:
 
 def write_record(path: Path, record: Record, arrays: RecordArrays | None = None) -> Record:
     """Write the arrays (if any) then the record, each atomically; returns the record as written (it names its
-    arrays file and its path). Without `arrays`, the record keeps the arrays file it names (a rewrite)."""
+    arrays file and its path). Without `arrays`, the record keeps the arrays file it names (a rewrite), except a
+    record read in an older format: its arrays are rewritten in the current layout with it."""
     path = Path(path)
+    if arrays is None and record.format != FORMAT and record.arrays is not None:
+        arrays = RecordArrays(record.heads(), record.raw(), record.samples())
     members = arrays.members() if arrays is not None else {}
     if members:
         arrays_path = path.with_suffix(".npz")
@@ -197,7 +200,7 @@ def write_record(path: Path, record: Record, arrays: RecordArrays | None = None)
         atomic_write_bytes(arrays_path, data)
         record.arrays = ArraysFile(arrays_path.name, arrays_sha256(data))
     atomic_write_bytes(path, record.to_bytes())
-    record.path = path
+    record.path, record.format = path, FORMAT
     return record
 
 
