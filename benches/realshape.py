@@ -63,38 +63,40 @@ def write_fake_pythia(cache: Path, name: str, steps: list[int], tokenizer_dir: P
     return folder
 
 
-def run_sweep(name: str, steps: list[int], cache: Path, root: Path, overrides: list[str]) -> list[dict]:
-    """The default multirun over `steps` of the fake EleutherAI/<name>, offline; the records."""
+def run_sweep(name: str, steps: list[int], cache: Path, root: Path, overrides: list[str]) -> list:
+    """The default multirun over `steps` of the fake EleutherAI/<name>, offline; the records (`Record`)."""
+    from ckptstudy import results
+
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     args = ["-m", f"model={name}", "step=" + ",".join(map(str, steps)), "logger=none", f"paths.root={root}"]
     proc = subprocess.run(
         [sys.executable, "-m", "ckptstudy", *args, *overrides], cwd=REPO, env=env, capture_output=True, text=True
     )
-    records = [json.loads(p.read_text()) for p in sorted(root.glob(f"*/records/{name}/step*.json"))]
+    records = [results.read_record(p) for p in sorted(root.glob(f"*/records/{name}/step*.json"))]
     if proc.returncode or len(records) != len(steps):
         raise RuntimeError(f"the sweep over {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return records
 
 
-def found_outcomes(records: list[dict]) -> dict:
+def found_outcomes(records: list) -> dict:
     """What the plan must assume to price the work these jobs did: the share of natural prompts that looped
     (rep/natural_rate, the worst record) and whether the sink patch ran (some sink neuron found). A random-init
     model loops and has sink neurons at its own rates; planning with the default assumptions would compare the
     cost model against different work."""
-    shares = [r["metrics"].get("rep/natural_rate", math.nan) for r in records]
-    neurons = [r["metrics"].get("sink/n_sink_neurons", 1) for r in records]
+    shares = [r.scalars.metrics.get("rep/natural_rate", math.nan) for r in records]
+    neurons = [r.scalars.metrics.get("sink/n_sink_neurons", 1) for r in records]
     finite = [s for s in shares if math.isfinite(s)]
     return {"loop_share": max(finite) if finite else 0.5, "sink_patch": any(n > 0 for n in neurons)}
 
 
-def compare(records: list[dict], plan: dict, tolerance: float) -> tuple[list[dict], list[str]]:
+def compare(records: list, plan: dict, tolerance: float) -> tuple[list[dict], list[str]]:
     """Per family: measured seconds and peak (the worst over the records) beside the plan's, the ratios, and
     the ratios off by more than `tolerance`."""
     rows, off = [], []
     families = plan["cpu"]["families"]
     for family, predicted in families.items():
         label = "natural generation (shared)" if family.startswith("natural generation") else family
-        measured = [r["cost"][label] for r in records if label in r.get("cost", {})]
+        measured = [r.provenance.cost[label] for r in records if label in (r.provenance.cost or {})]
         if not measured or predicted["flops"] == 0:
             continue
         seconds = max(m["seconds"] for m in measured)
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models.split(","):
             write_fake_pythia(cache, name, steps)
             records = run_sweep(name, steps, cache, Path(tmp) / name, overrides)
-            bad = [r["step"] for r in records if r["status"] != "ok"]
+            bad = [r.step for r in records if not r.ok]
             if bad:
                 failures.append(f"{name}: records not ok at steps {bad}")
             plan = make_plan([f"model={name}", f"step={steps[0]}", *overrides], **found_outcomes(records))
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = {
                 "steps": steps,
                 "families": rows,
-                "budget": records[0].get("memory_budget"),
+                "budget": records[0].provenance.memory_budget,
                 "planned_with": found_outcomes(records),
             }
             print(table(name, rows), flush=True)

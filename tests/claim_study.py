@@ -25,6 +25,7 @@ import numpy as np
 
 from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.record import Identity, Outcome, Provenance, Record, RecordArrays, Scalars
 from ckptstudy.stats.bootstrap import Sample
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -66,21 +67,18 @@ def write_claim_study(root: Path, study: str = "claims", models: dict[str, float
             found = measured.intervals(SimpleNamespace(**SETTINGS))
             ci, reasons = found.ci, found.reasons
             config = {"model": {"name": model, "n_layers": 1, "n_heads": 1, "tokens_per_step": 100}}
-            record = {
-                "model": model,
-                "step": step,
-                "study": study,
-                "status": "ok",
-                "config": config,
-                "config_hash": "claims",
-                "metrics": measured.scalars,
-                "nan_reasons": measured.nan_reasons,
-                "no_interval": measured.no_interval,
-                "ci": ci,
-                "ci_reasons": reasons,
-                "weights_sha256": f"{model}{step}",
-                "seconds": 1.0,
-                "finished_at": "2026-01-01T00:00:00",
-            }
-            results.write_record(results.record_path(root, study, model, step), record, measured.saved_arrays())
+            record = Record(
+                Identity(model, step, study),
+                Outcome(status="ok", seconds=1.0, finished_at="2026-01-01T00:00:00"),
+                Scalars(
+                    metrics=measured.scalars,
+                    nan_reasons=measured.nan_reasons,
+                    no_interval=measured.no_interval,
+                    ci=ci,
+                    ci_reasons=reasons,
+                ),
+                Provenance(config=config, config_hash="claims", weights_sha256=f"{model}{step}"),
+            )
+            path = results.record_path(root, study, model, step)
+            results.write_record(path, record, RecordArrays.of(measured))
     return root / study

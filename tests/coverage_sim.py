@@ -242,7 +242,7 @@ def write_populations(records: Path, out: Path = POPULATIONS) -> None:
     (a study's records/micro directory) as one npz: `step<N>/bootstrap/<key>/...`."""
     arrays = {}
     for step, keys in RECORD_KEYS.items():
-        samples = bootstrap.decode(results.read_arrays(records / f"step{step}.json"))
+        samples = results.read_record(records / f"step{step}.json").samples()
         keep = {k for key in keys for k in bootstrap._closure(key, samples)}
         for key in sorted(keep):
             arrays.update({f"step{step}/{name}": a for name, a in bootstrap.encode(key, samples[key]).items()})
@@ -501,8 +501,7 @@ def cost(records: Path, steps=(0, 512, 1600), rounds: int = 3) -> list[str]:
     and AFTER side by side in one process, alternating, best of `rounds`: one line per step."""
     lines = []
     for step in steps:
-        stored = results.read_arrays(records / f"step{step}.json")
-        samples = bootstrap.decode(stored)
+        samples = results.read_record(records / f"step{step}.json").samples()
         reported = set(bootstrap.full_statistics(samples))
         best = {}
         for _ in range(rounds):

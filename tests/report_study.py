@@ -13,6 +13,7 @@ import numpy as np
 from ckptstudy import results
 from ckptstudy.config import compose_config
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.record import Identity, Outcome, Provenance, Record, RecordArrays, Scalars
 from ckptstudy.stats.bootstrap import Sample
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -47,23 +48,22 @@ def write_study(root: Path, study: str = "demo") -> Path:
         for step in STEPS:
             path = results.record_path(root, study, model, step)
             config = {"model": {"name": model, "n_layers": 2, "n_heads": 2, "tokens_per_step": tokens}, "seed": 0}
-            record = {"model": model, "step": step, "study": study, "config": config, "config_hash": "abc"}
+            record = Record(Identity(model, step, study), provenance=Provenance(config=config, config_hash="abc"))
             if model == "large" and step == 64:
-                record.update(status="failed", error={"type": "OSError", "message": "disk on fire", "traceback": "T"})
+                record.outcome.status = "failed"
+                record.outcome.error = {"type": "OSError", "message": "disk on fire", "traceback": "T"}
                 results.write_record(path, record)
                 continue
             measured = checkpoint_result(step, middle, rng)
             sha = "same" if (model == "large" and step in (128, 256)) else f"{model}{step}"
-            record.update(
-                status="ok",
+            record.outcome = Outcome(status="ok", seconds=1.5, finished_at=f"2026-01-01T00:00:{step % 60:02d}")
+            record.scalars = Scalars(
                 metrics=measured.scalars,
                 nan_reasons=measured.nan_reasons,
-                weights_sha256=sha,
-                seconds=1.5,
-                finished_at=f"2026-01-01T00:00:{step % 60:02d}",
                 ci=measured.intervals(SimpleNamespace(**SETTINGS)).ci,
             )
-            results.write_record(path, record, measured.saved_arrays())
+            record.provenance.weights_sha256 = sha
+            results.write_record(path, record, RecordArrays.of(measured))
     return root / study
 
 

@@ -57,17 +57,17 @@ def test_a_job_runs_every_family_on_each_architecture(model_type, hub_cache, off
         ]
     )
     record = run_job(cfg)
-    assert record["status"] == "ok", record.get("error")
-    assert record["revision"] == f"{repo}@{branch}"
+    assert record.outcome.status == "ok", record.outcome.error
+    assert record.identity.revision == f"{repo}@{branch}"
     seed = cfg.model.seed
-    assert record["model"] == (name if seed in (None, 0) else f"{name}@seed{seed}") and record["seed"] == seed
-    metrics = record["metrics"]
+    assert record.model == (name if seed in (None, 0) else f"{name}@seed{seed}") and record.identity.seed == seed
+    metrics = record.scalars.metrics
     assert sorted({key.split("/")[0] for key in metrics}) == FAMILIES
     nan = [key for key, value in metrics.items() if isinstance(value, float) and math.isnan(value)]
-    assert set(nan) <= set(record["nan_reasons"])  # every NaN carries its reason
+    assert set(nan) <= set(record.scalars.nan_reasons)  # every NaN carries its reason
     assert len(nan) < len(metrics) / 3
     assert math.isfinite(metrics["icl/induction_max"]) and math.isfinite(metrics["rep/loop_fraction"])
     if model_type == "olmo2":  # post-norm: no per-neuron write, and the record says why
-        assert "post-norm" in record["nan_reasons"]["sink/neuron_share_max"]
+        assert "post-norm" in record.scalars.nan_reasons["sink/neuron_share_max"]
     else:
         assert math.isfinite(metrics["sink/neuron_share_max"])

@@ -12,8 +12,9 @@ import torch
 
 from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
+from ckptstudy.record import Identity, Record, RecordArrays
 from ckptstudy.stats import bootstrap, intervals, specialization
-from ckptstudy.stats.bootstrap import Sample, decode, encode, replicates, resample, statistic
+from ckptstudy.stats.bootstrap import Sample, encode, replicates, resample, statistic
 from ckptstudy.stats.intervals import percentile as interval
 
 RNG = np.random.default_rng(0)
@@ -131,15 +132,18 @@ def test_samples_are_saved_with_the_record_and_read_back(tmp_path):
     result.stat("a/ratio", Sample("ratio", of=("a/num", "a/max")), None)
     assert result.scalars["a/max"] == pytest.approx(HEADS.mean(0).max(), rel=1e-12) and "a/num" not in result.scalars
     path = tmp_path / "step1.json"
-    results.write_record(path, {"step": 1}, result.saved_arrays())
-    loaded = decode(results.read_arrays(path))
+    results.write_record(path, Record(Identity("m", 1)), RecordArrays.of(result))
+    record = results.read_record(path)
+    loaded = record.samples()
     assert set(loaded) == {"a/max", "a/num", "a/ratio"}
     assert loaded["a/ratio"].of == ("a/num", "a/max") and loaded["a/num"].prompts == "natural"
     np.testing.assert_array_equal(loaded["a/num"].weights, np.ones(8))
     for key in loaded:
         assert statistic(key, loaded) == statistic(key, result.samples)
-    assert bootstrap.without_samples(results.read_arrays(path)) == {}
+    assert record.heads() == {} and record.raw() == {}
     assert set(encode("a/max", result.samples["a/max"])) == {"bootstrap/a/max/spec", "bootstrap/a/max/values"}
+    with np.load(record.arrays_path) as stored:  # the npz keeps the samples in their own section
+        assert {"samples/a/max/spec", "samples/a/max/values", "samples/a/num/weights"} <= set(stored.files)
 
 
 def test_record_intervals_cover_the_reported_statistics():
@@ -278,8 +282,8 @@ def test_borrowed_values_are_stored_once_and_resample_with_their_source(tmp_path
     for key, sample in samples.items():
         result.stat(key, sample, None)
     path = tmp_path / "step2.json"
-    results.write_record(path, {"step": 2}, result.saved_arrays())
-    loaded = decode(results.read_arrays(path))
+    results.write_record(path, Record(Identity("m", 2)), RecordArrays.of(result))
+    loaded = results.read_record(path).samples()
     for key in samples:
         assert statistic(key, loaded) == statistic(key, samples)
     del loaded["a/max"]  # a borrower whose source is gone has no statistic

@@ -41,7 +41,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("claims")
     write_claim_study(root, "claims", {"m": 20, "late": 400})
     loaded = load_study(root, "claims")
-    resampled = resample_records(loaded.records, loaded.arrays, SETTINGS)
+    resampled = resample_records(loaded.records, SETTINGS)
     table = trajectory_table(loaded, resampled.intervals, None, 0.0)
     return {"records": loaded.records, "resampled": resampled, "table": table}
 

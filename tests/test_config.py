@@ -112,9 +112,9 @@ def test_step_not_in_the_schedule_names_the_nearest_steps():
 def test_job_refuses_a_bad_step_before_loading(tmp_path):
     cfg = compose_config([f"paths.root={tmp_path}", "model=pythia-160m", "step=1234", "logger=none"])
     record = run_job(cfg)
-    assert record["status"] == "failed"
-    assert "step=1234" in record["error"]["message"] and "1000" in record["error"]["message"]
-    assert "weights_sha256" not in record  # nothing was loaded
+    assert record.outcome.status == "failed"
+    assert "step=1234" in record.outcome.error["message"] and "1000" in record.outcome.error["message"]
+    assert record.provenance.weights_sha256 is None  # nothing was loaded
 
 
 def test_paper_preset_reproduces_the_paper_setup():

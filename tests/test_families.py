@@ -26,6 +26,7 @@ import ckptstudy.metrics
 from ckptstudy.config import CONF_DIR, compose_config, validate
 from ckptstudy.metrics import UNEXPLAINED, FamilyResult
 from ckptstudy.params import Choice, Each, MetricConfigError, Range, check_family, parameters
+from ckptstudy.record import RecordArrays
 from ckptstudy.stats.bootstrap import Sample
 
 TESTS = Path(__file__).parent
@@ -151,9 +152,11 @@ def test_a_bad_value_is_refused_before_anything_is_resolved(tmp_path):
     cfg = compose_config([f"paths.root={tmp_path}", "logger=none"])
     cfg.metrics.low_info.quantile = 1.5  # as a job would get it from a launcher, after composition
     record = run_job(cfg)
-    assert record["status"] == "failed" and record["error"]["type"] == "MetricConfigError"
-    assert record["error"]["message"] == "metrics.low_info.quantile=1.5 is not valid; valid: a number in (0, 1)"
-    assert "revision" not in record and "weights_sha256" not in record  # no step resolved, nothing loaded
+    assert record.outcome.status == "failed" and record.outcome.error["type"] == "MetricConfigError"
+    assert record.outcome.error["message"] == "metrics.low_info.quantile=1.5 is not valid; valid: a number in (0, 1)"
+    assert (
+        record.identity.revision is None and record.provenance.weights_sha256 is None
+    )  # no step resolved, nothing loaded
 
 
 # --- FamilyResult: samples first --------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def test_parts_are_saved_but_not_reported():
     result.stat("f/b", Sample("mean", np.array([0.5, 0.5]), prompts="p"), None)
     result.stat("f/diff", Sample("difference", of=("f/a", "f/b")), None)
     assert result.scalars == {"f/b": 0.5, "f/diff": 1.5}
-    assert {"bootstrap/f/a/values", "bootstrap/f/diff/spec"} <= set(result.saved_arrays())
+    assert {"samples/f/a/values", "samples/f/diff/spec"} <= set(RecordArrays.of(result).members())
     merged = FamilyResult()
     merged.update(result)
     assert merged.scalars == result.scalars and set(merged.samples) == {"f/a", "f/b", "f/diff"}
@@ -238,12 +241,12 @@ def test_the_readme_template_is_a_family_a_job_runs(tmp_path, micro_suite, monke
     with pytest.raises(MetricConfigError, match=rf"^metrics\.{name}\.{key}=0 is not valid"):
         compose_config([*overrides, f"metrics.{name}.{key}=0"])
     record = run_job(compose_config([*overrides, *where]))
-    assert record["status"] == "ok", record.get("error")
-    assert record["definitions"][name] == module.DEFINITION_VERSION
-    assert record["family_dtypes"] == {name: "float32"}  # what it computed in (a float32 job)
-    stats = [k for k in record["metrics"] if k not in record["no_interval"]]
-    assert stats and all(record["ci"][k][0] <= record["metrics"][k] <= record["ci"][k][1] for k in stats)
-    assert record["no_interval"] and all(len(why) > 10 for why in record["no_interval"].values())
+    assert record.outcome.status == "ok", record.outcome.error
+    assert record.provenance.definitions[name] == module.DEFINITION_VERSION
+    assert record.provenance.family_dtypes == {name: "float32"}  # what it computed in (a float32 job)
+    stats = [k for k in record.scalars.metrics if k not in record.scalars.no_interval]
+    assert stats and all(record.scalars.ci[k][0] <= record.scalars.metrics[k] <= record.scalars.ci[k][1] for k in stats)
+    assert record.scalars.no_interval and all(len(why) > 10 for why in record.scalars.no_interval.values())
     plan = make_plan(overrides, machine=Machine("fixed", 100.0, 10.0, 0.2, "test"))
     assert plan["cpu"]["families"][name]["flops"] > 0 and plan["warnings"] == []
 

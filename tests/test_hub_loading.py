@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from ckptstudy import results
 from conftest import run_cli, tiny_neox
 
 REPO_ID = "FakeOrg/tiny-neox"
@@ -54,19 +54,18 @@ def test_offline_hub_sweep_loads_each_revision_and_flags_identical_weights(tmp_p
         env=fake_hub,
     )
     records = {
-        s: json.loads((root / "default/records/pythia-14m" / f"step{s}.json").read_text())
-        for s in (1000, 2000, 4000, 8000)
+        s: results.read_record(root / "default/records/pythia-14m" / f"step{s}.json") for s in (1000, 2000, 4000, 8000)
     }
-    assert [records[s]["status"] for s in (1000, 2000, 4000)] == ["ok"] * 3, proc.stdout + proc.stderr
-    assert records[1000]["revision"] == f"{REPO_ID}@step1000"
-    assert records[1000]["weights_sha256"] == records[2000]["weights_sha256"]
-    assert records[1000]["weights_sha256"] != records[4000]["weights_sha256"]
-    assert records[2000]["identical_weights_as"] == [1000]
+    assert [records[s].outcome.status for s in (1000, 2000, 4000)] == ["ok"] * 3, proc.stdout + proc.stderr
+    assert records[1000].identity.revision == f"{REPO_ID}@step1000"
+    assert records[1000].provenance.weights_sha256 == records[2000].provenance.weights_sha256
+    assert records[1000].provenance.weights_sha256 != records[4000].provenance.weights_sha256
+    assert records[2000].provenance.identical_weights_as == [1000]
     assert "weights identical to step(s) 1000" in proc.stdout
     # a revision that is not cached fails fast, naming repo, revision and the fix
     failed = records[8000]
-    assert failed["status"] == "failed"
-    message = failed["error"]["message"]
+    assert failed.outcome.status == "failed"
+    message = failed.outcome.error["message"]
     assert REPO_ID in message and "step8000" in message and "HF_HUB_OFFLINE" in message
     assert proc.returncode == 1 and "failed" in proc.stderr
 
@@ -105,8 +104,8 @@ def run_in_process(overrides: list[str], root: Path) -> dict:
 
 def test_single_run_without_cache_fails_fast_with_the_fix(offline_empty_hub):
     record = run_in_process(["model=pythia-160m", "step=1000"], offline_empty_hub / "out")
-    message = record["error"]["message"]
-    assert record["status"] == "failed" and record["error"]["type"] == "CheckpointError"
+    message = record.outcome.error["message"]
+    assert record.outcome.status == "failed" and record.outcome.error["type"] == "CheckpointError"
     assert "EleutherAI/pythia-160m" in message and "step1000" in message and "HF_HUB_OFFLINE" in message
 
 
@@ -116,8 +115,8 @@ def test_local_checkpoint_missing_is_a_clear_failure(tmp_path):
         ["model=pythia-14m", "model.source=local", f"model.path='{missing}/step{{step}}'", "step=1000"],
         tmp_path / "out",
     )
-    assert record["status"] == "failed"
-    assert "missing checkpoint" in record["error"]["message"] and str(missing) in record["error"]["message"]
+    assert record.outcome.status == "failed"
+    assert "missing checkpoint" in record.outcome.error["message"] and str(missing) in record.outcome.error["message"]
 
 
 def test_unreachable_hub_without_cache_fails_fast(tmp_path, monkeypatch):
@@ -133,7 +132,7 @@ def test_unreachable_hub_without_cache_fails_fast(tmp_path, monkeypatch):
     checkpoints._hub_reachable.cache_clear()
     record = run_in_process(["model=pythia-70m", "step=2000"], tmp_path / "out")
     checkpoints._hub_reachable.cache_clear()
-    message = record["error"]["message"]
+    message = record.outcome.error["message"]
     assert "EleutherAI/pythia-70m revision step2000" in message and "cannot be reached" in message
 
 

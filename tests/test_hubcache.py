@@ -13,6 +13,7 @@ import pytest
 from huggingface_hub import scan_cache_dir
 
 import fake_hub
+from ckptstudy import results
 from ckptstudy.model import hubcache
 from ckptstudy.model.hubcache import JobDisk, Revision
 from conftest import run_cli
@@ -127,8 +128,10 @@ def test_bad_prefetch_ahead_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigValueError, match=r"checkpoints.prefetch_ahead=-1 .*>= 0"):
         compose_config(overrides)  # at composition
     record = run_job(compose_config(overrides, check=False))  # a job handed the value anyway refuses it too
-    assert record["status"] == "failed" and "weights_sha256" not in record
-    assert "checkpoints.prefetch_ahead=-1" in record["error"]["message"] and ">= 0" in record["error"]["message"]
+    assert record.outcome.status == "failed" and record.provenance.weights_sha256 is None
+    assert (
+        "checkpoints.prefetch_ahead=-1" in record.outcome.error["message"] and ">= 0" in record.outcome.error["message"]
+    )
 
 
 def test_eviction_waits_for_a_download_in_progress(cache, remote):
@@ -182,7 +185,7 @@ def _sweep_env(tmp_path: Path, cache: Path, remote: Path, **spec) -> dict:
 
 
 def _records(root: Path, steps) -> dict:
-    return {s: json.loads((root / "default/records/pythia-14m" / f"step{s}.json").read_text()) for s in steps}
+    return {s: results.read_record(root / "default/records/pythia-14m" / f"step{s}.json") for s in steps}
 
 
 def test_sweep_prefetches_the_next_revision_and_evicts_each_after_its_record(tmp_path, remote):
@@ -194,7 +197,7 @@ def test_sweep_prefetches_the_next_revision_and_evicts_each_after_its_record(tmp
     args += ["checkpoints.prefetch_ahead=1", "logger=none", "experiment=smoke", "metrics=[repetition]", "study=default"]
     proc = run_cli(args, tmp_path / "out", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert all(r["status"] == "ok" for r in _records(tmp_path / "out", steps).values())
+    assert all(r.outcome.status == "ok" for r in _records(tmp_path / "out", steps).values())
     log = fake_hub.read_log(tmp_path / "downloads.jsonl")
     calls = [(e["revision"], e["thread"], e["ok"]) for e in log]
     assert calls == [
@@ -222,7 +225,7 @@ def test_parallel_jobs_share_the_cache_without_breaking_it(tmp_path, remote):
     args += ["metrics=[repetition]", "study=default"]
     proc = run_cli(args, tmp_path / "out", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert all(r["status"] == "ok" for r in _records(tmp_path / "out", steps).values())
+    assert all(r.outcome.status == "ok" for r in _records(tmp_path / "out", steps).values())
     log = fake_hub.read_log(tmp_path / "downloads.jsonl")
     assert sorted({e["revision"] for e in log}) == ["step2000", "step3000", "step4000", "step5000"]
     assert max(len(set(e["cached"]) - {commit_of("step1000")}) for e in log) <= 4

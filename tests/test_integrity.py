@@ -5,8 +5,6 @@ through a fake HF cache, and the real micro suite's 22 checkpoints (no false ala
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +12,7 @@ import torch
 from ckptstudy import results
 from ckptstudy.model import checkpoints
 from ckptstudy.model.checkpoints import hash_weights, is_constant, tensor_sha256
+from ckptstudy.record import Identity, Provenance, Record
 from conftest import run_cli, tiny_neox
 from test_hub_loading import REPO_ID, make_fake_hub_cache
 
@@ -55,16 +54,12 @@ def test_weights_hash_is_over_every_tensor():
     assert checkpoints.weights_sha256(a) == hash_weights(a).weights_sha256
 
 
-def _record(step: int, tensors: dict[str, str], constant=(), model: str = "m") -> dict:
+def _record(step: int, tensors: dict[str, str], constant=(), model: str = "m") -> Record:
     whole = "|".join(f"{k}={v}" for k, v in sorted(tensors.items()))
-    return {
-        "model": model,
-        "step": step,
-        "weights_sha256": whole,
-        "weights_hash_version": 2,
-        "tensor_hashes": tensors,
-        "constant_tensors": list(constant),
-    }
+    found = Provenance(
+        weights_sha256=whole, weights_hash_version=2, tensor_hashes=tensors, constant_tensors=list(constant)
+    )
+    return Record(Identity(model, step), provenance=found)
 
 
 def test_one_copied_tensor_is_flagged_with_both_steps_and_only_it():
@@ -94,8 +89,8 @@ def test_nothing_copied_gives_no_flag_and_a_tensor_of_the_final_step_is_marked()
 
 
 def test_old_and_new_weight_hashes_never_compare():
-    old = {"model": "m", "step": 1, "weights_sha256": "ab"}  # version 1: no weights_hash_version
-    new = {"model": "m", "step": 2, "weights_sha256": "ab", "weights_hash_version": 2}
+    old = Record(Identity("m", 1), provenance=Provenance(weights_sha256="ab"))  # version 1: no weights_hash_version
+    new = Record(Identity("m", 2), provenance=Provenance(weights_sha256="ab", weights_hash_version=2))
     assert results.identical_weight_groups([old, new]) == {}
     assert results.weights_key(old) == (1, "ab") and results.weights_key(new) == (2, "ab")
 
@@ -130,15 +125,15 @@ def test_offline_sweep_flags_exactly_the_copied_tensors(tmp_path, swapped_hub):
         env=swapped_hub,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = {s: json.loads((root / "default/records/pythia-14m" / f"step{s}.json").read_text()) for s in steps}
-    n_params = len(records[1000]["tensor_hashes"])
-    compared = n_params - len(records[1000]["constant_tensors"])
-    assert records[2000]["integrity"] == [{"step": 1000, "final": False, "tensors": [COPIED], "of": compared}]
-    assert records[3000]["integrity"] == [
+    records = {s: results.read_record(root / "default/records/pythia-14m" / f"step{s}.json") for s in steps}
+    n_params = len(records[1000].provenance.tensor_hashes)
+    compared = n_params - len(records[1000].provenance.constant_tensors)
+    assert records[2000].provenance.integrity == [{"step": 1000, "final": False, "tensors": [COPIED], "of": compared}]
+    assert records[3000].provenance.integrity == [
         {"step": 143000, "final": True, "tensors": ["lm_head.weight"], "of": compared}
     ]
-    assert records[1000]["integrity"] == [] and records[4000]["integrity"] == []  # control: no flag
-    assert all(r["identical_weights_as"] == [] for r in records.values())
+    assert records[1000].provenance.integrity == [] and records[4000].provenance.integrity == []  # control: no flag
+    assert all(r.provenance.identical_weights_as == [] for r in records.values())
     # the table and the summary see every pair, including the earlier step of each
     table = pd.read_csv(root / "default" / results.TABLE_NAME, dtype={"integrity": str}).set_index("step")
     table["integrity"] = table["integrity"].fillna("")
@@ -161,6 +156,6 @@ def test_real_training_checkpoints_raise_no_false_alarm(micro_suite):
         hashes = hash_weights(checkpoints.load_model(source))
         records.append(_record(source.step, hashes.tensors, hashes.constant, model="micro"))
     assert len(records) == 22
-    assert records[0]["constant_tensors"] and not records[-1]["constant_tensors"]
+    assert records[0].provenance.constant_tensors and not records[-1].provenance.constant_tensors
     assert results.tensor_equalities(records, {"micro": 1600}) == {}
     assert results.identical_weight_groups(records) == {}

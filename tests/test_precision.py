@@ -126,6 +126,6 @@ def test_a_bfloat16_job_records_the_dtype_each_family_computed_in(micro_suite, t
     overrides = ["experiment=smoke", "metrics=[low_info,perturb]", "dtype=bfloat16", "logger=none"]
     where = [f"paths.root={tmp_path}", f"model.path='{micro_suite}/step{{step}}'"]
     record = run_job(compose_config([*overrides, *where]))
-    assert record["status"] == "ok", record.get("error")
-    assert record["family_dtypes"] == {"low_info": "bfloat16", "perturb": "float32"}
-    assert record["metrics"]["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.05)  # linear at 1e-4
+    assert record.outcome.status == "ok", record.outcome.error
+    assert record.provenance.family_dtypes == {"low_info": "bfloat16", "perturb": "float32"}
+    assert record.scalars.metrics["perturb/check_slope_small_eps"] == pytest.approx(1.0, abs=0.05)  # linear at 1e-4

@@ -26,15 +26,15 @@ def test_a_pythia_14m_shape_job_runs_offline_within_a_small_budget(tmp_path, mic
     write_fake_pythia(cache, "pythia-14m", [1000], tokenizer)
     overrides = ["experiment=smoke", "memory_budget=0.25", "batch_size=64"]
     [record] = run_sweep("pythia-14m", [1000], cache, tmp_path / "out", overrides)
-    assert record["status"] == "ok" and record["revision"] == "EleutherAI/pythia-14m@step1000"
-    assert record["memory_budget"]["bytes"] == int(0.25 * 2**30)
-    lowered = [w for w in record["warnings"] if w.startswith("memory budget:")]
-    assert lowered and all("instead of batch_size=64" in w for w in lowered), record["warnings"]
+    assert record.outcome.status == "ok" and record.identity.revision == "EleutherAI/pythia-14m@step1000"
+    assert record.provenance.memory_budget["bytes"] == int(0.25 * 2**30)
+    lowered = [w for w in record.outcome.warnings if w.startswith("memory budget:")]
+    assert lowered and all("instead of batch_size=64" in w for w in lowered), record.outcome.warnings
     families = {"natural generation (shared)", "icl_heads", "repetition", "low_info", "sink", "perturb"}
-    assert set(record["cost"]) == families
-    for family, cost in record["cost"].items():
+    assert set(record.provenance.cost) == families
+    for family, cost in record.provenance.cost.items():
         assert cost["seconds"] >= 0 and cost["peak_bytes"] >= 0, family
-    assert record["metrics"]["icl/ablation_exact"] == 1.0  # 24 heads: mode auto runs exact ablation
+    assert record.scalars.metrics["icl/ablation_exact"] == 1.0  # 24 heads: mode auto runs exact ablation
 
 
 @pytest.mark.slow

@@ -180,7 +180,7 @@ def fast_overrides(root, suite) -> list[str]:
 
 def measure(overrides: list[str], steps) -> None:
     for step in steps:
-        assert run_job(compose_config([*overrides, f"step={step}"]))["status"] == "ok"
+        assert run_job(compose_config([*overrides, f"step={step}"])).outcome.status == "ok"
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 from ckptstudy.measure.generation import Generation, NaturalLoops
 from ckptstudy.metrics.repetition import analyze_generations, cycle_entropy_table, loop_summary, measure
 from ckptstudy.metrics.repetition import within_row_slopes as slopes
+from ckptstudy.record import RecordArrays
 from configured import job_context, loop_rule
 from conftest import tiny_neox
 
@@ -164,4 +165,4 @@ def test_every_statistic_is_a_statistic_over_the_natural_prompts():
     assert result.scalars["rep/period_median"] == 3 and result.scalars["rep/natural_rate"] == pytest.approx(0.8)
     reps = replicates(result.samples, 50, 0)
     assert reps["rep/natural_rate"].std() > 0 and set(reps) == set(result.samples)  # prompts are resampled
-    assert "bootstrap/rep/natural_rate/values" in result.saved_arrays()  # saved with the record
+    assert "samples/rep/natural_rate/values" in RecordArrays.of(result).members()  # saved with the record

@@ -39,10 +39,10 @@ def test_csv_has_interval_columns_beside_each_value_equal_to_the_records(study):
     assert (ok["x/rate/ci_low"] <= ok["x/rate"]).all() and (ok["x/rate"] <= ok["x/rate/ci_high"]).all()
     # recomputed from the stored samples, without the model: the same as the record's own `ci`
     for record in results.load_records(study["root"], "demo"):
-        if record["status"] != "ok":
+        if not record.ok:
             continue
-        row = ok[(ok["model"] == record["model"]) & (ok["step"] == record["step"])].iloc[0]
-        assert [row["x/rate/ci_low"], row["x/rate/ci_high"]] == pytest.approx(record["ci"]["x/rate"])
+        row = ok[(ok["model"] == record.model) & (ok["step"] == record.step)].iloc[0]
+        assert [row["x/rate/ci_low"], row["x/rate/ci_high"]] == pytest.approx(record.scalars.ci["x/rate"])
 
 
 def test_onsets_have_intervals_from_replicated_trajectories(study):
@@ -87,7 +87,7 @@ def test_head_tables_for_wandb_hold_layer_x_head_arrays_only(study):
     from ckptstudy.report.table import head_tables
 
     loaded = load_study(study["root"], "demo")
-    tables = head_tables(loaded.records, loaded.arrays, "small")
+    tables = head_tables(loaded.records, "small")
     assert set(tables) == {"x/score"} and len(tables["x/score"]) == len(STEPS) * 4
     assert [row[0] for row in tables["x/score"][::4]] == STEPS  # in step order
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ckptstudy.config import compose_config
+from ckptstudy.record import Identity, Outcome, Record, RecordArrays, Scalars
 from ckptstudy.report import console
 from ckptstudy.report.onset_results import Onsets, write_onsets
 from ckptstudy.report.resample import bootstrap_settings, resample_records
-from ckptstudy.report.study import is_head_array, load_study
+from ckptstudy.report.study import drawn_heads, load_study
 from ckptstudy.report.summary import cross_step_settings
 from ckptstudy.report.table import add_cross_step_columns, add_interval_columns, trajectory_table
 from ckptstudy.stats.specialization import jaccard_chance
@@ -34,23 +34,27 @@ def demo(tmp_path_factory):
 # --- study.py ---------------------------------------------------------------------------------------------------
 
 
-def test_a_study_keeps_samples_and_head_arrays_not_raw_data(demo):
+def test_a_study_reads_heads_samples_and_raw_data_each_from_its_own_section(demo):
     study = load_study(demo, "demo")
-    assert study.name == "demo" and study.directory == demo / "demo"
-    assert len(study.records) == 2 * len(STEPS) and all("_path" in r for r in study.records)
-    ok = next(r for r in study.records if r["status"] == "ok")
-    kept = study.arrays[ok["_path"]]
-    assert "x/score" in kept and "x/generated" not in kept  # the [40, 7] generated ids stay on disk
-    assert any(k.startswith("bootstrap/x/rate/") for k in kept)
-    failed = next(r for r in study.records if r["status"] == "failed")
-    assert study.arrays[failed["_path"]] == {}
+    assert study.name == "demo" and study.directory == demo / "demo" and study.converted == []
+    assert len(study.records) == 2 * len(STEPS) and all(r.path.parent.name == r.model for r in study.records)
+    ok = next(r for r in study.records if r.ok)
+    assert set(ok.heads()) == {"x/score"} and set(ok.raw()) == {"x/generated"}  # the [40, 7] ids are raw data
+    assert {"x/rate", "x/score_max"} <= set(ok.samples()) and ok.samples()["x/rate"].statistic == "mean"
+    failed = next(r for r in study.records if not r.ok)
+    assert failed.arrays is None and failed.heads() == {} and failed.samples() == {}
 
 
-def test_a_head_array_has_the_records_layer_x_head_shape():
-    record = {"config": {"model": {"n_layers": 2, "n_heads": 4}}}
-    assert is_head_array(record, np.zeros((2, 4)))
-    assert not is_head_array(record, np.zeros((40, 7))) and not is_head_array(record, np.zeros(8))
-    assert is_head_array({}, np.zeros((40, 7)))  # no shape in the config: any 2-D array
+def test_drawn_heads_are_the_2d_per_head_arrays_never_raw_data_of_the_same_shape():
+    record = Record(Identity("m", 1), Outcome("ok")).attach(
+        RecordArrays(
+            heads={"a/score": np.zeros((2, 4)), "a/by_class": np.zeros((2, 4, 9))},
+            raw={"a/ids": np.zeros((2, 4))},  # raw data with the layer x head shape: the old shape guess drew it
+        )
+    )
+    assert set(drawn_heads(record)) == {"a/score"}
+    failed = Record(Identity("m", 2), Outcome("failed")).attach(RecordArrays(heads={"a/score": np.zeros((2, 4))}))
+    assert drawn_heads(failed) == {}
 
 
 # --- resample.py ------------------------------------------------------------------------------------------------
@@ -70,14 +74,14 @@ def test_bootstrap_settings_are_all_required_and_named_when_missing():
 def test_resampling_recomputes_the_records_intervals_and_skips_a_rewritten_arrays_file(tmp_path, caplog):
     write_study(tmp_path)
     study = load_study(tmp_path, "demo")
-    out = resample_records(study.records, study.arrays, SETTINGS)
-    record = next(r for r in study.records if r["model"] == "small" and r["step"] == 64)
-    assert out.intervals[("small", 64)]["x/rate"] == pytest.approx(record["ci"]["x/rate"])
+    out = resample_records(study.records, SETTINGS)
+    record = next(r for r in study.records if r.model == "small" and r.step == 64)
+    assert out.intervals[("small", 64)]["x/rate"] == pytest.approx(record.scalars.ci["x/rate"])
     assert out.replicates[("small", 64)]["x/rate"].shape == (SETTINGS["n"],) and out.seconds > 0
     assert ("large", 64) not in out.intervals  # the failed checkpoint
     # an arrays file rewritten after its record (a killed writer) gives no intervals, and says so
-    np.savez(Path(record["_path"]).parent / record["arrays"], nothing=np.zeros(1))
-    again = resample_records(study.records, study.arrays, SETTINGS)
+    np.savez(record.arrays_path, nothing=np.zeros(1))
+    again = resample_records(load_study(tmp_path, "demo").records, SETTINGS)
     assert ("small", 64) not in again.intervals and ("small", 32) in again.intervals
     assert "small step 64: no intervals" in caplog.text
 
@@ -85,17 +89,21 @@ def test_resampling_recomputes_the_records_intervals_and_skips_a_rewritten_array
 # --- table.py ---------------------------------------------------------------------------------------------------
 
 
-def effects_study(effects: dict[int, list[float]]) -> tuple[pd.DataFrame, list[dict], dict]:
-    """A table, records and arrays with one 2 x 4 `icl/ablation_effect` per step of model m."""
-    records = [{"model": "m", "step": s, "status": "ok", "_path": f"m{s}"} for s in effects]
-    arrays = {f"m{s}": {"icl/ablation_effect": np.float32(e).reshape(2, 4)} for s, e in effects.items()}
+def effects_study(effects: dict[int, list[float]]) -> tuple[pd.DataFrame, list[Record]]:
+    """A table and records with one 2 x 4 `icl/ablation_effect` per step of model m."""
+    records = [
+        Record(Identity("m", s), Outcome("ok")).attach(
+            RecordArrays(heads={"icl/ablation_effect": np.float32(e).reshape(2, 4)})
+        )
+        for s, e in effects.items()
+    ]
     table = pd.DataFrame({"model": "m", "step": list(effects), "status": "ok"})
-    return table, records, arrays
+    return table, records
 
 
 def test_cross_step_overlap_is_one_for_the_same_heads_zero_for_others_nan_below_the_bar():
     same = [0.9, 0.8, 0.7, 0, 0, 0, 0, 0]
-    table, records, arrays = effects_study(
+    table, records = effects_study(
         {
             0: same,
             1: [0.5, 0.9, 0.7, 0, 0.1, 0, 0, 0],  # the same three heads, in another order
@@ -104,7 +112,7 @@ def test_cross_step_overlap_is_one_for_the_same_heads_zero_for_others_nan_below_
             4: same,  # after a step below the bar: nothing to compare with
         }
     )
-    out = add_cross_step_columns(table, records, arrays, k=3, min_total=0.01)
+    out = add_cross_step_columns(table, records, k=3, min_total=0.01)
     values = out["icl/top3_jaccard_prev"].tolist()
     assert math.isnan(values[0]) and values[1] == 1.0 and values[2] == 0.0
     assert math.isnan(values[3]) and math.isnan(values[4])
@@ -161,20 +169,26 @@ def test_a_models_onsets_for_wandb_are_its_finite_values():
 
 def test_nan_reasons_differing_only_in_numbers_count_as_one():
     records = [
-        {"nan_reasons": {"s/k50": "max |z| 2.66 < 3", "s/x": "no loop"}},
-        {"nan_reasons": {"s/k50": "max |z| 4.2 < 3"}},
+        Record(Identity("m", 1), scalars=Scalars(nan_reasons={"s/k50": "max |z| 2.66 < 3", "s/x": "no loop"})),
+        Record(Identity("m", 2), scalars=Scalars(nan_reasons={"s/k50": "max |z| 4.2 < 3"})),
     ]
     assert console.nan_reason_counts(records) == Counter({"s/k50: max |z| # < #": 2, "s/x: no loop": 1})
 
 
 def test_notes_show_the_common_reasons_and_the_recomputed_records():
     reasons = Counter({f"a/{i}: why": 10 - i for i in range(10)})
-    lines = console.note_lines(reasons, [{"recomputed_because": "definitions changed"}] * 3)
+    recomputed = [Record(Identity("m", s), Outcome(recomputed_because="definitions changed")) for s in range(3)]
+    lines = console.note_lines(reasons, recomputed)
     assert lines[0] == "NaN values: 55 (each has its reason in the record's nan_reasons):"
     assert lines[1] == "    10 x a/0: why" and len(lines) == 1 + console.SHOWN_REASONS + 2
     assert lines[-2] == "  ... and 2 other reasons"
     assert lines[-1] == "recomputed 3 existing record(s): 3 x definitions changed"
     assert console.note_lines(Counter(), []) == []
+    old = Record(Identity("m", 1), format=1)
+    assert console.note_lines(Counter(), [], [old, old]) == [
+        "read 2 record(s) of format 1 through a converter (record format is now 2; a sweep of the same config "
+        "rewrites them)"
+    ]
 
 
 def test_printed_summary_names_onsets_flags_and_files(tmp_path, capsys):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from ckptstudy import results
+from ckptstudy.record import Identity, Outcome, Provenance, Record, RecordArrays, Scalars
 from ckptstudy.report.onset_results import Onsets
 from ckptstudy.report.seeds import SeedOnsets, describe, seed_onsets, seeded_models
 from ckptstudy.report.summary import summarize
@@ -24,7 +25,7 @@ MIDDLES = {0: 4, 1: 128, 2: 8}  # seed -> the step around which its rate rises: 
 
 
 def write_seeded_study(root, study: str = "seeded") -> None:
-    """Records of model `small` trained with seeds 0, 1, 2, written the way jobs write them (`fingerprint.identity`:
+    """Records of model `small` trained with seeds 0, 1, 2, written the way jobs write them (`fingerprint.identify`:
     model = the run, base_model, seed)."""
     rng = np.random.default_rng(0)
     for seed, middle in MIDDLES.items():
@@ -32,23 +33,17 @@ def write_seeded_study(root, study: str = "seeded") -> None:
         for step in STEPS:
             config = {"model": {"name": "small", "n_layers": 2, "n_heads": 2, "tokens_per_step": 4096, "seed": seed}}
             measured = checkpoint_result(step, middle, rng)
-            record = {
-                "model": run,
-                "base_model": "small",
-                "seed": seed,
-                "step": step,
-                "study": study,
-                "config": config,
-                "config_hash": "abc",
-                "status": "ok",
-                "metrics": measured.scalars,
-                "nan_reasons": measured.nan_reasons,
-                "weights_sha256": f"{run}{step}",
-                "seconds": 1.0,
-                "finished_at": "2026-01-01T00:00:00",
-                "ci": measured.intervals(SimpleNamespace(**SETTINGS)).ci,
-            }
-            results.write_record(results.record_path(root, study, run, step), record, measured.saved_arrays())
+            record = Record(
+                Identity(run, step, study, base_model="small", seed=seed),
+                Outcome(status="ok", seconds=1.0, finished_at="2026-01-01T00:00:00"),
+                Scalars(
+                    metrics=measured.scalars,
+                    nan_reasons=measured.nan_reasons,
+                    ci=measured.intervals(SimpleNamespace(**SETTINGS)).ci,
+                ),
+                Provenance(config=config, config_hash="abc", weights_sha256=f"{run}{step}"),
+            )
+            results.write_record(results.record_path(root, study, run, step), record, RecordArrays.of(measured))
 
 
 @pytest.fixture(scope="module")

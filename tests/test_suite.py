@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GPTNeoXConfig
 
+from ckptstudy import results
 from ckptstudy.callbacks import TrajectoryCallback
 from ckptstudy.config import compose_config
 from ckptstudy.job import run_job
@@ -428,11 +429,11 @@ def test_job_without_a_built_suite_fails_fast_naming_the_path_and_make_suite(tmp
     missing = tmp_path / "no-suite"
     overrides = [f"paths.root={tmp_path / 'out'}", f"paths.suite={missing}", "experiment=smoke", "logger=none"]
     record = run_job(compose_config([*overrides, "step=2"]))
-    assert record["status"] == "failed" and record["error"]["type"] == "CheckpointError"
-    message = record["error"]["message"]
+    assert record.outcome.status == "failed" and record.outcome.error["type"] == "CheckpointError"
+    message = record.outcome.error["message"]
     assert f"no checkpoint directory {missing / 'step2'}" in message and "`make suite`" in message, message
-    assert "not built there" in message and "weights_sha256" not in record
-    assert json.loads((tmp_path / "out/smoke/records/micro/step2.json").read_text())["status"] == "failed"
+    assert "not built there" in message and record.provenance.weights_sha256 is None
+    assert results.read_record(tmp_path / "out/smoke/records/micro/step2.json").outcome.status == "failed"
     assert not missing.exists()
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from ckptstudy.config import compose_config
-from ckptstudy.fingerprint import identity
+from ckptstudy.fingerprint import identify
 from ckptstudy.model.checkpoints import available_steps, branch_tokens, run_name, source_for
 from ckptstudy.results import record_path
 from ckptstudy.tools import prefetch
@@ -90,8 +90,8 @@ def test_a_training_seed_is_its_own_run_repo_and_record_key(overrides, run, repo
     cfg = compose_config([*overrides, "step=1000"])
     source = source_for(cfg.model, 1000)
     assert (run_name(cfg.model), source.location, source.revision) == (run, repo, branch)
-    fields = identity(cfg)
-    assert fields["model"] == run and fields["base_model"] == cfg.model.name and fields["seed"] == cfg.model.seed
+    found = identify(cfg).identity
+    assert found.model == run and found.base_model == cfg.model.name and found.seed == cfg.model.seed
     assert record_path(tmp_path, "s", run, 1000).parent.name == run  # each run's records apart from the others'
 
 

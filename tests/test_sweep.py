@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from ckptstudy import results
 from conftest import run_cli
 from wandb_files import history, run_config
 
@@ -33,24 +33,26 @@ def sweep(micro_suite, tmp_path_factory):
 def test_multirun_writes_a_record_per_checkpoint(sweep):
     assert sweep["first"].returncode == 0, sweep["first"].stdout[-3000:] + sweep["first"].stderr[-3000:]
     for step in STEPS:
-        record = json.loads((sweep["records"] / f"step{step}.json").read_text())
-        assert record["status"] == "ok" and record["step"] == step and record["model"] == "micro"
-        assert len(record["weights_sha256"]) == 64 and record["revision"].endswith(f"step{step}")
-        assert all(k.count("/") == 1 for k in record["metrics"])
-        assert (sweep["records"] / record["arrays"]).exists()
+        record = results.read_record(sweep["records"] / f"step{step}.json")
+        assert record.outcome.status == "ok" and record.step == step and record.model == "micro"
+        assert len(record.provenance.weights_sha256) == 64 and record.identity.revision.endswith(f"step{step}")
+        assert all(k.count("/") == 1 for k in record.scalars.metrics)
+        assert (sweep["records"] / record.arrays.file).exists()
 
 
 def test_every_scalar_has_an_interval_or_a_declared_reason(sweep):
     table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv").set_index("step")
     for step in STEPS:
-        record = json.loads((sweep["records"] / f"step{step}.json").read_text())
-        without = record["no_interval"]
+        record = results.read_record(sweep["records"] / f"step{step}.json")
+        without = record.scalars.no_interval
         assert not [k for k, why in without.items() if why.startswith("undeclared")], without
-        assert set(record["ci"]) | set(without) == set(record["metrics"]) and not set(record["ci"]) & set(without)
-        finite = [k for k, (low, high) in record["ci"].items() if low == low and high == high]
-        assert len(finite) > 0.8 * len(record["ci"]), sorted(set(record["ci"]) - set(finite))
+        assert set(record.scalars.ci) | set(without) == set(record.scalars.metrics) and not set(
+            record.scalars.ci
+        ) & set(without)
+        finite = [k for k, (low, high) in record.scalars.ci.items() if low == low and high == high]
+        assert len(finite) > 0.8 * len(record.scalars.ci), sorted(set(record.scalars.ci) - set(finite))
     # the intervals reach the table: every column with an interval somewhere has its two bound columns
-    for key in record["ci"]:
+    for key in record.scalars.ci:
         assert {f"{key}/ci_low", f"{key}/ci_high"} <= set(table.columns), key
 
 
@@ -105,10 +107,12 @@ def test_corrupt_checkpoint_fails_alone(micro_suite, tmp_path):
         "metrics=[repetition]",
     ]
     proc = run_cli(args, root)
-    records = {s: json.loads((root / "smoke/records/micro" / f"step{s}.json").read_text()) for s in (0, 512, 1600)}
-    assert records[0]["status"] == "ok" and records[1600]["status"] == "ok"
-    assert records[512]["status"] == "failed"
-    assert "step512" in records[512]["error"]["message"] and records[512]["error"]["type"] == "CheckpointError"
+    records = {s: results.read_record(root / "smoke/records/micro" / f"step{s}.json") for s in (0, 512, 1600)}
+    assert records[0].outcome.status == "ok" and records[1600].outcome.status == "ok"
+    assert records[512].outcome.status == "failed"
+    assert (
+        "step512" in records[512].outcome.error["message"] and records[512].outcome.error["type"] == "CheckpointError"
+    )
     assert proc.returncode == 1
     assert "1 checkpoint(s) failed: [['micro', 512]]" in proc.stderr
     table = pd.read_csv(root / "smoke" / "trajectories.csv")
@@ -122,31 +126,30 @@ def test_natural_repetition_end_to_end_and_reanalysis_from_saved_ids(sweep):
 
     from ckptstudy.measure.cycles import LoopRule
     from ckptstudy.metrics.repetition import analyze_generations
-    from ckptstudy.results import read_arrays
 
     for step in STEPS:
         path = sweep["records"] / f"step{step}.json"
-        record = json.loads(path.read_text())
-        metrics = record["metrics"]
+        record = results.read_record(path)
+        metrics = record.scalars.metrics
         generated = int(metrics["rep/generated_tokens"])
         assert 0 <= metrics["rep/natural_rate"] <= 1
         if metrics["rep/natural_rate"] > 0:
             assert 0 <= metrics["rep/onset_p10"] <= metrics["rep/onset_median"] <= metrics["rep/onset_p90"] < generated
-        arrays = read_arrays(path)
-        ids = torch.from_numpy(arrays["rep/generated_ids"]).long()
-        entropy = torch.from_numpy(arrays["rep/generated_entropy"])
+        raw = record.raw()  # generated ids are raw data, never a per-head array
+        assert "rep/generated_ids" not in record.heads()
+        ids = torch.from_numpy(raw["rep/generated_ids"]).long()
+        entropy = torch.from_numpy(raw["rep/generated_entropy"])
         assert ids.shape[1] == generated
-        rule = record["config"]["loops"]
+        rule = record.provenance.config["loops"]
         rule = LoopRule(rule["definition"], rule["min_period"], rule["max_period"], rule["min_copies"])
-        again, _ = analyze_generations(ids, entropy, rule, record["config"]["metrics"]["repetition"]["max_cycles"])
+        max_cycles = record.provenance.config["metrics"]["repetition"]["max_cycles"]
+        again, _ = analyze_generations(ids, entropy, rule, max_cycles)
         for key, value in again.items():
             assert (math.isnan(value) and math.isnan(metrics[key])) or value == pytest.approx(metrics[key]), key
 
 
 def test_icl_specialization_end_to_end(sweep):
     import math
-
-    from ckptstudy.results import read_arrays
 
     table = pd.read_csv(sweep["root"] / "default" / "trajectories.csv").set_index("step")
     keys = [
@@ -174,7 +177,7 @@ def test_icl_specialization_end_to_end(sweep):
     assert table["icl/top3_jaccard_prev_chance"].round(4).unique().tolist() == [0.2589]  # 3 of 8 heads
     assert noisy[STEPS[0]] and math.isnan(overlap[STEPS[0]]) and math.isnan(overlap[STEPS[1]])
     assert overlap[STEPS[2:]].between(0, 1).all()
-    arrays = read_arrays(sweep["records"] / "step1600.json")
+    arrays = results.read_record(sweep["records"] / "step1600.json").heads()
     assert arrays["icl/ablation_effect"].shape == arrays["icl/induction"].shape == (2, 4)
 
 
@@ -182,11 +185,9 @@ def test_low_information_attention_end_to_end(sweep):
     import math
 
     from ckptstudy.metrics.low_info import KEY_CLASSES
-    from ckptstudy.results import read_arrays
 
-    path = sweep["records"] / "step1600.json"
-    metrics = json.loads(path.read_text())["metrics"]
-    arrays = read_arrays(path)
+    record = results.read_record(sweep["records"] / "step1600.json")
+    metrics, arrays = record.scalars.metrics, record.heads()
     for context in ("natural", "icl", "text"):
         for name in ("enrich_newline", "enrich_punctuation", "enrich_function_word", "enrich_low_info"):
             for suffix in ("", "_nosink"):

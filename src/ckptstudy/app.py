@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from ckptstudy import results
 from ckptstudy.config import register_configs
 from ckptstudy.job import run_job, summary_line
+from ckptstudy.record import Record
 
 # Launchers that run jobs in other processes (joblib, submitit) unpickle `_hydra_main` there and compose
 # the job's config again: importing this module must register the schemas, not only `main()`.
@@ -19,13 +20,13 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict:
+def _hydra_main(cfg: DictConfig) -> Record:
     record = run_job(cfg)
     print(summary_line(record), flush=True)
-    failed = record["status"] != "ok" and not record.get("skipped")
+    failed = not record.ok and not record.outcome.skipped
     if failed and HydraConfig.get().mode == RunMode.RUN:
-        path = results.record_path(cfg.paths.root, cfg.study, record["model"], record["step"])
-        print(f"error: {record['error']['message']}\n(failure record: {path})", file=sys.stderr)
+        path = results.record_path(cfg.paths.root, cfg.study, record.model, record.identity.step)
+        print(f"error: {(record.outcome.error or {}).get('message')}\n(failure record: {path})", file=sys.stderr)
         sys.exit(1)
     return record
 

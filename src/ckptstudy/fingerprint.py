@@ -3,8 +3,8 @@
 A record is reused (the job skipped) only when it finished ok with the same measurement config
 (hash of `HASHED_KEYS`), the same checkpoint revision, the same checkpoint files (`checkpoint_fingerprint`,
 computed without loading the weights) and the same definition versions (each metric family's
-`DEFINITION_VERSION` and the probe construction's `PROBES_VERSION`). A record made under an older
-definition or from other files is recomputed, never served silently.
+`DEFINITION_VERSION` and the probe construction's `PROBES_VERSION`), in the current record format (`record.FORMAT`).
+A record made under an older definition or format or from other files is recomputed, never served silently.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from ckptstudy import __version__
 from ckptstudy.model.checkpoints import CheckpointSource, checkpoint_dir, run_name
 from ckptstudy.probes import PROBES_VERSION
+from ckptstudy.record import FORMAT, Identity, Provenance, Record
 
 HASHED_KEYS = ("model", "probes", "loops", "metrics", "seed", "dtype")
 
@@ -44,19 +45,17 @@ def definition_versions(metrics_cfg) -> dict[str, int]:
     return versions
 
 
-def identity(cfg: DictConfig) -> dict:
-    """The fields that say what a record measured, stored in every record: `model` is the training run (`run_name`:
-    the model's name, `@seed<k>` for a seed other than 0), `base_model` the model's name, `seed` its training seed."""
-    return {
-        "model": run_name(cfg.model),
-        "base_model": cfg.model.name,
-        "seed": cfg.model.get("seed"),
-        "step": cfg.step,
-        "study": cfg.study,
-        "config_hash": config_hash(cfg),
-        "definitions": definition_versions(cfg.metrics),
-        "package_version": __version__,
-    }
+def identify(cfg: DictConfig) -> Record:
+    """A new record of the measurement `cfg` describes: its identity (`model` is the training run, `run_name`: the
+    model's name, `@seed<k>` for a seed other than 0; `base_model` the model's name, `seed` its training seed) and
+    what decides its reuse (config hash, definition versions, package version)."""
+    identity = Identity(
+        model=run_name(cfg.model), step=cfg.step, study=cfg.study, base_model=cfg.model.name, seed=cfg.model.get("seed")
+    )
+    provenance = Provenance(
+        config_hash=config_hash(cfg), definitions=definition_versions(cfg.metrics), package_version=__version__
+    )
+    return Record(identity, provenance=provenance)
 
 
 def checkpoint_fingerprint(source: CheckpointSource) -> str | None:
@@ -80,23 +79,26 @@ def checkpoint_fingerprint(source: CheckpointSource) -> str | None:
     return "local:" + digest.hexdigest()[:32]
 
 
-def stale_reason(previous: dict | None, current: dict, force: bool) -> str | None:
-    """Why `previous` cannot stand for the measurement `current` describes; None when it can."""
+def stale_reason(previous: Record | None, current: Record, force: bool) -> str | None:
+    """Why `previous` cannot stand for the measurement `current` describes; None when it can. A record of an
+    older format (`record.FORMAT`) is never reused: it was read through a converter."""
     if force:
         return "force=true"
     if previous is None:
         return "no record yet"
-    if previous.get("status") != "ok":
-        return f"previous record {previous.get('status')}"
-    if previous.get("revision") != current.get("revision"):
-        return f"revision changed: {previous.get('revision')} -> {current.get('revision')}"
-    old, new = previous.get("checkpoint_fingerprint"), current.get("checkpoint_fingerprint")
+    if previous.format != FORMAT:
+        return f"record format {previous.format} -> {FORMAT}"
+    if not previous.ok:
+        return f"previous record {previous.outcome.status}"
+    if previous.identity.revision != current.identity.revision:
+        return f"revision changed: {previous.identity.revision} -> {current.identity.revision}"
+    old, new = previous.provenance.checkpoint_fingerprint, current.provenance.checkpoint_fingerprint
     if old and new and old != new:
         return f"checkpoint files changed since the record was made ({old} -> {new})"
-    changed = definition_changes(previous.get("definitions") or {}, current["definitions"])
+    changed = definition_changes(previous.provenance.definitions or {}, current.provenance.definitions)
     if changed:
         return "metric definitions changed: " + ", ".join(changed)
-    if previous.get("config_hash") != current["config_hash"]:
+    if previous.provenance.config_hash != current.provenance.config_hash:
         return "measurement config changed"
     return None
 

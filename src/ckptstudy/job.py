@@ -35,36 +35,38 @@ from ckptstudy.model import arch, checkpoints, hubcache
 from ckptstudy.model.suite_spec import checkpoint_problem
 from ckptstudy.params import check_family
 from ckptstudy.probes import cached_probes
+from ckptstudy.record import FORMAT, Identity, Record, RecordArrays, Scalars
 from ckptstudy.report.tracking import Tracker, TrackingError
 
 log = logging.getLogger("ckptstudy")
 
 
-def run_job(cfg: DictConfig) -> dict:
+def run_job(cfg: DictConfig) -> Record:
     """Measure one checkpoint and write its record; returns the record (status ok or failed, or
-    the previous record with `skipped` when it is still valid)."""
+    the previous record with `outcome.skipped` when it is still valid)."""
     started = time.time()
-    record = {"model": checkpoints.run_name(cfg.model), "step": cfg.step, "study": cfg.study}
+    record = Record(Identity(model=checkpoints.run_name(cfg.model), step=cfg.step, study=cfg.study))
     measured = FamilyResult()
     disk = hubcache.JobDisk()  # checkpoints.evict / prefetch_ahead: inactive until the source is known
     try:
         validate(cfg)  # loops, probe sizes, every family's parameters: before anything is resolved
-        record.update(fingerprint.identity(cfg))
+        record = fingerprint.identify(cfg)
         source = resolve_source(cfg)
-        record.update(step=source.step, revision=source.describe())
-        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
-        path = results.record_path(cfg.paths.root, cfg.study, record["model"], source.step)
+        record.identity.step, record.identity.revision = source.step, source.describe()
+        record.provenance.checkpoint_fingerprint = fingerprint.checkpoint_fingerprint(source)
+        path = results.record_path(cfg.paths.root, cfg.study, record.model, source.step)
         previous = results.read_record(path)
         stale = fingerprint.stale_reason(previous, record, cfg.force)
-        if stale is None and (mismatch := results.arrays_mismatch(path, previous)):
+        if stale is None and (mismatch := results.arrays_mismatch(previous)):
             stale = f"previous record unusable: {mismatch}"
-        disk = hubcache.job_disk(cfg, source, done=_recorded(cfg, record["config_hash"]))
+        disk = hubcache.job_disk(cfg, source, done=_recorded(cfg, record.provenance.config_hash))
         if stale is None:
             log.info("%s step %s: record exists and is current, skipped (force=true recomputes)", *_job(record))
             disk.finish(written=True)  # a revision a killed sweep downloaded for this record is evicted now
-            return {**previous, "skipped": True}
+            previous.outcome.skipped = True
+            return previous
         if previous is not None:
-            record["recomputed_because"] = stale
+            record.outcome.recomputed_because = stale
             log.info("%s step %s: recomputing (%s)", *_job(record), stale)
         results.check_writable(path.parent)
         results.remove_stale_temps(path.parent)
@@ -73,9 +75,9 @@ def run_job(cfg: DictConfig) -> dict:
         measured = measure_checkpoint(cfg, source, record)
     except Exception as err:
         log.error("%s step %s failed: %s: %s", *_job(record), type(err).__name__, err)
-        record.update(status="failed", error=_error(err))
+        record.outcome.status, record.outcome.error = "failed", _error(err)
     record = finish(cfg, record, measured, started)
-    disk.finish(written="unwritten" not in record)
+    disk.finish(written=record.outcome.unwritten is None)
     return record
 
 
@@ -86,9 +88,9 @@ def resolve_source(cfg: DictConfig) -> checkpoints.CheckpointSource:
     return checkpoints.source_for(cfg.model, step)
 
 
-def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, record: dict) -> FamilyResult:
+def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, record: Record) -> FamilyResult:
     """Check, then load the checkpoint, build its probes, run every family; fills `record` and returns the
-    measurements. Non-finite weights, activations, metrics and arrays are flagged in `record["warnings"]`."""
+    measurements. Non-finite weights, activations, metrics and arrays are flagged in its `outcome.warnings`."""
     if cfg.model.checkpoints == "suite" and (problem := checkpoint_problem(cfg.model, source.step)):
         raise checkpoints.CheckpointError(problem)  # a job never trains the suite (`make suite` does)
     config = checkpoints.inspect_checkpoint(source, getattr(cfg.model.arch, "value", cfg.model.arch))
@@ -99,29 +101,26 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
     family = arch.for_model_type(config.get("model_type"), str(source))
     shape = Shape.of(config, family.mlp_matrices, family.learned_positions)
     budget = job_budget(cfg, shape, device, dtype.itemsize)
-    record["memory_budget"] = {"bytes": budget.bytes, "how": budget.how}
+    found = record.provenance
+    found.memory_budget = {"bytes": budget.bytes, "how": budget.how}
     model = checkpoints.load_model(source, device=device, dtype=dtype)
-    if record.get("checkpoint_fingerprint") is None:  # a hub revision downloaded just now
-        record["checkpoint_fingerprint"] = fingerprint.checkpoint_fingerprint(source)
-    warnings = record.setdefault("warnings", [])
+    if found.checkpoint_fingerprint is None:  # a hub revision downloaded just now
+        found.checkpoint_fingerprint = fingerprint.checkpoint_fingerprint(source)
+    warnings = record.outcome.warnings
     bad_weights = checkpoints.nonfinite_weights(model)
     for name, count in bad_weights.items():
         warnings.append(f"weights: {count} non-finite values in {name}")
     if bad_weights:
         log.warning("%s step %s: non-finite weights in %d tensors: %s", *_job(record), len(bad_weights), bad_weights)
     hashes = checkpoints.hash_weights(model)
-    record.update(
-        weights_sha256=hashes.weights_sha256,
-        weights_hash_version=checkpoints.WEIGHTS_HASH_VERSION,
-        tensor_hashes=hashes.tensors,
-        constant_tensors=hashes.constant,
-    )
+    found.weights_sha256, found.weights_hash_version = hashes.weights_sha256, checkpoints.WEIGHTS_HASH_VERSION
+    found.tensor_hashes, found.constant_tensors = hashes.tensors, hashes.constant
     ctx = JobContext.from_config(cfg, model, tokenizer, probes, budget)
     ctx.meter = Meter(device)
-    record["family_dtypes"] = {}  # the dtype each family computed in (measure/precision.py)
+    found.family_dtypes = {}  # the dtype each family computed in (measure/precision.py)
     with checkpoints.ActivationGuard(model) as guard:
-        measured, errors = measure_families(ctx, cfg.metrics, record["family_dtypes"])
-    record["cost"] = ctx.meter.costs
+        measured, errors = measure_families(ctx, cfg.metrics, found.family_dtypes)
+    found.cost = ctx.meter.costs
     warnings += ctx.warnings
     bad_activations = guard.nonfinite()
     for name, calls in bad_activations.items():
@@ -130,17 +129,13 @@ def measure_checkpoint(cfg: DictConfig, source: checkpoints.CheckpointSource, re
         log.warning("%s step %s: non-finite activations in %s", *_job(record), sorted(bad_activations))
     warnings += nonfinite_warnings(measured, suspect=bool(bad_weights or bad_activations))
     if bad_weights or bad_activations:
-        record["nonfinite"] = {"weights": bad_weights, "activations": bad_activations}
-    record.update(
-        status="failed" if errors else "ok",
-        **record_fields(measured, cfg.report.bootstrap),
-        probes={"skipped_short_texts": probes.skipped_short, "key": probes.key},
-    )
+        found.nonfinite = {"weights": bad_weights, "activations": bad_activations}
+    record.outcome.status = "failed" if errors else "ok"
+    record.scalars = record_scalars(measured, cfg.report.bootstrap)
+    found.probes = {"skipped_short_texts": probes.skipped_short, "key": probes.key}
     if errors:
         message = "; ".join(f"metrics.{k}: {v}" for k, v in errors.items())
-        record["error"] = {"type": "MetricError", "message": message}
-    if not warnings:
-        del record["warnings"]
+        record.outcome.error = {"type": "MetricError", "message": message}
     return measured
 
 
@@ -169,20 +164,20 @@ def job_budget(cfg: DictConfig, shape: Shape, device: str, dtype_bytes: int) -> 
     return budget
 
 
-def record_fields(measured: FamilyResult, bootstrap_settings) -> dict:
-    """The record's fields from what the families measured: `metrics` (every scalar), `nan_reasons`,
+def record_scalars(measured: FamilyResult, bootstrap_settings) -> Scalars:
+    """The record's scalars from what the families measured: `metrics` (every scalar), `nan_reasons`,
     `no_interval` (why a value has no interval), and the bootstrap intervals of the statistics (`ci`) with why
     an interval is NaN (`ci_reasons`) and the method of each finite one (`ci_method`, `intervals.METHODS`). The
-    samples go to the npz (`FamilyResult.saved_arrays`)."""
+    samples go to the npz (`RecordArrays.of`)."""
     found = measured.intervals(bootstrap_settings)
-    return {
-        "metrics": measured.scalars,
-        "nan_reasons": measured.nan_reasons,
-        "no_interval": dict(measured.no_interval),
-        "ci": found.ci,
-        "ci_reasons": found.reasons,
-        "ci_method": found.methods,
-    }
+    return Scalars(
+        metrics=measured.scalars,
+        nan_reasons=measured.nan_reasons,
+        no_interval=dict(measured.no_interval),
+        ci=found.ci,
+        ci_reasons=found.reasons,
+        ci_method=found.methods,
+    )
 
 
 def nonfinite_warnings(measured: FamilyResult, suspect: bool) -> list[str]:
@@ -231,67 +226,61 @@ def measure_families(
     return total, errors
 
 
-def finish(cfg: DictConfig, record: dict, measured: FamilyResult, started: float) -> dict:
+def finish(cfg: DictConfig, record: Record, measured: FamilyResult, started: float) -> Record:
     """Write the record (and its arrays) atomically, then log it to W&B; a logging failure loses nothing
     (with `logger.strict`, it fails the job: the record is rewritten as failed, so a re-run recomputes it).
 
     The identical-weights check and the write hold the study's file lock, so parallel jobs see each other.
     A record that cannot be written (read-only or full disk) is returned as failed, naming the path.
     """
-    record["seconds"] = round(time.time() - started, 2)
-    record["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record["config"] = OmegaConf.to_container(cfg, resolve=True)
-    path = results.record_path(cfg.paths.root, cfg.study, record["model"], record["step"])
+    outcome = record.outcome
+    outcome.seconds = round(time.time() - started, 2)
+    outcome.finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record.provenance.config = OmegaConf.to_container(cfg, resolve=True)
+    path = results.record_path(cfg.paths.root, cfg.study, record.model, record.identity.step)
     try:
         with results.study_lock(cfg.paths.root, cfg.study):
-            if record.get("weights_sha256"):
+            if record.provenance.weights_sha256:
                 others = results.load_records(cfg.paths.root, cfg.study)
-                record["identical_weights_as"] = _identical_steps(cfg, record, others)
-                if record.get("tensor_hashes"):
-                    record["integrity"] = _equal_tensors(cfg, record, others)
-            record = results.write_record(path, record, measured.saved_arrays())
+                record.provenance.identical_weights_as = _identical_steps(cfg, record, others)
+                if record.provenance.tensor_hashes:
+                    record.provenance.integrity = _equal_tensors(cfg, record, others)
+            record = results.write_record(path, record, RecordArrays.of(measured))
     except OSError as err:
         log.error("%s step %s: cannot write its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
-        if record.get("status") == "ok":
-            record.update(status="failed", error=_error(err))
-        record["unwritten"] = f"{path}: {type(err).__name__}: {err}"
+        if outcome.status == "ok":
+            outcome.status, outcome.error = "failed", _error(err)
+        outcome.unwritten = f"{path}: {type(err).__name__}: {err}"
         return record
     tracker = Tracker(cfg.logger, results.study_dir(cfg.paths.root, cfg.study), cfg.study)
     try:
-        run_dir = tracker.log_checkpoint(record, measured, record["config"])
+        run_dir = tracker.log_checkpoint(record, measured, record.provenance.config)
     except TrackingError as err:
         log.error("%s step %s failed: %s", *_job(record), err)
-        record = {
-            **record,
-            "status": "failed",
-            "error": _error(err),
-            "warnings": record.get("warnings", []) + [str(err)],
-        }
+        outcome.status, outcome.error = "failed", _error(err)
+        outcome.warnings.append(str(err))
         return _rewrite(path, record)
     if run_dir or tracker.failures:
-        record = {**record, "wandb_run_dir": run_dir, "warnings": record.get("warnings", []) + tracker.failures}
+        record.provenance.wandb_run_dir = run_dir
+        outcome.warnings += tracker.failures
         record = _rewrite(path, record)
     return record
 
 
-def _rewrite(path: Path, record: dict) -> dict:
+def _rewrite(path: Path, record: Record) -> Record:
     """Rewrite a written record with what W&B added; if that fails, the record on disk stays as it was."""
     try:
         results.write_record(path, record)
     except OSError as err:
         log.error("%s step %s: cannot update its record %s: %s: %s", *_job(record), path, type(err).__name__, err)
-        record = {**record, "unwritten": f"{path}: {type(err).__name__}: {err}"}
+        record.outcome.unwritten = f"{path}: {type(err).__name__}: {err}"
     return record
 
 
-def _identical_steps(cfg: DictConfig, record: dict, others: list[dict]) -> list[int]:
+def _identical_steps(cfg: DictConfig, record: Record, others: list[Record]) -> list[int]:
     """Other steps of this run already recorded with exactly these weights (a hub integrity problem)."""
-    step, key, run = record["step"], results.weights_key(record), record["model"]
-    same = [
-        int(r["step"])
-        for r in others
-        if r.get("model") == run and results.weights_key(r) == key and int(r["step"]) != step
-    ]
+    step, key, run = record.step, results.weights_key(record), record.model
+    same = [r.step for r in others if r.model == run and results.weights_key(r) == key and r.step != step]
     if same:
         log.warning(
             "%s step %s has weights identical to step(s) %s: the checkpoint source may serve wrong weights "
@@ -303,25 +292,30 @@ def _identical_steps(cfg: DictConfig, record: dict, others: list[dict]) -> list[
     return same
 
 
-def _equal_tensors(cfg: DictConfig, record: dict, others: list[dict]) -> list[dict]:
+def _equal_tensors(cfg: DictConfig, record: Record, others: list[Record]) -> list[dict]:
     """Parameter tensors equal to the same tensor at another recorded step (whose weights differ as a whole),
     e.g. a shard of another checkpoint served for this one; `final` marks the model's last checkpoint."""
-    final, run = checkpoints.available_steps(cfg.model)[-1], record["model"]
-    mine = [r for r in others if not (r.get("model") == run and r.get("step") == record["step"])]
-    found = results.tensor_equalities([record, *mine], {run: final}).get((run, int(record["step"])), [])
+    final, run = checkpoints.available_steps(cfg.model)[-1], record.model
+    mine = [r for r in others if not (r.model == run and r.step == record.step)]
+    found = results.tensor_equalities([record, *mine], {run: final}).get((run, record.step), [])
     for entry in found:
-        log.warning("%s step %s: %s", run, record["step"], results.describe_equality(entry))
+        log.warning("%s step %s: %s", run, record.step, results.describe_equality(entry))
     return found
 
 
 def _recorded(cfg: DictConfig, config_hash: str):
-    """`done(step)`: whether a step of this model has an ok record made with this config (its job will be
-    skipped, so prefetching its revision is not needed)."""
+    """`done(step)`: whether a step of this model has an ok current-format record made with this config (its job
+    will be skipped, so prefetching its revision is not needed)."""
 
     def done(step: int) -> bool:
         path = results.record_path(cfg.paths.root, cfg.study, checkpoints.run_name(cfg.model), step)
         previous = results.read_record(path)
-        return bool(previous) and previous.get("status") == "ok" and previous.get("config_hash") == config_hash
+        return (
+            previous is not None
+            and previous.ok
+            and previous.format == FORMAT
+            and previous.provenance.config_hash == config_hash
+        )
 
     return done
 
@@ -330,16 +324,17 @@ def _error(err: Exception) -> dict:
     return {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
 
 
-def _job(record: dict) -> tuple:
-    return record["model"], record["step"]
+def _job(record: Record) -> tuple:
+    return record.model, record.identity.step
 
 
-def summary_line(record: dict) -> str:
+def summary_line(record: Record) -> str:
     """One line per job for the console."""
-    where = f"{record['model']} step {record['step']}"
-    if record.get("skipped"):
+    where = f"{record.model} step {record.identity.step}"
+    if record.outcome.skipped:
         return f"{where}: skipped (record exists)"
-    if record["status"] != "ok":
-        return f"{where}: FAILED {record['error']['type']}: {record['error']['message']}"
-    shown = ", ".join(f"{k}={v:.3g}" for k, v in list(record["metrics"].items())[:4])
-    return f"{where}: ok in {record['seconds']} s ({shown})"
+    if not record.ok:
+        error = record.outcome.error or {}
+        return f"{where}: FAILED {error.get('type')}: {error.get('message')}"
+    shown = ", ".join(f"{k}={v:.3g}" for k, v in list(record.scalars.metrics.items())[:4])
+    return f"{where}: ok in {record.outcome.seconds} s ({shown})"

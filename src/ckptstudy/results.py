@@ -1,9 +1,10 @@
 """Result records on disk (the source of truth) and the trajectories table built from them.
 
 Layout under `<root>/<study>/`:
-  records/<model>/step<N>.json   one record per job (status ok or failed); <model> is the training run
-                                 (`checkpoints.run_name`: the model's name, @seed<k> for a seed other than 0)
-  records/<model>/step<N>.npz    its per-head arrays (layer x head [x ...])
+  records/<model>/step<N>.json   one record per job (status ok or failed; `ckptstudy.record.Record`); <model> is
+                                 the training run (`checkpoints.run_name`: the model's name, @seed<k> for a seed
+                                 other than 0)
+  records/<model>/step<N>.npz    its arrays by section: heads/<key>, raw/<key>, samples/<key>/...
   trajectories.csv               one row per (run, step), one column per scalar metric
   .lock                          file lock serialising writers of the study (parallel launchers)
 
@@ -16,7 +17,6 @@ removed by `remove_stale_temps` once their writer is gone.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,10 +27,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from ckptstudy.model.checkpoints import available_steps
+from ckptstudy.record import FORMAT, ArraysFile, Record, RecordArrays, arrays_sha256, from_json, npz_bytes
 
 TABLE_NAME = "trajectories.csv"
 RECORD_COLUMNS = [
@@ -172,91 +172,75 @@ def file_sha256(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def arrays_mismatch(record_file: Path, record: dict) -> str | None:
+def arrays_mismatch(record: Record) -> str | None:
     """Why the arrays file a record names is not the one written with it (None when it is, or when the
     record names none): missing, or its sha256 differs (a writer was killed between arrays and record)."""
-    name = record.get("arrays")
-    if not name:
+    path = record.arrays_path
+    if path is None:
         return None
-    path = Path(record_file).parent / name
     if not path.exists():
         return f"its arrays file {path.name} is missing"
-    expected = record.get("arrays_sha256")
+    expected = record.arrays.sha256
     if expected and file_sha256(path) != expected:
         return f"its arrays file {path.name} was rewritten after it (an interrupted job)"
     return None
 
 
-def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None = None) -> dict:
-    """Write the arrays (if any) then the record, each atomically; returns the record as written
-    (it names its arrays file)."""
-    if arrays:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{k.replace("/", "__"): np.asarray(v) for k, v in arrays.items()})
+def write_record(path: Path, record: Record, arrays: RecordArrays | None = None) -> Record:
+    """Write the arrays (if any) then the record, each atomically; returns the record as written (it names its
+    arrays file and its path). Without `arrays`, the record keeps the arrays file it names (a rewrite), except a
+    record read in an older format: its arrays are rewritten in the current layout with it."""
+    path = Path(path)
+    if arrays is None and record.format != FORMAT and record.arrays is not None:
+        arrays = RecordArrays(record.heads(), record.raw(), record.samples())
+    members = arrays.members() if arrays is not None else {}
+    if members:
         arrays_path = path.with_suffix(".npz")
-        data = buffer.getvalue()
+        data = npz_bytes(members)
         atomic_write_bytes(arrays_path, data)
-        record = {**record, "arrays": arrays_path.name, "arrays_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(path, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+        record.arrays = ArraysFile(arrays_path.name, arrays_sha256(data))
+    atomic_write_bytes(path, record.to_bytes())
+    record.path, record.format = path, FORMAT
     return record
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at `path`, or None when missing or unreadable (an unreadable one is logged: its job
-    is then measured again)."""
+def read_record(path: Path) -> Record | None:
+    """The record at `path` (a format-1 one converted, `record.from_json`), or None when missing or unreadable
+    (an unreadable one, or one of a format this version does not read, is logged: its job is then measured
+    again, and the summary leaves it out)."""
     try:
-        record = json.loads(Path(path).read_text())
+        return from_json(json.loads(Path(path).read_text()), path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         log.warning("record %s is unreadable (%s: %s): ignored, its job runs again", path, type(err).__name__, err)
         return None
-    return record if isinstance(record, dict) else None
 
 
-def read_arrays(record_file: Path) -> dict[str, np.ndarray]:
-    """The per-head arrays stored beside a record, keyed like the metrics (`family/name`)."""
-    record = read_record(record_file) or {}
-    name = record.get("arrays")
-    if not name:
-        return {}
-    with np.load(Path(record_file).parent / name) as data:
-        return {k.replace("__", "/"): data[k] for k in data.files}
-
-
-def load_records(root: str | Path, study: str) -> list[dict]:
+def load_records(root: str | Path, study: str) -> list[Record]:
     """Every readable record of a study, sorted by model then step."""
     records = []
     for path in sorted((study_dir(root, study) / "records").glob("*/step*.json")):
         record = read_record(path)
         if record is not None:
-            record["_path"] = str(path)
             records.append(record)
-    return sorted(records, key=lambda r: (str(r.get("model", "")), step_number(r)))
+    return sorted(records, key=lambda r: (str(r.model or ""), r.step))
 
 
-def step_number(record: dict) -> int:
-    """The record's step as an int; -1 for a failure record whose step never resolved (e.g. step=banana)."""
-    try:
-        return int(record.get("step", -1))
-    except (TypeError, ValueError):
-        return -1
-
-
-def weights_key(record: dict) -> tuple[int, str] | None:
+def weights_key(record: Record) -> tuple[int, str] | None:
     """What identifies a record's weights: (hash definition version, weights_sha256); None without a hash.
     Hashes of different versions never compare equal (records before per-tensor hashes are version 1)."""
-    sha = record.get("weights_sha256")
-    return (int(record.get("weights_hash_version", 1)), sha) if sha else None
+    sha = record.provenance.weights_sha256
+    return (int(record.provenance.weights_hash_version or 1), sha) if sha else None
 
 
-def identical_weight_groups(records: list[dict]) -> dict[tuple[str, int], list[int]]:
+def identical_weight_groups(records: list[Record]) -> dict[tuple[str, int], list[int]]:
     """For each (model, step), the other steps of the same model whose weights hash is identical."""
     by_hash: dict[tuple[str, tuple], list[int]] = defaultdict(list)
     for r in records:
         key = weights_key(r)
         if key:
-            by_hash[(r["model"], key)].append(int(r["step"]))
+            by_hash[(r.model, key)].append(r.step)
     out = {}
     for (model, _), steps in by_hash.items():
         if len(steps) > 1:
@@ -266,7 +250,7 @@ def identical_weight_groups(records: list[dict]) -> dict[tuple[str, int], list[i
 
 
 def tensor_equalities(
-    records: list[dict], final_steps: dict[str, int | None] | None = None
+    records: list[Record], final_steps: dict[str, int | None] | None = None
 ) -> dict[tuple[str, int], list[dict]]:
     """For each (model, step) with per-tensor hashes: the other steps of the model that share a parameter
     tensor with it (same name, same hash) while their weights differ as a whole (a whole identical checkpoint
@@ -278,21 +262,22 @@ def tensor_equalities(
     unchanged between early steps.
     """
     final_steps = final_steps or {}
-    by_model: dict[str, list[dict]] = defaultdict(list)
+    by_model: dict[str, list[Record]] = defaultdict(list)
     for r in records:
-        if r.get("tensor_hashes"):
-            by_model[r.get("model")].append(r)
+        if r.provenance.tensor_hashes:
+            by_model[r.model].append(r)
     out: dict[tuple[str, int], list[dict]] = {}
     for model, group in by_model.items():
         holders: dict[tuple[str, str], list[int]] = defaultdict(list)  # (name, hash) -> indices in group
-        compared = [set(r["tensor_hashes"]) - set(r.get("constant_tensors") or []) for r in group]
-        for i, r in enumerate(group):
+        hashes = [r.provenance.tensor_hashes for r in group]
+        compared = [set(h) - set(r.provenance.constant_tensors or []) for h, r in zip(hashes, group)]
+        for i in range(len(group)):
             for name in compared[i]:
-                holders[(name, r["tensor_hashes"][name])].append(i)
+                holders[(name, hashes[i][name])].append(i)
         for i, r in enumerate(group):
             shared: dict[int, list[str]] = defaultdict(list)
             for name in compared[i]:
-                for j in holders[(name, r["tensor_hashes"][name])]:
+                for j in holders[(name, hashes[i][name])]:
                     if j != i:
                         shared[j].append(name)
             entries = []
@@ -300,7 +285,7 @@ def tensor_equalities(
                 other = group[j]
                 if weights_key(other) == weights_key(r):
                     continue
-                step = step_number(other)
+                step = other.step
                 entries.append(
                     {
                         "step": step,
@@ -310,7 +295,7 @@ def tensor_equalities(
                     }
                 )
             if entries:
-                out[(model, step_number(r))] = sorted(entries, key=lambda e: e["step"])
+                out[(model, r.step)] = sorted(entries, key=lambda e: e["step"])
     return out
 
 
@@ -322,50 +307,56 @@ def describe_equality(entry: dict, limit: int = 6) -> str:
     return f"{len(names)} of {entry['of']} tensors equal to step {entry['step']}{final}: {shown}"
 
 
-def _final_step(record: dict) -> int | None:
+def _final_step(record: Record) -> int | None:
     """The last checkpoint step of the record's model, from the config stored in it (None when unknown)."""
     try:
-        return available_steps(OmegaConf.create(record["config"]["model"]))[-1]
+        return available_steps(OmegaConf.create((record.provenance.config or {})["model"]))[-1]
     except Exception:
         return None
 
 
-def results_table(records: list[dict]):
+def results_table(records: list[Record]):
     """A DataFrame: one row per (model, step), record columns then one column per scalar metric."""
     import pandas as pd
 
     duplicates = identical_weight_groups(records)
     finals: dict[str, int | None] = {}
     for r in records:
-        if r.get("tensor_hashes") and finals.get(r.get("model")) is None:
-            finals[r.get("model")] = _final_step(r)
+        if r.provenance.tensor_hashes and finals.get(r.model) is None:
+            finals[r.model] = _final_step(r)
     equal = tensor_equalities(records, finals)
     rows = []
     for r in records:
-        row = {
-            "model": r.get("model"),
-            "base_model": r.get("base_model") or r.get("model"),
-            "seed": r.get("seed"),
-            "step": step_number(r),
-            "status": r.get("status"),
-            "revision": r.get("revision"),
-            "weights_sha256": r.get("weights_sha256"),
-            "identical_weights_as": " ".join(map(str, duplicates.get((r.get("model"), step_number(r)), []))),
-            # tensors equal to the same tensor at another step: `<step>[(final)]: name name ...; ...`
-            "integrity": "; ".join(
-                f"{e['step']}{' (final)' if e['final'] else ''}: {' '.join(e['tensors'])}"
-                for e in equal.get((r.get("model"), step_number(r)), [])
-            ),
-            # "weights" / "activations": the checkpoint computed non-finite values (see the record's warnings)
-            "nonfinite": " ".join(k for k in ("weights", "activations") if (r.get("nonfinite") or {}).get(k)),
-        }
-        row.update(r.get("metrics") or {})
+        row = table_row(r, duplicates.get((r.model, r.step), []), equal.get((r.model, r.step), []))
+        row.update(r.scalars.metrics)
         rows.append(row)
     table = pd.DataFrame(rows, columns=None if rows else RECORD_COLUMNS)
     if rows:
         metric_cols = sorted(c for c in table.columns if c not in RECORD_COLUMNS)
         table = table[RECORD_COLUMNS + metric_cols].sort_values(["model", "step"], kind="stable")
     return table.reset_index(drop=True)
+
+
+def table_row(r: Record, identical: list[int], equal: list[dict]) -> dict:
+    """The `RECORD_COLUMNS` of a record's row (`identical`: steps with the same weights; `equal`: its integrity
+    entries)."""
+    nonfinite = r.provenance.nonfinite or {}
+    return {
+        "model": r.model,
+        "base_model": r.identity.base_model or r.model,
+        "seed": r.identity.seed,
+        "step": r.step,
+        "status": r.outcome.status,
+        "revision": r.identity.revision,
+        "weights_sha256": r.provenance.weights_sha256,
+        "identical_weights_as": " ".join(map(str, identical)),
+        # tensors equal to the same tensor at another step: `<step>[(final)]: name name ...; ...`
+        "integrity": "; ".join(
+            f"{e['step']}{' (final)' if e['final'] else ''}: {' '.join(e['tensors'])}" for e in equal
+        ),
+        # "weights" / "activations": the checkpoint computed non-finite values (see the record's warnings)
+        "nonfinite": " ".join(k for k in ("weights", "activations") if nonfinite.get(k)),
+    }
 
 
 def write_table(root: str | Path, study: str, table=None):

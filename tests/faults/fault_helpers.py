@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptstudy import results
 from ckptstudy.metrics import FamilyResult
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +98,7 @@ def record_file(root: Path, step: int, model: str = "micro", study: str = "smoke
 
 def read(root: Path, step: int, model: str = "micro", study: str = "smoke") -> dict | None:
     path = record_file(root, step, model, study)
-    return json.loads(path.read_text()) if path.exists() else None
+    return results.read_record(path)
 
 
 def tree_digest(directory: Path) -> dict[str, bytes]:

@@ -36,27 +36,27 @@ def test_truncated_weights_fail_alone_naming_the_file_and_a_fixed_file_is_recomp
     weights.write_bytes(good[: len(good) // 2])
     others = {s: tree_digest(suite / f"step{s}") for s in (1, 4)}
     records = {s: run(overrides(out_root, suite, f"step={s}")) for s in (1, 2, 4)}
-    assert records[1]["status"] == "ok" and records[4]["status"] == "ok"
+    assert records[1].outcome.status == "ok" and records[4].outcome.status == "ok"
     failed = records[2]
-    assert failed["status"] == "failed" and failed["error"]["type"] == "CheckpointError"
-    assert str(weights) in failed["error"]["message"] and "truncated" in failed["error"]["message"]
-    assert "weights_sha256" not in failed  # refused before loading
+    assert failed.outcome.status == "failed" and failed.outcome.error["type"] == "CheckpointError"
+    assert str(weights) in failed.outcome.error["message"] and "truncated" in failed.outcome.error["message"]
+    assert failed.provenance.weights_sha256 is None  # refused before loading
     assert {s: tree_digest(suite / f"step{s}") for s in (1, 4)} == others  # other steps untouched
     # the failure record is never reused: a re-run tries again (and fails again), a fixed file is measured
     again = run(overrides(out_root, suite, "step=2"))
-    assert not again.get("skipped") and again["status"] == "failed"
+    assert not again.outcome.skipped and again.outcome.status == "failed"
     weights.write_bytes(good)
     fixed = run(overrides(out_root, suite, "step=2"))
-    assert fixed["status"] == "ok" and fixed["recomputed_because"] == "previous record failed"
-    assert read(out_root, 2)["status"] == "ok"
+    assert fixed.outcome.status == "ok" and fixed.outcome.recomputed_because == "previous record failed"
+    assert read(out_root, 2).outcome.status == "ok"
 
 
 def test_missing_config_json_names_the_file(micro_suite, out_root, tmp_path, loads):
     suite = copy_suite(micro_suite, tmp_path / "suite", [2])
     (suite / "step2" / "config.json").unlink()
     record = run(overrides(out_root, suite, "step=2"))
-    assert record["status"] == "failed" and loads == []
-    assert f"no config.json in {suite / 'step2'}" in record["error"]["message"]
+    assert record.outcome.status == "failed" and loads == []
+    assert f"no config.json in {suite / 'step2'}" in record.outcome.error["message"]
 
 
 def test_suite_copy_with_one_checkpoint_measures_it_and_never_trains_the_rest(micro_suite, out_root, tmp_path, loads):
@@ -71,19 +71,21 @@ def test_suite_copy_with_one_checkpoint_measures_it_and_never_trains_the_rest(mi
         patch.setattr(suite_module, "train_tokenizer", no_training)
         suite = copy_suite(micro_suite, tmp_path / "suite", [2], manifest=False)
         before = tree_digest(suite)
-        assert run(overrides(out_root, suite, "step=2"))["status"] == "ok"
+        assert run(overrides(out_root, suite, "step=2")).outcome.status == "ok"
         missing = run(overrides(out_root, suite, "step=4"))
-        assert missing["status"] == "failed" and missing["error"]["type"] == "CheckpointError"
-        message = missing["error"]["message"]
+        assert missing.outcome.status == "failed" and missing.outcome.error["type"] == "CheckpointError"
+        message = missing.outcome.error["message"]
         assert f"no checkpoint directory {suite / 'step4'}" in message and "`make suite`" in message, message
         assert tree_digest(suite) == before and sorted(p.name for p in suite.parent.iterdir()) == ["out", "suite"]
         # a finished build missing that step says so; a build of another recipe is refused even where a step exists
         shutil.copy2(micro_suite / "suite.json", suite / "suite.json")
-        assert "the build there lacks this step" in run(overrides(out_root, suite, "step=4"))["error"]["message"]
+        assert "the build there lacks this step" in run(overrides(out_root, suite, "step=4")).outcome.error["message"]
         other = {**json.loads((suite / "suite.json").read_text()), "spec_hash": "0" * 16}
         (suite / "suite.json").write_text(json.dumps(other))
         refused = run(overrides(out_root, suite, "step=2", "force=true"))
-        assert refused["status"] == "failed" and "holds a build of another recipe" in refused["error"]["message"]
+        assert (
+            refused.outcome.status == "failed" and "holds a build of another recipe" in refused.outcome.error["message"]
+        )
     assert len(loads) == 1  # only step 2's first, successful job loaded weights
 
 
@@ -92,11 +94,14 @@ def test_revision_missing_from_the_cache_fails_and_is_measured_once_cached(micro
     make_hub_cache(offline_hub, repo, {"a" * 40: micro_suite / "step1"}, {"step1000": "a" * 40})
     args = [*overrides(out_root, micro_suite, "step=2000"), "model=pythia-14m", f"model.repo={repo}"]
     record = run(args)
-    assert record["status"] == "failed"
-    assert f"{repo} revision step2000" in record["error"]["message"] and "HF_HUB_OFFLINE" in record["error"]["message"]
+    assert record.outcome.status == "failed"
+    assert (
+        f"{repo} revision step2000" in record.outcome.error["message"]
+        and "HF_HUB_OFFLINE" in record.outcome.error["message"]
+    )
     set_refs(offline_hub, repo, {"step2000": "a" * 40})  # the revision is downloaded now
     again = run(args)
-    assert again["status"] == "ok" and again["recomputed_because"] == "previous record failed"
+    assert again.outcome.status == "ok" and again.outcome.recomputed_because == "previous record failed"
 
 
 # -- 8. untrusted weights ------------------------------------------------------------------------------------
@@ -126,8 +131,8 @@ def test_pickle_that_would_run_code_is_refused_and_never_unpickled(micro_suite, 
     torch.save({"gpt_neox.embed_in.weight": Payload(marker)}, checkpoint / "pytorch_model.bin")
     record = run([*overrides(out_root, micro_suite, "step=1"), *local_model(f"{checkpoint.parent}/step{{step}}", [1])])
     assert not marker.exists()  # the payload never ran
-    assert record["status"] == "failed" and loads == []
-    message = record["error"]["message"]
+    assert record.outcome.status == "failed" and loads == []
+    message = record.outcome.error["message"]
     assert str(checkpoint / "pytorch_model.bin") in message and "refused as unsafe" in message
 
 
@@ -156,22 +161,22 @@ def test_loading_never_trusts_remote_code_and_unpickles_tensors_only(micro_suite
 def test_record_is_recomputed_when_checkpoint_files_or_config_change(micro_suite, out_root, tmp_path):
     suite = copy_suite(micro_suite, tmp_path / "suite", [2])
     first = run(overrides(out_root, suite, "step=2"))
-    assert first["status"] == "ok" and first["package_version"] == ckptstudy.__version__
-    assert first["checkpoint_fingerprint"].startswith("local:")
-    assert run(overrides(out_root, suite, "step=2")).get("skipped")
+    assert first.outcome.status == "ok" and first.provenance.package_version == ckptstudy.__version__
+    assert first.provenance.checkpoint_fingerprint.startswith("local:")
+    assert run(overrides(out_root, suite, "step=2")).outcome.skipped
     # other weights in the same place (same revision, same config): the files changed, the record is stale
     shutil.copy(micro_suite / "step4" / "model.safetensors", suite / "step2" / "model.safetensors")
     changed = run(overrides(out_root, suite, "step=2"))
-    assert not changed.get("skipped") and changed["recomputed_because"].startswith("checkpoint files changed")
-    assert changed["weights_sha256"] != first["weights_sha256"]
+    assert not changed.outcome.skipped and changed.outcome.recomputed_because.startswith("checkpoint files changed")
+    assert changed.provenance.weights_sha256 != first.provenance.weights_sha256
     # a file rewritten with the same bytes (new mtime) is conservatively measured again too
     os.utime(suite / "step2" / "config.json", ns=(1, 1))
-    assert run(overrides(out_root, suite, "step=2"))["recomputed_because"].startswith("checkpoint files changed")
-    assert run(overrides(out_root, suite, "step=2")).get("skipped")
+    assert run(overrides(out_root, suite, "step=2")).outcome.recomputed_because.startswith("checkpoint files changed")
+    assert run(overrides(out_root, suite, "step=2")).outcome.skipped
     other = run(overrides(out_root, suite, "step=2", "metrics.repetition.max_cycles=4"))
-    assert other["recomputed_because"] == "measurement config changed"
+    assert other.outcome.recomputed_because == "measurement config changed"
     forced = run(overrides(out_root, suite, "step=2", "metrics.repetition.max_cycles=4", "force=true"))
-    assert forced["recomputed_because"] == "force=true"
+    assert forced.outcome.recomputed_because == "force=true"
 
 
 def test_hub_record_is_recomputed_when_the_revision_moves_to_another_commit(micro_suite, out_root, offline_hub):
@@ -180,13 +185,13 @@ def test_hub_record_is_recomputed_when_the_revision_moves_to_another_commit(micr
     make_hub_cache(offline_hub, repo, commits, {"step1000": "1" * 40})
     args = [*overrides(out_root, micro_suite, "step=1000"), "model=pythia-14m", f"model.repo={repo}"]
     first = run(args)
-    assert first["status"] == "ok" and first["checkpoint_fingerprint"] == "hub:" + "1" * 40
-    assert run(args).get("skipped")
+    assert first.outcome.status == "ok" and first.provenance.checkpoint_fingerprint == "hub:" + "1" * 40
+    assert run(args).outcome.skipped
     set_refs(offline_hub, repo, {"step1000": "4" * 40})  # the branch now points at other weights
     moved = run(args)
     old, new = "hub:" + "1" * 40, "hub:" + "4" * 40
-    assert moved["recomputed_because"] == f"checkpoint files changed since the record was made ({old} -> {new})"
-    assert moved["weights_sha256"] != first["weights_sha256"]
+    assert moved.outcome.recomputed_because == f"checkpoint files changed since the record was made ({old} -> {new})"
+    assert moved.provenance.weights_sha256 != first.provenance.weights_sha256
 
 
 @pytest.mark.parametrize("change", ["truncate", "garbage"])

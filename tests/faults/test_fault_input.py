@@ -21,9 +21,9 @@ loads, out_root = fault_helpers.loads, fault_helpers.out_root  # fixtures
 
 def refused(record: dict, loads: list, *parts: str) -> str:
     """The record failed before any weights loaded, its message naming every part."""
-    message = record["error"]["message"]
-    assert record["status"] == "failed", record
-    assert loads == [] and "weights_sha256" not in record, "weights were loaded before the refusal"
+    message = record.outcome.error["message"]
+    assert record.outcome.status == "failed", record
+    assert loads == [] and record.provenance.weights_sha256 is None, "weights were loaded before the refusal"
     for part in parts:
         assert part in message, (part, message)
     return message
@@ -110,7 +110,7 @@ def test_unwritable_results_directory_is_refused_before_computing(micro_suite, t
     blocker.write_text("not a directory")
     record = run(overrides(blocker / "out", micro_suite, "step=1"))  # root, even as uid 0, cannot be created
     message = refused(record, loads, "is not writable", str(blocker / "out"))
-    assert record["error"]["type"] == "OutputError" and "unwritten" in record, message
+    assert record.outcome.error["type"] == "OutputError" and record.outcome.unwritten is not None, message
 
 
 def test_full_disk_is_refused_before_computing(micro_suite, out_root, loads, monkeypatch):
@@ -118,6 +118,6 @@ def test_full_disk_is_refused_before_computing(micro_suite, out_root, loads, mon
     monkeypatch.setattr(results.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
     record = run(overrides(out_root, micro_suite, "step=1"))
     refused(record, loads, "0.0 MB free", "50 MB")
-    assert read(out_root, 1)["status"] == "failed"  # the small failure record still fits
+    assert read(out_root, 1).outcome.status == "failed"  # the small failure record still fits
     monkeypatch.undo()
-    assert run(overrides(out_root, micro_suite, "step=1"))["status"] == "ok"  # space freed: measured
+    assert run(overrides(out_root, micro_suite, "step=1")).outcome.status == "ok"  # space freed: measured

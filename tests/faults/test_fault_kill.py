@@ -12,6 +12,7 @@ import pandas as pd
 from fault_helpers import overrides, read, record_file, run, run_child, temp_files
 
 from ckptstudy import results
+from ckptstudy.record import Identity, Outcome, Record, Scalars
 from wandb_files import history, run_config
 
 out_root = fault_helpers.out_root  # fixtures
@@ -26,7 +27,7 @@ for job in args["jobs"]:
     if job.get("faults"):
         inject.install(job["faults"])
     record = run_job(compose_config(job["overrides"]))
-    print("DONE", record["step"], record["status"], flush=True)
+    print("DONE", record.step, record.outcome.status, flush=True)
 """
 
 
@@ -64,31 +65,32 @@ def test_killed_jobs_leave_no_partial_record_and_only_they_rerun(micro_suite, ou
 
     # no partial record is visible: killed jobs have none, the killed re-computation left the old one whole
     assert not record_file(out_root, 2).exists() and not record_file(out_root, 4).exists()
-    assert [(r["step"], r["status"]) for r in results.load_records(out_root, "smoke")] == [(8, "ok"), (16, "ok")]
+    assert [(r.step, r.outcome.status) for r in results.load_records(out_root, "smoke")] == [(8, "ok"), (16, "ok")]
     for step in (8, 16):
         json.loads(record_file(out_root, step).read_text())  # complete JSON
     # the unrenamed step8 record; step4's was removed by the next job in that directory (its writer is dead)
     assert [p.name.split(".")[1] for p in temp_files(records_dir)] == ["step8"]
     # W&B runs of the finished jobs are intact after the kills
     for step in (8, 16):
-        run_dir = read(out_root, step)["wandb_run_dir"]
+        run_dir = read(out_root, step).provenance.wandb_run_dir
         assert run_config(run_dir)["name"] == f"micro@step{step}"
         assert [row["train/step"] for row in history(run_dir) if "train/step" in row] == [step]
 
     before = {s: record_file(out_root, s).stat().st_mtime_ns for s in (16,)}
     rerun = {s: run(overrides(out_root, micro_suite, f"step={s}")) for s in (2, 4, 8, 16)}
-    assert rerun[16].get("skipped") and record_file(out_root, 16).stat().st_mtime_ns == before[16]
-    recomputed = sorted(s for s, r in rerun.items() if not r.get("skipped"))
+    assert rerun[16].outcome.skipped and record_file(out_root, 16).stat().st_mtime_ns == before[16]
+    recomputed = sorted(s for s, r in rerun.items() if not r.outcome.skipped)
     assert recomputed == [2, 4, 8]  # only the killed jobs
-    assert all(r["status"] == "ok" for r in rerun.values())
-    assert "arrays file step8.npz was rewritten" in rerun[8]["recomputed_because"]
+    assert all(r.outcome.status == "ok" for r in rerun.values())
+    assert "arrays file step8.npz was rewritten" in rerun[8].outcome.recomputed_because
     assert temp_files(records_dir) == []  # the dead writers' temporary files are cleaned up
-    assert [r["step"] for r in results.load_records(out_root, "smoke")] == [2, 4, 8, 16]
+    assert [r.step for r in results.load_records(out_root, "smoke")] == [2, 4, 8, 16]
 
 
 def _fake_record(root, step: int) -> None:
     path = results.record_path(root, "smoke", "micro", step)
-    results.write_record(path, {"model": "micro", "step": step, "status": "ok", "metrics": {"x/y": step / 10}})
+    record = Record(Identity("micro", step), Outcome(status="ok"), Scalars(metrics={"x/y": step / 10}))
+    results.write_record(path, record)
 
 
 TABLE_CHILD = r"""

@@ -4,7 +4,6 @@ them is a failed family with its error while the others still run."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import fault_helpers
@@ -35,7 +34,7 @@ def add_crashing_family(cfg) -> None:
 
 
 def nonfinite_metrics(record: dict) -> list[str]:
-    return [k for k, v in record["metrics"].items() if not math.isfinite(v)]
+    return [k for k, v in record.scalars.metrics.items() if not math.isfinite(v)]
 
 
 def test_nonfinite_weights_are_flagged_and_a_crashing_family_fails_alone(micro_suite, out_root, tmp_path):
@@ -46,13 +45,15 @@ def test_nonfinite_weights_are_flagged_and_a_crashing_family_fails_alone(micro_s
     suite = damaged_suite(micro_suite, tmp_path / "suite", poison)
     record = run(overrides(out_root, suite, "step=1600", metrics=FAMILIES), edit=add_crashing_family)
     # the job finished and wrote its record; the family that crashes on NaN failed with its error
-    assert json.loads(record_file(out_root, 1600).read_text(), parse_constant=float)["status"] == "failed"
-    assert record["error"]["type"] == "MetricError"
-    assert "metrics.crashy: FloatingPointError: cannot measure: non-finite weights in" in record["error"]["message"]
-    assert "rep/natural_rate" in record["metrics"] and "lowinfo/enrich_low_info_natural" in record["metrics"]
-    warnings = record["warnings"]
+    assert results.read_record(record_file(out_root, 1600)).outcome.status == "failed"
+    assert record.outcome.error["type"] == "MetricError"
+    assert (
+        "metrics.crashy: FloatingPointError: cannot measure: non-finite weights in" in record.outcome.error["message"]
+    )
+    assert "rep/natural_rate" in record.scalars.metrics and "lowinfo/enrich_low_info_natural" in record.scalars.metrics
+    warnings = record.outcome.warnings
     assert f"weights: 3 non-finite values in {TENSOR}" in warnings
-    assert record["nonfinite"]["weights"] == {TENSOR: 3}
+    assert record.provenance.nonfinite["weights"] == {TENSOR: 3}
     # every non-finite metric is flagged by name; none is hidden as a number
     bad = nonfinite_metrics(record)
     assert bad and all(any(w.startswith(f"metric {k} is non-finite") for w in warnings) for k in bad)
@@ -68,21 +69,21 @@ def test_nonfinite_activations_from_finite_weights_are_flagged(micro_suite, out_
 
     suite = damaged_suite(micro_suite, tmp_path / "suite", overflow)
     record = run(overrides(out_root, suite, "step=1600", metrics=FAMILIES))
-    warnings = record["warnings"]
+    warnings = record.outcome.warnings
     assert not any(w.startswith("weights:") for w in warnings)  # the weights are finite
     assert any(w.startswith("activations: non-finite values in the output of gpt_neox.layers.0") for w in warnings)
-    assert "gpt_neox.layers.0" in record["nonfinite"]["activations"]
+    assert "gpt_neox.layers.0" in record.provenance.nonfinite["activations"]
     bad = nonfinite_metrics(record)
     assert all(any(w.startswith(f"metric {k} is non-finite") for w in warnings) for k in bad)
 
 
 def test_finite_checkpoint_has_no_nonfinite_warnings(micro_suite, out_root):
     record = run(overrides(out_root, micro_suite, "step=1600", metrics=FAMILIES))
-    assert record["status"] == "ok" and "nonfinite" not in record
-    assert not any(w.startswith(("weights:", "activations:")) for w in record.get("warnings", []))
+    assert record.outcome.status == "ok" and record.provenance.nonfinite is None
+    assert not any(w.startswith(("weights:", "activations:")) for w in record.outcome.warnings)
     # NaN with a reason (e.g. nothing to measure at this step) is a documented value, not a warning
     for key in nonfinite_metrics(record):
-        assert key in record["nan_reasons"] and not record["nan_reasons"][key].startswith("unexplained")
+        assert key in record.scalars.nan_reasons and not record.scalars.nan_reasons[key].startswith("unexplained")
 
 
 def test_nonfinite_warnings_cover_arrays_of_a_suspect_checkpoint():

@@ -18,6 +18,7 @@ import pandas as pd
 from fault_helpers import HERE, REPO, overrides, read, record_file, temp_files
 
 from ckptstudy import results
+from ckptstudy.record import Identity, Outcome, Provenance, Record
 from wandb_files import run_config
 
 out_root = fault_helpers.out_root  # fixtures
@@ -79,12 +80,12 @@ def test_killed_parallel_sweep_loses_nothing_and_resumes(micro_suite, out_root, 
         _kill_sweep(proc, markers)
 
     # the two workers were busy with 4 and 8, so 1 and 2 had finished: complete records and W&B runs
-    assert [(r["step"], r["status"]) for r in results.load_records(out_root, "smoke")] == [(1, "ok"), (2, "ok")]
+    assert [(r.step, r.outcome.status) for r in results.load_records(out_root, "smoke")] == [(1, "ok"), (2, "ok")]
     assert not record_file(out_root, 4).exists() and not record_file(out_root, 8).exists()
     assert [p.name.split(".")[1] for p in temp_files(out_root / "smoke" / "records")] == ["step8"]
     assert not (out_root / "smoke" / results.TABLE_NAME).exists()  # the summary never ran: no table at all
     for step in (1, 2):
-        assert run_config(read(out_root, step)["wandb_run_dir"])["name"] == f"micro@step{step}"
+        assert run_config(read(out_root, step).provenance.wandb_run_dir)["name"] == f"micro@step{step}"
     mtimes = {s: record_file(out_root, s).stat().st_mtime_ns for s in (1, 2)}
 
     clean_env = {**os.environ, "WANDB_SILENT": "true"}
@@ -99,7 +100,7 @@ def test_killed_parallel_sweep_loses_nothing_and_resumes(micro_suite, out_root, 
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("skipped (record exists)") == 2  # only the killed jobs ran again
     assert {s: record_file(out_root, s).stat().st_mtime_ns for s in (1, 2)} == mtimes
-    assert all(read(out_root, s)["status"] == "ok" for s in STEPS)
+    assert all(read(out_root, s).outcome.status == "ok" for s in STEPS)
     assert temp_files(out_root / "smoke" / "records") == []
     table = pd.read_csv(out_root / "smoke" / results.TABLE_NAME)
     assert table["step"].tolist() == STEPS and set(table["status"]) == {"ok"}
@@ -109,7 +110,7 @@ def _finish_in_thread(cfg, step: int, sha: str, out: dict) -> threading.Thread:
     from ckptstudy.job import finish
     from ckptstudy.metrics import FamilyResult
 
-    record = {"model": "micro", "step": step, "study": "smoke", "status": "ok", "weights_sha256": sha, "metrics": {}}
+    record = Record(Identity("micro", step, "smoke"), Outcome(status="ok"), provenance=Provenance(weights_sha256=sha))
 
     def target():
         out[step] = finish(cfg, record, FamilyResult(), time.time())
@@ -138,14 +139,16 @@ def test_parallel_jobs_with_identical_weights_see_each_other(tmp_path, monkeypat
         t.start()
     for t in threads:
         t.join(timeout=60)
-    flagged = sorted((s, r["identical_weights_as"]) for s, r in out.items() if r["identical_weights_as"])
+    flagged = sorted(
+        (s, r.provenance.identical_weights_as) for s, r in out.items() if r.provenance.identical_weights_as
+    )
     assert len(flagged) == 1 and flagged[0][1] == [3 - flagged[0][0]], out
-    assert read(root, flagged[0][0])["identical_weights_as"] == [3 - flagged[0][0]]
+    assert read(root, flagged[0][0]).provenance.identical_weights_as == [3 - flagged[0][0]]
 
 
 def test_table_writer_waits_for_the_study_lock(tmp_path):
     root = tmp_path / "out"
-    results.write_record(results.record_path(root, "smoke", "micro", 1), {"model": "micro", "step": 1, "status": "ok"})
+    results.write_record(results.record_path(root, "smoke", "micro", 1), Record(Identity("micro", 1), Outcome("ok")))
     done = threading.Event()
     writer = threading.Thread(target=lambda: (results.write_table(root, "smoke"), done.set()))
     with results.study_lock(root, "smoke"):  # another writer of the study holds the lock

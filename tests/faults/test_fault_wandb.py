@@ -45,14 +45,14 @@ def test_wandb_failure_keeps_the_record_and_is_reported_once(
     monkeypatch.setattr(wandb, "init", refuse_to_start if fault == "init" else lambda **kw: DyingRun(tmp_path))
     caplog.set_level(logging.INFO)
     record = run(overrides(out_root, micro_suite, "step=1", "logger.heatmaps=false", logger="wandb"))
-    assert record["status"] == "ok"
+    assert record.outcome.status == "ok"
     on_disk = read(out_root, 1)
-    assert on_disk["status"] == "ok" and on_disk["metrics"] == record["metrics"]
-    reported = [w for w in on_disk["warnings"] if w.startswith("W&B")]
+    assert on_disk.outcome.status == "ok" and on_disk.scalars.metrics == record.scalars.metrics
+    reported = [w for w in on_disk.outcome.warnings if w.startswith("W&B")]
     expected = "wandb.init() timed out" if fault == "init" else "wandb-core went away"
     assert len(reported) == 1 and expected in reported[0] and "results are still written locally" in reported[0]
     assert len(wandb_warnings(caplog)) == 1
-    assert run(overrides(out_root, micro_suite, "step=1")).get("skipped")  # a finished job: not measured again
+    assert run(overrides(out_root, micro_suite, "step=1")).outcome.skipped  # a finished job: not measured again
 
 
 def test_strict_logger_makes_a_wandb_failure_fail_the_job(micro_suite, out_root, monkeypatch):
@@ -60,9 +60,12 @@ def test_strict_logger_makes_a_wandb_failure_fail_the_job(micro_suite, out_root,
 
     monkeypatch.setattr(wandb, "init", refuse_to_start)
     record = run(overrides(out_root, micro_suite, "step=1", "logger.strict=true", logger="wandb"))
-    assert record["status"] == "failed" and record["error"]["type"] == "TrackingError"
-    assert "wandb.init() timed out" in record["error"]["message"] and "logger.strict=true" in record["error"]["message"]
-    assert read(out_root, 1)["status"] == "failed"
+    assert record.outcome.status == "failed" and record.outcome.error["type"] == "TrackingError"
+    assert (
+        "wandb.init() timed out" in record.outcome.error["message"]
+        and "logger.strict=true" in record.outcome.error["message"]
+    )
+    assert read(out_root, 1).outcome.status == "failed"
     monkeypatch.undo()
     again = run(overrides(out_root, micro_suite, "step=1"))
-    assert again["status"] == "ok" and again["recomputed_because"] == "previous record failed"
+    assert again.outcome.status == "ok" and again.outcome.recomputed_because == "previous record failed"

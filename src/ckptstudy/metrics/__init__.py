@@ -22,7 +22,7 @@ from ckptstudy.measure.meter import Meter
 from ckptstudy.measure.precision import compute_bytes, upcast_bytes
 from ckptstudy.model import arch
 from ckptstudy.params import check_family
-from ckptstudy.stats.bootstrap import Sample, encode, full_statistics
+from ckptstudy.stats.bootstrap import Sample, full_statistics
 from ckptstudy.stats.intervals import Intervals, record_intervals
 
 log = logging.getLogger("ckptstudy")
@@ -41,7 +41,8 @@ class FamilyResult:
     A NaN scalar carries the reason given with it (`nan_reasons`); one given none is "unexplained" (a defect).
 
     Also: `heads` (per-head arrays [layer, head, ...], drawn as heatmaps), `raw` (other arrays saved with the
-    record, e.g. generated ids), `histograms` (W&B histograms), `bars` ({chart: {label: value}} bar charts).
+    record, e.g. generated ids; the record's npz keeps heads, raw and samples apart, `record.RecordArrays`),
+    `histograms` (W&B histograms), `bars` ({chart: {label: value}} bar charts).
     `part` keeps a sample that only serves another one (e.g. one side of a difference) without reporting it.
     A composite sample (`of=` other keys) is evaluated where its parts are: results of a family's steps are
     merged with `update`, and the job merges the families.
@@ -132,14 +133,6 @@ class FamilyResult:
             getattr(self, name).update(getattr(other, name))
         self._parts |= other._parts
         self._scalars = None
-
-    def saved_arrays(self) -> dict[str, np.ndarray]:
-        """Every array the record's npz holds: the per-head arrays, the raw data and the samples
-        (`bootstrap/<key>/...`, so intervals are recomputed from the record alone)."""
-        out = {**self.heads, **self.raw}
-        for key, sample in self.samples.items():
-            out.update(encode(key, sample))
-        return out
 
     def intervals(self, settings) -> Intervals:
         """Bootstrap intervals of the reported statistics (`ci` {key: [low, high]}), why the NaN ones are NaN and

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ckptstudy import results
+from ckptstudy.record import Record, Scalars
 from ckptstudy.report.resample import Resampled
 from ckptstudy.stats.claim_spec import Claim, Defaults
 from ckptstudy.stats.claims import VERDICTS, Rule, Trajectory, Verdict, agreement, evaluate
@@ -67,8 +68,13 @@ class ClaimResults:
 
 
 def group_of(row) -> str:
-    """The trajectory a record or table row belongs to: its `GROUP_FIELDS` values joined by '/'."""
+    """The trajectory a table row belongs to: its `GROUP_FIELDS` values joined by '/'."""
     return "/".join(str(row[name]) for name in GROUP_FIELDS)
+
+
+def record_group(record: Record) -> str:
+    """The trajectory a record belongs to (`group_of` of its row): its identity's `GROUP_FIELDS` joined by '/'."""
+    return "/".join(str(getattr(record.identity, name)) for name in GROUP_FIELDS)
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -83,12 +89,12 @@ def _number(value) -> float:
         return math.nan
 
 
-def trajectories(table: pd.DataFrame, records: list[dict], resampled: Resampled) -> dict[str, Trajectory]:
+def trajectories(table: pd.DataFrame, records: list[Record], resampled: Resampled) -> dict[str, Trajectory]:
     """One `Trajectory` per group (model) of the table's ok rows."""
     ok = table[table["status"] == "ok"]
     if ok.empty:
         return {}
-    by_step = {(group_of(r), int(r["step"])): r for r in records if r.get("status") == "ok"}
+    by_step = {(record_group(r), r.step): r.scalars for r in records if r.ok}
     columns = metric_columns(table)
     out = {}
     for group, part in ok.groupby(ok.apply(group_of, axis=1)):
@@ -97,16 +103,16 @@ def trajectories(table: pd.DataFrame, records: list[dict], resampled: Resampled)
         traj = Trajectory(steps, {c: dict(zip(steps, map(_number, part[c]))) for c in columns})
         for step, row in zip(steps, part.itertuples(index=False)):
             model = row.model
-            record = by_step.get((group, step), {})
+            found = by_step.get((group, step), Scalars())
             for key, bounds in resampled.intervals.get((model, step), {}).items():
                 traj.intervals.setdefault(key, {})[step] = (float(bounds[0]), float(bounds[1]))
             for key, why in resampled.reasons.get((model, step), {}).items():
                 traj.withheld.setdefault(key, {})[step] = why
             for key, reps in resampled.replicates.get((model, step), {}).items():
                 traj.replicates.setdefault(key, {})[step] = np.asarray(reps, dtype=float)
-            for key, why in (record.get("nan_reasons") or {}).items():
+            for key, why in found.nan_reasons.items():
                 traj.nan_reasons.setdefault(key, {})[step] = why
-            for key, why in (record.get("no_interval") or {}).items():
+            for key, why in found.no_interval.items():
                 traj.no_interval.setdefault(key, why)
         out[group] = traj
     return out
@@ -116,7 +122,7 @@ def study_claims(
     claims: list[Claim],
     defaults: Defaults,
     table: pd.DataFrame,
-    records: list[dict],
+    records: list[Record],
     resampled: Resampled,
     rule: Rule,
 ) -> ClaimResults:

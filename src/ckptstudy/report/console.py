@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.record import FORMAT, Record
 from ckptstudy.report import seeds
 from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.onset_results import Onsets
@@ -20,12 +21,12 @@ NUMBER = re.compile(r"[-+]?[0-9]*[.]?[0-9]+(e[-+]?[0-9]+)?")
 SHOWN_REASONS = 8
 
 
-def nan_reason_counts(records: list[dict]) -> Counter:
+def nan_reason_counts(records: list[Record]) -> Counter:
     """How many (record, metric) values are NaN for each kind of reason (numbers in a reason are replaced
     by `#`, so "max |z| 2.66" and "max |z| 4.2" count as one kind; the records keep the exact reason)."""
     counts: Counter = Counter()
     for record in records:
-        for key, reason in (record.get("nan_reasons") or {}).items():
+        for key, reason in record.scalars.nan_reasons.items():
             counts[f"{key}: {NUMBER.sub('#', reason)}"] += 1
     return counts
 
@@ -95,9 +96,9 @@ def file_lines(
     return lines
 
 
-def note_lines(nan_reasons: Counter, recomputed: list[dict]) -> list[str]:
-    """NaN values by reason (the most common first), and records recomputed because their definitions or
-    config changed."""
+def note_lines(nan_reasons: Counter, recomputed: list[Record], converted: list[Record] | None = None) -> list[str]:
+    """NaN values by reason (the most common first), records recomputed because their definitions, format or
+    config changed, and records of an older format read through a converter (`record.from_json`)."""
     lines = []
     if nan_reasons:
         lines.append(f"NaN values: {sum(nan_reasons.values())} (each has its reason in the record's nan_reasons):")
@@ -105,9 +106,15 @@ def note_lines(nan_reasons: Counter, recomputed: list[dict]) -> list[str]:
         if len(nan_reasons) > SHOWN_REASONS:
             lines.append(f"  ... and {len(nan_reasons) - SHOWN_REASONS} other reasons")
     if recomputed:
-        why = Counter(r["recomputed_because"] for r in recomputed)
+        why = Counter(r.outcome.recomputed_because for r in recomputed)
         lines.append(
             f"recomputed {len(recomputed)} existing record(s): " + "; ".join(f"{n} x {k}" for k, n in why.items())
+        )
+    if converted:
+        formats = ", ".join(str(f) for f in sorted({r.format for r in converted}))
+        lines.append(
+            f"read {len(converted)} record(s) of format {formats} through a converter (record format is now "
+            f"{FORMAT}; a sweep of the same config rewrites them)"
         )
     return lines
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ckptstudy import results
+from ckptstudy.record import Record
 from ckptstudy.report.resample import Resampled
 from ckptstudy.stats.onsets import onset_intervals, onsets
 
@@ -41,7 +42,7 @@ class Onsets:
 
 def study_onsets(
     table: pd.DataFrame,
-    records: list[dict],
+    records: list[Record],
     resampled: Resampled,
     metrics: list[str],
     fraction: float,
@@ -53,7 +54,7 @@ def study_onsets(
     found = Onsets(metrics, fraction, persist, onsets(table, metrics, fraction, persist))
     ok = table[table["status"] == "ok"]
     steps_by_model = {m: sorted(int(s) for s in part["step"]) for m, part in ok.groupby("model")}
-    values = {(r["model"], int(r["step"])): r.get("metrics") or {} for r in records if r.get("status") == "ok"}
+    values = {(r.model, r.step): r.scalars.metrics for r in records if r.ok}
     started = time.perf_counter()
     found.intervals = onset_intervals(steps_by_model, resampled.replicates, values, metrics, fraction, persist, level)
     found.seconds = time.perf_counter() - started

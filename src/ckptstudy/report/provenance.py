@@ -16,6 +16,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ckptstudy.record import Record
+
 PACKAGES = ("torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "numpy", "pandas", "matplotlib", "wandb")
 SHOWN_RECORDS = 16  # records named per config hash
 
@@ -74,11 +76,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def config_rows(records: list[dict]) -> list[dict]:
+def config_rows(records: list[Record]) -> list[dict]:
     """One row per config hash: how many records carry it and which (the first `SHOWN_RECORDS`)."""
     hashes: dict[str, list] = defaultdict(list)
     for record in records:
-        hashes[str(record.get("config_hash"))].append(f"{record.get('model')}@{record.get('step')}")
+        hashes[str(record.provenance.config_hash)].append(record.label)
     return [
         {
             "hash": h,
@@ -89,18 +91,19 @@ def config_rows(records: list[dict]) -> list[dict]:
     ]
 
 
-def provenance(records: list[dict], directory: Path, built_by: str) -> dict:
+def provenance(records: list[Record], directory: Path, built_by: str) -> dict:
     """The data of the section "How this was made"."""
-    newest = max(records, key=lambda r: str(r.get("finished_at", "")), default={})
-    config = newest.get("config") or {}
+    newest = max(records, key=lambda r: str(r.outcome.finished_at or ""), default=None)
+    config = (newest.provenance.config if newest else None) or {}
     return {
         "commands": sweep_commands(directory),
         "built_by": built_by,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "configs": config_rows(records),
-        "newest": f"{newest.get('model')}@{newest.get('step')}",
+        "newest": newest.label if newest else "None@None",
         "config_yaml": OmegaConf.to_yaml(OmegaConf.create(config)) if config else "(no config stored)",
-        "record_versions": ", ".join(sorted({str(r.get("package_version")) for r in records})),
-        "definitions": "; ".join(sorted({str(r.get("definitions")) for r in records if r.get("definitions")})),
+        "record_versions": ", ".join(sorted({str(r.provenance.package_version) for r in records})),
+        "record_formats": ", ".join(str(f) for f in sorted({r.format for r in records})),
+        "definitions": "; ".join(sorted({str(r.provenance.definitions) for r in records if r.provenance.definitions})),
         "versions": versions(),
     }

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ckptstudy import results
-from ckptstudy.stats.bootstrap import decode, resample
+from ckptstudy.record import Record
+from ckptstudy.stats.bootstrap import resample
 from ckptstudy.stats.intervals import checked_intervals
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,22 @@ def bootstrap_settings(bootstrap_cfg) -> dict:
     }
 
 
-def resample_records(records: list[dict], arrays: dict[str, dict], settings: dict) -> Resampled:
-    """Replicates and checked intervals of every ok record's scalars that have stored samples (`arrays`: record
-    path -> its arrays, samples included), with `settings` = `bootstrap_settings`. A record whose arrays file
-    is not the one written with it is skipped, with a warning."""
+def resample_records(records: list[Record], settings: dict) -> Resampled:
+    """Replicates and checked intervals of every ok record's scalars that have stored samples (`Record.samples`),
+    with `settings` = `bootstrap_settings`. A record whose arrays file is not the one written with it is skipped,
+    with a warning."""
     started = time.perf_counter()
     out = Resampled()
     for record in records:
-        if record.get("status") != "ok" or not record.get("arrays"):
+        if not record.ok or record.arrays is None:
             continue
-        where = (record["model"], int(record["step"]))
-        mismatch = results.arrays_mismatch(Path(record["_path"]), record)
+        where = (record.model, record.step)
+        mismatch = results.arrays_mismatch(record)
         if mismatch:
             log.warning("%s step %s: no intervals: %s", *where, mismatch)
             continue
-        samples = decode(arrays[record["_path"]])
-        metrics = record.get("metrics") or {}
+        samples = record.samples()
+        metrics = record.scalars.metrics
         if not any(k in metrics for k in samples):
             continue
         reps = resample(samples, settings["n"], settings["seed"])  # hidden parts of composites too

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ckptstudy.record import Record
 from ckptstudy.report.claim_results import ClaimResults
 from ckptstudy.report.onset_results import Onsets
 from ckptstudy.report.plots import (
@@ -29,8 +30,8 @@ from ckptstudy.report.plots import (
     trajectory_figure,
 )
 from ckptstudy.report.provenance import command_line
-from ckptstudy.report.study import is_head_array
-from ckptstudy.results import RECORD_COLUMNS, step_number
+from ckptstudy.report.study import drawn_heads
+from ckptstudy.results import RECORD_COLUMNS
 
 CI_SUFFIXES = ("/ci_low", "/ci_high")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -46,8 +47,7 @@ class ReportData:
     study: str
     directory: Path
     table: pd.DataFrame  # the trajectories table, with `<key>/ci_low|ci_high` columns
-    records: list[dict]
-    arrays: dict[str, dict[str, np.ndarray]]  # record path -> its arrays (bootstrap samples left out)
+    records: list[Record]  # each reads its arrays when first asked (`study.drawn_heads`)
     onsets: Onsets
     summary_metrics: list[str]
     bootstrap: dict  # n, level, seed, min_prompts
@@ -92,13 +92,13 @@ def interval_keys(table) -> set[str]:
     return {c[: -len("/ci_low")] for c in table.columns if c.endswith("/ci_low") and table[c].notna().any()}
 
 
-def tokens_per_step(records: list[dict]) -> dict[str, float | None]:
+def tokens_per_step(records: list[Record]) -> dict[str, float | None]:
     """Training tokens per step of each model, from the model config stored in its records."""
     out: dict[str, float | None] = {}
     for record in records:
-        value = ((record.get("config") or {}).get("model") or {}).get("tokens_per_step")
-        if out.get(record.get("model")) is None:
-            out[record.get("model")] = float(value) if value else None
+        value = ((record.provenance.config or {}).get("model") or {}).get("tokens_per_step")
+        if out.get(record.model) is None:
+            out[record.model] = float(value) if value else None
     return out
 
 
@@ -329,12 +329,11 @@ def onset_reference(key: str, model: str, data: ReportData) -> tuple[str | None,
 def head_arrays(data: ReportData, model: str) -> dict[str, list[tuple[int, np.ndarray]]]:
     """Per layer x head array of a model's ok records: [(step, array)] in step order."""
     out: dict[str, list] = defaultdict(list)
-    for record in sorted(data.records, key=step_number):
-        if record.get("model") != model or record.get("status") != "ok":
+    for record in sorted(data.records, key=lambda r: r.step):
+        if record.model != model or not record.ok:
             continue
-        for key, array in data.arrays.get(record["_path"], {}).items():
-            if is_head_array(record, array):
-                out[key].append((int(record["step"]), array))
+        for key, array in drawn_heads(record).items():
+            out[key].append((record.step, array))
     return dict(out)
 
 
@@ -359,7 +358,7 @@ def head_panel(data: ReportData, model: str, key: str, series: list[tuple[int, n
 def head_panels(data: ReportData) -> dict[str, list[dict]]:
     """Per family: its layer x head arrays over training, by model then array name."""
     out: dict[str, list[dict]] = defaultdict(list)
-    for model in sorted({r.get("model") for r in data.records if r.get("status") == "ok"}):
+    for model in sorted({r.model for r in data.records if r.ok}):
         for key, series in sorted(head_arrays(data, model).items()):
             out[key.split("/")[0]].append(head_panel(data, model, key, series))
     return dict(out)
@@ -383,10 +382,11 @@ def checkpoint_section(data: ReportData) -> dict:
     table = data.table
     failed = table[table["status"] != "ok"]
     flagged = table[table["identical_weights_as"].astype(str).str.strip() != ""]
-    by_key = {(r.get("model"), step_number(r)): r for r in data.records}
+    by_key = {(r.model, r.step): r for r in data.records}
     failures = []
     for _, row in failed.iterrows():
-        error = by_key.get((row["model"], int(row["step"])), {}).get("error") or {}
+        found = by_key.get((row["model"], int(row["step"])))
+        error = (found.outcome.error if found else None) or {}
         message = f"{error.get('type', '?')}: {error.get('message', '')}"
         trace = error.get("traceback")
         failures.append({"model": str(row["model"]), "step": row["step"], "error": message, "trace": trace})
@@ -401,12 +401,12 @@ def checkpoint_section(data: ReportData) -> dict:
     ]
     every = [
         {
-            "model": str(r.get("model")),
-            "step": r.get("step"),
-            "status": str(r.get("status")),
-            "seconds": fmt(r.get("seconds"), 4),
-            "finished": str(r.get("finished_at", "")),
-            "warnings": "; ".join(map(str, r.get("warnings") or [])),
+            "model": str(r.model),
+            "step": r.identity.step,
+            "status": str(r.outcome.status),
+            "seconds": fmt(r.outcome.seconds, 4),
+            "finished": str(r.outcome.finished_at or ""),
+            "warnings": "; ".join(map(str, r.outcome.warnings)),
         }
         for r in data.records
     ]
@@ -439,9 +439,7 @@ def reason_rows(rows: list[tuple[str, str, list[str]]]) -> list[dict]:
 def nan_section(data: ReportData) -> dict:
     """NaN values of the records grouped by (metric, reason), family by family, the most frequent first."""
     groups = reason_groups(
-        (f"{record.get('model')}@{record.get('step')}", key, reason)
-        for record in data.records
-        for key, reason in (record.get("nan_reasons") or {}).items()
+        (record.label, key, reason) for record in data.records for key, reason in record.scalars.nan_reasons.items()
     )
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0].split("/")[0], -len(kv[1][1]), kv[0]))
     rows = reason_rows([(kind[0], first, where) for kind, (first, where) in ordered])
@@ -452,7 +450,7 @@ def no_interval_reasons(data: ReportData) -> dict[str, str]:
     """{key: why it has no interval} from the records (`no_interval`, the families' declarations)."""
     reasons: dict[str, str] = {}
     for record in data.records:
-        for key, why in (record.get("no_interval") or {}).items():
+        for key, why in record.scalars.no_interval.items():
             reasons.setdefault(key, why)
     return reasons
 

@@ -1,5 +1,6 @@
-"""A study as the summary reads it: its records and, per record, only the arrays the summary uses (bootstrap
-samples and layer x head arrays; not the generated ids and other raw data, which can be large)."""
+"""A study as the summary reads it: its records (`ckptstudy.record.Record`, each reading its arrays from its npz
+when first asked: the summary asks for the samples and the per-head arrays, never the raw data, which can be
+large)."""
 
 from __future__ import annotations
 
@@ -9,39 +10,31 @@ from pathlib import Path
 import numpy as np
 
 from ckptstudy import results
-from ckptstudy.stats.bootstrap import without_samples
+from ckptstudy.record import FORMAT, Record
 
 
 @dataclass
 class Study:
-    """`records` sorted by model then step (each with its `_path`); `arrays`: record path -> its arrays."""
+    """`records` sorted by model then step (format-1 records read through `record.from_format1`)."""
 
     name: str
     directory: Path
-    records: list[dict]
-    arrays: dict[str, dict[str, np.ndarray]]
+    records: list[Record]
+
+    @property
+    def converted(self) -> list[Record]:
+        """Records of an older format, read through a converter (a sweep recomputes them)."""
+        return [r for r in self.records if r.format != FORMAT]
 
 
-def is_head_array(record: dict, array: np.ndarray) -> bool:
-    """True for a layer x head array: 2-D with the shape (n_layers, n_heads) of the model config stored in
-    the record (any 2-D array when the config does not say; generated ids and the like are not)."""
-    model = (record.get("config") or {}).get("model") or {}
-    shape = (model.get("n_layers"), model.get("n_heads"))
-    return array.ndim == 2 and (None in shape or tuple(array.shape) == shape)
-
-
-def needed_arrays(record: dict) -> dict[str, np.ndarray]:
-    """The arrays of an ok record that the summary uses: its bootstrap samples and its layer x head arrays."""
-    if not record.get("arrays") or record.get("status") != "ok":
+def drawn_heads(record: Record) -> dict[str, np.ndarray]:
+    """The layer x head arrays of an ok record that are drawn and tabled: its 2-D per-head arrays (those with more
+    axes, e.g. per key class, stay in the npz)."""
+    if not record.ok:
         return {}
-    stored = results.read_arrays(Path(record["_path"]))
-    kept = without_samples(stored)
-    heads = {k: v for k, v in kept.items() if is_head_array(record, v)}
-    return {**heads, **{k: v for k, v in stored.items() if k not in kept}}
+    return {k: v for k, v in record.heads().items() if v.ndim == 2}
 
 
 def load_study(root: str | Path, name: str) -> Study:
-    """Every readable record of `<root>/<name>/records` and the arrays the summary needs from each."""
-    records = results.load_records(root, name)
-    arrays = {r["_path"]: needed_arrays(r) for r in records}
-    return Study(name, results.study_dir(root, name), records, arrays)
+    """Every readable record of `<root>/<name>/records`."""
+    return Study(name, results.study_dir(root, name), results.load_records(root, name))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ckptstudy import results
 from ckptstudy.config import configured_claims
+from ckptstudy.record import Record
 from ckptstudy.report import console, seeds
 from ckptstudy.report.claim_results import ClaimResults, study_claims, write_claims
 from ckptstudy.report.html import write_report
@@ -25,7 +26,6 @@ from ckptstudy.report.sections import ReportData
 from ckptstudy.report.study import Study, load_study
 from ckptstudy.report.table import head_tables, trajectory_table
 from ckptstudy.report.tracking import Tracker, enabled
-from ckptstudy.stats.bootstrap import without_samples
 from ckptstudy.stats.claim_spec import defaults_from
 from ckptstudy.stats.claims import Rule
 
@@ -47,9 +47,11 @@ def plot_summary(path: Path, table, metrics: list[str], found: Onsets) -> Path:
     return path
 
 
-def recomputed_since(records: list[dict], since: str | None) -> list[dict]:
+def recomputed_since(records: list[Record], since: str | None) -> list[Record]:
     """Records that replaced an older one (`recomputed_because`), finished after `since` (ISO time) if given."""
-    return [r for r in records if r.get("recomputed_because") and (since is None or r.get("finished_at", "") >= since)]
+    return [
+        r for r in records if r.outcome.recomputed_because and (since is None or (r.outcome.finished_at or "") >= since)
+    ]
 
 
 def log_trajectories(
@@ -67,7 +69,7 @@ def log_trajectories(
     if not enabled(cfg.logger):
         return
     models = sorted(table["model"].unique())
-    heads = {m: head_tables(study.records, study.arrays, m) for m in models}
+    heads = {m: head_tables(study.records, m) for m in models}
     verdicts = {m: claims.rows(m) for m in models} if claims is not None else None
     onsets = {m: found.of_model(m) for m in models}
     for entry in across or []:
@@ -86,7 +88,7 @@ def summarize(cfg, since: str | None = None) -> dict:
     report = cfg.report
     settings = bootstrap_settings(report.bootstrap)
     study = load_study(cfg.paths.root, cfg.study)
-    resampled = resample_records(study.records, study.arrays, settings)
+    resampled = resample_records(study.records, settings)
     table = trajectory_table(study, resampled.intervals, **cross_step_settings(cfg.metrics))
     path, table = results.write_table(cfg.paths.root, cfg.study, table)
     if table.empty:
@@ -109,7 +111,6 @@ def summarize(cfg, since: str | None = None) -> dict:
         directory=study.directory,
         table=table,
         records=study.records,
-        arrays={k: without_samples(v) for k, v in study.arrays.items()},
         onsets=found,
         summary_metrics=summary_metrics,
         bootstrap=settings,
@@ -125,7 +126,7 @@ def summarize(cfg, since: str | None = None) -> dict:
     log_trajectories(cfg, study, table, found, plot_path, artifacts, verdicts, across)
     recomputed = recomputed_since(study.records, since)
     files = console.file_lines(study.directory, path, plot_path, report_path, claims_path)
-    notes = console.note_lines(console.nan_reason_counts(study.records), recomputed)
+    notes = console.note_lines(console.nan_reason_counts(study.records), recomputed, study.converted)
     console.print_summary(table, summary_metrics, found, study.directory, files, notes, verdicts, across)
     failed = table[table["status"] != "ok"]
     return {

@@ -11,21 +11,18 @@ import pandas as pd
 import torch
 
 from ckptstudy import results
-from ckptstudy.report.study import Study, is_head_array
-from ckptstudy.stats.bootstrap import without_samples
+from ckptstudy.record import Record
+from ckptstudy.report.study import Study, drawn_heads
 from ckptstudy.stats.specialization import jaccard, jaccard_chance, top_heads
 
 EFFECTS = "icl/ablation_effect"  # the per-head array the cross-step overlap is taken of
 
 
-def _ok_by_step(records: list[dict], model: str) -> list[dict]:
-    ok = (r for r in records if r.get("model") == model and r.get("status") == "ok")
-    return sorted(ok, key=lambda r: int(r["step"]))
+def _ok_by_step(records: list[Record], model: str) -> list[Record]:
+    return sorted((r for r in records if r.model == model and r.ok), key=lambda r: r.step)
 
 
-def add_cross_step_columns(
-    table: pd.DataFrame, records: list[dict], arrays: dict[str, dict], k: int, min_total: float
-) -> pd.DataFrame:
+def add_cross_step_columns(table: pd.DataFrame, records: list[Record], k: int, min_total: float) -> pd.DataFrame:
     """`icl/top{k}_jaccard_prev`: overlap of the top-k ablation heads with the previous ok step's, beside
     its chance level `icl/top{k}_jaccard_prev_chance` (two random k-subsets of the model's heads).
 
@@ -33,14 +30,14 @@ def add_cross_step_columns(
     (`metrics.icl_heads.min_effect_total`), where the top-k set would be a ranking of noise.
     """
     values, chance = {}, {}
-    for model in {r.get("model") for r in records}:
+    for model in {r.model for r in records}:
         previous = None
         for record in _ok_by_step(records, model):
-            effects = arrays[record["_path"]].get(EFFECTS)
+            effects = record.heads().get(EFFECTS)
             if effects is None:
                 continue
             effects = torch.from_numpy(effects)
-            where = (model, int(record["step"]))
+            where = (model, record.step)
             chance[where] = jaccard_chance(effects.numel(), min(k, effects.numel()))
             above = float(effects.nan_to_num(0).clamp(min=0).sum()) >= min_total
             current = top_heads(effects, k) if above else None
@@ -81,17 +78,16 @@ def trajectory_table(study: Study, intervals: dict, top_k: int | None, min_effec
     None: icl_heads is not configured) and the interval columns (`intervals` from `resample_records`)."""
     table = results.results_table(study.records)
     if top_k is not None:
-        table = add_cross_step_columns(table, study.records, study.arrays, top_k, min_effect_total)
+        table = add_cross_step_columns(table, study.records, top_k, min_effect_total)
     return add_interval_columns(table, intervals)
 
 
-def head_tables(records: list[dict], arrays: dict[str, dict], model: str) -> dict[str, list[list]]:
-    """A model's layer x head arrays over its ok steps as rows [step, layer, head, value] (W&B tables; not
-    generated ids or other 2-D raw data)."""
+def head_tables(records: list[Record], model: str) -> dict[str, list[list]]:
+    """A model's layer x head arrays (`study.drawn_heads`) over its ok steps as rows [step, layer, head, value]
+    (W&B tables)."""
     tables: dict[str, list[list]] = {}
     for record in _ok_by_step(records, model):
-        for name, array in without_samples(arrays[record["_path"]]).items():
-            if is_head_array(record, array):
-                rows = tables.setdefault(name, [])
-                rows.extend([int(record["step"]), li, hi, float(x)] for (li, hi), x in np.ndenumerate(array))
+        for name, array in drawn_heads(record).items():
+            rows = tables.setdefault(name, [])
+            rows.extend([record.step, li, hi, float(x)] for (li, hi), x in np.ndenumerate(array))
     return tables

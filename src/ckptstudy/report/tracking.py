@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ckptstudy.record import Record
 from ckptstudy.report.plots import heatmap_figure, png_bytes
 
 log = logging.getLogger(__name__)
@@ -111,30 +112,30 @@ class Tracker:
                 **kwargs,
             )
 
-    def log_checkpoint(self, record: dict, measured, config: dict) -> str | None:
+    def log_checkpoint(self, record: Record, measured, config: dict) -> str | None:
         """One `job_type=checkpoint` run: config, summary scalars, layer x head heatmaps, histograms.
 
         `measured` is the job's FamilyResult. Returns the run directory, or None when W&B is off or failed.
         """
-        name = f"{record['model']}@step{record['step']}"
-        tags = run_tags(record.get("base_model") or record["model"], record.get("seed"), self.study)
+        step = record.identity.step
+        name = f"{record.model}@step{step}"
+        tags = run_tags(record.identity.base_model or record.model, record.identity.seed, self.study)
         with self.run("checkpoint run", job_type="checkpoint", name=name, config=config, tags=tags) as run:
             if run is None:
                 return None
             import wandb
 
-            scalars = dict(record.get("metrics") or {})
+            scalars = dict(record.scalars.metrics)
             media = {k: wandb.Histogram(np.asarray(v)) for k, v in measured.histograms.items() if len(v)}
             for chart, values in measured.bars.items():
                 table = wandb.Table(columns=["label", "value"], data=[[k, float(v)] for k, v in values.items()])
-                media[f"bar/{chart}"] = wandb.plot.bar(
-                    table, "label", "value", title=f"{chart} @ step {record['step']}"
-                )
+                media[f"bar/{chart}"] = wandb.plot.bar(table, "label", "value", title=f"{chart} @ step {step}")
             if self.cfg.heatmaps:
                 for key, array in measured.arrays.items():
-                    media[f"heatmap/{key}"] = _image(heatmap_figure(array, f"{key} @ step {record['step']}"))
-            run.log({"train/step": record["step"], **scalars, **media})
-            run.summary.update({"status": record["status"], "weights_sha256": record.get("weights_sha256"), **scalars})
+                    media[f"heatmap/{key}"] = _image(heatmap_figure(array, f"{key} @ step {step}"))
+            run.log({"train/step": step, **scalars, **media})
+            summary = {"status": record.outcome.status, "weights_sha256": record.provenance.weights_sha256}
+            run.summary.update({**summary, **scalars})
             return str(Path(run.dir).parent)
         return None
 

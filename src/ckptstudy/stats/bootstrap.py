@@ -34,8 +34,9 @@ Replicates are paired: replicate r draws the same prompt indices for every sampl
 name and size) at every checkpoint, since the probes are the same prompts at every step. So replicate r of
 a whole trajectory is one coherent resample, and onsets can be recomputed on it (`onsets.onset_intervals`).
 
-Samples are stored with a record's arrays (`encode` / `decode`: `bootstrap/<key>/values`, `.../weights`
-and a JSON `.../spec`), so intervals are recomputed from records alone, without the model.
+Samples are stored with a record's arrays (`encode` / `decode`: `<prefix><key>/values`, `.../weights`
+and a JSON `.../spec`; the prefix is `samples/` in a record's npz, `bootstrap/` elsewhere), so intervals are
+recomputed from records alone, without the model.
 """
 
 from __future__ import annotations
@@ -566,13 +567,14 @@ def replicates(samples: dict[str, Sample], n: int, seed: int) -> dict[str, np.nd
 # --- storage with the record's arrays ------------------------------------------------------------------------
 
 
-def encode(key: str, sample: Sample) -> dict[str, np.ndarray]:
-    """The arrays that store `sample` with a record (`bootstrap/<key>/...`)."""
-    out = {f"{PREFIX}{key}/spec": np.asarray(json.dumps(sample.spec()))}
+def encode(key: str, sample: Sample, prefix: str = PREFIX) -> dict[str, np.ndarray]:
+    """The arrays that store `sample` (`<prefix><key>/spec`, `.../values`, `.../weights`; a record's npz uses the
+    prefix `samples/`, `ckptstudy.record`)."""
+    out = {f"{prefix}{key}/spec": np.asarray(json.dumps(sample.spec()))}
     if sample.values is not None:
-        out[f"{PREFIX}{key}/values"] = _compact(sample.values)
+        out[f"{prefix}{key}/values"] = _compact(sample.values)
     if sample.weights is not None:
-        out[f"{PREFIX}{key}/weights"] = _compact(sample.weights)
+        out[f"{prefix}{key}/weights"] = _compact(sample.weights)
     return out
 
 
@@ -584,16 +586,16 @@ def _compact(array: np.ndarray) -> np.ndarray:
     return narrow if np.array_equal(narrow, array, equal_nan=True) else array
 
 
-def decode(arrays: dict[str, np.ndarray]) -> dict[str, Sample]:
-    """The samples stored in a record's arrays (keyed by scalar)."""
+def decode(arrays: dict[str, np.ndarray], prefix: str = PREFIX) -> dict[str, Sample]:
+    """The samples stored in `arrays` under `prefix` by `encode` (keyed by scalar)."""
     out = {}
     for name, spec in arrays.items():
-        if not (name.startswith(PREFIX) and name.endswith("/spec")):
+        if not (name.startswith(prefix) and name.endswith("/spec")):
             continue
-        key = name[len(PREFIX) : -len("/spec")]
+        key = name[len(prefix) : -len("/spec")]
         fields = json.loads(str(spec))
         fields["of"] = tuple(fields["of"]) if fields.get("of") else None
-        base = f"{PREFIX}{key}"
+        base = f"{prefix}{key}"
         out[key] = Sample(values=arrays.get(f"{base}/values"), weights=arrays.get(f"{base}/weights"), **fields)
     return out
 

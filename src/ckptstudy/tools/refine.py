@@ -52,6 +52,7 @@ from ckptstudy import fingerprint, results
 from ckptstudy.config import CONF_DIR, compose_config
 from ckptstudy.model import checkpoints
 from ckptstudy.model.suite import ensure_suite
+from ckptstudy.record import Record
 from ckptstudy.report.summary import summarize
 from ckptstudy.stats import onsets
 from ckptstudy.sweeps import take_override
@@ -250,15 +251,16 @@ def onset_options(report_cfg) -> dict:
     }
 
 
-def is_current(record: dict, cfg: DictConfig) -> bool:
+def is_current(record: Record, cfg: DictConfig) -> bool:
     """Whether a finished record stands for this measurement config (the jobs' reuse rule, by the
-    record's identity, revision and definitions; the files' fingerprint is left to the job)."""
+    record's format, identity, revision and definitions; the files' fingerprint is left to the job)."""
     try:
-        step = int(record["step"])
+        step = int(record.identity.step)
         source = checkpoints.source_for(cfg.model, step)
     except (KeyError, TypeError, ValueError):
         return False
-    current = {**fingerprint.identity(cfg), "step": step, "revision": source.describe()}
+    current = fingerprint.identify(cfg)
+    current.identity.step, current.identity.revision = step, source.describe()
     return fingerprint.stale_reason(record, current, force=False) is None
 
 
@@ -274,14 +276,14 @@ class Measured:
 def read_measured(cfg: DictConfig, metric: str) -> Measured:
     values, other, keys = {}, [], set()
     for record in results.load_records(cfg.paths.root, cfg.study):
-        if record.get("model") != checkpoints.run_name(cfg.model):
+        if record.model != checkpoints.run_name(cfg.model):
             continue
         if is_current(record, cfg):
-            found = (record.get("metrics") or {}).get(metric)
-            values[int(record["step"])] = math.nan if found is None else float(found)
-            keys.update(record.get("metrics") or {})
-        elif record.get("status") == "ok":
-            other.append(int(record["step"]))
+            found = record.scalars.metrics.get(metric)
+            values[record.step] = math.nan if found is None else float(found)
+            keys.update(record.scalars.metrics)
+        elif record.ok:
+            other.append(record.step)
     return Measured(values, sorted(other), keys)
 
 
@@ -407,8 +409,8 @@ def failure_note(cfg: DictConfig, step: int) -> str:
     record = results.read_record(results.record_path(cfg.paths.root, cfg.study, checkpoints.run_name(cfg.model), step))
     if record is None:
         return "no record written"
-    error = record.get("error") or {}
-    return f"status {record.get('status')}: {error.get('type', '')} {error.get('message', '')}".strip()
+    error = record.outcome.error or {}
+    return f"status {record.outcome.status}: {error.get('type', '')} {error.get('message', '')}".strip()
 
 
 def report(outcomes: list[Outcome], metric: str) -> None:
@@ -438,7 +440,7 @@ def models_to_refine(model_value: str | None, overrides: list[str]) -> list[str 
     if model_value:
         return [m.strip() for m in model_value.split(",") if m.strip()]
     cfg = compose_config(overrides)
-    names = sorted({r.get("model") for r in results.load_records(cfg.paths.root, cfg.study) if r.get("model")})
+    names = sorted({r.model for r in results.load_records(cfg.paths.root, cfg.study) if r.model})
     unknown = [n for n in names if not (CONF_DIR / "model" / f"{n}.yaml").exists()]
     if unknown:
         raise RefineError(f"records of model(s) {unknown} have no conf/model/<name>.yaml: pass model=<config>")
