@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from ckptstudy.measure import generation
 from ckptstudy.measure.generation import EntropyRecorder, entropy_of_logits, greedy_generate, left_pad
 from conftest import tiny_neox
 
@@ -162,3 +163,16 @@ def test_empty_prompt_and_no_tokens_are_refused():
         greedy_generate(tiny_neox(), [[1, 2], []], 3, desc=None)
     with pytest.raises(ValueError, match="new_tokens >= 1, got 0"):
         greedy_generate(tiny_neox(), [[1, 2]], 0, desc=None)
+
+
+def test_a_static_cache_on_cpu_and_a_growing_one_on_cuda_give_the_same_tokens(monkeypatch):
+    assert generation.static_cache_on("cpu") and not generation.static_cache_on("cuda:0")
+    assert generation.greedy_config(4, 0, static_cache=True).cache_implementation == "static"
+    assert generation.greedy_config(4, 0, static_cache=False).cache_implementation is None
+    model = tiny_neox(seed=3)
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]  # padded: the static cache sees the mask too
+    static = greedy_generate(model, prompts, 24, batch_size=3, desc=None)
+    monkeypatch.setattr(generation, "static_cache_on", lambda device: False)  # as on CUDA
+    growing = greedy_generate(model, prompts, 24, batch_size=3, desc=None)
+    assert torch.equal(static.ids, growing.ids)
+    assert torch.allclose(static.entropy, growing.entropy, atol=1e-5)

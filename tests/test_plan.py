@@ -144,13 +144,22 @@ def test_vocabulary_passes_cost_their_own_time():
     assert extra == pytest.approx(8 * 32 * 50304 / 1e9)
 
 
-def test_decoding_attends_over_the_whole_static_cache():
+def test_decoding_counts_the_growing_cache_and_a_static_cache_costs_its_whole_length():
     shape = Shape(n_layers=2, d_model=8, n_heads=2, vocab=10, context=64)
     p = Pass("gen", rows=3, seq=4, batch=3, layers=2, unembed=1, decode=5, logits="last")
     prefill = pass_flops(replace(p, decode=0), shape)
     dense = 2 * shape.layer_matmul_params
-    per_step = 3 * (2 * (dense + 4 * 8 * (4 + 5)) + 2 * 8 * 10)  # keys = prompt + new tokens at every step
-    assert pass_flops(p, shape) == prefill + 5 * per_step
+    steps = [3 * (2 * (dense + 4 * 8 * (4 + k)) + 2 * 8 * 10) for k in range(1, 6)]  # keys = prompt + k at step k
+    assert pass_flops(p, shape) == prefill + sum(steps)
+    slow = replace(FIXED, bandwidth_gbs=1e-6)  # streaming-bound: the cache bytes decide every step
+    growing = machine.decoding_seconds(p, shape, slow, 4)
+    static = machine.decoding_seconds(p, shape, replace(slow, static_cache=True), 4)
+    weights = shape.params * 4
+    per_key = 2 * 2 * 3 * 8 * 4 / 1e3  # cache bytes per key position / bandwidth (1e3 B/s)
+    overheads = 5 * (2 * 0.2) / 1e3 + 5 * 3 * 10 * machine.VOCAB_PASSES["last"] / slow.vocab_rate()
+    assert growing == pytest.approx(5 * weights / 1e3 + per_key * sum(4 + k for k in range(1, 6)) + overheads)
+    assert static == pytest.approx(5 * weights / 1e3 + per_key * 5 * (4 + 5) + overheads)
+    assert machine.gpu_machine("A100-80GB", "bfloat16").static_cache is False
 
 
 def test_peak_disk_with_and_without_eviction():

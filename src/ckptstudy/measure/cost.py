@@ -12,7 +12,8 @@ The model (estimates; `ckptstudy-plan` prints its assumptions):
   matrices of d x d_ff: m = 2 for GELU, 3 for SwiGLU), causal
   attention 2 s^2 d per layer (SDPA skips the masked half; eager computes all of it, 4 s^2 d; the fused statistics
   pass adds another pass over the keys), 2 d V per unembedded position, x3 with a backward pass; greedy decoding:
-  a prefill, then per step a one-token forward over the whole static KV cache (prompt + new tokens);
+  a prefill, then per step a one-token forward over the KV cache so far (the useful work; a static cache,
+  used on CPU, attends over its whole length: `tools/machine.py` times that);
 - peak memory of one call (weights not included), calibrated against measured peaks (`benches/peaks.py`:
   resident memory above the start of the call, in fresh processes, at the micro, Pythia-14m and -70m
   shapes): the transient activations of one layer, (8 d + 4 d_ff) per token in the model's dtype (all layers,
@@ -224,8 +225,8 @@ def pass_flops(p: Pass, shape: Shape) -> float:
     prefill = p.rows * per_row
     if p.backward:
         prefill *= 3
-    keys = s + p.decode  # a static KV cache (generation.greedy_config): every step attends over its full length
-    decode = p.decode * p.rows * (shape.n_layers * (dense + 4 * d * keys) + 2 * d * shape.vocab)
+    keys = p.decode * s + p.decode * (p.decode + 1) // 2  # summed over the steps: the cache grows by one per step
+    decode = p.rows * (p.decode * (shape.n_layers * dense + 2 * d * shape.vocab) + shape.n_layers * 4 * d * keys)
     return prefill + decode
 
 

@@ -12,8 +12,8 @@ A machine is a few measured (this CPU) or assumed (a GPU class) rates:
 The seconds of a pass: FLOPs / rate(d_model) + unembedded positions x vocab x `VOCAB_PASSES[logits]` / vocab rate
 + calls x overheads; eager attention moves its [heads, s, s] weights through memory about 6 times; greedy
 decoding adds per step max(FLOPs / rate, (weights + KV cache) / bandwidth), a vocabulary pass of each row's
-scores and the overheads. The KV cache is static (`generation.greedy_config`): every step attends over the
-cache's full length, prompt + new tokens.
+scores and the overheads. On CPU the KV cache is static (`generation.greedy_config`): every step attends over
+its full length, prompt + new tokens; on a GPU it grows by one token per step.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ckptstudy.measure.cost import Pass, Shape, pass_flops
-from ckptstudy.measure.generation import greedy_generate
+from ckptstudy.measure.generation import greedy_generate, static_cache_on
 from ckptstudy.model.neox import make_neox
 
 CALIBRATION = Path("outputs") / "bench" / "calibration.json"
@@ -63,6 +63,7 @@ class Machine:
     call_overhead_ms: float = 0.0  # per forward call beyond its layers (masks, cache, rotary, outputs)
     gemm_widths: tuple = ()  # ((inner width, GFLOP/s), ...) measured below the wide rate; empty: `gflops` at all
     vocab_gelems: float | None = None  # G elements/s of a vocabulary-wide pass; None: bandwidth / VOCAB_BYTES
+    static_cache: bool = False  # greedy decoding attends over the whole static cache (CPU: generation.static_cache_on)
 
     def rate(self, width: int) -> float:
         """Forward FLOP/s of matrix products with inner width `width` (log-linear between measured widths)."""
@@ -104,18 +105,19 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
 def decoding_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> float:
     """The decoding steps of a greedy pass: per call and step, compute or streaming (whichever is slower), a
     vocabulary pass over each row's scores, and the overheads."""
-    d, keys = shape.d_model, p.seq + p.decode  # a static cache: every step attends over its full length
+    d = shape.d_model
     rate, bandwidth = machine.rate(d), machine.bandwidth_gbs * 1e9
     weights = shape.params * dtype_bytes
     overhead = (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
     seconds = 0.0
     for start in range(0, p.rows, max(1, p.batch)):
         b = min(p.batch, p.rows - start)
-        flops = b * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
-        cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
-        step = max(flops / rate, (weights + cache) / bandwidth) + overhead
-        step += b * shape.vocab * VOCAB_PASSES["last"] / machine.vocab_rate()
-        seconds += p.decode * step
+        for step in range(p.decode):
+            keys = p.seq + (p.decode if machine.static_cache else step + 1)
+            flops = b * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
+            cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
+            seconds += max(flops / rate, (weights + cache) / bandwidth) + overhead
+        seconds += p.decode * b * shape.vocab * VOCAB_PASSES["last"] / machine.vocab_rate()
     return seconds
 
 
@@ -145,6 +147,7 @@ def measure_machine(threads: int | None = None) -> Machine:
         call_overhead_ms=round(per_call, 3),
         gemm_widths=widths,
         vocab_gelems=round(_vocab_gelems(), 3),
+        static_cache=static_cache_on("cpu"),
         source=f"measured at plan time: matmul {wide / FORWARD_EFFICIENCY:.0f} GFLOP/s at width 1024 "
         f"({widths[1][1] / wide:.2f} of it at 128) x {FORWARD_EFFICIENCY} forward efficiency (assumed), "
         "log-softmax + gather over 512 x 50304, 8-row x 64 MB matmul bandwidth, decode-step call overheads of tiny "
@@ -238,6 +241,7 @@ def gpu_machine(name: str, dtype: str) -> Machine:
         bandwidth_gbs=bandwidth * GPU_EFFICIENCY["bandwidth"],
         layer_overhead_ms=GPU_EFFICIENCY["layer_overhead_ms"],
         call_overhead_ms=GPU_EFFICIENCY["call_overhead_ms"],
+        static_cache=static_cache_on("cuda"),
         source=f"published peak {peak:g} TFLOP/s ({'fp32' if dtype == 'float32' else 'bf16 tensor'}) x "
         f"{GPU_EFFICIENCY['compute']}, {bandwidth:g} GB/s x {GPU_EFFICIENCY['bandwidth']}, vocabulary passes at "
         f"bandwidth / {VOCAB_BYTES} bytes (assumed, not measured)",
