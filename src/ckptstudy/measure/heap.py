@@ -21,14 +21,15 @@ DECODING_THRESHOLD = 1 << 20  # bytes: during decoding, blocks this large are ma
 DEFAULT_CEILING = 32 << 20  # glibc's largest dynamic threshold on 64-bit systems
 
 
-def _mallopt():
+def libc_function(name: str):
+    """The C library's function `name` (ctypes), or None where it has none (not glibc)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
 
-_MALLOPT = _mallopt()
+_MALLOPT = libc_function("mallopt")
 
 
 def set_mmap_threshold(threshold: int) -> bool:

@@ -10,8 +10,6 @@ left out of the outer part's time and peak.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import time
 from collections.abc import Iterator
@@ -21,20 +19,15 @@ from pathlib import Path
 
 import torch
 
+from ckptstudy.measure import heap
+
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None: memory an earlier part freed but malloc kept resident would otherwise be
-    reused unseen by the next part's resident-memory peak."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _malloc_trim()
+# glibc's malloc_trim, or None: memory an earlier part freed but malloc kept resident would otherwise be reused
+# unseen by the next part's resident-memory peak
+_TRIM = heap.libc_function("malloc_trim")
 
 
 def _status_bytes(field: str) -> int:
