@@ -9,6 +9,11 @@ import pytest
 from ckptstudy.measure import heap
 
 
+@pytest.fixture(autouse=True)
+def no_user_setting(monkeypatch):
+    monkeypatch.delenv(heap.USER_SETTING, raising=False)
+
+
 def test_returning_large_blocks_sets_the_decoding_threshold_then_the_ceiling(monkeypatch):
     calls = []
     monkeypatch.setattr(heap, "_MALLOPT", lambda param, value: calls.append((param, value)) or 1)
@@ -36,3 +41,19 @@ def test_without_mallopt_nothing_is_set(monkeypatch):
 def test_glibc_accepts_the_thresholds():
     assert heap.set_mmap_threshold(heap.DECODING_THRESHOLD)
     assert heap.set_mmap_threshold(heap.DEFAULT_CEILING)
+
+
+def test_a_users_own_threshold_is_left_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(heap, "_MALLOPT", lambda param, value: calls.append(value) or 1)
+    monkeypatch.setenv(heap.USER_SETTING, "131072")
+    with heap.returning_large_blocks():
+        pass
+    assert calls == []
+
+
+def test_a_refused_ceiling_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setattr(heap, "_MALLOPT", lambda param, value: int(value == heap.DECODING_THRESHOLD))
+    with heap.returning_large_blocks():
+        pass
+    assert "glibc refused an mmap threshold of 33554432 bytes" in caplog.text

@@ -214,3 +214,12 @@ def test_without_the_sink_patch_its_passes_are_not_planned():
     assert skipped["cpu"]["families"]["icl_heads"] == runs["cpu"]["families"]["icl_heads"]
     assert "the sink neuron patch does not run" in plan.render(skipped)
     assert "the sink neuron patch runs" in plan.render(runs)
+
+
+def test_a_float32_family_on_a_gpu_is_timed_at_the_float32_rate():
+    half = make_plan(["model=pythia-1.4b", "schedule=final", "dtype=bfloat16"], machine=FIXED)
+    perturb = half["gpu"]["families"]["perturb"]
+    fp32 = machine.gpu_machine("A100-80GB", "float32")
+    assert perturb["seconds"] >= perturb["flops"] / fp32.rate(2048)  # bf16 tensor cores would be 16x faster
+    icl = half["gpu"]["families"]["icl_heads"]
+    assert icl["seconds"] < icl["flops"] / fp32.rate(2048)  # the half-precision families keep the tensor rate

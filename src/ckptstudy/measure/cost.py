@@ -251,7 +251,8 @@ def pass_peak_bytes(p: Pass, shape: Shape, dtype_bytes: int) -> float:
         logits += tokens * shape.vocab * t  # the model's own logits in its dtype
     kept = p.keep_layers * tokens * d * t
     if p.decode:
-        cache = 2 * shape.n_layers * b * (s + p.decode) * d * t * (1 + 1 / shape.n_layers)  # + one layer's cat
-        prefill = layer + 2 * shape.n_layers * tokens * d * t
-        return max(prefill, cache) + logits + kept
+        # the whole cache beside the prefill's activations: a static cache (CPU) exists from the prefill on; a
+        # growing one (CUDA) ends at this size plus one layer's concatenation
+        cache = 2 * shape.n_layers * b * (s + p.decode) * d * t * (1 + 1 / shape.n_layers)
+        return layer + cache + logits + kept
     return layer + logits + kept

@@ -8,7 +8,7 @@ records the entropy of each step's raw next-token distribution.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +67,8 @@ def greedy_config(new_tokens: int, pad_id: int, static_cache: bool) -> Generatio
     values at every step, which on CPU left glibc's heap holding 6.2 GB for a 0.5 GB cache (64 rows x 1032
     tokens, Pythia-14m shape; NOTES.md). A static cache attends over its whole length at every step, so on CUDA
     (whose caching allocator reuses the blocks) the growing cache is kept: half the attention traffic of long
-    generations. Both give the same tokens."""
+    generations, and on CUDA a static cache would also switch on transformers' auto-compilation). Both give the
+    same tokens."""
     return GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -118,13 +119,17 @@ def greedy_generate(
     if new_tokens < 1:
         raise ValueError(f"greedy_generate needs new_tokens >= 1, got {new_tokens}")
     device = next(model.parameters()).device
-    config = greedy_config(new_tokens, pad_id, static_cache_on(device))
+    static = static_cache_on(device)
+    config = greedy_config(new_tokens, pad_id, static)
     ids_out, ent_out = [], []
     bar = progress_bar(total=len(prompts) * new_tokens, desc=desc, unit="tok", disable=desc is None, leave=False)
     for start in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[start : start + batch_size], pad_id)
         recorder = EntropyRecorder(bar)
-        with generation_defaults(model, config), heap.returning_large_blocks():
+        # transformers sizes a static cache to the longest any earlier call made on this model: forget it, so
+        # each call's cache is its own length (what the plan and the memory budget assume)
+        vars(model).pop("_previous_max_cache_length", None)
+        with generation_defaults(model, config), heap.returning_large_blocks() if static else nullcontext():
             out = model.generate(
                 ids.to(device),
                 attention_mask=mask.to(device),

@@ -5,17 +5,28 @@ threshold rises (up to 32 MB) each time a large mapped block is freed. Greedy de
 megabyte tensors at every step, so the heap grows far beyond what is alive at any moment. Measured at the
 Pythia-14m shape, 64 rows x 1032 tokens (`benches/realshape.py`, NOTES.md): +6.2 GB resident as before, +0.49 GB
 (the plan's prediction) with a static KV cache and a 1 MB threshold. A 1 MB threshold for the whole job made the
-other families 1.7-2.6x slower (page faults), so it holds during decoding only; afterwards the threshold stays at
-32 MB, where glibc's own rising threshold ends. Not glibc: nothing changes.
+other families 1.7-2.6x slower (page faults), so it holds during decoding only; afterwards the threshold is fixed
+at 32 MB, where glibc's own rising threshold ends.
+
+Side effects, process-wide: setting the threshold switches off glibc's dynamic threshold for the rest of the
+process (from then on it stays at 32 MB), and it applies to every thread while decoding runs. A user who set
+`MALLOC_MMAP_THRESHOLD_` keeps their setting: nothing is changed then. Where glibc refuses 32 MB (32-bit
+systems, huge-page tunables) the threshold stays at 1 MB and a warning says so. Not glibc (macOS, Windows, musl's
+stub): nothing changes. The generation module calls this on CPU only (CUDA memory is not malloc's).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+log = logging.getLogger(__name__)
+
+USER_SETTING = "MALLOC_MMAP_THRESHOLD_"  # glibc's environment variable for the same threshold
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 DECODING_THRESHOLD = 1 << 20  # bytes: during decoding, blocks this large are mapped and unmapped when freed
 DEFAULT_CEILING = 32 << 20  # glibc's largest dynamic threshold on 64-bit systems
@@ -39,9 +50,18 @@ def set_mmap_threshold(threshold: int) -> bool:
 
 @contextmanager
 def returning_large_blocks() -> Iterator[None]:
-    """Inside the block, freed blocks of at least 1 MB leave the process at once; after it, 32 MB."""
-    set_mmap_threshold(DECODING_THRESHOLD)
+    """Inside the block, freed blocks of at least 1 MB leave the process at once; after it, 32 MB. Nothing is
+    changed when the user set MALLOC_MMAP_THRESHOLD_ or the C library has no mallopt."""
+    if USER_SETTING in os.environ or not set_mmap_threshold(DECODING_THRESHOLD):
+        yield
+        return
     try:
         yield
     finally:
-        set_mmap_threshold(DEFAULT_CEILING)
+        if not set_mmap_threshold(DEFAULT_CEILING):
+            log.warning(
+                "glibc refused an mmap threshold of %d bytes after decoding: it stays at %d (allocations may be "
+                "slower for the rest of the job)",
+                DEFAULT_CEILING,
+                DECODING_THRESHOLD,
+            )

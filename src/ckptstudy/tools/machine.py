@@ -214,18 +214,18 @@ def cpu_name() -> str:
 
 def load_machine(root: Path | None = None, measure: bool = True) -> Machine:
     """The calibration `make bench` stored for this CPU and thread count, else a measurement now. A calibration
-    stored before the width and vocabulary rates existed is measured again."""
+    stored before the width and vocabulary rates and the cache kind existed is measured again."""
     import torch
 
     path = (root or Path.cwd()) / CALIBRATION
     if path.exists():
         stored = json.loads(path.read_text())
-        current = stored.get("machine", {}).get("vocab_gelems") is not None
+        fields = stored.get("machine", {})
+        current = fields.get("vocab_gelems") is not None and "static_cache" in fields
         if current and stored.get("cpu") == cpu_name() and stored.get("threads") == torch.get_num_threads():
-            fields = stored["machine"]
             return Machine(**{**fields, "gemm_widths": tuple(tuple(w) for w in fields.get("gemm_widths", ()))})
     if not measure:
-        return Machine("unmeasured", 50.0, 10.0, 0.2, "defaults")
+        return Machine("unmeasured", 50.0, 10.0, 0.2, "defaults", static_cache=static_cache_on("cpu"))
     return measure_machine()
 
 

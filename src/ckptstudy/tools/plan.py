@@ -16,8 +16,9 @@ that describes no passes is planned at 0 and named in a warning.
 The cost model (every number is an estimate; assumptions are printed with the plan):
 - FLOPs and peak memory of a pass: `ckptstudy.measure.cost`; its seconds on a machine: `ckptstudy.tools.machine`
   (FLOPs at the matmul rate of the model's width, vocabulary-wide log-softmax passes at their own rate, greedy
-  decoding per step max(FLOPs / rate, weights and static KV-cache bytes / bandwidth), per-layer and per-call
-  overheads; eager attention also moves the [heads, s, s] weights through memory about 6 times);
+  decoding per step max(FLOPs / rate, weights and KV-cache bytes / bandwidth; CPU: the whole static cache),
+  per-layer and per-call overheads; eager attention also moves the [heads, s, s] weights through memory about 6
+  times; a float32 family on a GPU at its float32 rate);
 - this machine: float32 matmul rates at inner widths 64-1024, the vocabulary-pass rate, memory bandwidth and call
   overheads measured at plan time (a few seconds), or the calibration `make bench` stored in
   outputs/bench/calibration.json on this CPU; forward efficiency (achieved / matmul rate) 0.7, assumed;
@@ -115,12 +116,12 @@ def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, 
     return out, refused
 
 
-def estimate(passes: dict[str, list[Pass]], shape: Shape, machine: Machine, widths: dict[str, int]) -> dict:
-    """FLOPs, seconds and peak transient bytes per family on `machine` (passes with their rows per call, values of
-    `widths[family]` bytes), and the bytes a family's wider copy of the weights adds while it runs."""
+def estimate(passes: dict[str, list[Pass]], shape: Shape, machines: dict[str, Machine], widths: dict) -> dict:
+    """FLOPs, seconds and peak transient bytes per family on its machine (passes with their rows per call, values
+    of `widths[family]` bytes), and the bytes a family's wider copy of the weights adds while it runs."""
     out = {}
     for family, items in passes.items():
-        nbytes = widths[family]
+        nbytes, machine = widths[family], machines[family]
         out[family] = {
             "flops": sum(pass_flops(p, shape) for p in items),
             "seconds": sum(pass_seconds(p, shape, machine, nbytes) for p in items),
@@ -219,7 +220,12 @@ def machine_side(cfg, passes: list, shape: Shape, machine: Machine, device: str,
     widths = {family: dtype_size for family in passes} | family_compute_bytes(cfg.metrics, dtype_size)
     widths["loaded"] = dtype_size
     fitted, refused = resolved(passes, shape, budget, widths)
-    families = estimate(fitted, shape, machine, widths)
+    # a family computing in float32 on a GPU runs at the card's float32 rate, not its half-precision tensor rate
+    machines = {
+        f: gpu_machine(device, "float32") if device != "cpu" and widths[f] == 4 and dtype_size < 4 else machine
+        for f in passes
+    }
+    families = estimate(fitted, shape, machines, widths)
     job = sum(f["seconds"] for f in families.values())
     side = {
         "machine": asdict(machine),
