@@ -150,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             bad = [r.step for r in records if not r.ok]
             if bad:
                 failures.append(f"{name}: records not ok at steps {bad}")
-            plan = make_plan([f"model={name}", f"step={steps[0]}", *overrides], **found_outcomes(records))
+            outcomes = found_outcomes(records)
+            plan = make_plan([f"model={name}", f"step={steps[0]}", *overrides], **outcomes)
             rows, off = compare(records, plan, args.tolerance)
             failures += [f"{name}: {why}" for why in off]
             report[name] = {
                 "steps": steps,
                 "families": rows,
                 "budget": records[0].provenance.memory_budget,
-                "planned_with": found_outcomes(records),
+                "planned_with": outcomes,
             }
             print(table(name, rows), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

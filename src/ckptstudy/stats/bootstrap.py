@@ -598,8 +598,3 @@ def decode(arrays: dict[str, np.ndarray], prefix: str = PREFIX) -> dict[str, Sam
         base = f"{prefix}{key}"
         out[key] = Sample(values=arrays.get(f"{base}/values"), weights=arrays.get(f"{base}/weights"), **fields)
     return out
-
-
-def without_samples(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A record's arrays less its stored samples."""
-    return {k: v for k, v in arrays.items() if not k.startswith(PREFIX)}

@@ -18,13 +18,14 @@ its full length, prompt + new tokens; on a GPU it grows by one token per step.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from ckptstudy.measure.cost import Pass, Shape, pass_flops
 from ckptstudy.measure.generation import greedy_generate, static_cache_on
@@ -66,17 +67,12 @@ class Machine:
     static_cache: bool = False  # greedy decoding attends over the whole static cache (CPU: generation.static_cache_on)
 
     def rate(self, width: int) -> float:
-        """Forward FLOP/s of matrix products with inner width `width` (log-linear between measured widths)."""
-        points = sorted((int(w), float(g)) for w, g in self.gemm_widths)
-        if not points or width >= points[-1][0]:
-            return (points[-1][1] if points else self.gflops) * 1e9
-        if width <= points[0][0]:
-            return points[0][1] * 1e9
-        for (w0, g0), (w1, g1) in itertools.pairwise(points):
-            if w0 <= width <= w1:
-                t = (math.log(width) - math.log(w0)) / (math.log(w1) - math.log(w0))
-                return (g0 + t * (g1 - g0)) * 1e9
-        raise AssertionError("unreachable: width lies between the measured widths")
+        """Forward FLOP/s of matrix products with inner width `width` (log-linear between measured widths, the
+        nearest measured rate outside them)."""
+        if not self.gemm_widths:
+            return self.gflops * 1e9
+        widths, rates = zip(*sorted((int(w), float(g)) for w, g in self.gemm_widths), strict=True)
+        return float(np.interp(math.log(width), np.log(widths), rates)) * 1e9
 
     def vocab_rate(self) -> float:
         """Elements per second of a vocabulary-wide float32 pass."""
@@ -92,7 +88,7 @@ def pass_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) -> f
     d, s = shape.d_model, p.seq
     rate, vocab_rate = machine.rate(d), machine.vocab_rate()
     bandwidth = machine.bandwidth_gbs * 1e9
-    prefill = Pass(**{**asdict(p), "decode": 0})
+    prefill = replace(p, decode=0)
     per_call = (p.layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
     backward = 3 if p.backward else 1
     seconds = pass_flops(prefill, shape) / rate + p.calls * per_call
@@ -109,14 +105,19 @@ def decoding_seconds(p: Pass, shape: Shape, machine: Machine, dtype_bytes: int) 
     rate, bandwidth = machine.rate(d), machine.bandwidth_gbs * 1e9
     weights = shape.params * dtype_bytes
     overhead = (shape.n_layers * machine.layer_overhead_ms + machine.call_overhead_ms) / 1e3
+
+    def step_seconds(rows: int, keys: int) -> float:
+        flops = rows * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
+        cache = 2 * shape.n_layers * rows * keys * d * dtype_bytes
+        return max(flops / rate, (weights + cache) / bandwidth) + overhead
+
     seconds = 0.0
     for start in range(0, p.rows, max(1, p.batch)):
         b = min(p.batch, p.rows - start)
-        for step in range(p.decode):
-            keys = p.seq + (p.decode if machine.static_cache else step + 1)
-            flops = b * (shape.n_layers * (2 * shape.layer_matmul_params + 4 * d * keys) + 2 * d * shape.vocab)
-            cache = 2 * shape.n_layers * b * keys * d * dtype_bytes
-            seconds += max(flops / rate, (weights + cache) / bandwidth) + overhead
+        if machine.static_cache:  # every step attends over the whole cache
+            seconds += p.decode * step_seconds(b, p.seq + p.decode)
+        else:
+            seconds += sum(step_seconds(b, p.seq + step) for step in range(1, p.decode + 1))
         seconds += p.decode * b * shape.vocab * VOCAB_PASSES["last"] / machine.vocab_rate()
     return seconds
 

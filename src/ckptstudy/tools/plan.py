@@ -99,14 +99,14 @@ def machine_budget(value, machine: str, weights_bytes: float) -> MemoryBudget:
     return budget
 
 
-def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, widths: dict[str, int]):
+def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, widths: dict[str, int], loaded: int):
     """Each pass with the rows per call the budget gives it (`budget.call_rows`, at its family's width `widths`
-    and beside that family's wider copy of the weights), and the passes that do not fit one row (or group) per
-    call."""
+    and beside that family's wider copy of the weights loaded at `loaded` bytes), and the passes that do not fit
+    one row (or group) per call."""
     out, refused = {}, []
     for family, items in passes.items():
         out[family] = []
-        room = budget.bytes - upcast_bytes(shape.params, widths["loaded"], widths[family])
+        room = budget.bytes - upcast_bytes(shape.params, loaded, widths[family])
         for p in items:
             try:
                 out[family].append(p.with_batch(call_rows(p, shape, room, widths[family])))
@@ -116,31 +116,33 @@ def resolved(passes: dict[str, list[Pass]], shape: Shape, budget: MemoryBudget, 
     return out, refused
 
 
-def estimate(passes: dict[str, list[Pass]], shape: Shape, machines: dict[str, Machine], widths: dict) -> dict:
+def estimate(passes: dict[str, list[Pass]], shape: Shape, machines: dict, widths: dict[str, int], loaded: int) -> dict:
     """FLOPs, seconds and peak transient bytes per family on its machine (passes with their rows per call, values
-    of `widths[family]` bytes), and the bytes a family's wider copy of the weights adds while it runs."""
+    of `widths[family]` bytes), and the bytes a family's wider copy of the weights (loaded at `loaded` bytes)
+    adds while it runs."""
     out = {}
     for family, items in passes.items():
         nbytes, machine = widths[family], machines[family]
+        costs = [
+            {
+                "what": p.what,
+                "rows": p.rows,
+                "batch": p.batch,
+                "tokens": p.seq,
+                "decode": p.decode,
+                "flops": pass_flops(p, shape),
+                "seconds": pass_seconds(p, shape, machine, nbytes),
+                "peak_bytes": pass_peak_bytes(p, shape, nbytes),
+            }
+            for p in items
+        ]
         out[family] = {
-            "flops": sum(pass_flops(p, shape) for p in items),
-            "seconds": sum(pass_seconds(p, shape, machine, nbytes) for p in items),
-            "peak_bytes": max((pass_peak_bytes(p, shape, nbytes) for p in items), default=0.0),
+            "flops": sum(c["flops"] for c in costs),
+            "seconds": sum(c["seconds"] for c in costs),
+            "peak_bytes": max((c["peak_bytes"] for c in costs), default=0.0),
             "bytes_per_value": nbytes,
-            "upcast_bytes": upcast_bytes(shape.params, widths["loaded"], nbytes),
-            "passes": [
-                {
-                    "what": p.what,
-                    "rows": p.rows,
-                    "batch": p.batch,
-                    "tokens": p.seq,
-                    "decode": p.decode,
-                    "flops": pass_flops(p, shape),
-                    "seconds": pass_seconds(p, shape, machine, nbytes),
-                    "peak_bytes": pass_peak_bytes(p, shape, nbytes),
-                }
-                for p in items
-            ],
+            "upcast_bytes": upcast_bytes(shape.params, loaded, nbytes),
+            "passes": costs,
         }
     return out
 
@@ -217,15 +219,15 @@ def machine_side(cfg, passes: list, shape: Shape, machine: Machine, device: str,
     """One machine's column of the plan (its budget, per-family estimates, job and sweep time, peak) and the
     passes that do not fit its budget."""
     budget = machine_budget(cfg.memory_budget, device, shape.params * dtype_size)
-    widths = {family: dtype_size for family in passes} | family_compute_bytes(cfg.metrics, dtype_size)
-    widths["loaded"] = dtype_size
-    fitted, refused = resolved(passes, shape, budget, widths)
+    computes = family_compute_bytes(cfg.metrics, dtype_size)
+    widths = {family: computes.get(family, dtype_size) for family in passes}  # a shared pass: the loaded dtype
+    fitted, refused = resolved(passes, shape, budget, widths, dtype_size)
     # a family computing in float32 on a GPU runs at the card's float32 rate, not its half-precision tensor rate
     machines = {
         f: gpu_machine(device, "float32") if device != "cpu" and widths[f] == 4 and dtype_size < 4 else machine
         for f in passes
     }
-    families = estimate(fitted, shape, machines, widths)
+    families = estimate(fitted, shape, machines, widths, dtype_size)
     job = sum(f["seconds"] for f in families.values())
     side = {
         "machine": asdict(machine),
